@@ -1,0 +1,45 @@
+"""nox sessions: tests, lint (ruff), typecheck (mypy strict on patchflow/), preflight, bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (unit, cases, integration, e2e); extra args go to pytest."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check on the package, tasks, tests and scripts."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "patchflow", "tasks.py", "noxfile.py", "tests", "scripts")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on patchflow/."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "patchflow")
+
+
+@nox.session(python=PYTHON)
+def preflight(session: nox.Session) -> None:
+    """lint + typecheck in one session (what `inv preflight` runs for the tool itself)."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", "patchflow", "tasks.py", "noxfile.py", "tests", "scripts")
+    session.run("mypy", "patchflow")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark create-patch/verify against GNU tar -czf on the same tree (ratios, same run)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "scripts/bench.py", *session.posargs)

@@ -1,0 +1,359 @@
+"""Backups taken before a patch: replaced/deleted code, the old VERSION, the database dump.
+
+Layout (folder mode 0700, files keep their modes, the dump and backup.json are 0600)::
+
+    backups/pre-patch-v2.3.0_20250101T143022Z_3f9a1c/
+        files/<path>            every entry the apply replaces or deletes, as it was
+        VERSION                 the VERSION file as it was
+        installed-manifest.json the manifest of the installed patch, when there was one
+        database.dump           pg_dump --format=custom
+        backup.json             what it holds; written last, "complete": true
+
+Names carry a UTC timestamp with ``Z`` and a random suffix (no two backups collide, even in the
+same second); "latest" is decided by ``created_at`` (UTC, microseconds) and a ``sequence`` number
+from backup.json, never by mtime or a sort of local-time strings (field failure C23).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from patchflow.errors import BackupError
+from patchflow.journal import write_json_atomic
+from patchflow.manifest import Entry, sha256_file
+from patchflow.paths import BACKUP_PREFIX, ProjectPaths
+from patchflow.version import PatchVersion, parse_version
+
+BACKUP_JSON = "backup.json"
+DUMP_NAME = "database.dump"
+FORMAT = 1
+
+
+@dataclass
+class Backup:
+    """A backup folder and its ``backup.json`` data (see the module docstring)."""
+
+    folder: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def version(self) -> str:
+        return str(self.data.get("version", ""))
+
+    @property
+    def restores_version(self) -> str:
+        return str(self.data.get("restores_version", ""))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.data.get("complete"))
+
+    @property
+    def created_at(self) -> str:
+        return str(self.data.get("created_at", ""))
+
+    def created_timestamp(self) -> float:
+        try:
+            return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return 0.0
+
+    def sort_key(self) -> tuple[str, int]:
+        return (self.created_at, int(self.data.get("sequence", 0)))
+
+    def save(self) -> None:
+        write_json_atomic(self.folder / BACKUP_JSON, self.data)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(self.folder):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    continue
+        return total
+
+    @property
+    def dump_path(self) -> Path | None:
+        db = self.data.get("database")
+        return self.folder / db["file"] if db else None
+
+    def old_entries(self) -> dict[str, Entry]:
+        return {e["path"]: Entry.from_json(e) for e in self.data.get("old_entries", [])}
+
+    def new_paths(self) -> list[str]:
+        return list(self.data.get("new_paths", []))
+
+
+def load_backup(folder: Path) -> Backup | None:
+    """Read a backup folder (None when backup.json is missing or unreadable)."""
+    try:
+        data = json.loads((folder / BACKUP_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return Backup(folder, data)
+
+
+def list_backups(paths: ProjectPaths, *, include_incomplete: bool = False) -> list[Backup]:
+    """Every backup under ``backups/``, oldest first by UTC creation time and sequence number."""
+    if not paths.backups.is_dir():
+        return []
+    found = []
+    for child in paths.backups.iterdir():
+        if not child.is_dir() or not child.name.startswith(BACKUP_PREFIX):
+            continue
+        backup = load_backup(child)
+        if backup is None or (not backup.complete and not include_incomplete):
+            continue
+        found.append(backup)
+    return sorted(found, key=Backup.sort_key)
+
+
+def latest_backup_for(paths: ProjectPaths, version: PatchVersion) -> Backup | None:
+    """The newest complete backup taken before applying ``version`` (None if there is none)."""
+    matching = [b for b in list_backups(paths) if b.version == str(version)]
+    return matching[-1] if matching else None
+
+
+def new_backup(
+    paths: ProjectPaths,
+    version: PatchVersion,
+    restores_version: str,
+    *,
+    old_entries: list[Entry],
+    new_paths: list[str],
+    now: datetime | None = None,
+) -> Backup:
+    """Create an empty backup folder (0700) with an incomplete backup.json describing the plan.
+
+    Args:
+        old_entries: the entries the apply replaces or deletes (saved by :func:`save_files`).
+        new_paths: paths the apply creates that did not exist (removed on restore).
+
+    Raises:
+        BackupError: the folder cannot be created.
+    """
+    moment = now or datetime.now(UTC)
+    stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    existing = list_backups(paths, include_incomplete=True)
+    sequence = max((int(b.data.get("sequence", 0)) for b in existing), default=0) + 1
+    try:
+        paths.backups.mkdir(parents=True, exist_ok=True)
+        while True:
+            folder = paths.backups / f"{BACKUP_PREFIX}{version.tag}_{stamp}_{secrets.token_hex(3)}"
+            try:
+                folder.mkdir(mode=0o700)
+                break
+            except FileExistsError:
+                continue
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise BackupError(
+            f"Cannot create a backup folder in {paths.backups}: {exc}.",
+            "Check permissions and free space; nothing was changed.",
+        ) from None
+    backup = Backup(
+        folder,
+        {
+            "format": FORMAT,
+            "id": folder.name,
+            "version": str(version),
+            "restores_version": restores_version,
+            "created_at": moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "sequence": sequence,
+            "complete": False,
+            "old_entries": [e.to_json() for e in sorted(old_entries, key=lambda e: e.path)],
+            "new_paths": sorted(new_paths),
+            "database": None,
+            "version_file": None,
+        },
+    )
+    backup.save()
+    return backup
+
+
+def save_files(backup: Backup, root: Path, installed_manifest: Path) -> int:
+    """Copy every old entry of ``backup`` from ``root`` into ``files/``; returns bytes copied.
+
+    Also keeps ``VERSION`` and ``.patchflow/installed-manifest.json`` as they are.
+
+    Raises:
+        BackupError: a file cannot be read or written (disk full, permissions).
+    """
+    target = backup.folder / "files"
+    copied = 0
+    try:
+        target.mkdir(mode=0o700, exist_ok=True)
+        for entry in backup.old_entries().values():
+            source = root / entry.path
+            dest = target / entry.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if entry.type == "file":
+                shutil.copyfile(source, dest, follow_symlinks=False)
+                os.chmod(dest, entry.mode)
+                digest, size = sha256_file(dest)
+                if digest != entry.sha256:
+                    raise BackupError(
+                        f"{entry.path} changed while it was being backed up.",
+                        "Stop whatever writes to the tree and apply again.",
+                    )
+                copied += size
+            elif entry.type == "symlink":
+                os.symlink(entry.target, dest)
+        version_file = root / "VERSION"
+        if version_file.is_file():
+            backup.data["version_file"] = version_file.read_text(encoding="utf-8")
+        if installed_manifest.is_file():
+            shutil.copyfile(installed_manifest, backup.folder / "installed-manifest.json")
+    except OSError as exc:
+        raise BackupError(
+            f"The code backup in {backup.folder} failed: {exc}.",
+            "Free disk space or fix permissions; the apply stops before changing anything.",
+        ) from None
+    backup.data["files_bytes"] = copied
+    backup.save()
+    return copied
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or *empty* directory at ``path`` if it exists (never a tree)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+def place_entry(entry: Entry, source_root: Path, root: Path) -> None:
+    """Make ``root/entry.path`` equal ``entry``, taking content from ``source_root/entry.path``.
+
+    Files are copied beside their destination and renamed over it (atomic per file); a directory
+    standing where a file or link goes must already be empty.
+    """
+    dest = root / entry.path
+    if entry.type == "dir":
+        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+            dest.unlink()
+        dest.mkdir(parents=True, exist_ok=True)
+        os.chmod(dest, entry.mode)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.patchflow-tmp")
+    remove_path(tmp)
+    if entry.type == "symlink":
+        os.symlink(entry.target, tmp)
+    else:
+        shutil.copyfile(source_root / entry.path, tmp, follow_symlinks=False)
+        os.chmod(tmp, entry.mode)
+    if dest.is_dir() and not dest.is_symlink():
+        dest.rmdir()
+    os.replace(tmp, dest)
+
+
+def restore_code(backup: Backup, root: Path, installed_manifest: Path) -> None:
+    """Put back the code saved in ``backup``: remove what the apply added, restore what it
+    replaced or deleted (content, mode, links), restore VERSION and the installed manifest.
+
+    Idempotent: running it twice gives the same tree.
+
+    Raises:
+        BackupError: a saved file is missing from the backup, or the tree cannot be written.
+    """
+    old = backup.old_entries()
+    files = backup.folder / "files"
+    try:
+        for rel in sorted(backup.new_paths(), key=lambda p: p.count("/"), reverse=True):
+            if rel in old:
+                continue
+            path = root / rel
+            try:
+                remove_path(path)
+            except OSError:
+                # a folder the patch created that now holds files outside the patch: keep it
+                continue
+        for rel in sorted(old, key=lambda p: (p.count("/"), p)):
+            entry = old[rel]
+            if entry.type == "file" and not (files / rel).is_file():
+                raise BackupError(f"The backup {backup.name} lacks {rel}.", "Restore that file by hand.")
+            dest = root / rel
+            if entry.type != "dir" and dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            place_entry(entry, files, root)
+        version_text = backup.data.get("version_file")
+        version_file = root / "VERSION"
+        if version_text is not None:
+            tmp = root / ".VERSION.patchflow-tmp"
+            tmp.write_text(version_text, encoding="utf-8")
+            os.replace(tmp, version_file)
+        saved = backup.folder / "installed-manifest.json"
+        if saved.is_file():
+            installed_manifest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(saved, installed_manifest)
+        else:
+            installed_manifest.unlink(missing_ok=True)
+    except OSError as exc:
+        raise BackupError(
+            f"Restoring code from {backup.name} failed: {exc}.",
+            "Fix the cause (disk, permissions) and run rollback-patch again.",
+        ) from None
+
+
+def prune_backups(
+    paths: ProjectPaths,
+    *,
+    keep_days: int,
+    keep_last: int,
+    installed_version: str | None,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> list[Backup]:
+    """Delete backups older than ``keep_days`` beyond the newest ``keep_last``; returns those removed.
+
+    Never removes the newest backup that rolls back the installed version (its ``version`` equals
+    ``installed_version``), nor an incomplete backup of an apply still recorded in the journal.
+    """
+    backups = list_backups(paths)
+    current = time.time() if now is None else now
+    protected: set[str] = set(b.name for b in backups[-keep_last:]) if keep_last else set()
+    if installed_version:
+        rolling = [b for b in backups if b.version == installed_version]
+        if rolling:
+            protected.add(rolling[-1].name)
+    limit = current - timedelta(days=keep_days).total_seconds()
+    removed = []
+    for backup in backups:
+        if backup.name in protected or backup.created_timestamp() >= limit:
+            continue
+        if not dry_run:
+            shutil.rmtree(backup.folder)
+        removed.append(backup)
+    return removed
+
+
+def check_version_text(text: str | None) -> str | None:
+    """The version in a saved VERSION text, or None."""
+    if not text:
+        return None
+    try:
+        return str(parse_version(text))
+    except Exception:
+        return None

@@ -1,0 +1,111 @@
+"""Typed errors: every failure carries a message (what went wrong) and a hint (what to do).
+
+Only ``tasks.py`` turns these into exit codes; library code raises and never exits.
+"""
+
+from __future__ import annotations
+
+
+class PatchflowError(Exception):
+    """Base error: ``message`` says what went wrong, ``hint`` what to do next.
+
+    ``exit_code`` is what the command line returns for this error (1 unless a subclass says).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} {self.hint}"
+        return self.message
+
+
+class ConfigError(PatchflowError):
+    """A setting is missing or invalid (names the file or variable at fault)."""
+
+
+class VersionError(PatchflowError):
+    """A version string is missing, malformed or unsafe."""
+
+
+class CreatePatchError(PatchflowError):
+    """The project tree cannot be packed into a patch."""
+
+
+class VerifyError(PatchflowError):
+    """A patch folder fails verification (missing file, checksum or manifest mismatch)."""
+
+
+class ArchiveError(VerifyError):
+    """An archive member is unsafe (escapes the target, device, link outside) or unreadable."""
+
+
+class LockError(PatchflowError):
+    """Another apply/rollback holds the lock, or a stale lock needs breaking."""
+
+    exit_code = 3
+
+
+class BackupError(PatchflowError):
+    """A backup cannot be taken, found or read."""
+
+
+class DatabaseError(PatchflowError):
+    """A database dump, restore, connection or migration failed."""
+
+
+class MigrationError(DatabaseError):
+    """A migration failed; ``migration`` names it and ``code`` carries a Prisma-style code."""
+
+    def __init__(self, message: str, hint: str = "", *, migration: str = "", code: str = "") -> None:
+        super().__init__(message, hint)
+        self.migration = migration
+        self.code = code
+
+
+class ServiceError(PatchflowError):
+    """Services could not be stopped, started or inspected."""
+
+
+class HealthCheckError(PatchflowError):
+    """The health check did not pass before its deadline."""
+
+
+class CommandError(PatchflowError):
+    """An external command exited non-zero; ``returncode`` and ``output`` are kept."""
+
+    def __init__(self, message: str, hint: str = "", *, returncode: int = 1, output: str = "") -> None:
+        super().__init__(message, hint)
+        self.returncode = returncode
+        self.output = output
+
+
+class ApplyError(PatchflowError):
+    """The apply failed; ``rolled_back`` says whether the automatic rollback restored the old version."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "", *, rolled_back: bool = False) -> None:
+        super().__init__(message, hint)
+        self.rolled_back = rolled_back
+
+
+class RollbackError(PatchflowError):
+    """A rollback could not complete: the install may be down; patch-status says what is left."""
+
+    exit_code = 4
+
+
+class ConfirmationRefused(PatchflowError):
+    """The operator declined, or no terminal was there to ask and ``--yes`` was missing."""
+
+    exit_code = 5
+
+
+class RemoteError(PatchflowError):
+    """A remote host could not be reached or its apply failed."""

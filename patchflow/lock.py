@@ -1,0 +1,157 @@
+"""One apply or rollback at a time per install, with a lock that names its holder.
+
+The lock is an OS file lock (``filelock``) on ``.patchflow/apply.lock`` so it dies with its
+process; ``apply.lock.json`` beside it records the holder (pid, host, user, start time, action,
+version). Finding that record while the OS lock is free means the holder died without cleaning
+up: a *stale* lock, reported with its details and broken only with ``break_stale=True``
+(field failure C19).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from patchflow.errors import LockError
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or held) the lock."""
+
+    pid: int
+    host: str
+    user: str
+    started_at: str
+    action: str
+    version: str
+
+    def describe(self) -> str:
+        return f"{self.action} of {self.version} by {self.user}@{self.host} (pid {self.pid}) since {self.started_at}"
+
+    @classmethod
+    def read(cls, path: Path) -> LockHolder | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                int(data["pid"]),
+                str(data["host"]),
+                str(data["user"]),
+                str(data["started_at"]),
+                str(data["action"]),
+                str(data["version"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def holder_state(info_path: Path, lock_path: Path) -> tuple[LockHolder | None, str]:
+    """``(holder, state)`` with state ``free``, ``held`` (a live process) or ``stale``."""
+    holder = LockHolder.read(info_path)
+    if holder is None:
+        return None, "free"
+    probe = FileLock(str(lock_path), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return holder, "held"
+    else:
+        probe.release()
+    return holder, "stale"
+
+
+@contextmanager
+def install_lock(
+    lock_path: Path, info_path: Path, *, action: str, version: str, break_stale: bool = False
+) -> Iterator[LockHolder]:
+    """Hold the install's lock for the duration of the ``with`` block.
+
+    Raises:
+        LockError: another apply/rollback holds it (named), or a stale lock is found and
+            ``break_stale`` is False (the error says who held it and how to break it).
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = LockHolder.read(info_path)
+        who = holder.describe() if holder else "another process (no holder record)"
+        raise LockError(
+            f"Another apply or rollback is running on this install: {who}.",
+            "Wait for it to finish (inv patch-status shows its progress); nothing was changed.",
+        ) from None
+    try:
+        previous = LockHolder.read(info_path)
+        if previous is not None and not break_stale:
+            alive = previous.host == socket.gethostname() and pid_alive(previous.pid)
+            state = "is still alive but does not hold the lock" if alive else "is gone"
+            raise LockError(
+                f"Stale lock: {previous.describe()} did not finish; its process {state}.",
+                "Run `inv patch-status` to see what it left, then repeat the command with --break-lock "
+                "to take over (the interrupted apply is finished or undone first).",
+            )
+        holder = LockHolder(
+            os.getpid(),
+            socket.gethostname(),
+            _user(),
+            datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            action,
+            version,
+        )
+        tmp = info_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(holder.__dict__) + "\n", encoding="utf-8")
+        os.replace(tmp, info_path)
+        try:
+            yield holder
+        finally:
+            info_path.unlink(missing_ok=True)
+    finally:
+        lock.release()
+
+
+def lock_status(lock_path: Path, info_path: Path, stale_after: float) -> dict[str, Any] | None:
+    """What patch-status shows about the lock, or None when free. ``stale_after`` is seconds."""
+    holder, state = holder_state(info_path, lock_path)
+    if holder is None:
+        return None
+    age = None
+    try:
+        started = datetime.strptime(holder.started_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        age = time.time() - started.timestamp()
+    except ValueError:
+        pass
+    if state == "held" and age is not None and age > stale_after:
+        state = "held-too-long"
+    return {"state": state, "age_seconds": age, **holder.__dict__}

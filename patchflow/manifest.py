@@ -1,0 +1,327 @@
+"""Which files belong to a patch, and what each one is: path, type, size, sha256, mode, link target.
+
+Exclusion uses gitignore syntax (``pathspec``): built-in defaults, the ``exclude`` setting and the
+project's ``.patchignore``. Secrets (``.env``, ``.env.*`` except ``.env.example``, private keys)
+are excluded even if a pattern re-includes them; Prisma migrations are always included.
+
+Symlink policy (documented in README, field failure C06):
+
+* a relative link whose target stays inside the tree is stored as a link;
+* a dangling relative link that stays inside the tree is stored as a link and reported;
+* an absolute link, or one resolving outside the tree, is an error naming the link
+  (exclude it in ``.patchignore`` if it is host-specific).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import pathspec
+
+from patchflow.errors import CreatePatchError
+
+EntryType = Literal["file", "dir", "symlink"]
+ProgressCallback = Callable[[int], None]
+
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".git/",
+    "node_modules/",
+    "dist/",
+    ".turbo/",
+    ".next/",
+    "coverage/",
+    "uploads/",
+    "*.log",
+    ".DS_Store",
+)
+SECRET_PATTERNS: tuple[str, ...] = (
+    ".env",
+    ".env.*",
+    "!.env.example",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "!*.pub",
+)
+ALWAYS_INCLUDED: tuple[str, ...] = ("prisma/migrations/**",)
+CHUNK = 1024 * 1024
+SAFE_MODE_MASK = 0o7755  # drop group/other write; setuid/setgid/sticky dropped separately
+
+
+def clean_mode(mode: int) -> int:
+    """Permission bits patchflow records and restores: ``rwx`` bits without group/other write,
+    setuid, setgid or sticky (field failure C04)."""
+    return stat.S_IMODE(mode) & 0o755
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tree entry. ``size`` is bytes (files only); ``sha256`` hex (files only);
+    ``mode`` the permission bits (e.g. ``0o755``); ``target`` the link text (symlinks only)."""
+
+    path: str
+    type: EntryType
+    mode: int = 0
+    size: int = 0
+    sha256: str = ""
+    target: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "type": self.type}
+        if self.type == "file":
+            data.update(size=self.size, sha256=self.sha256, mode=f"{self.mode:04o}")
+        elif self.type == "dir":
+            data["mode"] = f"{self.mode:04o}"
+        else:
+            data["target"] = self.target
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Entry:
+        kind = data["type"]
+        if kind not in ("file", "dir", "symlink"):
+            raise ValueError(f"unknown entry type {kind!r}")
+        mode = int(str(data.get("mode", "0")), 8)
+        return cls(
+            path=str(data["path"]),
+            type=kind,
+            mode=mode,
+            size=int(data.get("size", 0)),
+            sha256=str(data.get("sha256", "")),
+            target=str(data.get("target", "")),
+        )
+
+    def same_content(self, other: Entry) -> bool:
+        """True when both entries would produce the same thing on disk (type, content, mode, target)."""
+        return (self.type, self.sha256, self.mode, self.target) == (
+            other.type,
+            other.sha256,
+            other.mode,
+            other.target,
+        )
+
+
+@dataclass
+class Tree:
+    """A scanned tree: ``entries`` maps POSIX relative path to :class:`Entry` (sorted on output)."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    excluded_secrets: list[str] = field(default_factory=list)
+
+    def files(self) -> list[Entry]:
+        return [e for _, e in sorted(self.entries.items()) if e.type == "file"]
+
+    def sorted(self) -> list[Entry]:
+        return [self.entries[p] for p in sorted(self.entries)]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+
+class ExcludeRules:
+    """Decide whether a project-relative path belongs to a patch.
+
+    Args:
+        patterns: gitignore-style patterns (defaults + settings + ``.patchignore``), in order.
+        protected: folders that are never part of a patch (patches/, backups/, .patchflow/).
+    """
+
+    def __init__(self, patterns: Iterable[str], protected: Iterable[str] = ()) -> None:
+        self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
+        self.protected = tuple(p.strip("/") for p in protected if p.strip("/"))
+        self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
+        self._secrets = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+        self._always = pathspec.GitIgnoreSpec.from_lines(ALWAYS_INCLUDED)
+
+    def is_secret(self, rel: str) -> bool:
+        return self._secrets.match_file(rel)
+
+    def excluded(self, rel: str, is_dir: bool) -> bool:
+        """True if ``rel`` (POSIX, relative) is outside the patch. Directories get a trailing ``/``."""
+        first = rel.split("/", 1)[0]
+        if first in self.protected or rel in self.protected:
+            return True
+        if any(rel == p or rel.startswith(p + "/") for p in self.protected):
+            return True
+        probe = rel + "/" if is_dir else rel
+        if not is_dir and self.is_secret(rel):
+            return True
+        if self._always.match_file(probe) or rel == "prisma/migrations" or rel == "prisma":
+            return False
+        return self._spec.match_file(probe)
+
+
+def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str]) -> ExcludeRules:
+    """Build the rules of a project: defaults, the ``exclude`` setting, then ``.patchignore``.
+
+    Raises:
+        CreatePatchError: ``.patchignore`` exists but cannot be read.
+    """
+    patterns = list(DEFAULT_EXCLUDES) + list(extra)
+    ignore = root / ".patchignore"
+    if ignore.exists():
+        try:
+            patterns += ignore.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CreatePatchError(
+                f"Cannot read {ignore}: {exc}.", "Fix the file (UTF-8, readable) or remove it."
+            ) from None
+    return ExcludeRules(patterns, protected)
+
+
+def sha256_file(path: Path, on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
+    """Return ``(hex sha256, size in bytes)`` of ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return digest.hexdigest(), size
+
+
+def _link_stays_inside(rel: str, target: str) -> bool:
+    if os.path.isabs(target):
+        return False
+    parts: list[str] = []
+    for part in (PurePosixPath(rel).parent / target).parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+        else:
+            parts.append(part)
+    return bool(parts)
+
+
+def scan_tree(
+    root: Path,
+    rules: ExcludeRules,
+    *,
+    hash_files: bool = True,
+    on_bytes: ProgressCallback | None = None,
+    strict: bool = True,
+) -> Tree:
+    """Walk ``root`` (sorted, not following links) and describe every entry the rules keep.
+
+    Args:
+        root: the project root.
+        rules: what to leave out.
+        hash_files: compute sha256 (False: size and mode only, for quick estimates).
+        on_bytes: called with the number of bytes hashed, for progress bars.
+        strict: raise on unreadable files, special files and links leaving the tree
+            (False: record a warning and skip them, used when scanning an install).
+
+    Raises:
+        CreatePatchError: (strict) a link points outside the tree or is absolute, a file cannot be
+            read, or an entry is a device, FIFO or socket. The message names the path.
+    """
+    tree = Tree()
+    problems: list[str] = []
+
+    def walk(folder: Path, rel_folder: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            problems.append(f"{rel_folder or '.'}: cannot list directory ({exc.strerror})")
+            return
+        for child in children:
+            rel = f"{rel_folder}/{child.name}" if rel_folder else child.name
+            try:
+                st = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                problems.append(f"{rel}: cannot stat ({exc.strerror})")
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                if rules.excluded(rel, is_dir=False):
+                    continue
+                target = os.readlink(child.path)
+                if not _link_stays_inside(rel, target):
+                    problems.append(
+                        f"{rel}: symlink to {target!r} points outside the project (absolute or leaving the tree)"
+                    )
+                    continue
+                if not os.path.exists(child.path):
+                    tree.warnings.append(f"{rel}: dangling symlink to {target!r} kept as a link")
+                tree.entries[rel] = Entry(rel, "symlink", target=target)
+            elif stat.S_ISDIR(st.st_mode):
+                if rules.excluded(rel, is_dir=True):
+                    continue
+                tree.entries[rel] = Entry(rel, "dir", mode=clean_mode(st.st_mode))
+                walk(Path(child.path), rel)
+            elif stat.S_ISREG(st.st_mode):
+                if rules.excluded(rel, is_dir=False):
+                    if rules.is_secret(rel):
+                        tree.excluded_secrets.append(rel)
+                    continue
+                digest = ""
+                if hash_files:
+                    try:
+                        digest, _ = sha256_file(Path(child.path), on_bytes)
+                    except OSError as exc:
+                        problems.append(f"{rel}: cannot read ({exc.strerror})")
+                        continue
+                elif not os.access(child.path, os.R_OK):
+                    problems.append(f"{rel}: cannot read (permission denied)")
+                    continue
+                tree.entries[rel] = Entry(rel, "file", mode=clean_mode(st.st_mode), size=st.st_size, sha256=digest)
+            else:
+                if rules.excluded(rel, is_dir=False):
+                    continue
+                problems.append(f"{rel}: special file (device, FIFO or socket) cannot be packed")
+
+    walk(root, "")
+    if problems and strict:
+        listed = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise CreatePatchError(
+            f"The project tree at {root} cannot be packed: {listed}.",
+            "Fix the permissions, replace the link with a file or an in-tree relative link, "
+            "or exclude the path in .patchignore; nothing was written.",
+        )
+    tree.warnings.extend(problems)
+    return tree
+
+
+def readable_by_owner_only(path: Path) -> bool:
+    """True when ``path`` has no group/other permissions (e.g. 0600 or 0700)."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+@dataclass(frozen=True)
+class TreeDiff:
+    """What turning ``old`` into ``new`` does: paths added, changed (content, mode or type) and
+    deleted; unchanged entries are left out. Lists are sorted."""
+
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.deleted)
+
+
+def diff_trees(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> TreeDiff:
+    """Compare two path->entry maps (dirs compare by type and mode)."""
+    added = sorted(p for p in new if p not in old)
+    deleted = sorted(p for p in old if p not in new)
+    changed = sorted(p for p in new if p in old and not old[p].same_content(new[p]))
+    return TreeDiff(added, changed, deleted)

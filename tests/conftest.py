@@ -1,0 +1,88 @@
+"""Shared fixtures that start real services (see DESIGN.md, "Testing against real things").
+
+Under CI=true a service that cannot be started fails the test; elsewhere it is skipped.
+Prepare a machine with ``scripts/ensure-system.sh --for test --venv <venv>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from support.services import PostgresCluster, SshServer, docker_available
+
+
+def _missing(reason: str) -> NoReturn:
+    """Fail under CI=true (services must be there), otherwise skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _service_base_dir(prefix: str) -> Path:
+    # Not pytest's tmp_path: that is 0700, and as root the server runs as the postgres user.
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the whole session (TCP + unix socket, trust auth)."""
+    base = _service_base_dir("patchflow-pg-")
+    try:
+        cluster = PostgresCluster.start(base)
+    except (RuntimeError, OSError) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        _missing(f"cannot start PostgreSQL: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """URL of a fresh, uniquely named database, dropped after the test."""
+    name = f"pf_test_{uuid.uuid4().hex[:12]}"
+    pg_cluster.create_database(name)
+    try:
+        yield pg_cluster.url(name)
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def ssh_server() -> Iterator[SshServer]:
+    """A private sshd on 127.0.0.1 that accepts ``ssh_server.client_key`` for the current user."""
+    base = _service_base_dir("patchflow-sshd-")
+    try:
+        server = SshServer.start(base)
+    except (RuntimeError, OSError) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        _missing(f"cannot start sshd: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def require_docker() -> None:
+    """Fail (CI=true) or skip unless the Docker Engine and Compose v2 work."""
+    reason = docker_available()
+    if reason is not None:
+        _missing(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """Depend on this fixture in tests that need a Docker Engine with Compose v2."""
+    require_docker()
