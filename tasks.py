@@ -368,3 +368,29 @@ ns = Collection(
     logs,
 )
 ns.configure({"run": {"echo": False}})
+
+
+@task(help={"compose": "run the demo on the example's docker compose stack"})
+def demo(c: Context, compose: bool = False) -> None:
+    """Run the whole patch lifecycle on the bundled example (make demo)."""
+    script = "demo_compose.py" if compose else "demo.py"
+    c.run(
+        f"{TOOL_ROOT}/scripts/ensure-system.sh --for {'test' if compose else 'demo'} --venv {TOOL_ROOT}/.venv",
+        pty=False,
+    )
+    result = c.run(f"{sys.executable} {TOOL_ROOT}/scripts/{script}", warn=True, pty=False)
+    if result is None or result.exited != 0:
+        raise Exit("demo failed", code=1)
+
+
+@task(help={"pytest_args": "extra arguments for pytest (e.g. '-k apply -x')"})
+def test(c: Context, pytest_args: str = "") -> None:
+    """Install and start what the tests need, then run the unit and integration tests (make test)."""
+    c.run(f"{TOOL_ROOT}/scripts/ensure-system.sh --for test --venv {TOOL_ROOT}/.venv", pty=False)
+    result = c.run(f"cd {TOOL_ROOT} && {sys.executable} -m pytest {pytest_args}", warn=True, pty=False)
+    if result is None or result.exited != 0:
+        raise Exit("tests failed", code=result.exited if result else 1)
+
+
+ns.add_task(demo)
+ns.add_task(test)

@@ -86,3 +86,16 @@ def require_docker() -> None:
 def docker_engine() -> None:
     """Depend on this fixture in tests that need a Docker Engine with Compose v2."""
     require_docker()
+
+
+@pytest.fixture
+def install(tmp_path: Path, pg_cluster: PostgresCluster, pg_database: str) -> Iterator[object]:
+    """A running sample install at 2.2.0 (real API/worker processes, migrated database)."""
+    from support.installs import start_install
+
+    dbname = pg_database.rsplit("/", 1)[1]
+    running = start_install(tmp_path / "install", pg_cluster, dbname)
+    try:
+        yield running
+    finally:
+        running.inv("down")

@@ -11,9 +11,7 @@ from support.services import LOCAL_BASE_IMAGE, PostgresCluster, SshServer
 pytestmark = pytest.mark.integration
 
 
-def test_postgres_database_over_tcp_and_socket(
-    pg_cluster: PostgresCluster, pg_database: str
-) -> None:
+def test_postgres_database_over_tcp_and_socket(pg_cluster: PostgresCluster, pg_database: str) -> None:
     with psycopg.connect(pg_database) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
         conn.execute("CREATE TABLE t (x int)")
@@ -38,9 +36,7 @@ def test_postgres_drop_database_with_open_connection(pg_cluster: PostgresCluster
 
 @pytest.mark.ssh
 def test_ssh_with_openssh_client(ssh_server: SshServer) -> None:
-    out = subprocess.run(
-        ssh_server.ssh_argv("echo", "ok"), capture_output=True, text=True, timeout=30, check=True
-    )
+    out = subprocess.run(ssh_server.ssh_argv("echo", "ok"), capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.strip() == "ok"
 
 

@@ -90,8 +90,7 @@ def _run(
         raise RuntimeError(f"{' '.join(argv)}: {exc}") from exc
     if proc.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(argv)} exited with {proc.returncode}\n"
-            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            f"{' '.join(argv)} exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
 
@@ -126,9 +125,7 @@ class PostgresCluster:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def start(
-        cls, base_dir: Path, *, bindir: Path | None = None, port: int | None = None
-    ) -> PostgresCluster:
+    def start(cls, base_dir: Path, *, bindir: Path | None = None, port: int | None = None) -> PostgresCluster:
         """initdb a new cluster in a fresh folder under ``base_dir`` and start it.
 
         As root, every parent folder of ``base_dir`` must be traversable by the
@@ -428,9 +425,7 @@ class SshServer:
             encoding="utf-8",
         )
         pub = self.host_key.with_suffix(".pub").read_text(encoding="utf-8").split()
-        self.known_hosts.write_text(
-            f"[{self.host}]:{self.port} {pub[0]} {pub[1]}\n", encoding="utf-8"
-        )
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {pub[0]} {pub[1]}\n", encoding="utf-8")
 
     def _launch(self) -> None:
         self._write_files()
@@ -511,8 +506,7 @@ def docker_available() -> str | None:
     """None when ``docker info`` and ``docker compose version`` both work, else why not."""
     if shutil.which("docker") is None:
         return (
-            "docker CLI not found (Debian package 'docker.io'; "
-            "run scripts/ensure-system.sh --for test --venv <venv>)"
+            "docker CLI not found (Debian package 'docker.io'; run scripts/ensure-system.sh --for test --venv <venv>)"
         )
     checks = (
         (["docker", "info"], "Docker Engine not reachable ('docker info' failed)"),

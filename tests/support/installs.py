@@ -1,0 +1,131 @@
+"""Helpers to run patchflow against real PrimeFlow installs built from the bundled sample.
+
+An :class:`Install` is a workspace (see ``scripts/sample_workspace.py``) at 2.2.0 with its
+database migrated and its API/worker running as real processes; ``inv`` runs tasks as a
+subprocess exactly as an operator would (no terminal on stdin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from sample_workspace import copy_patch, make_release, prepare_workspace  # noqa: E402
+
+INV = [str(Path(sys.executable).parent / "inv"), "-r", str(REPO)]
+OWN_FOLDERS = ("patches", "backups", ".patchflow")
+
+
+def run_inv(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``inv <args>`` with stdin closed; returns the completed process (text output)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [*INV, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def tree_state(root: Path, skip: tuple[str, ...] = OWN_FOLDERS) -> dict[str, tuple[str, int, str]]:
+    """Every path under ``root`` -> (type, permission bits, sha256 or link target); patchflow's own
+    folders (``skip``) at the top level are left out."""
+    state: dict[str, tuple[str, int, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(rel_dir / name) if rel_dir != Path(".") else name
+            st = path.lstat()
+            if path.is_symlink():
+                state[rel] = ("symlink", 0, os.readlink(path))
+            elif path.is_dir():
+                state[rel] = ("dir", st.st_mode & 0o7777, "")
+            else:
+                state[rel] = ("file", st.st_mode & 0o7777, hashlib.sha256(path.read_bytes()).hexdigest())
+    return state
+
+
+def get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """``(status, body)`` of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+@dataclass
+class Install:
+    """A running sample install. ``cluster`` is the tests' PostgresCluster, ``dbname`` its database."""
+
+    root: Path
+    cluster: Any
+    dbname: str
+    url: str
+    port: int
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def inv(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a task with ``--root`` set to this install."""
+        return run_inv(args[0], "--root", str(self.root), *args[1:], env=env, timeout=timeout)
+
+    def pg_dump(self) -> str:
+        """A full plain dump (schema + data, owners, privileges) with a fixed restrict key."""
+        return subprocess.run(
+            [str(self.cluster.bin("pg_dump")), "--restrict-key=patchflowtest", "--dbname", self.url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def sql(self, statement: str) -> str:
+        return str(self.cluster.psql(self.dbname, statement)).strip()
+
+    def state(self) -> dict[str, tuple[str, int, str]]:
+        return tree_state(self.root)
+
+    def release(self, workdir: Path, version: str = "2.3.0", **changes: Any) -> Path:
+        """Build ``version`` from this install in ``workdir``, create its patch there and copy it in.
+        ``changes`` go to ``make_release`` (``migration=``, ``health_status=``)."""
+        source = make_release(self.root, workdir / f"source-{version}", version, **changes)
+        done = run_inv("create-patch", "--root", str(source))
+        assert done.returncode == 0, done.stderr + done.stdout
+        return copy_patch(source, self.root, version)
+
+
+def start_install(folder: Path, cluster: Any, dbname: str, extra_env: dict[str, str] | None = None) -> Install:
+    """Create a sample install in ``folder`` at 2.2.0, migrate its database and start it
+    (``create-patch`` + ``apply-patch --force`` of 2.2.0 on itself, as the demo does)."""
+    url = cluster.url(dbname)
+    root = prepare_workspace(folder, database_url=url, extra_env=extra_env)
+    port = int(
+        next(line.split("=", 1)[1] for line in (root / ".env").read_text().splitlines() if line.startswith("PORT="))
+    )
+    install = Install(root, cluster, dbname, url, port)
+    for args in (("create-patch",), ("apply-patch", "--version", "2.2.0", "--force", "--yes")):
+        done = install.inv(*args)
+        assert done.returncode == 0, done.stderr + done.stdout
+    return install
