@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from patchflow.archive import extract_archive
-from patchflow.backup import Backup, load_backup, new_backup, place_entry, remove_path, save_files
+from patchflow.backup import (
+    Backup,
+    load_backup,
+    new_backup,
+    place_entry,
+    remove_path,
+    save_files,
+    swap_build_outputs,
+)
 from patchflow.commands import split_command
 from patchflow.context import Context, run_step, start_with_retries
 from patchflow.database import run_migrations
@@ -344,6 +352,10 @@ def _run_apply(
         step = "switch"
         with run_step(journal, "switch", ctx.log):
             switch_files(plan, staging, ctx.paths.root, version)
+            assert backup is not None
+            swapped = swap_build_outputs(backup, staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
+            if swapped:
+                ctx.log(f"   build outputs switched: {', '.join(swapped)}")
         step = "migrate"
         with run_step(journal, "migrate", ctx.log):
             if ctx.database is not None:

@@ -231,6 +231,58 @@ def save_files(backup: Backup, root: Path, installed_manifest: Path) -> int:
     return copied
 
 
+def swap_build_outputs(backup: Backup, staging: Path, root: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Move build outputs (``node_modules``, ``dist``, ...) made in ``staging`` into the tree.
+
+    Each old copy is renamed into ``outputs/`` of the backup first, then the staged copy is
+    renamed into place (both renames on one filesystem, so each is atomic). What was moved is
+    recorded in backup.json *before* moving, so :func:`restore_build_outputs` can undo any prefix
+    of the work after a crash. Returns the relative paths swapped.
+    """
+    found = sorted(
+        {
+            p.relative_to(staging).as_posix()
+            for pattern in patterns
+            for p in staging.glob(pattern)
+            if p.is_dir() and not p.is_symlink()
+        }
+    )
+    if not found:
+        return []
+    backup.data["build_outputs"] = [
+        {"path": rel, "had_old": (root / rel).exists() or (root / rel).is_symlink()} for rel in found
+    ]
+    backup.save()
+    store = backup.folder / "outputs"
+    for item in backup.data["build_outputs"]:
+        rel = item["path"]
+        if item["had_old"] and not (store / rel).exists():
+            (store / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(root / rel, store / rel)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, root / rel)
+    return found
+
+
+def restore_build_outputs(backup: Backup, root: Path) -> None:
+    """Undo :func:`swap_build_outputs` (also a partial one): staged copies are removed and the
+    old copies renamed back."""
+    store = backup.folder / "outputs"
+    for item in reversed(backup.data.get("build_outputs", [])):
+        rel = item["path"]
+        saved = store / rel
+        target = root / rel
+        if item["had_old"] and not saved.exists():
+            continue  # the old copy was never moved: the tree still holds it
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+        if item["had_old"]:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(saved, target)
+
+
 def remove_path(path: Path) -> None:
     """Remove a file, link or *empty* directory at ``path`` if it exists (never a tree)."""
     try:
@@ -281,6 +333,7 @@ def restore_code(backup: Backup, root: Path, installed_manifest: Path) -> None:
     old = backup.old_entries()
     files = backup.folder / "files"
     try:
+        restore_build_outputs(backup, root)
         for rel in sorted(backup.new_paths(), key=lambda p: p.count("/"), reverse=True):
             if rel in old:
                 continue

@@ -158,6 +158,12 @@ FIELDS: tuple[Field, ...] = (
         "run in the staging folder before stopping (e.g. pnpm install --frozen-lockfile)",
     ),
     Field("build_command", _to_str, "", "run in the staging folder before stopping (e.g. pnpm build)"),
+    Field(
+        "build_outputs",
+        _to_list,
+        ("node_modules", "dist"),
+        "folders (globs, relative) made by install/build in staging that replace the tree's copies at switch",
+    ),
     Field("health_url", _to_list, ("http://localhost:3001/health",), "health check URL(s), comma separated"),
     Field("health_timeout", _to_float, 60.0, "seconds until the health check gives up"),
     Field(

@@ -151,7 +151,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
 
     table = Table(title="Patches", show_lines=False)
     for column in ("version", "state", "files", "created (UTC)", "problems"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for patch in status["patches"]:
         colour = {"ok": "green", "corrupt": "red", "incomplete": "yellow"}[patch["state"]]
         marker = " (installed)" if patch["installed"] else ""
@@ -166,7 +166,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
 
     table = Table(title="Backups (newest first)")
     for column in ("name", "before", "restores", "created (UTC)", "age", "size", "database"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for backup in status["backups"]:
         table.add_row(
             backup["name"],
@@ -182,7 +182,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if status["history"]:
         table = Table(title="History (latest last)")
         for column in ("action", "from", "to", "started (UTC)", "duration", "stopped", "result"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for item in status["history"]:
             result = str(item.get("result"))
             colour = "green" if result == "success" else "red"

@@ -153,6 +153,13 @@ def verify_patch(folder: Path, version: PatchVersion) -> VerifyReport:
     Raises:
         VerifyError: the patch is incomplete or corrupt (message lists what is wrong).
     """
+    if not folder.is_dir():
+        known = sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
+        raise VerifyError(
+            f"Patch {version.tag} not found: {folder} does not exist.",
+            f"Copy the patch folder there or build it with `inv create-patch --version {version}`"
+            f"{'; patches here: ' + ', '.join(known) if known else ''}. Nothing was changed.",
+        )
     report = verify_patch_folder(folder, version)
     report.raise_for_problems()
     return report
