@@ -1,0 +1,164 @@
+"""The command line as an operator uses it: `inv` and `make` as subprocesses, no terminal."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.installs import REPO, run_inv
+
+pytestmark = pytest.mark.e2e
+
+TASKS = [
+    "create-patch",
+    "verify-patch",
+    "patch-status",
+    "preflight",
+    "apply-patch",
+    "rollback-patch",
+    "prune-backups",
+    "up",
+    "down",
+    "ps",
+    "restart",
+    "logs",
+    "demo",
+    "test",
+]
+
+
+def test_inv_lists_every_task_with_a_description() -> None:
+    listed = run_inv("--list")
+    assert listed.returncode == 0, listed.stderr
+    for name in TASKS:
+        line = next((row for row in listed.stdout.splitlines() if row.strip().startswith(name + " ")), "")
+        assert line.strip() != name, f"{name} has no one-line description"
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_every_task_has_help_for_every_flag(name: str) -> None:
+    shown = run_inv(name, "--help")
+    assert shown.returncode == 0, shown.stderr
+    flags = re.findall(r"^\s+(?:-\w(?: \w+)?, )?--([\w-]+)(?:=\w+)?\s*(.*)$", shown.stdout, re.MULTILINE)
+    assert flags, shown.stdout
+    for flag, text in flags:
+        assert text.strip(), f"inv {name} --{flag} has no help text"
+
+
+def test_every_make_target_is_one_inv_call() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    recipes: dict[str, list[str]] = {}
+    current = None
+    for line in makefile.splitlines():
+        match = re.match(r"^([a-z][\w-]*):", line)
+        if match:
+            current = match.group(1)
+            recipes[current] = []
+        elif line.startswith("\t") and current:
+            recipes[current].append(line.strip())
+    for target in (
+        "help",
+        "patch-status",
+        "create-patch",
+        "verify-patch",
+        "apply-patch",
+        "rollback-patch",
+        "preflight",
+        "demo",
+        "test",
+        "logs",
+        "ps",
+        "up",
+        "down",
+        "restart",
+    ):
+        assert len(recipes[target]) == 1 and "$(INV)" in recipes[target][0], (target, recipes[target])
+
+
+def test_make_help_lists_the_commands() -> None:
+    shown = subprocess.run(
+        ["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "apply-patch" in shown.stdout and "rollback-patch" in shown.stdout
+
+
+def _primeflow_checkout(root: Path) -> Path:
+    """A PrimeFlow-like checkout with the flat migration layout some branches use."""
+    shutil.copytree(REPO / "examples" / "primeflow-sample", root, symlinks=True)
+    flat = root / "prisma" / "migrations"
+    for folder in sorted(p for p in flat.iterdir() if p.is_dir()):
+        (flat / f"{folder.name}.sql").write_text((folder / "migration.sql").read_text())
+        shutil.rmtree(folder)
+    (root / "node_modules" / "x").mkdir(parents=True)
+    (root / "node_modules" / "x" / "index.js").write_text("1")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (root / "backups" / "pre-patch-v1").mkdir(parents=True)
+    (root / "backups" / "pre-patch-v1" / "db.dump").write_bytes(b"old dump")
+    return root
+
+
+def test_create_patch_on_a_primeflow_checkout_with_flat_migrations(tmp_path: Path) -> None:
+    root = _primeflow_checkout(tmp_path / "primeflow")
+    version_before = (root / "VERSION").read_bytes()
+    made = run_inv("create-patch", "--root", str(root), "--version", "3.0.1")
+    assert made.returncode == 0, made.stderr + made.stdout
+    folder = root / "patches" / "v3.0.1"
+    for sums in (["md5sum", "-c", "checksum.md5"], ["sha256sum", "-c", "SHA256SUMS"]):
+        assert subprocess.run(sums, cwd=folder, capture_output=True, check=False).returncode == 0
+    names = subprocess.run(
+        ["tar", "-tzf", "patch-v3.0.1.tar.gz"], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for banned in ("node_modules", ".git", ".env", "backups", "patches"):
+        assert not [n for n in names if n == banned or n.startswith(banned + "/")], banned
+    assert ".env.example" in names
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["migrations"]] == [
+        "20250101120000_init",
+        "20250115093000_add_projects",
+        "20250201101500_seed_defaults",
+    ]
+    schema = (folder / "schema.sql").read_text()
+    assert schema.index("20250101120000_init") < schema.index("20250201101500_seed_defaults")
+    assert (root / "VERSION").read_bytes() == version_before
+    verified = run_inv("verify-patch", "--root", str(root), "--version", "3.0.1")
+    assert verified.returncode == 0, verified.stderr
+    status = run_inv("patch-status", "--root", str(root), "--json")
+    data = json.loads(status.stdout)
+    assert data["patches"][0]["version"] == "3.0.1" and data["patches"][0]["state"] == "ok"
+
+    again = run_inv("create-patch", "--root", str(root), "--version", "3.0.1", "--force")
+    assert again.returncode == 0
+    first = manifest["archive"]["sha256"]
+    assert json.loads((folder / "manifest.json").read_text())["archive"]["sha256"] == first
+
+
+@pytest.mark.parametrize("bad", ["2.3.0;rm -rf /", "$(touch /tmp/pf-pwned)", "2.3", "latest"])
+def test_unsafe_or_invalid_versions_are_refused_before_anything_runs(tmp_path: Path, bad: str) -> None:
+    root = _primeflow_checkout(tmp_path / "primeflow")
+    for task in ("create-patch", "verify-patch", "apply-patch", "rollback-patch"):
+        extra = ["--yes"] if task in ("apply-patch", "rollback-patch") else []
+        done = run_inv(task, "--root", str(root), "--version", bad, *extra)
+        assert done.returncode != 0
+        assert "semantic version" in done.stderr
+    assert not (root / "patches").exists()
+    assert not Path("/tmp/pf-pwned").exists()
+
+
+def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:
+    root = _primeflow_checkout(tmp_path / "primeflow")
+    assert run_inv("create-patch", "--root", str(root)).returncode == 0
+    archive = root / "patches" / "v2.2.0" / "patch-v2.2.0.tar.gz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    checked = run_inv("verify-patch", "--root", str(root), "--version", "2.2.0")
+    assert checked.returncode == 1
+    assert "patch-v2.2.0.tar.gz" in checked.stderr and "checksum mismatch" in checked.stderr
+    status = json.loads(run_inv("patch-status", "--root", str(root), "--json").stdout)
+    assert status["patches"][0]["state"] == "corrupt"
