@@ -18,6 +18,11 @@ from invoke import Collection, Context, Exit, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+if not sys.flags.utf8_mode and sys.getfilesystemencoding().lower() not in ("utf-8", "utf8"):
+    # File names are UTF-8 in patches whatever the locale (field failure C07): under a non-UTF-8
+    # locale with Python's automatic UTF-8 mode off, run again in UTF-8 mode.
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.argv])  # noqa: S606
+
 from patchflow.config import Settings, load_settings
 from patchflow.console import byte_progress, console, error_console, human_bytes
 from patchflow.errors import PatchflowError

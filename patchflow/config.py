@@ -310,7 +310,10 @@ def load_settings(
     dotenv_path = root_path / ".env"
     dotenv: dict[str, str] = {}
     if dotenv_path.is_file():
-        dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+        try:
+            dotenv = {k: v for k, v in dotenv_values(dotenv_path, encoding="utf-8").items() if v is not None}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Cannot read {dotenv_path}: {exc}.", "Save it as UTF-8 and make it readable.") from None
     for layer, mapping, label in ((".env", dotenv, str(dotenv_path)), ("env", env, "the environment")):
         if mapping.get("DATABASE_URL"):
             values["database_url"] = mapping["DATABASE_URL"]

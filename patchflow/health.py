@@ -64,7 +64,8 @@ def wait_healthy(
 ) -> float:
     """Poll every URL until all answer 2xx (and report ``expect_version``) or ``timeout`` seconds pass.
 
-    Backoff starts at 0.25 s and doubles up to 3 s. Returns the seconds it took.
+    Backoff starts at 0.25 s and doubles up to 3 s; each request waits at most 5 s and never past
+    the deadline. Returns the seconds it took.
 
     Raises:
         HealthCheckError: not healthy by the deadline; the message gives the last answer of each
@@ -77,7 +78,9 @@ def wait_healthy(
     while True:
         still = []
         for url in pending:
-            answer = probe(url, version_field)
+            # one probe never outlives the deadline (a server that accepts but never answers)
+            remaining = timeout - (clock() - start)
+            answer = probe(url, version_field, timeout=max(0.1, min(5.0, remaining)))
             last[url] = answer
             ok = 200 <= answer.status < 300
             if ok and expect_version and version_field and answer.version != expect_version:

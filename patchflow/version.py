@@ -1,8 +1,8 @@
 """Semantic versions for patches: parse, compare, format (``v`` prefix accepted).
 
 Follows Semantic Versioning 2.0.0 (https://semver.org): ``MAJOR.MINOR.PATCH[-pre][+build]``.
-Pre-releases sort before their release (``2.3.0-rc.1 < 2.3.0``) using
-``packaging.version.Version`` for the ordering.
+Pre-releases sort before their release (``2.3.0-rc.1 < 2.3.0``) by semver 2.0.0 precedence,
+computed by the ``semver`` library; build metadata does not count.
 """
 
 from __future__ import annotations
@@ -12,31 +12,16 @@ from dataclasses import dataclass
 from functools import total_ordering
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
+import semver
 
 from patchflow.errors import VersionError
 
 _SEMVER = re.compile(
     r"^(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
     r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$",
+    re.ASCII,
 )
-
-
-def _pep440(major: int, minor: int, patch: int, pre: str | None) -> Version:
-    base = f"{major}.{minor}.{patch}"
-    if not pre:
-        return Version(base)
-    head, _, rest = pre.partition(".")
-    number = int(rest) if rest.isdigit() else 0
-    mapping = {"alpha": "a", "a": "a", "beta": "b", "b": "b", "rc": "rc", "pre": "rc"}
-    tag = mapping.get(head.lower())
-    try:
-        if tag is not None:
-            return Version(f"{base}{tag}{number}")
-        return Version(f"{base}.dev{number}")
-    except InvalidVersion:  # pragma: no cover - guarded by the regex
-        return Version(f"{base}.dev0")
 
 
 @total_ordering
@@ -56,8 +41,8 @@ class PatchVersion:
         return f"v{self}"
 
     @property
-    def _key(self) -> Version:
-        return _pep440(self.major, self.minor, self.patch, self.pre)
+    def _key(self) -> semver.Version:
+        return semver.Version(self.major, self.minor, self.patch, self.pre)
 
     def __str__(self) -> str:
         text = f"{self.major}.{self.minor}.{self.patch}"
@@ -70,10 +55,15 @@ class PatchVersion:
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, PatchVersion):
             return NotImplemented
-        if self._key != other._key:
-            return self._key < other._key
-        # same PEP 440 key: order unknown pre-release labels lexically, a release last
-        return (self.pre is None, self.pre or "") < (other.pre is None, other.pre or "")
+        return bool(self._key.compare(other._key) < 0)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PatchVersion):
+            return NotImplemented
+        return bool(self._key.compare(other._key) == 0)
+
+    def __hash__(self) -> int:
+        return hash((self.major, self.minor, self.patch, self.pre))
 
 
 def parse_version(text: str | None, *, source: str = "version") -> PatchVersion:
@@ -92,7 +82,7 @@ def parse_version(text: str | None, *, source: str = "version") -> PatchVersion:
     candidate = raw[1:] if raw[:1] in ("v", "V") else raw
     match = _SEMVER.match(candidate)
     if match is None:
-        unsafe = sorted({ch for ch in candidate if not (ch.isalnum() or ch in ".-+")})
+        unsafe = sorted({ch for ch in candidate if not ((ch.isascii() and ch.isalnum()) or ch in ".-+")})
         detail = f" It contains characters that are not allowed: {' '.join(repr(c) for c in unsafe)}." if unsafe else ""
         raise VersionError(
             f"Invalid {source} {raw!r}: expected a semantic version MAJOR.MINOR.PATCH "

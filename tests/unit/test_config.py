@@ -1,0 +1,237 @@
+"""Settings: layered sources (defaults < pyproject < .env < environment < flags), validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchflow.config import FIELDS, load_settings, mask_url, settings_table_markdown
+from patchflow.errors import ConfigError
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def _pyproject(root: Path, body: str) -> None:
+    (root / "pyproject.toml").write_text(
+        f"[project]\nname = 'primeflow'\n\n[tool.patchflow]\n{body}\n", encoding="utf-8"
+    )
+
+
+def test_defaults_when_nothing_is_configured(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, environ={})
+    assert settings.root == tmp_path.resolve()
+    assert settings.health_timeout == 60.0
+    assert settings.service_manager == "compose"
+    assert settings.compose_files == ("docker/docker-compose.yml",)
+    assert all(settings.source(f.name) == "default" for f in FIELDS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_precedence_of_every_layer(tmp_path: Path) -> None:
+    _pyproject(
+        tmp_path,
+        "health_timeout = 10\nstop_timeout = 11\nretention_days = 12\nretention_keep = 13\n"
+        'compose_project = "from-pyproject"',
+    )
+    (tmp_path / ".env").write_text(
+        "PATCHFLOW_STOP_TIMEOUT=21\nPATCHFLOW_RETENTION_DAYS=22\nPATCHFLOW_RETENTION_KEEP=23\n", encoding="utf-8"
+    )
+    environ = {"PATCHFLOW_RETENTION_DAYS": "32", "PATCHFLOW_RETENTION_KEEP": "33"}
+    settings = load_settings(tmp_path, environ=environ, overrides={"retention_keep": 43, "stop_timeout": None})
+
+    assert settings.compose_project == "from-pyproject"
+    assert settings.health_timeout == 10.0
+    assert settings.stop_timeout == 21.0
+    assert settings.retention_days == 32
+    assert settings.retention_keep == 43
+    assert settings.start_retries == 3
+    assert settings.source("compose_project") == "pyproject.toml"
+    assert settings.source("health_timeout") == "pyproject.toml"
+    assert settings.source("stop_timeout") == ".env:PATCHFLOW_STOP_TIMEOUT"
+    assert settings.source("retention_days") == "env:PATCHFLOW_RETENTION_DAYS"
+    assert settings.source("retention_keep") == "flag"
+    assert settings.source("start_retries") == "default"
+    rows = {name: (value, source) for name, value, source in settings.describe()}
+    assert rows["retention_keep"] == ("43", "flag")
+    assert rows["stop_timeout"] == ("21.0", ".env:PATCHFLOW_STOP_TIMEOUT")
+
+
+def test_pyproject_keys_may_use_dashes_and_lists(tmp_path: Path) -> None:
+    _pyproject(tmp_path, 'app-services = ["api", "worker"]\nexclude = ["tmp/", "*.bak"]')
+    settings = load_settings(tmp_path, environ={})
+    assert settings.app_services == ("api", "worker")
+    assert settings.exclude == ("tmp/", "*.bak")
+
+
+def test_environment_lists_and_commands_are_parsed(tmp_path: Path) -> None:
+    environ = {
+        "PATCHFLOW_HEALTH_URL": "http://a/health, http://b/health",
+        "PATCHFLOW_COMMANDS": "api=node apps/api/server.js;worker=node apps/worker/main.js",
+        "PATCHFLOW_SERVICE_MANAGER": "command",
+    }
+    settings = load_settings(tmp_path, environ=environ)
+    assert settings.health_url == ("http://a/health", "http://b/health")
+    assert settings.commands == (("api", "node apps/api/server.js"), ("worker", "node apps/worker/main.js"))
+    assert settings.service_manager == "command"
+
+
+def test_database_url_from_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://app:dotenv-pw@db:5432/app\n", encoding="utf-8")
+    settings = load_settings(tmp_path, environ={})
+    assert settings.database_url == "postgresql://app:dotenv-pw@db:5432/app"
+    assert settings.source("database_url") == ".env:DATABASE_URL"
+    assert settings.dotenv["DATABASE_URL"] == "postgresql://app:dotenv-pw@db:5432/app"
+
+
+def test_database_url_environment_beats_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://app:dotenv-pw@db/app\n", encoding="utf-8")
+    settings = load_settings(tmp_path, environ={"DATABASE_URL": "postgresql://app:env-pw@other/app"})
+    assert settings.database_url == "postgresql://app:env-pw@other/app"
+    assert settings.source("database_url") == "env:DATABASE_URL"
+    rows = {name: value for name, value, _ in settings.describe()}
+    assert rows["database_url"] == "postgresql://app:***@other/app"
+    assert "env-pw" not in repr(settings.describe())
+
+
+def test_patchflow_database_url_wins_at_the_same_level(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "DATABASE_URL=postgresql://generic@db/app\nPATCHFLOW_DATABASE_URL=postgresql://specific@db/app\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(tmp_path, environ={})
+    assert settings.database_url == "postgresql://specific@db/app"
+    assert settings.source("database_url") == ".env:PATCHFLOW_DATABASE_URL"
+
+
+def test_replace_applies_flags_with_validation(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, environ={}).replace(health_timeout="5")
+    assert settings.health_timeout == 5.0
+    assert settings.source("health_timeout") == "flag"
+    with pytest.raises(ConfigError, match="'health_timeout' in flag"):
+        settings.replace(health_timeout="soon")
+
+
+def test_invalid_environment_value_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={"PATCHFLOW_HEALTH_TIMEOUT": "abc"})
+    assert "'abc'" in caught.value.message
+    assert "PATCHFLOW_HEALTH_TIMEOUT in the environment" in caught.value.message
+    assert "PATCHFLOW_HEALTH_TIMEOUT" in caught.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_dotenv_value_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PATCHFLOW_HEALTH_TIMEOUT=abc\n", encoding="utf-8")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={})
+    assert f"PATCHFLOW_HEALTH_TIMEOUT in {tmp_path.resolve() / '.env'}" in caught.value.message
+    assert _snapshot(tmp_path) == before
+
+
+def test_invalid_choice_lists_the_allowed_values(tmp_path: Path) -> None:
+    _pyproject(tmp_path, 'service_manager = "systemd"')
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={})
+    message = caught.value.message
+    assert "'systemd'" in message
+    assert "service_manager" in message
+    assert "pyproject.toml [tool.patchflow]" in message
+    assert "command, compose, none" in message
+    assert _snapshot(tmp_path) == before
+
+
+def test_negative_number_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'-1'.*'retention_keep'.*>= 0"):
+        load_settings(tmp_path, environ={"PATCHFLOW_RETENTION_KEEP": "-1"})
+
+
+def test_bad_commands_value_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="name=command pairs"):
+        load_settings(tmp_path, environ={"PATCHFLOW_COMMANDS": "just-a-command"})
+
+
+def test_unknown_key_in_pyproject(tmp_path: Path) -> None:
+    _pyproject(tmp_path, "helth_timeout = 5")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={})
+    assert "Unknown setting 'helth_timeout'" in caught.value.message
+    assert str(tmp_path.resolve() / "pyproject.toml") in caught.value.message
+    assert "health_timeout" in caught.value.hint
+    assert _snapshot(tmp_path) == before
+
+
+def test_unknown_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Unknown setting 'colour' in a command-line flag"):
+        load_settings(tmp_path, environ={}, overrides={"colour": "red"})
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.patchflow\nhealth_timeout = 5\n", encoding="utf-8")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={})
+    assert str(tmp_path.resolve() / "pyproject.toml") in caught.value.message
+    assert "not valid TOML" in caught.value.message
+    assert _snapshot(tmp_path) == before
+
+
+def test_tool_patchflow_must_be_a_table(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool]\npatchflow = "yes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[tool.patchflow\] in .*pyproject.toml must be a table"):
+        load_settings(tmp_path, environ={})
+
+
+def test_root_must_be_a_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(missing, environ={})
+    assert str(missing) in caught.value.message
+    assert "--root" in caught.value.hint
+    assert not missing.exists()
+
+    a_file = tmp_path / "VERSION"
+    a_file.write_text("2.2.0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load_settings(a_file, environ={})
+
+
+def test_settings_table_lists_every_field() -> None:
+    table = settings_table_markdown()
+    lines = table.splitlines()
+    assert lines[0].startswith("| setting | environment variable |")
+    assert len(lines) == 2 + len(FIELDS)
+    for f in FIELDS:
+        assert f"| `{f.name}` | `{f.env}` |" in table
+    assert "`PATCHFLOW_HEALTH_TIMEOUT` | `60.0`" in table
+    assert "| `exclude` | `PATCHFLOW_EXCLUDE` | `(empty)` |" in table
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://app:secret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("postgresql://app:p@ss:w@rd@db/app", "postgresql://app:***@db/app"),
+        ("postgresql://app@db/app", "postgresql://app@db/app"),
+        ("postgresql://db/app", "postgresql://db/app"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_dotenv_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"# caf\xe9\nPATCHFLOW_HEALTH_TIMEOUT=5\n")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={})
+    assert f"Cannot read {tmp_path.resolve() / '.env'}" in caught.value.message
+    assert "UTF-8" in caught.value.hint
+    assert _snapshot(tmp_path) == before

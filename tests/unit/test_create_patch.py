@@ -1,0 +1,406 @@
+"""create-patch on small trees built in tmp_path: folder contents, checksums, determinism,
+modes (C04), links (C06), locales (C07) and the error paths (nothing left on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import patchflow
+from patchflow.config import load_settings
+from patchflow.create import CreatedPatch, create_patch
+from patchflow.errors import CreatePatchError
+from patchflow.version import parse_version
+
+REPO = Path(patchflow.__file__).resolve().parents[1]
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+CHANGELOG = """# Changelog
+
+## [1.4.0] - 2025-01-02
+
+- Audit log.
+
+### Fixed
+
+- Login.
+
+## [1.3.0] - 2024-12-01
+
+- Older things.
+"""
+MIGRATIONS = {
+    "prisma/migrations/20250101000000_init/migration.sql": 'CREATE TABLE "User" (id int);\n',
+    "prisma/migrations/20250201000000_nickname.sql": 'ALTER TABLE "User" ADD COLUMN nickname text;\n',
+    "prisma/migrations/20250301000000_audit/migration.sql": 'CREATE TABLE "AuditLog" (id int);\n',
+}
+FILES = {
+    "VERSION": "1.4.0\n",
+    "PATCH_CHANGELOG.md": CHANGELOG,
+    "package.json": '{"name": "primeflow"}\n',
+    "src/index.js": "console.log('1.4.0');\n",
+    "apps/api/server.js": "require('http');\n",
+    "prisma/schema.prisma": "model User { id Int @id }\n",
+    **MIGRATIONS,
+    # never packed
+    ".env": "DATABASE_URL=postgresql://app:secret@db/app\n",
+    "node_modules/left-pad/index.js": "module.exports = 1;\n",
+    "backups/pre-patch-v1.3.0_20250101T000000Z_abcdef/database.dump": "old dump",
+    "logs/api.log": "noise\n",
+}
+PACKED = {p for p in FILES if not p.startswith(("node_modules/", "backups/", "logs/")) and p != ".env"}
+
+
+def make_tree(root: Path, files: dict[str, str] = FILES) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def create(root: Path, **kwargs: object) -> CreatedPatch:
+    return create_patch(load_settings(root, environ={}), now=NOW, **kwargs)  # type: ignore[arg-type]
+
+
+def members(archive: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(archive, encoding="utf-8") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "project")
+
+
+def test_folder_holds_every_file(tree: Path) -> None:
+    created = create(tree)
+    folder = tree / "patches" / "v1.4.0"
+    assert created.folder == folder
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "CHANGELOG.md",
+        "README.md",
+        "SHA256SUMS",
+        "checksum.md5",
+        "manifest.json",
+        "patch-v1.4.0.tar.gz",
+        "schema.sql",
+    ]
+    assert created.archive_sha256 == hashlib.sha256(created.archive.read_bytes()).hexdigest()
+    assert created.file_count == len(PACKED)
+    assert [m.name for m in created.migrations] == [
+        "20250101000000_init",
+        "20250201000000_nickname",
+        "20250301000000_audit",
+    ]
+    assert any(".env" in w for w in created.warnings)
+    assert not list((tree / "patches").glob(".*")), "no temporary folder is left behind"
+
+
+def test_manifest_fields(tree: Path) -> None:
+    created = create(tree)
+    manifest = json.loads((created.folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["version"] == "1.4.0"
+    assert manifest["created_at"] == "2025-01-02T03:04:05Z"
+    assert manifest["tool"] == {"name": "patchflow", "version": patchflow.__version__}
+    assert manifest["archive"] == {
+        "name": "patch-v1.4.0.tar.gz",
+        "sha256": created.archive_sha256,
+        "size": created.archive_size,
+    }
+    files = {f["path"]: f for f in manifest["files"] if f["type"] == "file"}
+    assert set(files) == PACKED
+    index = files["src/index.js"]
+    content = (tree / "src/index.js").read_bytes()
+    assert index == {
+        "path": "src/index.js",
+        "type": "file",
+        "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "mode": "0644",
+    }
+    assert [m["name"] for m in manifest["migrations"]] == [m.name for m in created.migrations]
+    first = manifest["migrations"][0]
+    assert first["path"] == "prisma/migrations/20250101000000_init/migration.sql"
+    assert first["sha256"] == hashlib.sha256(MIGRATIONS[first["path"]].encode()).hexdigest()
+
+
+def test_archive_members_equal_the_manifest(tree: Path) -> None:
+    created = create(tree)
+    manifest = json.loads((created.folder / "manifest.json").read_text(encoding="utf-8"))
+    found = members(created.archive)
+    assert set(found) == {f["path"] for f in manifest["files"]}
+    for info in found.values():
+        assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "", "", 0)
+
+
+def test_checksum_files_pass_md5sum_and_sha256sum(tree: Path) -> None:
+    folder = create(tree).folder
+    md5 = subprocess.run(["md5sum", "-c", "checksum.md5"], cwd=folder, capture_output=True, text=True)
+    sha = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert md5.returncode == 0, md5.stdout + md5.stderr
+    assert sha.returncode == 0, sha.stdout + sha.stderr
+    assert "patch-v1.4.0.tar.gz: OK" in md5.stdout
+    checked = {line.rsplit(": ", 1)[0] for line in sha.stdout.splitlines() if line.endswith(": OK")}
+    assert checked == {p.name for p in folder.iterdir()} - {"SHA256SUMS"}
+
+
+def test_changelog_is_the_section_of_the_version(tree: Path) -> None:
+    text = (create(tree).folder / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("## [1.4.0] - 2025-01-02")
+    assert "### Fixed" in text
+    assert "- Login." in text
+    assert "1.3.0" not in text
+
+
+def test_changelog_is_the_whole_file_without_a_section(tree: Path) -> None:
+    created = create(tree, version=parse_version("1.5.0"))
+    assert (created.folder / "CHANGELOG.md").read_text(encoding="utf-8") == CHANGELOG
+
+
+def test_changelog_placeholder_without_a_file(tree: Path) -> None:
+    (tree / "PATCH_CHANGELOG.md").unlink()
+    text = (create(tree).folder / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text == "# v1.4.0\n\nNo changelog was provided.\n"
+
+
+def test_schema_sql_holds_folder_and_flat_migrations_in_order(tree: Path) -> None:
+    sql = (create(tree).folder / "schema.sql").read_text(encoding="utf-8")
+    positions = [sql.index(text.strip()) for text in MIGRATIONS.values()]
+    assert positions == sorted(positions)
+    assert "-- Migration: 20250201000000_nickname (prisma/migrations/20250201000000_nickname.sql)" in sql
+
+
+def test_readme_names_version_checksums_and_files(tree: Path) -> None:
+    created = create(tree)
+    readme = (created.folder / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# PrimeFlow patch v1.4.0")
+    assert created.archive_sha256 in readme
+    assert "`src/index.js`" in readme
+    assert "`20250301000000_audit`" in readme
+    assert ".env" not in readme.replace(".env.example", "")
+
+
+def test_version_file_is_never_written(tree: Path) -> None:
+    version_file = tree / "VERSION"
+    os.utime(version_file, (1_000_000_000, 1_000_000_000))
+    before = version_file.stat()
+    create(tree, version=parse_version("1.5.0"))
+    after = version_file.stat()
+    assert version_file.read_text(encoding="utf-8") == "1.4.0\n"
+    assert (after.st_mtime_ns, after.st_ino, after.st_size) == (before.st_mtime_ns, before.st_ino, before.st_size)
+    assert (tree / "patches" / "v1.5.0").is_dir()
+
+
+def test_rebuild_with_force_gives_identical_archive(tree: Path) -> None:
+    first = create(tree)
+    first_bytes = first.archive.read_bytes()
+    (first.folder / "stray.txt").write_text("old folder", encoding="utf-8")
+    second = create(tree, force=True)
+    assert second.archive.read_bytes() == first_bytes
+    assert not (second.folder / "stray.txt").exists(), "--force replaces the whole folder"
+    assert sorted(p.name for p in (tree / "patches").iterdir()) == ["v1.4.0"]
+
+
+def test_copies_with_other_mtimes_and_owners_give_identical_archives(tmp_path: Path) -> None:
+    one = make_tree(tmp_path / "one")
+    two = tmp_path / "two"
+    shutil.copytree(one, two, symlinks=True)
+    for number, path in enumerate(sorted(two.rglob("*"))):
+        os.utime(path, (1_500_000_000 + number * 977, 1_600_000_000 + number * 131), follow_symlinks=False)
+        os.chown(path, 65534, 65534, follow_symlinks=False)
+    assert (two / "src/index.js").stat().st_mtime != (one / "src/index.js").stat().st_mtime
+    a = create(one)
+    b = create(two)
+    assert a.archive.read_bytes() == b.archive.read_bytes()
+    assert a.archive_sha256 == b.archive_sha256
+
+
+def test_modes_are_kept_and_unsafe_bits_dropped_c04(tree: Path) -> None:
+    scripts = {"scripts/start.sh": 0o755, "docker/entrypoint.sh": 0o755, "config/private.json": 0o600}
+    unsafe = {"bin/setuid-tool": (0o4755, 0o755), "bin/setgid-tool": (0o2750, 0o750), "public/open.txt": (0o666, 0o644)}
+    for rel, mode in {**scripts, **{k: v[0] for k, v in unsafe.items()}}.items():
+        path = tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\necho {rel}\n", encoding="utf-8")
+        os.chmod(path, mode)
+    (tree / "shared").mkdir(mode=0o777)
+    os.chmod(tree / "shared", 0o1777)
+
+    created = create(tree)
+    manifest = {f["path"]: f for f in json.loads((created.folder / "manifest.json").read_text())["files"]}
+    found = members(created.archive)
+    expected = {**scripts, **{k: v[1] for k, v in unsafe.items()}, "shared": 0o755}
+    for rel, mode in expected.items():
+        assert manifest[rel]["mode"] == f"{mode:04o}", rel
+        assert stat.S_IMODE(found[rel].mode) == mode, rel
+    for info in found.values():
+        assert info.mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH) == 0 or info.issym(), info.name
+
+
+def test_links_inside_the_tree_c06(tree: Path) -> None:
+    (tree / "public/assets/v2").mkdir(parents=True)
+    (tree / "public/assets/v2/app.css").write_text("body{}\n", encoding="utf-8")
+    os.symlink("assets/v2", tree / "public/current")
+    (tree / "docs").mkdir()
+    os.symlink("missing.md", tree / "docs/latest.md")
+
+    created = create(tree)
+    found = members(created.archive)
+    assert found["public/current"].issym()
+    assert found["public/current"].linkname == "assets/v2"
+    assert found["docs/latest.md"].issym()
+    assert found["docs/latest.md"].linkname == "missing.md"
+    assert not any(name.startswith("public/current/") for name in found), "the link is not followed"
+    assert any("docs/latest.md" in w and "dangling" in w for w in created.warnings)
+    manifest = {f["path"]: f for f in json.loads((created.folder / "manifest.json").read_text())["files"]}
+    assert manifest["public/current"] == {"path": "public/current", "type": "symlink", "target": "assets/v2"}
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [("vendor/shared", "/opt/shared-lib"), ("vendor/escape", "../../outside"), ("vendor/up", "..")],
+)
+def test_links_leaving_the_tree_are_refused_c06(tree: Path, link: str, target: str) -> None:
+    (tree / "vendor").mkdir()
+    os.symlink(target, tree / link)
+    with pytest.raises(CreatePatchError) as caught:
+        create(tree)
+    assert link in caught.value.message
+    assert repr(target) in caught.value.message
+    assert "outside the project" in caught.value.message
+    assert "nothing was written" in caught.value.hint
+    assert not (tree / "patches").exists()
+
+
+def test_excluded_outside_link_is_fine(tree: Path) -> None:
+    (tree / "vendor").mkdir()
+    os.symlink("/opt/shared-lib", tree / "vendor/shared")
+    (tree / ".patchignore").write_text("vendor/shared\n", encoding="utf-8")
+    assert "vendor/shared" not in members(create(tree).archive)
+
+
+UNICODE_NAMES = ["public/fonts/Ünïcødé-ß.woff2", "docs/説明.md", "notes/ok-✓.txt"]
+
+
+def _inv_create(root: Path, env: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+    inv = Path(sys.executable).parent / "inv"
+    command = ["env", "-i", f"PATH={os.environ['PATH']}", *env, str(inv), "-r", str(REPO), "create-patch"]
+    return subprocess.run([*command, "--root", str(root), *extra], capture_output=True, text=True, timeout=120)
+
+
+def test_unicode_names_under_c_and_utf8_locales_c07(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "project", {"VERSION": "1.4.0\n", **{n: f"{n}\n" for n in UNICODE_NAMES}})
+    digests = []
+    for env in (["LC_ALL=C"], ["LC_ALL=C.UTF-8", "LANG=C.UTF-8"]):
+        proc = _inv_create(root, env, "--force")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        folder = root / "patches" / "v1.4.0"
+        archive = folder / "patch-v1.4.0.tar.gz"
+        digests.append(hashlib.sha256(archive.read_bytes()).hexdigest())
+        check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True)
+        assert check.returncode == 0, check.stdout
+        with tarfile.open(archive, encoding="utf-8", errors="strict") as tar:
+            names = {m.name.encode("utf-8") for m in tar.getmembers()}
+        for name in UNICODE_NAMES:
+            assert name.encode("utf-8") in names
+        manifest = json.loads((folder / "manifest.json").read_bytes().decode("utf-8"))
+        assert set(UNICODE_NAMES) <= {f["path"] for f in manifest["files"]}
+        readme = (folder / "README.md").read_bytes().decode("utf-8")
+        assert all(f"`{n}`" in readme for n in UNICODE_NAMES)
+    assert digests[0] == digests[1]
+
+
+def test_existing_folder_without_force(tree: Path) -> None:
+    created = create(tree)
+    before = {p.name: p.read_bytes() for p in created.folder.iterdir()}
+    (tree / "src/index.js").write_text("console.log('changed');\n", encoding="utf-8")
+    with pytest.raises(CreatePatchError) as caught:
+        create(tree)
+    assert str(created.folder) in caught.value.message
+    assert "already exists" in caught.value.message
+    assert "--force" in caught.value.hint
+    assert {p.name: p.read_bytes() for p in created.folder.iterdir()} == before
+    assert sorted(p.name for p in (tree / "patches").iterdir()) == ["v1.4.0"]
+
+
+def test_fifo_in_the_tree_is_refused(tree: Path) -> None:
+    os.mkfifo(tree / "src/events.pipe")
+    with pytest.raises(CreatePatchError) as caught:
+        create(tree)
+    assert "src/events.pipe" in caught.value.message
+    assert "special file (device, FIFO or socket)" in caught.value.message
+    assert not (tree / "patches").exists()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder the ``nobody`` user can reach (pytest's tmp_path is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="patchflow-nobody-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+NOBODY_CREATE = """
+import sys
+from pathlib import Path
+from patchflow.config import load_settings
+from patchflow.create import create_patch
+from patchflow.errors import CreatePatchError
+try:
+    create_patch(load_settings(Path(sys.argv[1]), environ={}))
+except CreatePatchError as exc:
+    print(exc.message)
+    print(exc.hint)
+    sys.exit(3)
+print("created")
+"""
+
+
+@pytest.mark.parametrize(("rel", "kind"), [("config/secret.json", "file"), ("private", "dir")])
+def test_unreadable_entry_is_refused_for_a_non_root_user(shared_dir: Path, rel: str, kind: str) -> None:
+    root = make_tree(shared_dir / "project", {"VERSION": "1.4.0\n", "src/index.js": "x\n"})
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, 65534, 65534)
+    blocked = root / rel
+    if kind == "file":
+        blocked.parent.mkdir()
+        blocked.write_text("{}", encoding="utf-8")
+        blocked.chmod(0o600)  # owned by root: nobody cannot read it
+    else:
+        blocked.mkdir(mode=0o000)
+        (blocked / "inner.txt").write_text("x", encoding="utf-8")
+        blocked.chmod(0o000)
+    pythonpath = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", NOBODY_CREATE, str(root)],
+        user="nobody",
+        group="nogroup",
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath, "HOME": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert rel in proc.stdout
+    assert ("cannot read" if kind == "file" else "cannot list directory") in proc.stdout
+    assert "Permission denied" in proc.stdout or "permission denied" in proc.stdout
+    assert "nothing was written" in proc.stdout
+    assert not (root / "patches").exists()

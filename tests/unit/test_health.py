@@ -1,0 +1,177 @@
+"""Health checks against a real HTTP server on 127.0.0.1 (C16, "passed on HTTP 500", fixed sleeps)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from patchflow.errors import HealthCheckError
+from patchflow.health import probe, wait_healthy
+
+
+def _handler(status: int, body: dict[str, str]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(status: int, body: dict[str, str], *, port: int = 0, after: float = 0.0) -> Iterator[str]:
+    """Serve ``status``/``body`` on 127.0.0.1 (starting ``after`` seconds from now); yield the URL."""
+    port = port or free_port()
+    servers: list[HTTPServer] = []
+
+    def run() -> None:
+        time.sleep(after)
+        server = HTTPServer(("127.0.0.1", port), _handler(status, body))
+        servers.append(server)
+        server.serve_forever(poll_interval=0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not after:
+        while not servers:
+            time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/health"
+    finally:
+        deadline = time.monotonic() + after + 5
+        while not servers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        thread.join(timeout=5)
+
+
+def test_200_with_the_right_version_passes() -> None:
+    with serve(200, {"status": "ok", "version": "1.3.0"}) as url:
+        took = wait_healthy([url], timeout=5, expect_version="1.3.0")
+    assert 0 <= took < 1
+
+
+def test_200_without_version_check_passes() -> None:
+    with serve(200, {"status": "ok"}) as url:
+        wait_healthy([url], timeout=5)
+
+
+def test_probe_describes_the_answer() -> None:
+    with serve(200, {"version": "1.3.0"}) as url:
+        answer = probe(url, "version")
+    assert (answer.status, answer.version, answer.detail) == (200, "1.3.0", "HTTP 200")
+
+
+def test_500_never_passes() -> None:
+    with serve(500, {"status": "error", "version": "1.3.0"}) as url:
+        start = time.monotonic()
+        with pytest.raises(HealthCheckError) as caught:
+            wait_healthy([url], timeout=1.5, expect_version="1.3.0")
+        took = time.monotonic() - start
+    assert f"{url}: HTTP 500" in caught.value.message
+    assert "inv logs" in caught.value.hint
+    assert 0.5 <= took <= 3
+
+
+def test_old_version_answering_fails_with_both_versions_c16() -> None:
+    with serve(200, {"status": "ok", "version": "1.2.0"}) as url, pytest.raises(HealthCheckError) as caught:
+        wait_healthy([url], timeout=1, expect_version="1.3.0")
+    message = caught.value.message
+    assert "HTTP 200" in message
+    assert "expected version='1.3.0'" in message
+    assert "got '1.2.0'" in message
+
+
+def test_custom_version_field_c16() -> None:
+    with (
+        serve(200, {"build": "1.2.0", "version": "1.3.0"}) as url,
+        pytest.raises(HealthCheckError, match=re.escape("expected build='1.3.0' but got '1.2.0'")),
+    ):
+        wait_healthy([url], timeout=0.5, expect_version="1.3.0", version_field="build")
+
+
+def test_server_that_starts_late_passes_with_backoff() -> None:
+    delays: list[float] = []
+
+    def recording_sleep(seconds: float) -> None:
+        delays.append(seconds)
+        time.sleep(seconds)
+
+    with serve(200, {"version": "1.3.0"}, after=1.0) as url:
+        took = wait_healthy([url], timeout=10, expect_version="1.3.0", sleep=recording_sleep)
+    assert 1.0 <= took < 3.5
+    assert delays[:3] == [0.25, 0.5, 1.0]
+    assert all(b >= a for a, b in itertools.pairwise(delays))
+
+
+def test_backoff_is_capped_at_three_seconds() -> None:
+    delays: list[float] = []
+    ticks = iter(range(1000))
+    port = free_port()  # nothing listens there
+    with pytest.raises(HealthCheckError):
+        wait_healthy(
+            [f"http://127.0.0.1:{port}/health"],
+            timeout=30,
+            sleep=delays.append,
+            clock=lambda: float(next(ticks)),
+        )
+    assert max(delays) == 3.0
+    assert delays[:5] == [0.25, 0.5, 1.0, 2.0, 3.0]
+
+
+def test_no_server_fails_with_no_answer() -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    with pytest.raises(HealthCheckError) as caught:
+        wait_healthy([url], timeout=0.5)
+    assert f"{url}: no answer" in caught.value.message
+
+
+def test_every_url_must_pass() -> None:
+    with serve(200, {"version": "1.3.0"}) as good, serve(503, {}) as bad, pytest.raises(HealthCheckError) as caught:
+        wait_healthy([good, bad], timeout=0.5, expect_version="1.3.0")
+    assert f"{bad}: HTTP 503" in caught.value.message
+    assert good not in caught.value.message
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/health", "localhost:3001/health"])
+def test_non_http_url_is_rejected(url: str) -> None:
+    assert probe(url, "version").detail == "not an http:// or https:// URL"
+    with pytest.raises(HealthCheckError) as caught:
+        wait_healthy([url], timeout=0.3)
+    assert f"{url}: not an http:// or https:// URL" in caught.value.message
+
+
+def test_server_that_never_answers_does_not_outlive_the_deadline() -> None:
+    with socket.socket() as listener:  # accepts connections (backlog) but never replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/health"
+        start = time.monotonic()
+        with pytest.raises(HealthCheckError, match="timed out"):
+            wait_healthy([url], timeout=1)
+        took = time.monotonic() - start
+    assert took < 2.5
