@@ -162,3 +162,26 @@ def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:
     assert "patch-v2.2.0.tar.gz" in checked.stderr and "checksum mismatch" in checked.stderr
     status = json.loads(run_inv("patch-status", "--root", str(root), "--json").stdout)
     assert status["patches"][0]["state"] == "corrupt"
+
+
+def test_preflight_runs_what_exists_and_names_what_it_skips(tmp_path: Path) -> None:
+    root = _primeflow_checkout(tmp_path / "primeflow")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake_pnpm = bin_dir / "pnpm"
+    # a stand-in pnpm (no registry here): records the call and fails `typecheck` like a real type error
+    fake_pnpm.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n[ "$1" = typecheck ] && exit 2\nexit 0\n')
+    fake_pnpm.chmod(0o755)
+    import os
+
+    done = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 1
+    assert "pnpm lint" in done.stdout and "pnpm typecheck" in done.stdout
+    assert "Prisma CLI not installed" in done.stdout
+    assert "Preflight failed: pnpm typecheck" in done.stderr
+    assert calls.read_text().split() == ["lint", "typecheck"]
+
+    no_pnpm = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": "/usr/bin:/bin"})
+    assert no_pnpm.returncode == 0, no_pnpm.stderr
+    assert "pnpm is not installed" in no_pnpm.stdout
