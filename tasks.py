@@ -93,8 +93,25 @@ def verify_patch(c: Context, version: str | None = None, root: str | None = None
 
     settings = settings_for(root)
     parsed = parse_version(version, source="--version")
-    report = check(ProjectPaths.from_settings(settings).patch_dir(parsed), parsed)
-    console.print(f"[green]ok[/] patch {parsed.tag}: checksums and {len(report.entries())} manifest entries match")
+    report = check(ProjectPaths.from_settings(settings).patch_dir(parsed), parsed, verify_key=settings.verify_key)
+    signed = " and signature" if settings.verify_key else ""
+    count = len(report.entries())
+    console.print(f"[green]ok[/] patch {parsed.tag}: checksums{signed} and {count} manifest entries match")
+
+
+@task(help={"out": "file to write the new signing key to (mode 0600; never overwritten)"})
+@reports_errors
+def create_signing_key(c: Context, out: str | None = None) -> None:
+    """Create an Ed25519 signing key for patches and print its verify key."""
+    from patchflow.errors import ConfigError
+    from patchflow.signing import generate_key
+
+    if not out:
+        raise ConfigError("No output file given.", "Pass --out path/to/patch-signing.key.")
+    public = generate_key(Path(out))
+    console.print(f"signing key written to {out} (keep it secret; set PATCHFLOW_SIGNING_KEY={out} for create-patch)")
+    console.print(f"verify key: {public}")
+    console.print("set PATCHFLOW_VERIFY_KEY to it on every host that applies patches")
 
 
 @task(
@@ -360,6 +377,7 @@ def logs(
 
 ns = Collection(
     create_patch,
+    create_signing_key,
     verify_patch,
     patch_status,
     preflight,

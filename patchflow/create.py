@@ -26,6 +26,7 @@ from patchflow.errors import CreatePatchError
 from patchflow.manifest import Entry, Tree, load_rules, scan_tree
 from patchflow.migrations import Migration, combined_sql, find_migrations
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
+from patchflow.signing import sign_file
 from patchflow.version import PatchVersion, parse_version, read_version_file
 
 MANIFEST_FORMAT = 1
@@ -294,6 +295,8 @@ def create_patch(
         (work / SHA256SUMS).write_text(
             "".join(f"{_hash(work / n, 'sha256')}  {n}\n" for n in covered), encoding="utf-8"
         )
+        if settings.signing_key:
+            sign_file(work / SHA256SUMS, settings.signing_key)
         if final.exists():
             old = paths.patches / f".{version.tag}.old-{os.getpid()}"
             final.rename(old)

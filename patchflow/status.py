@@ -53,7 +53,7 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
             except PatchflowError:
                 continue
         for version, folder in sorted(found, key=lambda item: item[0]):
-            report = verify_patch_folder(folder, version, check_archive=verify_archives)
+            report = verify_patch_folder(folder, version, check_archive=verify_archives, verify_key=settings.verify_key)
             patches.append(
                 {
                     "version": str(version),

@@ -20,6 +20,7 @@ from patchflow.archive import compare_members, read_members
 from patchflow.errors import ArchiveError, VerifyError
 from patchflow.manifest import Entry
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, SIGNATURE
+from patchflow.signing import check_signature
 from patchflow.version import PatchVersion
 
 State = Literal["ok", "corrupt", "incomplete"]
@@ -91,13 +92,19 @@ def _check_sums(folder: Path, sums_name: str, algorithm: str, length: int, repor
     return listed
 
 
-def verify_patch_folder(folder: Path, version: PatchVersion, *, check_archive: bool = True) -> VerifyReport:
+def verify_patch_folder(
+    folder: Path, version: PatchVersion, *, check_archive: bool = True, verify_key: str = ""
+) -> VerifyReport:
     """Verify the patch folder ``folder`` of ``version``; never raises for a bad patch.
 
     Returns:
         A :class:`VerifyReport`: ``incomplete`` when the folder or a required file is missing,
         ``corrupt`` for any mismatch, ``ok`` otherwise. ``check_archive=False`` skips reading the
-        archive members (checksums still cover the archive bytes).
+        archive members (checksums still cover the archive bytes). With ``verify_key`` (hex or a
+        file) ``SHA256SUMS.sig`` must be a valid Ed25519 signature of ``SHA256SUMS``.
+
+    Raises:
+        ConfigError: ``verify_key`` is malformed.
     """
     report = VerifyReport(version, folder)
     archive_name = f"patch-{version.tag}.tar.gz"
@@ -118,6 +125,12 @@ def verify_patch_folder(folder: Path, version: PatchVersion, *, check_archive: b
     present = {p.name for p in folder.iterdir() if p.is_file()} - {SHA256SUMS, SIGNATURE}
     for name in sorted(present - listed_sha):
         report.problems.append(f"{name} is not covered by {SHA256SUMS}")
+
+    if verify_key:
+        try:
+            check_signature(folder / SHA256SUMS, verify_key)
+        except VerifyError as exc:
+            report.problems.append(exc.message)
 
     try:
         report.manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -147,7 +160,7 @@ def verify_patch_folder(folder: Path, version: PatchVersion, *, check_archive: b
     return report
 
 
-def verify_patch(folder: Path, version: PatchVersion) -> VerifyReport:
+def verify_patch(folder: Path, version: PatchVersion, *, verify_key: str = "") -> VerifyReport:
     """Verify and raise on any problem.
 
     Raises:
@@ -160,6 +173,6 @@ def verify_patch(folder: Path, version: PatchVersion) -> VerifyReport:
             f"Copy the patch folder there or build it with `inv create-patch --version {version}`"
             f"{'; patches here: ' + ', '.join(known) if known else ''}. Nothing was changed.",
         )
-    report = verify_patch_folder(folder, version)
+    report = verify_patch_folder(folder, version, verify_key=verify_key)
     report.raise_for_problems()
     return report

@@ -1,0 +1,62 @@
+"""Signed patches: create-patch signs SHA256SUMS; a host with a verify key refuses anything else."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from support.installs import REPO, run_inv
+
+pytestmark = pytest.mark.e2e
+
+
+def _tree(root: Path) -> Path:
+    shutil.copytree(REPO / "examples" / "primeflow-sample", root, symlinks=True)
+    return root
+
+
+def test_signed_patch_verifies_and_tampering_or_another_key_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "signing.key"
+    made = run_inv("create-signing-key", "--out", str(key))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    public = made.stdout.split("verify key:")[1].split()[0]
+    assert len(public) == 64
+
+    again = run_inv("create-signing-key", "--out", str(key))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    root = _tree(tmp_path / "primeflow")
+    created = run_inv("create-patch", "--root", str(root), env={"PATCHFLOW_SIGNING_KEY": str(key)})
+    assert created.returncode == 0, created.stderr
+    folder = root / "patches" / "v2.2.0"
+    assert (folder / "SHA256SUMS.sig").is_file()
+
+    ok = run_inv("verify-patch", "--root", str(root), "--version", "2.2.0", env={"PATCHFLOW_VERIFY_KEY": public})
+    assert ok.returncode == 0, ok.stderr
+    assert "signature" in ok.stdout
+
+    other = tmp_path / "other.key"
+    other_public = run_inv("create-signing-key", "--out", str(other)).stdout.split("verify key:")[1].split()[0]
+    wrong = run_inv(
+        "verify-patch", "--root", str(root), "--version", "2.2.0", env={"PATCHFLOW_VERIFY_KEY": other_public}
+    )
+    assert wrong.returncode == 1 and "does not match" in wrong.stderr
+
+    # a tampered checksum list with recomputed contents no longer matches its signature
+    sums = folder / "SHA256SUMS"
+    sums.write_text(sums.read_text().replace("  README.md", "  README.md\n") + "\n")
+    tampered = run_inv("verify-patch", "--root", str(root), "--version", "2.2.0", env={"PATCHFLOW_VERIFY_KEY": public})
+    assert tampered.returncode == 1 and "SHA256SUMS.sig does not match" in tampered.stderr
+
+
+def test_unsigned_patch_is_refused_where_a_verify_key_is_set(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "primeflow")
+    assert run_inv("create-patch", "--root", str(root)).returncode == 0
+    public = "ab" * 32
+    refused = run_inv("verify-patch", "--root", str(root), "--version", "2.2.0", env={"PATCHFLOW_VERIFY_KEY": public})
+    assert refused.returncode == 1 and "SHA256SUMS.sig is missing" in refused.stderr
+    bad_key = run_inv("verify-patch", "--root", str(root), "--version", "2.2.0", env={"PATCHFLOW_VERIFY_KEY": "xyz"})
+    assert bad_key.returncode == 1 and "verify key" in bad_key.stderr
