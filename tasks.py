@@ -272,9 +272,10 @@ def rollback_patch(
     result = run_rollback(
         ctx, parsed, force=force, break_lock=break_lock, backup_id=backup, confirm=lambda text: confirm(text, yes=yes)
     )
+    source = f"backup {result.backup}" if result.backup else "no backup (the interrupted apply had changed nothing)"
     console.print(
         f"[bold green]rolled back[/] {result.from_version or '?'} -> {result.to_version} from "
-        f"{result.backup} in {result.duration_seconds:.1f} s (services down {result.stopped_seconds:.1f} s)"
+        f"{source} in {result.duration_seconds:.1f} s (services down {result.stopped_seconds:.1f} s)"
     )
 
 

@@ -283,6 +283,32 @@ def restore_build_outputs(backup: Backup, root: Path) -> None:
             os.replace(saved, target)
 
 
+def verify_dump(backup: Backup) -> None:
+    """Check the database dump of ``backup`` against the size and sha256 recorded when it was taken.
+
+    Raises:
+        BackupError: the dump is missing or differs from what backup.json recorded (restoring it
+            would drop the live database and then fail, or restore something else).
+    """
+    dump = backup.dump_path
+    if dump is None:
+        return
+    recorded = backup.data.get("database") or {}
+    if not dump.is_file():
+        raise BackupError(
+            f"The database dump {dump} of backup {backup.name} is missing.",
+            "Nothing was restored; choose another backup (--backup) or restore by hand.",
+        )
+    digest, size = sha256_file(dump)
+    expected = str(recorded.get("sha256") or "")
+    if (expected and digest != expected) or ("size" in recorded and size != int(recorded["size"])):
+        raise BackupError(
+            f"The database dump {dump} of backup {backup.name} is corrupt: sha256 {digest} ({size} bytes), "
+            f"backup.json recorded {expected or '?'} ({recorded.get('size', '?')} bytes).",
+            "The database was left as it is; choose another backup (--backup) or restore by hand.",
+        )
+
+
 def remove_path(path: Path) -> None:
     """Remove a file, link or *empty* directory at ``path`` if it exists (never a tree)."""
     try:

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,15 @@ CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS "{MIGRATIONS_TABLE}" (
     "applied_steps_count" INTEGER NOT NULL DEFAULT 0
 );"""
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+# SQL statements that give a recreated public schema the owner, comment and grants it has now
+PUBLIC_SCHEMA_STATEMENTS = """SELECT concat_ws(E'\\n',
+  format('ALTER SCHEMA public OWNER TO %I;', pg_get_userbyid(n.nspowner)),
+  format('COMMENT ON SCHEMA public IS %L;', obj_description(n.oid, 'pg_namespace')),
+  (SELECT string_agg(format('GRANT %s ON SCHEMA public TO %s%s;', a.privilege_type,
+          CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), E'\\n' ORDER BY a.grantee, a.privilege_type)
+   FROM aclexplode(n.nspacl) a WHERE a.grantee <> n.nspowner))
+FROM pg_namespace n WHERE n.nspname = 'public'"""
 
 
 def find_pg_bindir(configured: str = "") -> Path | None:
@@ -137,8 +146,15 @@ def _url_env(url: str) -> tuple[str, dict[str, str]]:
     return dbname, env
 
 
-def target_from_settings(settings: Settings, compose_prefix: Sequence[str] = ()) -> PgTarget | None:
+def target_from_settings(
+    settings: Settings, compose_prefix: Sequence[str] = (), service_env: Mapping[str, str] | None = None
+) -> PgTarget | None:
     """Build the database target of ``settings`` (None when ``database_mode`` is ``none``).
+
+    In compose mode the database and its superuser come from the settings (``database_name``,
+    ``database_user``), else from ``service_env`` (the database service's environment as compose
+    resolves it: ``POSTGRES_DB``, ``POSTGRES_USER``), else from the project's ``.env``; the user
+    defaults to ``postgres`` and the database to the user.
 
     Raises:
         ConfigError: url mode without ``DATABASE_URL``, or an invalid URL.
@@ -147,8 +163,19 @@ def target_from_settings(settings: Settings, compose_prefix: Sequence[str] = ())
     if mode == "none":
         return None
     if mode == "compose":
-        dbname = settings.database_name or settings.dotenv.get("POSTGRES_DB", "") or os.environ.get("POSTGRES_DB", "")
-        user = settings.database_user or settings.dotenv.get("POSTGRES_USER", "") or "postgres"
+        service = service_env or {}
+        dbname = (
+            settings.database_name
+            or service.get("POSTGRES_DB", "")
+            or settings.dotenv.get("POSTGRES_DB", "")
+            or os.environ.get("POSTGRES_DB", "")
+        )
+        user = (
+            settings.database_user
+            or service.get("POSTGRES_USER", "")
+            or settings.dotenv.get("POSTGRES_USER", "")
+            or "postgres"
+        )
         if not dbname:
             dbname = user
         return PgTarget(
@@ -385,8 +412,14 @@ class Database:
             "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog','information_schema') "
             "AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'"
         )
+        # public is recreated as it was (owner, comment, grants): a dump taken of an untouched
+        # public schema carries none of them, and a bare CREATE SCHEMA would drop PUBLIC's USAGE
+        restore_public = self._run(
+            lambda b: pg.psql(b, sql=PUBLIC_SCHEMA_STATEMENTS, tuples=True), "psql", what="psql query", timeout=300
+        )
         statements = [f"DROP SCHEMA IF EXISTS {pg.quote_ident(r[0])} CASCADE;" for r in rows]
         statements.append("CREATE SCHEMA IF NOT EXISTS public;")
+        statements.append(restore_public.strip())
         self.run_script("BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;\n", what="drop schemas")
 
     # -- migrations -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from patchflow.backup import Backup, latest_backup_for, list_backups, load_backup, restore_code
+from patchflow.backup import Backup, latest_backup_for, list_backups, load_backup, restore_code, verify_dump
 from patchflow.context import Context, run_step, start_with_retries
 from patchflow.errors import BackupError, PatchflowError, RollbackError
 from patchflow.health import wait_healthy
@@ -25,7 +25,8 @@ from patchflow.version import PatchVersion, parse_version
 
 @dataclass
 class RollbackResult:
-    """What a rollback did: backup used, version now installed, durations in seconds."""
+    """What a rollback did: backup used ("" when none was needed), version now installed,
+    durations in seconds."""
 
     backup: str
     from_version: str
@@ -59,8 +60,13 @@ def restore_from_backup(ctx: Context, journal: Journal, backup: Backup, *, code:
     journal.backup = backup.name
     journal.save()
     began = time.monotonic()
-    step = "stop"
+    step = "verify-backup"
     try:
+        if database and backup.dump_path is not None and ctx.database is not None:
+            # a dump that cannot be restored must be found before the live database is dropped
+            with run_step(journal, step, ctx.log):
+                verify_dump(backup)
+        step = "stop"
         with run_step(journal, "stop", ctx.log):
             ctx.services.stop()
         if code:
@@ -75,7 +81,9 @@ def restore_from_backup(ctx: Context, journal: Journal, backup: Backup, *, code:
                 ctx.database.restore(dump, dict(backup.data["database"].get("properties", {})))
         step = "start"
         with run_step(journal, step, ctx.log):
-            start_with_retries(ctx.services, ctx.settings.start_retries, rebuild=code, log=ctx.log)
+            # rebuild from the tree on disk: the apply built the new images (same tags) during
+            # staging, so the old containers can only come back from a rebuild of the old tree
+            start_with_retries(ctx.services, ctx.settings.start_retries, rebuild=True, log=ctx.log)
         step = "health"
         with run_step(journal, step, ctx.log):
             if ctx.services.app_services():
@@ -134,6 +142,10 @@ def rollback_patch(
 ) -> RollbackResult:
     """Roll ``version`` back: restore code, database and VERSION from the backup taken before it.
 
+    An interrupted apply or rollback is finished or undone first; an interrupted apply of
+    ``version`` killed before its backup was complete is undone without a backup (it had changed
+    no code and no data) and the result's ``backup`` is then empty.
+
     Raises:
         RollbackError: the installed version is not ``version`` (without ``force``), or a step failed.
         BackupError: no suitable backup.
@@ -142,21 +154,35 @@ def rollback_patch(
     """
     from patchflow.apply import recover_interrupted
 
-    backup = choose_backup(ctx, version, backup_id)
     current = installed_version(ctx)
     pending = Journal.load(ctx.paths.journal)
     unfinished_same = pending is not None and pending.version == str(version)
-    if current != str(version) and not force and not unfinished_same:
-        raise RollbackError(
-            f"The installed version is {current or 'unknown'}, not {version}; rolling back {version} would "
-            f"restore {backup.restores_version} over it.",
-            (f"To undo the installed version run `inv rollback-patch --version {current}`; " if current else "")
-            + "pass --force to restore this backup anyway. Nothing was changed.",
+    backup: Backup | None
+    try:
+        backup = choose_backup(ctx, version, backup_id)
+    except BackupError:
+        # an apply of this version killed before its backup was complete changed no file and no
+        # data: recover_interrupted undoes it (starts the stopped services) without a backup
+        if not (unfinished_same and not backup_id):
+            raise
+        backup = None
+    if pending is not None and unfinished_same:
+        confirm(
+            f"Undo the interrupted {pending.action} of {version} (stops services, restores what it changed; "
+            "if it had already committed, rolls it back from its backup)?"
         )
-    confirm(
-        f"Roll back {version} to {backup.restores_version} from backup {backup.name} "
-        "(stops services, restores code and database)?"
-    )
+    elif backup is not None:
+        if current != str(version) and not force:
+            raise RollbackError(
+                f"The installed version is {current or 'unknown'}, not {version}; rolling back {version} would "
+                f"restore {backup.restores_version} over it.",
+                (f"To undo the installed version run `inv rollback-patch --version {current}`; " if current else "")
+                + "pass --force to restore this backup anyway. Nothing was changed.",
+            )
+        confirm(
+            f"Roll back {version} to {backup.restores_version} from backup {backup.name} "
+            "(stops services, restores code and database)?"
+        )
     started = time.monotonic()
     started_at = utc_now()
     with install_lock(
@@ -164,10 +190,15 @@ def rollback_patch(
     ):
         if pending is not None:
             recover_interrupted(ctx, pending)
-            if installed_version(ctx) == backup.restores_version and pending.version == str(version):
-                return RollbackResult(
-                    backup.name, str(version), backup.restores_version, time.monotonic() - started, 0.0
-                )
+            restored = installed_version(ctx)
+            if unfinished_same and restored != str(version):
+                # the interrupted operation on this version was undone: the version before it is
+                # back exactly; restoring an older backup of this version now would overwrite it
+                used = load_backup(ctx.paths.backups / pending.backup) if pending.backup else None
+                name = used.name if used is not None and used.complete else ""
+                return RollbackResult(name, str(version), restored or "", time.monotonic() - started, 0.0)
+        if backup is None:
+            backup = choose_backup(ctx, version, backup_id)  # the interrupted apply was finished: no backup
         journal = Journal(ctx.paths.journal, "rollback", str(version), current or "", backup=backup.name)
         journal.save()
         try:

@@ -93,6 +93,7 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
             "phase": journal.phase,
             "state": state,
             "step": journal.current_step,
+            "step_state": journal.steps[-1].get("state") if journal.steps else None,
             "failed_step": failed[-1]["name"] if failed else None,
             "error": journal.error,
             "pid": journal.pid,
@@ -124,7 +125,12 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if interrupted:
         console.print(
             f"[bold red]{interrupted['state'].upper()}[/]: {interrupted['action']} of {interrupted['version']} "
-            f"(from {interrupted['from_version'] or '?'}) stopped at step [bold]{interrupted['step']}[/]"
+            f"(from {interrupted['from_version'] or '?'}) stopped "
+            + (
+                f"at step [bold]{interrupted['step']}[/] ({interrupted.get('step_state')})"
+                if interrupted["step"]
+                else "before its first step"
+            )
             + (
                 f", failed step {interrupted['failed_step']}: {interrupted['error']}"
                 if interrupted["failed_step"]

@@ -1,0 +1,367 @@
+"""Crash safety: a real SIGKILL at every step boundary of apply-patch (and of the rollbacks),
+then ``patch-status`` must report the interrupted operation and ``apply-patch`` or
+``rollback-patch`` (with ``--break-lock``) must end on *exactly* the new or *exactly* the old version.
+
+The kill comes from patchflow's own test hook (``PATCHFLOW_TEST_KILL_AT=<step>`` kills the process
+just before the step is journaled as started, ``<step>:after`` just after it is journaled done),
+so the dead process leaves what a power cut or ``kill -9`` at that instant would leave: a journal,
+a stale lock, services possibly stopped or running the new code, a half-switched database.
+
+"Exactly the new version" is checked against what a clean apply produces, computed independently
+of patchflow from the two patch manifests (:func:`expected_tree_after_apply`; the helper itself is
+checked against a real clean apply in :func:`test_expected_tree_matches_a_clean_apply`). "Exactly
+the old version" is the tree state and the full ``pg_dump`` taken before the apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.installs import Install, get
+
+pytestmark = pytest.mark.integration
+
+NEW = "2.3.0"
+OLD = "2.2.0"
+KILL_HOOK = "PATCHFLOW_TEST_KILL_AT"
+KILLED = (-9, 137)  # SIGKILL as seen by subprocess (-9) or through a shell (128 + 9)
+
+APPLY_STEPS = ("stage", "stop", "backup", "switch", "migrate", "start", "health", "commit")
+APPLY_BOUNDARIES = tuple(b for step in APPLY_STEPS for b in (step, f"{step}:after"))
+# restore_from_backup with code and database (rollback-patch, and the automatic rollback of an
+# apply that reached migrate)
+ROLLBACK_STEPS = ("verify-backup", "stop", "restore-code", "restore-database", "start", "health")
+# Nothing happens between one step's ":after" hook and the next step's "before" hook, so those two
+# kills leave the same state; for rollback-patch the distinct states are the first "before" and
+# every ":after".
+ROLLBACK_BOUNDARIES = (ROLLBACK_STEPS[0], *(f"{step}:after" for step in ROLLBACK_STEPS))
+# hook names are shared by both phases; these are the ones only the automatic rollback reaches
+AUTO_ROLLBACK_BOUNDARIES = tuple(
+    b for step in ("verify-backup", "restore-code", "restore-database") for b in (step, f"{step}:after")
+)
+
+StateMap = dict[str, tuple[str, int, str]]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def last_journaled_step(boundary: str, steps: tuple[str, ...]) -> str | None:
+    """The step the journal names after a kill at ``boundary``: a kill *before* a step leaves the
+    previous step as the last one (None before the first); a kill *after* leaves that step."""
+    name, _, moment = boundary.partition(":")
+    if moment == "after":
+        return name
+    index = steps.index(name)
+    return steps[index - 1] if index else None
+
+
+def reached(boundary: str, step: str) -> bool:
+    """True when a kill at ``boundary`` happens after ``step`` finished."""
+    name, _, moment = boundary.partition(":")
+    index, wanted = APPLY_STEPS.index(name), APPLY_STEPS.index(step)
+    return index > wanted or (index == wanted and moment == "after")
+
+
+def status_json(install: Install) -> dict[str, Any]:
+    done = install.inv("patch-status", "--json")
+    assert done.returncode == 0, done.stderr + done.stdout
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def killed_run(install: Install, boundary: str, *args: str) -> None:
+    """Run ``inv <args>`` with the kill hook at ``boundary`` and check it died of SIGKILL."""
+    done = install.inv(*args, env={KILL_HOOK: boundary})
+    assert done.returncode in KILLED, (
+        f"expected a SIGKILL at {boundary}, got exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    )
+
+
+def assert_interrupted(
+    install: Install,
+    *,
+    action: str,
+    phase: str,
+    step: str | None,
+    step_state: str = "done",
+    installed: str | None = None,
+) -> dict[str, Any]:
+    """patch-status (JSON and text) reports the interrupted operation, its last step and whether
+    that step had finished, and a stale lock."""
+    status = status_json(install)
+    interrupted = status["interrupted"]
+    assert interrupted is not None, status
+    assert interrupted["action"] == action
+    assert interrupted["version"] == NEW
+    assert interrupted["phase"] == phase
+    assert interrupted["step"] == step
+    assert interrupted["step_state"] == (step_state if step else None)
+    if installed is not None:
+        assert status["installed_version"] == installed
+    assert status["lock"] is not None and status["lock"]["state"] == "stale", status["lock"]
+    text = install.inv("patch-status")
+    assert text.returncode == 0, text.stderr + text.stdout
+    flat = " ".join(text.stdout.split())
+    assert f"{action} of {NEW}" in flat, text.stdout
+    assert "--break-lock" in flat and "lock stale" in flat, text.stdout
+    if step is not None:
+        assert f"step {step} ({step_state})" in flat, text.stdout
+    else:
+        assert "before its first step" in flat, text.stdout
+    return status
+
+
+def entry_state(entry: dict[str, Any]) -> tuple[str, int, str]:
+    """A manifest entry in :func:`support.installs.tree_state` form."""
+    if entry["type"] == "file":
+        return ("file", int(entry["mode"], 8), entry["sha256"])
+    if entry["type"] == "dir":
+        return ("dir", int(entry["mode"], 8), "")
+    return ("symlink", 0, entry["target"])
+
+
+def read_manifest(install: Install, version: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((install.root / "patches" / f"v{version}" / "manifest.json").read_text())
+    return data
+
+
+def expected_tree_after_apply(before: StateMap, old: dict[str, Any], new: dict[str, Any]) -> StateMap:
+    """The tree a clean apply of ``new`` over ``before`` (installed from ``old``) must give:
+    whatever the old patch did not own stays as it was (node_modules, uploads, .env, ...),
+    paths of the old patch that the new one lacks are gone, every entry of the new patch is
+    present with its type, mode and sha256 (or link target), and VERSION holds the new version."""
+    old_paths = {e["path"] for e in old["files"]}
+    expected = {p: s for p, s in before.items() if p not in old_paths}
+    for entry in new["files"]:
+        expected[entry["path"]] = entry_state(entry)
+    return expected
+
+
+def app_processes(root: Path) -> set[int]:
+    """Pids of live processes whose working directory is ``root`` (the api and worker)."""
+    wanted = os.path.realpath(root)
+    found = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") != wanted:
+                continue
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    continue
+        except OSError:
+            continue
+        found.add(int(pid))
+    return found
+
+
+def assert_clean_after(install: Install) -> dict[str, Any]:
+    """No journal, no lock, no staging left, and exactly the two tracked services running
+    (no orphan from the killed process)."""
+    status = status_json(install)
+    assert status["interrupted"] is None, status["interrupted"]
+    assert status["lock"] is None, status["lock"]
+    state = install.root / ".patchflow"
+    assert not list(state.glob("staging-*")), list(state.glob("staging-*"))
+    tracked = {json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.pid")}
+    assert len(tracked) == 2
+    assert app_processes(install.root) == tracked
+    return status
+
+
+def assert_exactly_new(install: Install, before: StateMap, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """The install is exactly what a clean apply of 2.3.0 gives: tree, database, services."""
+    status = assert_clean_after(install)
+    assert status["installed_version"] == NEW
+    assert (install.root / "VERSION").read_text() == f"{NEW}\n"
+    actual = install.state()
+    expected = expected_tree_after_apply(before, old, new)
+    assert actual == expected, {
+        "missing": sorted(set(expected) - set(actual)),
+        "extra": sorted(set(actual) - set(expected)),
+        "different": sorted(p for p in expected.keys() & actual.keys() if expected[p] != actual[p]),
+    }
+    assert not (install.root / "src/components/Header.js").exists()
+    code, body = get(install.health_url)
+    assert code == 200 and json.loads(body)["version"] == NEW, body
+    assert get(install.health_url.replace("/health", "/audit"))[0] == 200
+    names = [m["name"] for m in new["migrations"]]
+    rows = install.sql(
+        "SELECT migration_name || '|' || (finished_at IS NOT NULL) || '|' || (rolled_back_at IS NULL) "
+        'FROM "_prisma_migrations" ORDER BY migration_name'
+    ).split()
+    assert rows == [f"{n}|true|true" for n in sorted(names)], rows
+    assert install.sql("SELECT to_regclass('public.\"AuditLog\"') IS NOT NULL") == "t"
+    assert install.sql('SELECT count(*) FROM "AuditLog"') == "1"
+    assert install.sql('SELECT count(*) FROM "User"') == "5"
+    history = [json.loads(line) for line in (install.root / ".patchflow/history.jsonl").read_text().splitlines()]
+    successes = [h for h in history if h["action"] == "apply" and h["to_version"] == NEW and h["result"] == "success"]
+    assert len(successes) == 1, successes
+
+
+def assert_exactly_old(install: Install, tree_before: StateMap, db_before: str) -> None:
+    """The install is exactly as before the apply: tree, full pg_dump, services on 2.2.0."""
+    status = assert_clean_after(install)
+    assert status["installed_version"] == OLD
+    after = install.state()
+    assert after == tree_before, {
+        "missing": sorted(set(tree_before) - set(after)),
+        "extra": sorted(set(after) - set(tree_before)),
+        "different": sorted(p for p in tree_before.keys() & after.keys() if tree_before[p] != after[p]),
+    }
+    assert install.pg_dump() == db_before
+    code, body = get(install.health_url)
+    assert code == 200 and json.loads(body)["version"] == OLD, body
+    assert get(install.health_url.replace("/health", "/audit"))[0] == 404
+
+
+def apply_cmd(*extra: str) -> tuple[str, ...]:
+    return ("apply-patch", "--version", NEW, "--yes", *extra)
+
+
+def rollback_cmd(*extra: str) -> tuple[str, ...]:
+    return ("rollback-patch", "--version", NEW, "--yes", *extra)
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+def test_expected_tree_matches_a_clean_apply(install: Install, tmp_path: Path) -> None:
+    """The reference used below is right: a clean apply gives exactly the computed tree."""
+    before = install.state()
+    install.release(tmp_path, NEW)
+    done = install.inv(*apply_cmd())
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_exactly_new(install, before, read_manifest(install, OLD), read_manifest(install, NEW))
+
+
+@pytest.mark.parametrize("boundary", APPLY_BOUNDARIES)
+def test_kill_during_apply_then_apply_finishes_it(install: Install, tmp_path: Path, boundary: str) -> None:
+    """Killed at ``boundary``; apply-patch --break-lock then ends on exactly 2.3.0 (the
+    interrupted apply is finished when it reached commit, otherwise undone and applied again)."""
+    before = install.state()
+    install.release(tmp_path, NEW)
+
+    killed_run(install, boundary, *apply_cmd())
+    assert_interrupted(
+        install,
+        action="apply",
+        phase="forward",
+        step=last_journaled_step(boundary, APPLY_STEPS),
+        installed=NEW if reached(boundary, "switch") else OLD,
+    )
+    refused = install.inv(*apply_cmd())
+    assert refused.returncode != 0 and "Stale lock" in refused.stderr, refused.stderr + refused.stdout
+
+    done = install.inv(*apply_cmd("--break-lock"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "recovering an interrupted apply" in done.stdout + done.stderr
+    assert_exactly_new(install, before, read_manifest(install, OLD), read_manifest(install, NEW))
+
+
+@pytest.mark.parametrize("boundary", APPLY_BOUNDARIES)
+def test_kill_during_apply_then_rollback_undoes_it(install: Install, tmp_path: Path, boundary: str) -> None:
+    """Killed at ``boundary``; rollback-patch --break-lock then ends on exactly 2.2.0.
+
+    Expected per boundary: before the backup is complete (stage .. backup) the apply changed no
+    file and no data, so rollback-patch undoes it without a backup (drops the journal and the
+    partial backup, starts the stopped services again); from ``backup:after`` on it restores the
+    apply's backup (a kill just before ``commit`` still undoes it); killed at ``commit:after`` the apply
+    is finished first and then rolled back from that backup."""
+    tree_before = install.state()
+    db_before = install.pg_dump()
+    install.release(tmp_path, NEW)
+
+    killed_run(install, boundary, *apply_cmd())
+    assert_interrupted(install, action="apply", phase="forward", step=last_journaled_step(boundary, APPLY_STEPS))
+
+    done = install.inv(*rollback_cmd("--break-lock"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = " ".join(done.stdout.split())
+    assert f"rolled back {NEW} -> {OLD}" in out, done.stdout
+    if reached(boundary, "backup"):
+        assert "from backup pre-patch-v2.3.0_" in out, done.stdout
+    else:
+        assert "from no backup (the interrupted apply had changed nothing)" in out, done.stdout
+    assert_exactly_old(install, tree_before, db_before)
+
+
+@pytest.mark.parametrize("boundary", AUTO_ROLLBACK_BOUNDARIES)
+def test_kill_during_automatic_rollback_then_rollback_finishes_it(
+    install: Install, tmp_path: Path, boundary: str
+) -> None:
+    """2.3.0 fails its health check; the automatic rollback is killed at ``boundary``;
+    patch-status shows the rollback in progress; rollback-patch --break-lock ends on exactly 2.2.0."""
+    tree_before = install.state()
+    db_before = install.pg_dump()
+    install.release(tmp_path, NEW, health_status=500)
+
+    killed_run(install, boundary, *apply_cmd("--health-timeout", "3"))
+    step = last_journaled_step(boundary, ("health", *ROLLBACK_STEPS))
+    status = assert_interrupted(
+        install,
+        action="apply",
+        phase="rolling_back",
+        step=step,
+        step_state="failed" if step == "health" else "done",
+    )
+    assert status["interrupted"]["state"].startswith("rollback incomplete")
+    assert status["interrupted"]["failed_step"] == "health"
+
+    done = install.inv(*rollback_cmd("--break-lock"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_exactly_old(install, tree_before, db_before)
+
+
+@pytest.mark.parametrize("boundary", ROLLBACK_BOUNDARIES)
+def test_kill_during_rollback_patch_then_rollback_finishes_it(install: Install, tmp_path: Path, boundary: str) -> None:
+    """2.3.0 applied cleanly; rollback-patch is killed at ``boundary``; a second rollback-patch
+    --break-lock ends on exactly 2.2.0."""
+    tree_before = install.state()
+    db_before = install.pg_dump()
+    install.release(tmp_path, NEW)
+    applied = install.inv(*apply_cmd())
+    assert applied.returncode == 0, applied.stderr + applied.stdout
+
+    killed_run(install, boundary, *rollback_cmd())
+    assert_interrupted(
+        install, action="rollback", phase="rolling_back", step=last_journaled_step(boundary, ROLLBACK_STEPS)
+    )
+
+    done = install.inv(*rollback_cmd("--break-lock"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert_exactly_old(install, tree_before, db_before)
+
+
+def test_rollback_of_apply_killed_before_its_backup_ignores_an_older_backup(install: Install, tmp_path: Path) -> None:
+    """An older backup taken before 2.3.0 (restoring 2.2.0) must not be restored when the
+    interrupted 2.3.0 apply, killed before its own backup, came from 2.2.1: rollback-patch
+    undoes the interrupted apply and ends on exactly 2.2.1."""
+    install.release(tmp_path, NEW)
+    for args in (apply_cmd(), rollback_cmd()):
+        done = install.inv(*args)
+        assert done.returncode == 0, done.stderr + done.stdout
+    install.release(tmp_path, "2.2.1", migration=None)
+    done = install.inv("apply-patch", "--version", "2.2.1", "--yes")
+    assert done.returncode == 0, done.stderr + done.stdout
+    tree_before = install.state()
+    db_before = install.pg_dump()
+
+    killed_run(install, "stop:after", *apply_cmd())
+    assert_interrupted(install, action="apply", phase="forward", step="stop", installed="2.2.1")
+
+    done = install.inv(*rollback_cmd("--break-lock"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "from no backup" in " ".join(done.stdout.split()), done.stdout
+    status = assert_clean_after(install)
+    assert status["installed_version"] == "2.2.1"
+    assert install.state() == tree_before
+    assert install.pg_dump() == db_before
+    code, body = get(install.health_url)
+    assert code == 200 and json.loads(body)["version"] == "2.2.1", body
