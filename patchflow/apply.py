@@ -137,6 +137,16 @@ def _read_installed_manifest(ctx: Context) -> dict[str, Entry]:
         return {}
 
 
+def _wait_database(ctx: Context) -> None:
+    """Wait (bounded by ``db_wait_timeout``) until the database answers ``SELECT 1`` over a real
+    connection (TCP inside a compose service, C14); say so when that took a while."""
+    if ctx.database is None:
+        return
+    waited = ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+    if waited >= 1.0:
+        ctx.log(f"   database accepted connections after {waited:.1f} s")
+
+
 def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan:
     """Compare the install with the patch; count migrations pending and disk needed.
 
@@ -164,7 +174,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
     description = "none"
     if ctx.database is not None:
         description = ctx.database.target.describe()
-        ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+        _wait_database(ctx)
         if not ctx.runner.dry:
             db_bytes = int(ctx.database.properties()["size"])
             done = {r["name"] for r in ctx.database.migration_rows() if r["finished"] and not r["rolled_back"]}
@@ -274,7 +284,7 @@ def apply_patch(
     started_at = utc_now()
     folder = ctx.paths.patch_dir(version)
     ctx.log(f"-> verify {folder}")
-    report = verify_patch(folder, version)
+    report = verify_patch(folder, version, verify_key=ctx.settings.verify_key)
     current = installed_version(ctx)
     interrupted = Journal.load(ctx.paths.journal)
     if current is not None and interrupted is None:
@@ -358,8 +368,7 @@ def _run_apply(
                 ctx.log(f"   build outputs switched: {', '.join(swapped)}")
         step = "migrate"
         with run_step(journal, "migrate", ctx.log):
-            if ctx.database is not None:
-                ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+            _wait_database(ctx)
             applied = run_migrations(ctx.settings, ctx.database, ctx.runner, ctx.paths.root, ctx.log)
         step = "start"
         with run_step(journal, "start", ctx.log):
@@ -481,7 +490,8 @@ def undo_before_switch(ctx: Context, journal: Journal, backup: Backup | None) ->
         shutil.rmtree(backup.folder, ignore_errors=True)
     try:
         with run_step(journal, "start", ctx.log):
-            start_with_retries(ctx.services, ctx.settings.start_retries, log=ctx.log)
+            # the staged build already re-tagged the images: rebuild the old ones from the tree
+            start_with_retries(ctx.services, ctx.settings.start_retries, rebuild=True, log=ctx.log)
         with run_step(journal, "health", ctx.log):
             if ctx.services.app_services():
                 wait_healthy(
@@ -518,7 +528,7 @@ def recover_interrupted(ctx: Context, journal: Journal) -> None:
     staging = ctx.paths.staging(version)
     backup = load_backup(ctx.paths.backups / journal.backup) if journal.backup else None
     if journal.action == "apply" and journal.phase == "forward" and journal.reached("commit"):
-        report = verify_patch(ctx.paths.patch_dir(version), version)
+        report = verify_patch(ctx.paths.patch_dir(version), version, verify_key=ctx.settings.verify_key)
         _commit(ctx, report)
         if not journal.done("commit"):
             _history(

@@ -22,7 +22,13 @@ from patchflow.errors import PatchflowError, ServiceError
 from patchflow.journal import Journal
 from patchflow.paths import ProjectPaths
 from patchflow.runner import LocalRunner, Runner
-from patchflow.services import ComposeManager, ServiceManager, make_manager
+from patchflow.services import (
+    ComposeManager,
+    ServiceManager,
+    compose_prefix,
+    compose_service_environment,
+    make_manager,
+)
 
 KILL_HOOK = "PATCHFLOW_TEST_KILL_AT"
 
@@ -54,12 +60,11 @@ class Context:
         if isinstance(services, ComposeManager):
             prefix = services.prefix()
         elif settings.database_mode == "compose":
-            from patchflow.commands import compose
-
-            prefix = compose.base(
-                paths.root, list(settings.compose_files), compose.project_name(paths.root, settings.compose_project)
-            )
-        target = target_from_settings(settings, prefix)
+            prefix = compose_prefix(settings, paths.root)
+        service_env: dict[str, str] = {}
+        if settings.database_mode == "compose" and not (settings.database_name and settings.database_user):
+            service_env = compose_service_environment(settings, paths.root, settings.database_service)
+        target = target_from_settings(settings, prefix, service_env)
         database = Database(target, run) if target is not None else None
         return cls(settings, paths, run, services, database, log or (lambda line: None))
 

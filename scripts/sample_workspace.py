@@ -43,7 +43,7 @@ def prepare_workspace(
     os.symlink("assets/v2", dest / "public" / "current")
     os.symlink("missing.md", dest / "docs" / "latest.md")
     os.chmod(dest / "config" / "private.json", 0o600)
-    for script in ("scripts/start.sh", "scripts/migrate.sh", "docker/entrypoint.sh"):
+    for script in ("scripts/start.sh", "scripts/migrate.sh", "docker/entrypoint.sh", "docker/postgres-entrypoint.sh"):
         os.chmod(dest / script, 0o755)
     env = {
         "JWT_SECRET": "fake-demo-secret-do-not-use",
@@ -64,6 +64,62 @@ def prepare_workspace(
     env.update(extra_env or {})
     (dest / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return dest
+
+
+COMPOSE_FILE = "docker/docker-compose.local.yml"
+
+
+def host_postgres_ids() -> tuple[int, int]:
+    """Numeric uid and gid of the host's ``postgres`` user (the local compose stack runs the
+    host's PostgreSQL binaries as that user)."""
+    import pwd
+
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
+def host_pg_bindir() -> str:
+    """The newest ``/usr/lib/postgresql/<ver>/bin`` holding a ``postgres`` server binary."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not found:
+        raise RuntimeError("no PostgreSQL server in /usr/lib/postgresql/<ver>/bin (Debian package 'postgresql')")
+    return str(found[-1].parent)
+
+
+def prepare_compose_workspace(
+    dest: Path, *, project: str, api_port: int | None = None, extra_env: dict[str, str] | None = None
+) -> Path:
+    """Like :func:`prepare_workspace`, but the install runs as the docker compose project ``project``
+    (``docker/docker-compose.local.yml``: api + worker images built locally, PostgreSQL in a
+    container with the named volume ``pgdata``); patchflow drives it with the compose service
+    manager and the compose database mode. Returns ``dest``; nothing is started."""
+    port = api_port or free_port()
+    extra = dict(extra_env or {})
+    if "PG_UID" in extra and "PG_GID" in extra:
+        uid, gid = int(extra["PG_UID"]), int(extra["PG_GID"])
+    else:
+        uid, gid = host_postgres_ids()
+    env = {
+        "PATCHFLOW_SERVICE_MANAGER": "compose",
+        "PATCHFLOW_COMPOSE_FILES": COMPOSE_FILE,
+        "PATCHFLOW_COMPOSE_PROJECT": project,
+        "PATCHFLOW_DATABASE_MODE": "compose",
+        "PATCHFLOW_HEALTH_TIMEOUT": "30",
+        "PATCHFLOW_STOP_TIMEOUT": "5",
+        "PATCHFLOW_DB_WAIT_TIMEOUT": "60",
+        "API_PORT": str(port),
+        "POSTGRES_DB": "primeflow",
+        "POSTGRES_USER": "primeflow",
+        "POSTGRES_PASSWORD": "fake-demo-password",
+        "PG_UID": str(uid),
+        "PG_GID": str(gid),
+        "PG_BINDIR": extra.get("PG_BINDIR") or host_pg_bindir(),
+    }
+    env.update(extra)
+    return prepare_workspace(dest, database_url=None, port=port, extra_env=env)
 
 
 AUDIT_MIGRATION = """-- CreateTable

@@ -129,3 +129,145 @@ def start_install(folder: Path, cluster: Any, dbname: str, extra_env: dict[str, 
         done = install.inv(*args)
         assert done.returncode == 0, done.stderr + done.stdout
     return install
+
+
+# -- helpers for the field-failure and bad-input tests ---------------------------------------
+
+
+def build_release(
+    install: Install,
+    workdir: Path,
+    version: str,
+    *,
+    edit: Any = None,
+    sample_changes: bool = True,
+    **changes: Any,
+) -> Path:
+    """Like :meth:`Install.release`, with an ``edit(source)`` callback run before create-patch.
+
+    ``sample_changes=False`` copies the install unchanged (only ``VERSION`` and ``edit``) instead
+    of applying ``make_release``'s changes. An existing ``patches/v<version>`` of the install is
+    replaced. Returns the patch folder in the install."""
+    import shutil
+
+    source = workdir / f"source-{version}"
+    if sample_changes:
+        make_release(install.root, source, version, **changes)
+    else:
+        shutil.copytree(install.root, source, symlinks=True, ignore=shutil.ignore_patterns(*OWN_FOLDERS))
+        (source / "VERSION").write_text(f"{version}\n")
+    if edit is not None:
+        edit(source)
+    done = run_inv("create-patch", "--root", str(source))
+    assert done.returncode == 0, done.stderr + done.stdout
+    target = install.root / "patches" / f"v{version}"
+    if target.exists():
+        shutil.rmtree(target)
+    return copy_patch(source, install.root, version)
+
+
+def status_json(install: Install, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``inv patch-status --json`` of the install, parsed."""
+    import json
+
+    done = install.inv("patch-status", "--json", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def history(install: Install) -> list[dict[str, Any]]:
+    """Every record of ``.patchflow/history.jsonl``, oldest first."""
+    import json
+
+    path = install.root / ".patchflow" / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def backup_names(install: Install) -> list[str]:
+    """Names of the folders under ``backups/`` (sorted)."""
+    folder = install.root / "backups"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def set_dotenv(install: Install, key: str, value: str) -> str | None:
+    """Set ``key=value`` in the install's ``.env``; returns the previous value (None if absent)."""
+    path = install.root / ".env"
+    lines = path.read_text().splitlines()
+    previous = None
+    out = []
+    for line in lines:
+        if line.startswith(f"{key}="):
+            previous = line.split("=", 1)[1]
+            continue
+        out.append(line)
+    out.append(f"{key}={value}")
+    path.write_text("\n".join(out) + "\n")
+    return previous
+
+
+def health(install: Install) -> tuple[int, str | None]:
+    """``(HTTP status, reported version)`` of the install's /health (status 0: no answer)."""
+    import json
+
+    status, body = get(install.health_url)
+    try:
+        version = json.loads(body).get("version") if status else None
+    except ValueError:
+        version = None
+    return status, version
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate()`` until it returns a truthy value (returned) or fail after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The argv of ``pid`` ([] when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def inv_popen(install: Install, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``inv <task> --root <install> <args>`` in its own session (stdin closed, output piped)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [*INV, args[0], "--root", str(install.root), *args[1:]],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
