@@ -114,6 +114,14 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
     }
 
 
+def _utc(stamp: Any) -> str:
+    """``2025-01-01T14:30:22.123456Z`` -> ``2025-01-01 14:30:22Z`` (UTC, seconds)."""
+    text = str(stamp or "")
+    if len(text) >= 19 and text[10] == "T":
+        return f"{text[:10]} {text[11:19]}Z"
+    return text
+
+
 def render_status(status: dict[str, Any], console: Console) -> None:
     """Print ``status`` (from :func:`collect_status`) as text and tables."""
     console.print(f"[bold]PrimeFlow install[/] {status['root']}")
@@ -136,7 +144,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
                 if interrupted["failed_step"]
                 else ""
             )
-            + f"; started {interrupted['started_at']} by pid {interrupted['pid']} on {interrupted['host']}."
+            + f"; started {_utc(interrupted['started_at'])} by pid {interrupted['pid']} on {interrupted['host']}."
         )
         console.print(
             f"  finish or undo it: inv apply-patch --version {interrupted['version']} --break-lock, "
@@ -146,12 +154,12 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if lock:
         console.print(
             f"[yellow]lock {lock['state']}[/]: {lock['action']} of {lock['version']} by "
-            f"{lock['user']}@{lock['host']} pid {lock['pid']} since {lock['started_at']}"
+            f"{lock['user']}@{lock['host']} pid {lock['pid']} since {_utc(lock['started_at'])}"
         )
     last = status["last_apply"]
     if last:
         console.print(
-            f"last apply: {last.get('from_version')} -> {last.get('to_version')} at {last.get('started_at')}, "
+            f"last apply: {last.get('from_version')} -> {last.get('to_version')} at {_utc(last.get('started_at'))}, "
             f"stopped window {last.get('stopped_seconds', 0):.1f} s"
         )
 
@@ -165,7 +173,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
             patch["version"] + marker,
             f"[{colour}]{patch['state']}[/]",
             str(patch["files"] or ""),
-            str(patch["created_at"] or ""),
+            _utc(patch["created_at"]),
             "; ".join(patch["problems"][:3]),
         )
     console.print(table if status["patches"] else "patches: none")
@@ -178,7 +186,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
             backup["name"],
             backup["version"],
             backup["restores_version"],
-            backup["created_at"],
+            _utc(backup["created_at"]),
             human_age(backup["age_seconds"]),
             human_bytes(backup["size_bytes"]),
             "yes" if backup["database"] else "no",
@@ -196,7 +204,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
                 str(item.get("action")),
                 str(item.get("from_version") or ""),
                 str(item.get("to_version") or ""),
-                str(item.get("started_at") or ""),
+                _utc(item.get("started_at")),
                 f"{item.get('duration_seconds', 0) or 0:.1f} s",
                 f"{item.get('stopped_seconds', 0) or 0:.1f} s",
                 f"[{colour}]{result}[/]",
