@@ -4,6 +4,8 @@ INV := $(VENV)/bin/inv
 VERSION ?=
 HOST ?=
 SERVICE ?=
+TAIL ?=
+FOLLOW ?=
 ROOT ?= .
 V := $(if $(VERSION),--version $(VERSION),)
 
@@ -38,8 +40,8 @@ prune-backups: $(VENV)/.installed ## delete old backups (retention)
 preflight: $(VENV)/.installed ## the project's lint/typecheck/prisma validate and patchflow's own checks
 	@$(INV) preflight --root $(ROOT)
 
-logs: $(VENV)/.installed ## service logs (SERVICE=api)
-	@$(INV) logs --root $(ROOT) $(if $(SERVICE),--service $(SERVICE),)
+logs: $(VENV)/.installed ## service logs (SERVICE=api, TAIL=100, FOLLOW=1)
+	@$(INV) logs --root $(ROOT) $(if $(SERVICE),--service $(SERVICE),) $(if $(TAIL),--tail $(TAIL),) $(if $(FOLLOW),--follow,)
 
 ps: $(VENV)/.installed ## service states
 	@$(INV) ps --root $(ROOT)

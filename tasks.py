@@ -362,7 +362,7 @@ def restart(c: Context, root: str | None = None, service: str | None = None) -> 
 @task(
     help={
         "root": ROOT_HELP,
-        "service": "service name (default: all)",
+        "service": "service name (default: the application services)",
         "follow": "keep following",
         "tail": "number of lines from the end",
     }

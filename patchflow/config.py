@@ -165,8 +165,12 @@ FIELDS: tuple[Field, ...] = (
         "folders (globs, relative) made by install/build in staging that replace the tree's copies at switch",
     ),
     Field("signing_key", _to_str, "", "create-patch: Ed25519 signing key file (hex seed) that signs SHA256SUMS"),
-    Field("verify_key", _to_str, "",
-          "verify/apply: Ed25519 verify key (64 hex characters or a file); when set, unsigned patches are refused"),
+    Field(
+        "verify_key",
+        _to_str,
+        "",
+        "verify/apply: Ed25519 verify key (64 hex characters or a file); when set, unsigned patches are refused",
+    ),
     Field("health_url", _to_list, ("http://localhost:3001/health",), "health check URL(s), comma separated"),
     Field("health_timeout", _to_float, 60.0, "seconds until the health check gives up"),
     Field(

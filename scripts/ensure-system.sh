@@ -204,4 +204,22 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || die "image $BASE_IMAGE missing after build"
 say "image $BASE_IMAGE present"
+
+# --- host binaries inside containers -------------------------------------------------------
+# The sample's docker/docker-compose.local.yml runs the host's node and PostgreSQL in containers
+# of $BASE_IMAGE through read-only bind mounts of /usr, /lib, /lib64 (and /etc), PostgreSQL as
+# the numeric uid/gid of the host's postgres user. Check that this works here, once.
+id -u postgres >/dev/null 2>&1 || die "no 'postgres' OS user (Debian package 'postgresql' creates it)"
+pg_bin="$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n1)"
+host_mounts=(-v /usr:/usr:ro -v /lib:/lib:ro)
+[[ -e /lib64 ]] && host_mounts+=(-v /lib64:/lib64:ro)
+node_bin="$(command -v node)"
+if ! out="$(docker run --rm "${host_mounts[@]}" "$BASE_IMAGE" "$node_bin" --version 2>&1)"; then
+    die "the host's node does not run inside $BASE_IMAGE with /usr and /lib bind-mounted: $out"
+fi
+if ! out="$(docker run --rm "${host_mounts[@]}" -v /etc:/etc:ro --user "$(id -u postgres):$(id -g postgres)" \
+        "$BASE_IMAGE" "$pg_bin" --version 2>&1)"; then
+    die "the host's PostgreSQL ($pg_bin) does not run inside $BASE_IMAGE as the postgres user: $out"
+fi
+say "host node and PostgreSQL run inside $BASE_IMAGE ($out)"
 say "ok (test)"

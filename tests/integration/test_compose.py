@@ -348,7 +348,7 @@ def _pg_isready(install: ComposeInstall, *extra: str) -> int:
 
 def test_apply_waits_for_tcp_while_the_database_initialises_c14(docker_engine: None, tmp_path: Path) -> None:
     install = ComposeInstall.create(tmp_path / "install", f"pfc14{uuid.uuid4().hex[:8]}")
-    (install.root / "docker/initdb.d/50-slow.sh").write_text("echo 'slow init script: sleeping 8 s'\nsleep 8\n")
+    (install.root / "docker/initdb.d/50-slow.sh").write_text("echo 'slow init script: sleeping 10 s'\nsleep 10\n")
     # no POSTGRES_DB/POSTGRES_USER in .env: patchflow reads them from the service's environment
     # as compose resolves it (the compose file's defaults, primeflow/primeflow)
     env_file = install.root / ".env"
