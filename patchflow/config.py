@@ -127,9 +127,19 @@ FIELDS: tuple[Field, ...] = (
     Field("commands", _to_commands, (), "command manager: services as name=command;name=command"),
     Field("stop_timeout", _to_float, 20.0, "seconds to wait after SIGTERM before SIGKILL (command manager)"),
     Field("compose_files", _to_list, ("docker/docker-compose.yml",), "compose file(s), relative to the root"),
-    Field("compose_project", _to_str, "", "compose project name (empty: compose's default)"),
+    Field(
+        "compose_project",
+        _to_str,
+        "",
+        "compose project name (empty: COMPOSE_PROJECT_NAME, the file's name:, then its folder, as compose does)",
+    ),
     Field("app_services", _to_list, ("api", "worker", "frontend"), "services stopped during apply and replaced"),
-    Field("data_services", _to_list, ("postgres", "redis"), "services that keep running during apply"),
+    Field(
+        "data_services",
+        _to_list,
+        ("postgres", "redis"),
+        "services that keep running during apply (never in app_services)",
+    ),
     Field(
         "database_mode",
         _choice("url", "compose", "none"),

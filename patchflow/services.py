@@ -331,6 +331,14 @@ class ComposeManager:
     kind = "compose"
 
     def __init__(self, settings: Settings, paths: ProjectPaths, runner: Runner) -> None:
+        """Raises ConfigError when a service is both an application and a data service."""
+        both = sorted(set(settings.app_services) & set(settings.data_services))
+        if both:
+            raise ConfigError(
+                f"Service(s) {', '.join(both)} are listed both in app_services (stopped and replaced during "
+                "an apply) and in data_services (kept running).",
+                "Remove them from one of the two settings (PATCHFLOW_APP_SERVICES / PATCHFLOW_DATA_SERVICES).",
+            )
         self.settings = settings
         self.paths = paths
         self.runner = runner

@@ -87,3 +87,17 @@ def test_compose_errors_keep_the_reason_not_the_progress() -> None:
         ]
     )
     assert _compose_errors(output) == "container pf-api-1 is unhealthy"
+
+
+def test_a_service_cannot_be_both_application_and_data(tmp_path: Path) -> None:
+    from patchflow.config import load_settings
+    from patchflow.errors import ConfigError
+    from patchflow.paths import ProjectPaths
+    from patchflow.runner import LocalRunner
+    from patchflow.services import ComposeManager
+
+    settings = load_settings(tmp_path, environ={"PATCHFLOW_APP_SERVICES": "api,postgres"})
+    with pytest.raises(ConfigError) as caught:
+        ComposeManager(settings, ProjectPaths.from_settings(settings), LocalRunner())
+    assert "postgres" in caught.value.message and "data_services" in caught.value.message
+    assert not any(tmp_path.iterdir())
