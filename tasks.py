@@ -225,6 +225,17 @@ def apply_patch(
         _print_plan(plan)
         confirm(f"Apply {plan.version} now (services {', '.join(plan.services) or 'none'} will be stopped)?", yes=yes)
 
+    if not dry_run:
+        from patchflow.journal import Journal
+
+        pending = Journal.load(ctx.paths.journal)
+        if pending is not None:
+            # recovery changes the install, so it is confirmed before it runs, not with the plan
+            confirm(
+                f"An interrupted {pending.action} of {pending.version} (last step {pending.current_step}) "
+                "will be finished or undone first. Continue?",
+                yes=yes,
+            )
     result = run_apply(ctx, parsed, options, confirm=ask)
     if result.dry_run and result.plan is not None:
         _print_plan(result.plan)
