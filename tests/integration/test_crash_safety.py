@@ -365,3 +365,16 @@ def test_rollback_of_apply_killed_before_its_backup_ignores_an_older_backup(inst
     assert install.pg_dump() == db_before
     code, body = get(install.health_url)
     assert code == 200 and json.loads(body)["version"] == "2.2.1", body
+
+
+def test_recovery_without_a_terminal_needs_yes_and_changes_nothing_until_then(install: Install, tmp_path: Path) -> None:
+    install.release(tmp_path, "2.3.0")
+    killed_run(install, "migrate:after", *apply_cmd())
+    tree_after_kill = install.state()
+    journal_before = (install.root / ".patchflow" / "journal.json").read_bytes()
+
+    refused = install.inv("apply-patch", "--version", "2.3.0", "--break-lock")
+    assert refused.returncode == 5
+    assert "interrupted apply of 2.3.0" in refused.stderr and "--yes" in refused.stderr
+    assert install.state() == tree_after_kill
+    assert (install.root / ".patchflow" / "journal.json").read_bytes() == journal_before
