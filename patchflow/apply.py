@@ -21,6 +21,7 @@ from typing import Any
 from patchflow.archive import extract_archive
 from patchflow.backup import (
     Backup,
+    check_inside,
     load_backup,
     new_backup,
     place_entry,
@@ -37,6 +38,7 @@ from patchflow.errors import (
     CommandError,
     PatchflowError,
     RollbackError,
+    VerifyError,
     VersionError,
 )
 from patchflow.health import wait_healthy
@@ -147,6 +149,29 @@ def _wait_database(ctx: Context) -> None:
         ctx.log(f"   database accepted connections after {waited:.1f} s")
 
 
+def check_patch_paths(entries: dict[str, Entry], rules: ExcludeRules) -> None:
+    """Refuse a patch that would write where it has no business: a secret (``.env``...), a path
+    excluded by its own rules or under this install's patches/, backups/ or state folder, or an
+    entry whose parent folder is not part of the patch.
+
+    Raises:
+        VerifyError: names the offending paths; nothing was changed.
+    """
+    bad = []
+    for path, entry in sorted(entries.items()):
+        parent = path.rpartition("/")[0]
+        if rules.excluded(path, is_dir=entry.type == "dir") or rules.is_secret(path):
+            bad.append(f"{path} (secret or outside what a patch may own)")
+        elif parent and entries.get(parent, Entry(parent, "file")).type != "dir":
+            bad.append(f"{path} (its folder {parent} is not a folder of the patch)")
+    if bad:
+        raise VerifyError(
+            f"The patch holds paths it may not write: {'; '.join(bad[:10])}.",
+            "Rebuild it with create-patch; a patch never carries secrets or patchflow's own folders. "
+            "Nothing was changed.",
+        )
+
+
 def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan:
     """Compare the install with the patch; count migrations pending and disk needed.
 
@@ -155,7 +180,9 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
         BackupError: not enough free disk space (the message gives the numbers).
     """
     new_entries = {p: e for p, e in report.entries().items() if p != VERSION_PATH}
-    current = scan_tree(ctx.paths.root, install_rules(ctx, report.manifest), strict=False)
+    rules = install_rules(ctx, report.manifest)
+    check_patch_paths(new_entries, rules)
+    current = scan_tree(ctx.paths.root, rules, strict=False)
     current.entries.pop(VERSION_PATH, None)
     diff = diff_trees(current.entries, new_entries)
     old_entries = {p: current.entries[p] for p in diff.changed + diff.deleted}
@@ -241,6 +268,7 @@ def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion) -
     type_changed = [p for p in diff.changed if plan.old_entries[p].type != plan.new_entries[p].type]
     for rel in sorted(diff.deleted + type_changed, key=lambda p: p.count("/"), reverse=True):
         path = root / rel
+        check_inside(root, path)
         if plan.old_entries[rel].type == "dir" and path.is_dir() and not path.is_symlink():
             try:
                 path.rmdir()

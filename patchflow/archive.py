@@ -224,8 +224,17 @@ def extract_archive(archive: Path, destination: Path, expected: Mapping[str, Ent
         raise ArchiveError(
             f"Extraction of {archive.name} failed: {exc}.", "Check disk space and permissions."
         ) from None
+    real_root = os.path.realpath(destination)
     for entry in expected.values():
         if entry.type == "symlink":
+            # resolved through every link (``q -> .`` chains): must stay inside the folder
+            real = os.path.realpath(destination / entry.path)
+            if real != real_root and not real.startswith(real_root + os.sep):
+                raise ArchiveError(
+                    f"Unsafe member {entry.path!r} in {archive.name}: the symlink leads outside the folder "
+                    f"(through {entry.target!r}).",
+                    "The archive is refused; nothing was applied.",
+                )
             continue
         os.chmod(destination / entry.path, entry.mode)
     for entry in expected.values():

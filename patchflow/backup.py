@@ -16,6 +16,7 @@ from backup.json, never by mtime or a sort of local-time strings (field failure 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -105,9 +106,45 @@ def load_backup(folder: Path) -> Backup | None:
         data = json.loads((folder / BACKUP_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not _well_formed(data):
         return None
     return Backup(folder, data)
+
+
+def _safe_rel(path: object) -> bool:
+    """A relative POSIX path without ``..``, empty or absolute parts (what a backup may name)."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _well_formed(data: dict[str, Any]) -> bool:
+    """True when backup.json has the types and safe paths patchflow wrote (a damaged or foreign
+    file is ignored rather than trusted: it could name paths outside the install)."""
+    try:
+        texts = all(isinstance(data.get(k, ""), str) for k in ("version", "restores_version", "created_at"))
+        numbers = isinstance(data.get("sequence", 0), int) and isinstance(data.get("complete", False), bool)
+        old = data.get("old_entries", [])
+        new = data.get("new_paths", [])
+        paths_ok = (
+            isinstance(old, list)
+            and all(isinstance(e, dict) and _safe_rel(e.get("path")) for e in old)
+            and isinstance(new, list)
+            and all(_safe_rel(p) for p in new)
+        )
+        for e in old:
+            Entry.from_json(e)
+        database = data.get("database")
+        db_ok = database is None or (
+            isinstance(database, dict) and _safe_rel(database.get("file")) and "/" not in str(database.get("file"))
+        )
+        outputs = data.get("build_outputs", [])
+        outputs_ok = isinstance(outputs, list) and all(
+            isinstance(o, dict) and _safe_rel(o.get("path")) for o in outputs
+        )
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(texts and numbers and paths_ok and db_ok and outputs_ok)
 
 
 def list_backups(paths: ProjectPaths, *, include_incomplete: bool = False) -> list[Backup]:
@@ -218,7 +255,8 @@ def save_files(backup: Backup, root: Path, installed_manifest: Path) -> int:
                 os.symlink(entry.target, dest)
         version_file = root / "VERSION"
         if version_file.is_file():
-            backup.data["version_file"] = version_file.read_text(encoding="utf-8")
+            shutil.copyfile(version_file, backup.folder / "VERSION")  # bytes as they are
+            backup.data["version_file"] = "VERSION"
         if installed_manifest.is_file():
             shutil.copyfile(installed_manifest, backup.folder / "installed-manifest.json")
     except OSError as exc:
@@ -321,13 +359,40 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+def check_inside(root: Path, path: Path) -> None:
+    """Refuse to touch ``path`` when the folder holding it resolves outside ``root`` (a symlink
+    on the way would make a write or a delete land elsewhere).
+
+    Raises:
+        BackupError: names the path and where it leads.
+    """
+    real_root = os.path.realpath(root)
+    probe = path.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    real = os.path.realpath(probe)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise BackupError(
+            f"Refusing to write or delete {path}: {probe} leads outside the install (to {real}).",
+            "A symlink in the install points where the patch expects a folder; replace it by hand.",
+        )
+
+
+def _tmp_name(dest: Path) -> Path:
+    """A short temporary name beside ``dest`` (long names would exceed NAME_MAX with a suffix)."""
+    digest = hashlib.sha256(os.fsencode(dest.name)).hexdigest()[:16]
+    return dest.with_name(f".pf-{digest}.tmp")
+
+
 def place_entry(entry: Entry, source_root: Path, root: Path) -> None:
     """Make ``root/entry.path`` equal ``entry``, taking content from ``source_root/entry.path``.
 
     Files are copied beside their destination and renamed over it (atomic per file); a directory
-    standing where a file or link goes must already be empty.
+    standing where a file or link goes must already be empty. Nothing is written through a
+    symlink that leads outside ``root`` (:func:`check_inside`).
     """
     dest = root / entry.path
+    check_inside(root, dest)
     if entry.type == "dir":
         if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
             dest.unlink()
@@ -335,7 +400,7 @@ def place_entry(entry: Entry, source_root: Path, root: Path) -> None:
         os.chmod(dest, entry.mode)
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.patchflow-tmp")
+    tmp = _tmp_name(dest)
     remove_path(tmp)
     if entry.type == "symlink":
         os.symlink(entry.target, tmp)
@@ -364,6 +429,7 @@ def restore_code(backup: Backup, root: Path, installed_manifest: Path) -> None:
             if rel in old:
                 continue
             path = root / rel
+            check_inside(root, path)
             try:
                 remove_path(path)
             except OSError:
@@ -374,15 +440,26 @@ def restore_code(backup: Backup, root: Path, installed_manifest: Path) -> None:
             if entry.type == "file" and not (files / rel).is_file():
                 raise BackupError(f"The backup {backup.name} lacks {rel}.", "Restore that file by hand.")
             dest = root / rel
+            check_inside(root, dest)
             if entry.type != "dir" and dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
+                # a folder of the patch stands where a file was; it may hold files written since
+                # (uploads...): move it into the backup instead of deleting anything
+                aside = backup.folder / "displaced" / rel
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.replace(dest, aside)
+                backup.data.setdefault("displaced", []).append(rel)
+                backup.save()
             place_entry(entry, files, root)
-        version_text = backup.data.get("version_file")
+        saved_version = backup.folder / "VERSION"
         version_file = root / "VERSION"
-        if version_text is not None:
+        if backup.data.get("version_file") and saved_version.is_file():
             tmp = root / ".VERSION.patchflow-tmp"
-            tmp.write_text(version_text, encoding="utf-8")
+            shutil.copyfile(saved_version, tmp)
             os.replace(tmp, version_file)
+        else:  # there was no VERSION before the patch
+            version_file.unlink(missing_ok=True)
         saved = backup.folder / "installed-manifest.json"
         if saved.is_file():
             installed_manifest.parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,13 @@ an invalid value raises :class:`ConfigError` naming the file or variable at faul
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dotenv import dotenv_values
@@ -48,9 +50,20 @@ def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
     result = float(str(value).strip())
-    if result < 0:
-        raise ValueError("expected a number >= 0")
+    if not math.isfinite(result) or result < 0:
+        raise ValueError("expected a finite number >= 0")
     return result
+
+
+def _to_subdir(value: Any) -> str:
+    """A folder inside the project root: relative, no ``..``, not the root itself."""
+    text = str(value).strip().strip("/")
+    parts = PurePosixPath(text).parts
+    if str(value).strip().startswith("/") or not parts or any(p in ("..", ".") for p in parts) or "\\" in text:
+        raise ValueError("expected a folder inside the project root, relative and without '..' (e.g. backups)")
+    if parts[0] in ("VERSION", "prisma", "node_modules", "src", "apps", "packages"):
+        raise ValueError(f"{parts[0]!r} belongs to the project; choose a folder of patchflow's own")
+    return "/".join(parts)
 
 
 def _to_bool(value: Any) -> bool:
@@ -114,9 +127,9 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("patches_dir", _to_str, "patches", "folder (relative to the root) holding patches/vX.Y.Z/"),
-    Field("backups_dir", _to_str, "backups", "folder (relative to the root) holding pre-patch backups"),
-    Field("state_dir", _to_str, ".patchflow", "folder for the journal, history.jsonl and the lock"),
+    Field("patches_dir", _to_subdir, "patches", "folder (relative to the root) holding patches/vX.Y.Z/"),
+    Field("backups_dir", _to_subdir, "backups", "folder (relative to the root) holding pre-patch backups"),
+    Field("state_dir", _to_subdir, ".patchflow", "folder for the journal, history.jsonl and the lock"),
     Field("exclude", _to_list, (), "extra gitignore-style patterns left out of patches (comma separated)"),
     Field(
         "service_manager",
@@ -199,6 +212,8 @@ FIELDS: tuple[Field, ...] = (
 )
 
 _BY_NAME = {f.name: f for f in FIELDS}
+# variables with the prefix that are not settings: the documented test hook (context.KILL_HOOK)
+_KNOWN_ENV = {f.env for f in FIELDS} | {"PATCHFLOW_TEST_KILL_AT"}
 
 
 @dataclass(frozen=True)
@@ -335,6 +350,14 @@ def load_settings(
         if mapping.get("DATABASE_URL"):
             values["database_url"] = mapping["DATABASE_URL"]
             sources["database_url"] = f"{layer}:DATABASE_URL"
+        for key in mapping:
+            if key.startswith(ENV_PREFIX) and key not in _KNOWN_ENV:
+                close = difflib.get_close_matches(key, sorted(_KNOWN_ENV), n=1)
+                raise ConfigError(
+                    f"Unknown setting {key} in {label}.",
+                    (f"Did you mean {close[0]}? " if close else "")
+                    + "The README lists every setting and its environment variable.",
+                )
         for f in FIELDS:
             if f.env in mapping:
                 values[f.name] = _convert(f.name, mapping[f.env], f"{f.env} in {label}")

@@ -297,13 +297,19 @@ def create_patch(
         )
         if settings.signing_key:
             sign_file(work / SHA256SUMS, settings.signing_key)
+        if final.exists() and not force:
+            # another create-patch of this version finished meanwhile: the first one wins
+            raise CreatePatchError(
+                f"Patch folder {final} was created by another run meanwhile.",
+                "Pass --force to replace it; this run's output was discarded.",
+            )
         if final.exists():
             old = paths.patches / f".{version.tag}.old-{os.getpid()}"
             final.rename(old)
             work.rename(final)
             shutil.rmtree(old)
         else:
-            work.rename(final)
+            os.rename(work, final)  # fails if another run created a non-empty folder meanwhile
     except OSError as exc:
         _discard(work, paths.patches if made_patches_dir else None)
         raise CreatePatchError(

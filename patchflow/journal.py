@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from patchflow.errors import PatchflowError
 from patchflow.lock import _user
 
 
@@ -101,30 +102,41 @@ class Journal:
 
     @classmethod
     def load(cls, path: Path) -> Journal | None:
-        """Read an existing journal, or None when there is none (unreadable counts as none)."""
+        """Read an existing journal, or None when there is none.
+
+        Raises:
+            PatchflowError: the journal exists but is unreadable or malformed (an operation was
+                interrupted and its record is damaged: nothing may run until someone looks).
+        """
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return None
-        known = {
-            k: data[k]
-            for k in (
-                "action",
-                "version",
-                "from_version",
-                "started_at",
-                "pid",
-                "host",
-                "phase",
-                "backup",
-                "steps",
-                "error",
-            )
-            if k in data
-        }
+        except (OSError, ValueError) as exc:
+            raise _damaged(path, str(exc)) from None
+        texts = ("action", "version", "from_version", "started_at", "host", "phase")
+        if (
+            not isinstance(data, dict)
+            or not all(isinstance(data.get(k), str) for k in ("action", "version", "from_version"))
+            or not all(isinstance(data[k], str) for k in texts if k in data)
+            or not isinstance(data.get("steps", []), list)
+            or not all(isinstance(step, dict) and isinstance(step.get("name"), str) for step in data.get("steps", []))
+            or not isinstance(data.get("pid", 0), int)
+            or not isinstance(data.get("backup"), (str, type(None)))
+        ):
+            raise _damaged(path, "unexpected structure")
+        fields = ("action", "version", "from_version", "started_at", "pid", "host", "phase", "backup", "steps", "error")
+        known = {k: data[k] for k in fields if k in data}
         return cls(path=path, **known)
+
+
+def _damaged(path: Path, why: str) -> PatchflowError:
+    return PatchflowError(
+        f"The journal {path} of an interrupted apply or rollback is damaged ({why}).",
+        "Nothing was changed. Check the install by hand (VERSION, files, database, the newest backup in "
+        "backups/), restore it with `inv rollback-patch --backup NAME --force` if needed, then move the "
+        "journal away.",
+    )
 
 
 def append_history(path: Path, record: dict[str, Any]) -> None:
@@ -144,7 +156,9 @@ def read_history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records[-limit:] if limit else records

@@ -211,6 +211,25 @@ def _link_stays_inside(rel: str, target: str) -> bool:
     return bool(parts)
 
 
+def _bad_name(name: str) -> str:
+    """Why a file name cannot travel in a patch ('' when it can): names are UTF-8 in the archive
+    and the manifest, and a backslash is refused on extraction."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8 (rename the file)"
+    if "\\" in name:
+        return "the name contains a backslash, which extraction refuses (rename the file)"
+    return ""
+
+
+def _resolves_inside(root: Path, link: Path) -> bool:
+    """True when ``link`` resolved through every link on the way (``q -> .`` chains too) stays in ``root``."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(link)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
 def scan_tree(
     root: Path,
     rules: ExcludeRules,
@@ -227,7 +246,8 @@ def scan_tree(
         hash_files: compute sha256 (False: size and mode only, for quick estimates).
         on_bytes: called with the number of bytes hashed, for progress bars.
         strict: raise on unreadable files, special files and links leaving the tree
-            (False: record a warning and skip them, used when scanning an install).
+            (False, used when scanning an install: warn, skip unreadable/special files, and keep
+            links leaving the tree as entries so they are backed up and never followed).
 
     Raises:
         CreatePatchError: (strict) a link points outside the tree or is absolute, a file cannot be
@@ -250,15 +270,23 @@ def scan_tree(
             except OSError as exc:
                 problems.append(f"{rel}: cannot stat ({exc.strerror})")
                 continue
+            if strict and not rules.excluded(rel, is_dir=stat.S_ISDIR(st.st_mode)):
+                bad_name = _bad_name(child.name)
+                if bad_name:
+                    problems.append(f"{rel!r}: {bad_name}")
+                    continue
             if stat.S_ISLNK(st.st_mode):
                 if rules.excluded(rel, is_dir=False):
                     continue
                 target = os.readlink(child.path)
-                if not _link_stays_inside(rel, target):
-                    problems.append(
-                        f"{rel}: symlink to {target!r} points outside the project (absolute or leaving the tree)"
-                    )
-                    continue
+                if not _link_stays_inside(rel, target) or not _resolves_inside(root, Path(child.path)):
+                    message = f"{rel}: symlink to {target!r} points outside the project (absolute or leaving the tree)"
+                    if strict:
+                        problems.append(message)
+                        continue
+                    # an install's host-specific link is still part of the tree: it is backed up and
+                    # restored like any entry, never silently followed
+                    tree.warnings.append(message)
                 if not os.path.exists(child.path):
                     tree.warnings.append(f"{rel}: dangling symlink to {target!r} kept as a link")
                 tree.entries[rel] = Entry(rel, "symlink", target=target)

@@ -20,7 +20,7 @@ from patchflow.errors import BackupError, PatchflowError, RollbackError
 from patchflow.health import wait_healthy
 from patchflow.journal import Journal, append_history, utc_now
 from patchflow.lock import install_lock
-from patchflow.version import PatchVersion, parse_version
+from patchflow.version import PatchVersion, read_version_file
 
 
 @dataclass
@@ -38,8 +38,8 @@ class RollbackResult:
 def installed_version(ctx: Context) -> str | None:
     """The version in ``VERSION`` (None when missing or unparsable)."""
     try:
-        return str(parse_version(ctx.paths.version_file.read_text(encoding="utf-8")))
-    except (OSError, PatchflowError):
+        return str(read_version_file(ctx.paths.version_file))
+    except PatchflowError:
         return None
 
 
@@ -109,6 +109,12 @@ def choose_backup(ctx: Context, version: PatchVersion, backup_id: str | None) ->
         BackupError: none exists, or the named one is missing, incomplete or for another version.
     """
     if backup_id:
+        if "/" in backup_id or backup_id in (".", "..") or not backup_id.startswith("pre-patch-"):
+            raise BackupError(
+                f"--backup takes the name of a backup folder in {ctx.paths.backups} (pre-patch-...), "
+                f"not {backup_id!r}.",
+                "Run `inv patch-status` to list backups; nothing was changed.",
+            )
         backup = load_backup(ctx.paths.backups / backup_id)
         if backup is None or not backup.complete:
             raise BackupError(

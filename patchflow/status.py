@@ -20,14 +20,12 @@ from patchflow.journal import Journal, read_history
 from patchflow.lock import lock_status
 from patchflow.paths import ProjectPaths
 from patchflow.verify import verify_patch_folder
-from patchflow.version import PatchVersion, parse_version
+from patchflow.version import PatchVersion, parse_version, read_version_file
 
 
 def _installed(paths: ProjectPaths) -> tuple[str | None, str | None]:
     try:
-        return str(parse_version(paths.version_file.read_text(encoding="utf-8"))), None
-    except OSError:
-        return None, f"{paths.version_file} is missing"
+        return str(read_version_file(paths.version_file)), None
     except PatchflowError as exc:
         return None, exc.message
 
@@ -81,8 +79,26 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
         )
     history = read_history(paths.history, history_limit)
     applies = [h for h in history if h.get("action") == "apply" and h.get("result") == "success"]
-    journal = Journal.load(paths.journal)
-    interrupted = None
+    interrupted: dict[str, Any] | None = None
+    try:
+        journal = Journal.load(paths.journal)
+    except PatchflowError as exc:
+        journal = None
+        interrupted = {
+            "action": "?",
+            "version": "?",
+            "from_version": None,
+            "phase": "?",
+            "state": "journal damaged",
+            "step": None,
+            "step_state": None,
+            "failed_step": None,
+            "error": exc.message,
+            "pid": None,
+            "host": None,
+            "started_at": None,
+            "backup": None,
+        }
     if journal is not None:
         failed = [s for s in journal.steps if s.get("state") == "failed"]
         state = "rollback incomplete / services may be down" if journal.phase == "rolling_back" else "interrupted"
@@ -112,6 +128,11 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
         "interrupted": interrupted,
         "lock": lock_status(paths.lock, paths.lock_info, settings.lock_stale_seconds),
     }
+
+
+def _seconds(value: Any) -> str:
+    """``1.234`` -> ``1.2 s``; anything that is not a number -> ``?``."""
+    return f"{value:.1f} s" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def _utc(stamp: Any) -> str:
@@ -160,7 +181,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if last:
         console.print(
             f"last apply: {last.get('from_version')} -> {last.get('to_version')} at {_utc(last.get('started_at'))}, "
-            f"stopped window {last.get('stopped_seconds', 0):.1f} s"
+            f"stopped window {_seconds(last.get('stopped_seconds'))}"
         )
 
     table = Table(title="Patches", show_lines=False)
@@ -205,8 +226,8 @@ def render_status(status: dict[str, Any], console: Console) -> None:
                 str(item.get("from_version") or ""),
                 str(item.get("to_version") or ""),
                 _utc(item.get("started_at")),
-                f"{item.get('duration_seconds', 0) or 0:.1f} s",
-                f"{item.get('stopped_seconds', 0) or 0:.1f} s",
+                _seconds(item.get("duration_seconds")),
+                _seconds(item.get("stopped_seconds")),
                 f"[{colour}]{result}[/]",
             )
         console.print(table)

@@ -92,6 +92,28 @@ def _check_sums(folder: Path, sums_name: str, algorithm: str, length: int, repor
     return listed
 
 
+def _check_shapes(manifest: dict[str, Any]) -> None:
+    """Raise ValueError when a field of ``manifest`` has the wrong JSON type."""
+
+    def list_of(key: str, kind: type, required: bool = False) -> None:
+        value = manifest.get(key, None if required else [])
+        if not isinstance(value, list) or not all(isinstance(item, kind) for item in value):
+            raise ValueError(f"{key!r} must be a list of {kind.__name__}")
+
+    if not isinstance(manifest.get("archive"), dict) or not isinstance(manifest.get("version"), str):
+        raise ValueError("'archive' must be an object and 'version' a string")
+    list_of("files", dict, required=True)
+    list_of("migrations", dict)
+    list_of("exclude", str)
+    list_of("deleted", str)
+    for item in manifest.get("migrations", []):
+        if not isinstance(item.get("name"), str):
+            raise ValueError("every migration needs a 'name' string")
+    for item in manifest["files"]:
+        if not isinstance(item.get("path"), str) or not isinstance(item.get("size", 0), int) or item.get("size", 0) < 0:
+            raise ValueError("every file needs a 'path' string and a size >= 0")
+
+
 def verify_patch_folder(
     folder: Path, version: PatchVersion, *, check_archive: bool = True, verify_key: str = ""
 ) -> VerifyReport:
@@ -136,8 +158,10 @@ def verify_patch_folder(
         report.manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         if not isinstance(report.manifest, dict):
             raise ValueError("not an object")
+        _check_shapes(report.manifest)
         entries = report.entries()
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        report.manifest = {}
         report.problems.append(f"{MANIFEST} is not a valid manifest ({exc})")
         report.state = "corrupt"
         return report

@@ -78,7 +78,7 @@ def parse_version(text: str | None, *, source: str = "version") -> PatchVersion:
             f"No {source} given.",
             "Pass a semantic version such as --version 2.3.0 (or set it in the VERSION file).",
         )
-    raw = text.strip()
+    raw = text.strip().lstrip("\ufeff").strip()
     candidate = raw[1:] if raw[:1] in ("v", "V") else raw
     match = _SEMVER.match(candidate)
     if match is None:
@@ -107,4 +107,6 @@ def read_version_file(path: Path) -> PatchVersion:
         ) from None
     except OSError as exc:
         raise VersionError(f"Cannot read {path}: {exc.strerror}.", "Check its permissions.") from None
+    except UnicodeDecodeError:
+        raise VersionError(f"{path} is not text (not UTF-8).", "Write the version in it, e.g. 2.2.0.") from None
     return parse_version(text, source=f"version in {path}")

@@ -235,3 +235,33 @@ def test_dotenv_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     assert f"Cannot read {tmp_path.resolve() / '.env'}" in caught.value.message
     assert "UTF-8" in caught.value.hint
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("PATCHFLOW_PATCHES_DIR", "/", "inside the project root"),
+        ("PATCHFLOW_PATCHES_DIR", "..", "inside the project root"),
+        ("PATCHFLOW_STATE_DIR", ".", "inside the project root"),
+        ("PATCHFLOW_BACKUPS_DIR", "src", "belongs to the project"),
+        ("PATCHFLOW_HEALTH_TIMEOUT", "nan", "finite"),
+        ("PATCHFLOW_DB_WAIT_TIMEOUT", "inf", "finite"),
+    ],
+)
+def test_unsafe_folders_and_non_finite_numbers_are_refused(tmp_path, variable, value, fragment) -> None:  # type: ignore[no-untyped-def]
+    from patchflow.config import load_settings
+    from patchflow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={variable: value})
+    assert fragment in caught.value.message and variable in caught.value.message
+
+
+def test_a_misspelt_setting_is_an_error_with_a_suggestion(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from patchflow.config import load_settings
+    from patchflow.errors import ConfigError
+
+    (tmp_path / ".env").write_text("PATCHFLOW_SERVICE_MANGER=none\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={})
+    assert "PATCHFLOW_SERVICE_MANGER" in caught.value.message and "PATCHFLOW_SERVICE_MANAGER" in caught.value.hint
