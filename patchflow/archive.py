@@ -142,7 +142,7 @@ def read_members(archive: Path) -> dict[str, Entry]:
                 problem = _member_problem(member)
                 if problem:
                     raise ArchiveError(
-                        f"Unsafe member {member.name!r} in {archive.name}: {problem}.",
+                        f"Unsafe member {member.name!r} in {archive.name}: {problem.rstrip('.')}.",
                         "The archive is refused and nothing was extracted; rebuild the patch with create-patch.",
                     )
                 name = member.name.rstrip("/")

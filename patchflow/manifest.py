@@ -29,14 +29,15 @@ from patchflow.errors import CreatePatchError
 EntryType = Literal["file", "dir", "symlink"]
 ProgressCallback = Callable[[int], None]
 
+# no trailing "/": a symlink named uploads (or node_modules...) is host data too, not patch content
 DEFAULT_EXCLUDES: tuple[str, ...] = (
-    ".git/",
-    "node_modules/",
-    "dist/",
-    ".turbo/",
-    ".next/",
-    "coverage/",
-    "uploads/",
+    ".git",
+    "node_modules",
+    "dist",
+    ".turbo",
+    ".next",
+    "coverage",
+    "uploads",
     "*.log",
     ".DS_Store",
 )

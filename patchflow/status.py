@@ -47,9 +47,11 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
             if not child.is_dir() or not child.name.startswith("v"):
                 continue
             try:
-                found.append((parse_version(child.name), child))
+                parsed = parse_version(child.name)
             except PatchflowError:
                 continue
+            if child.name == parsed.tag:  # "v1.0.0 " or "V1.0.0" is not the folder of 1.0.0
+                found.append((parsed, child))
         for version, folder in sorted(found, key=lambda item: item[0]):
             report = verify_patch_folder(folder, version, check_archive=verify_archives, verify_key=settings.verify_key)
             patches.append(
