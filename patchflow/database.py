@@ -515,6 +515,8 @@ def run_migrations(
             applied.append(migration.name)
         return applied
     env = {"DATABASE_URL": settings.database_url} if settings.database_url else {}
+    # what the command is about to apply, read before it runs (its own output is free text)
+    pending = [m.name for m in database.pending_migrations(find_migrations(root))] if database else []
     try:
         result = runner.run(split_command(command), cwd=root, env=env, timeout=3600, what="migrations")
     except CommandError as exc:
@@ -527,4 +529,8 @@ def run_migrations(
             migration=name.group(1) if name else "",
             code=code.group(1) if code else "",
         ) from None
-    return [line for line in result.stdout.splitlines() if line.strip()]
+    if log:
+        for line in result.stdout.splitlines():
+            if line.strip():
+                log(f"   {line.strip()}")
+    return pending
