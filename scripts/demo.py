@@ -56,6 +56,13 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+def full_dump(cluster: PostgresCluster, url: str) -> bytes:
+    """A plain pg_dump of the whole database (schema, data, owners) with a fixed restrict key."""
+    return subprocess.run(
+        [str(cluster.bin("pg_dump")), "--restrict-key=patchflowdemo", "--dbname", url], capture_output=True, check=True
+    ).stdout
+
+
 def health(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -94,11 +101,7 @@ def main() -> int:
         )
         print("health:", health(health_url))
         before_tree = tree_digest(install)
-        before_db = subprocess.run(
-            [str(cluster.bin("pg_dump")), "--restrict-key=patchflowdemo", "--dbname", url],
-            capture_output=True,
-            check=True,
-        ).stdout
+        before_db = full_dump(cluster, url)
 
         banner("Developer side: release 2.3.0 (new migration, added/changed/deleted files)")
         source = make_release(install, demo / "source-2.3.0", "2.3.0")
@@ -121,11 +124,7 @@ def main() -> int:
         inv("rollback-patch", *root, "--version", "2.3.0", "--yes")
         print("health:", health(health_url))
         after_tree = tree_digest(install)
-        after_db = subprocess.run(
-            [str(cluster.bin("pg_dump")), "--restrict-key=patchflowdemo", "--dbname", url],
-            capture_output=True,
-            check=True,
-        ).stdout
+        after_db = full_dump(cluster, url)
         same_tree = before_tree == after_tree
         same_db = before_db == after_db
         print(f"files identical to 2.2.0:    {'yes' if same_tree else 'NO'}")

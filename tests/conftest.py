@@ -6,7 +6,6 @@ Prepare a machine with ``scripts/ensure-system.sh --for test --venv <venv>``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -15,14 +14,13 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from support.missing import missing_service
 from support.services import PostgresCluster, SshServer, docker_available
 
 
 def _missing(reason: str) -> NoReturn:
     """Fail under CI=true (services must be there), otherwise skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    missing_service(reason)
 
 
 def _service_base_dir(prefix: str) -> Path:

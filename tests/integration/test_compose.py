@@ -32,6 +32,7 @@ import pytest
 from pytest_docker.plugin import Services, get_docker_services
 from support.compose import ComposeInstall, docker_shim, read_shim_log, volume_removals
 from support.installs import INV
+from support.missing import missing_service
 
 pytestmark = pytest.mark.docker
 
@@ -282,7 +283,7 @@ def test_apply_replaces_app_containers_and_keeps_the_database(stack: ComposeInst
 
 def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp_path: Path) -> None:
     if not STATE.get("applied"):
-        pytest.skip("needs the apply of 2.3.0 from the previous test")
+        pytest.fail("needs the apply of 2.3.0 from the previous test, which did not complete", pytrace=False)
     env, log = docker_shim(tmp_path)
     ids = stack.container_ids()
     created = stack.volume_created()
@@ -333,7 +334,7 @@ def test_missing_compose_file_or_docker_is_named(tmp_path: Path) -> None:
 def test_unreachable_engine_is_named(tmp_path: Path) -> None:
     plugin = shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode
     if plugin is None or plugin != 0:
-        pytest.skip("needs the docker CLI and the Compose v2 plugin (not the engine)")
+        missing_service("needs the docker CLI and the Compose v2 plugin (not the engine)")
     install = ComposeInstall.create(tmp_path / "install", f"pferr{uuid.uuid4().hex[:8]}", NO_HOST_PG)
     done = install.inv("ps", env={"DOCKER_HOST": f"unix://{tmp_path}/no-such-docker.sock"})
     assert done.returncode != 0
