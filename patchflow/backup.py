@@ -32,7 +32,7 @@ from patchflow.errors import BackupError
 from patchflow.journal import write_json_atomic
 from patchflow.manifest import Entry, sha256_file
 from patchflow.paths import BACKUP_PREFIX, ProjectPaths
-from patchflow.version import PatchVersion, parse_version
+from patchflow.version import PatchVersion
 
 BACKUP_JSON = "backup.json"
 DUMP_NAME = "database.dump"
@@ -503,13 +503,3 @@ def prune_backups(
             shutil.rmtree(backup.folder)
         removed.append(backup)
     return removed
-
-
-def check_version_text(text: str | None) -> str | None:
-    """The version in a saved VERSION text, or None."""
-    if not text:
-        return None
-    try:
-        return str(parse_version(text))
-    except Exception:
-        return None

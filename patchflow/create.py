@@ -7,7 +7,6 @@ when complete, so a failure leaves nothing behind and a reader never sees half a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from patchflow import __version__
 from patchflow.archive import build_archive
 from patchflow.config import Settings
 from patchflow.errors import CreatePatchError
-from patchflow.manifest import Entry, Tree, load_rules, scan_tree
+from patchflow.manifest import Entry, Tree, file_digest, load_rules, scan_tree
 from patchflow.migrations import Migration, combined_sql, find_migrations
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
 from patchflow.signing import sign_file
@@ -46,14 +45,6 @@ class CreatedPatch:
     total_bytes: int
     migrations: list[Migration]
     warnings: list[str] = field(default_factory=list)
-
-
-def _hash(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_commit(root: Path) -> dict[str, Any] | None:
@@ -248,8 +239,8 @@ def create_patch(
         archive = work / f"patch-{version.tag}.tar.gz"
         pack_progress = progress("packing archive", tree.total_bytes) if progress else None
         build_archive(root, tree.sorted(), archive, pack_progress)
-        sha256 = _hash(archive, "sha256")
-        md5 = _hash(archive, "md5")
+        sha256 = file_digest(archive, "sha256")[0]
+        md5 = file_digest(archive, "md5")[0]
         created = now or (
             datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), UTC)
             if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit()
@@ -290,10 +281,12 @@ def create_patch(
             _readme(version, tree, archive.name, sha256, md5, migrations, delta), encoding="utf-8"
         )
         payload = sorted(p.name for p in work.iterdir() if p.is_file())
-        (work / MD5SUMS).write_text("".join(f"{_hash(work / n, 'md5')}  {n}\n" for n in payload), encoding="utf-8")
+        (work / MD5SUMS).write_text(
+            "".join(f"{file_digest(work / n, 'md5')[0]}  {n}\n" for n in payload), encoding="utf-8"
+        )
         covered = sorted(p.name for p in work.iterdir() if p.is_file())
         (work / SHA256SUMS).write_text(
-            "".join(f"{_hash(work / n, 'sha256')}  {n}\n" for n in covered), encoding="utf-8"
+            "".join(f"{file_digest(work / n, 'sha256')[0]}  {n}\n" for n in covered), encoding="utf-8"
         )
         if settings.signing_key:
             sign_file(work / SHA256SUMS, settings.signing_key)

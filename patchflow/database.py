@@ -19,7 +19,6 @@ extension comments (C11).
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from patchflow.commands import postgres as pg
 from patchflow.commands import split_command
 from patchflow.config import Settings, mask_url
 from patchflow.errors import CommandError, ConfigError, DatabaseError, MigrationError
+from patchflow.manifest import sha256_file
 from patchflow.migrations import Migration, find_migrations
 from patchflow.runner import Runner
 
@@ -49,7 +49,6 @@ CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS "{MIGRATIONS_TABLE}" (
     "started_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
     "applied_steps_count" INTEGER NOT NULL DEFAULT 0
 );"""
-SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 # SQL statements that give a recreated public schema the owner, comment and grants it has now
 PUBLIC_SCHEMA_STATEMENTS = """SELECT concat_ws(E'\\n',
   format('ALTER SCHEMA public OWNER TO %I;', pg_get_userbyid(n.nspowner)),
@@ -350,11 +349,8 @@ class Database:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1024 * 1024):
-                digest.update(chunk)
-        return DumpInfo(path, path.stat().st_size, digest.hexdigest(), properties)
+        digest, size = sha256_file(path)
+        return DumpInfo(path, size, digest, properties)
 
     # -- restore --------------------------------------------------------------------------
     def restore(self, dump: Path, properties: dict[str, Any]) -> None:

@@ -57,7 +57,6 @@ SECRET_PATTERNS: tuple[str, ...] = (
 )
 ALWAYS_INCLUDED: tuple[str, ...] = ("prisma/migrations/**",)
 CHUNK = 1024 * 1024
-SAFE_MODE_MASK = 0o7755  # drop group/other write; setuid/setgid/sticky dropped separately
 
 
 def clean_mode(mode: int) -> int:
@@ -183,9 +182,10 @@ def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str]) -> Ex
     return ExcludeRules(patterns, protected)
 
 
-def sha256_file(path: Path, on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
-    """Return ``(hex sha256, size in bytes)`` of ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
+    """Return ``(hex digest, size in bytes)`` of ``path`` with ``algorithm`` (a ``hashlib`` name such
+    as ``sha256`` or ``md5``), read in 1 MiB chunks; ``on_bytes`` gets each chunk's length."""
+    digest = hashlib.new(algorithm)
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -194,6 +194,11 @@ def sha256_file(path: Path, on_bytes: ProgressCallback | None = None) -> tuple[s
             if on_bytes is not None:
                 on_bytes(len(chunk))
     return digest.hexdigest(), size
+
+
+def sha256_file(path: Path, on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
+    """Return ``(hex sha256, size in bytes)`` of ``path``."""
+    return file_digest(path, "sha256", on_bytes)
 
 
 def _link_stays_inside(rel: str, target: str) -> bool:
@@ -327,11 +332,6 @@ def scan_tree(
         )
     tree.warnings.extend(problems)
     return tree
-
-
-def readable_by_owner_only(path: Path) -> bool:
-    """True when ``path`` has no group/other permissions (e.g. 0600 or 0700)."""
-    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ sha256, size, mode, link target) and none is unsafe.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 from patchflow.archive import compare_members, read_members
 from patchflow.errors import ArchiveError, VerifyError
-from patchflow.manifest import Entry
+from patchflow.manifest import Entry, file_digest
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, SIGNATURE
 from patchflow.signing import check_signature
 from patchflow.version import PatchVersion
@@ -57,14 +56,6 @@ class VerifyReport:
         )
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_sums(folder: Path, sums_name: str, algorithm: str, length: int, report: VerifyReport) -> set[str]:
     listed: set[str] = set()
     try:
@@ -87,7 +78,7 @@ def _check_sums(folder: Path, sums_name: str, algorithm: str, length: int, repor
         target = folder / name
         if not target.is_file():
             report.problems.append(f"{sums_name} lists {name}, which is missing")
-        elif _digest(target, algorithm) != match["digest"].lower():
+        elif file_digest(target, algorithm)[0] != match["digest"].lower():
             report.problems.append(f"{name}: {algorithm} checksum mismatch ({sums_name})")
     return listed
 
@@ -170,7 +161,7 @@ def verify_patch_folder(
     archive_meta = report.manifest.get("archive", {})
     if archive_meta.get("name") != archive_name:
         report.problems.append(f"{MANIFEST} names archive {archive_meta.get('name')!r}, not {archive_name}")
-    elif archive_meta.get("sha256") != _digest(folder / archive_name, "sha256"):
+    elif archive_meta.get("sha256") != file_digest(folder / archive_name)[0]:
         report.problems.append(f"{archive_name}: sha256 differs from {MANIFEST}")
 
     if check_archive and not report.problems:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-Arg = "str | Secret"
-
 
 class Secret(str):
     """A string argument that is shown as ``***`` in logs and dry runs."""
