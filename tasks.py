@@ -146,14 +146,18 @@ def preflight(c: Context, root: str | None = None, skip_tool: bool = False) -> N
         checks.append(
             ("patchflow lint + typecheck", [sys.executable, "-m", "nox", "-s", "lint", "typecheck"], TOOL_ROOT)
         )
-    run_checks(checks, console)
+    from patchflow.runner import LocalRunner
+
+    run_checks(checks, console, LocalRunner(base_env=settings.environ))
 
 
-def _context(root: str | None, **flags: Any) -> Any:
+def _context(root: str | None, record: bool = False, **flags: Any) -> Any:
     from patchflow.context import Context
 
     settings = settings_for(root, **{k: v for k, v in flags.items() if v is not None})
-    return Context.create(settings, log=lambda line: console.print(f"  {line}", markup=False, highlight=False))
+    return Context.create(
+        settings, log=lambda line: console.print(f"  {line}", markup=False, highlight=False), record=record
+    )
 
 
 def _print_plan(plan: Any) -> None:
@@ -177,11 +181,14 @@ def _print_plan(plan: Any) -> None:
     pending = plan.pending_migrations
     console.print(
         f"  migrations     {len(plan.migrations)} in patch, "
-        f"{'unknown' if pending is None else len(pending)} pending" + (f": {', '.join(pending)}" if pending else "")
+        f"{'unknown' if pending is None else len(pending)} pending"
+        + (f": {', '.join(pending)}" if pending else "")
+        + (f" (run by {plan.migration_runner})" if pending else "")
     )
     console.print(f"  database       {plan.database}")
     console.print(f"  services       {', '.join(plan.services) or '(none)'} (stopped, replaced, started)")
-    console.print(f"  disk needed    {hb(plan.disk_needed)} of {hb(plan.disk_free)} free")
+    for need in plan.needs:
+        console.print(f"  space          {need.label}: {hb(need.bytes)} in {need.folder}")
     for warning in plan.warnings:
         console.print(f"  [yellow]warning:[/] {warning}")
 
@@ -214,11 +221,11 @@ def apply_patch(
 ) -> None:
     """Apply a patch: verify, back up, switch, migrate, restart, health-check; roll back on failure."""
     from patchflow.apply import ApplyOptions
-    from patchflow.apply import apply_patch as run_apply
     from patchflow.console import confirm
+    from patchflow.operations import apply_patch as run_apply
 
     parsed = parse_version(version, source="--version")
-    ctx = _context(root, health_url=health_url, health_timeout=health_timeout)
+    ctx = _context(root, record=not dry_run, health_url=health_url, health_timeout=health_timeout)
     options = ApplyOptions(force=force, allow_downgrade=allow_downgrade, dry_run=dry_run, break_lock=break_lock)
 
     def ask(plan: Any) -> None:
@@ -252,6 +259,7 @@ def apply_patch(
         console.print(f"  backup {result.backup}")
     if result.migrations_applied:
         console.print(f"  migrations applied: {', '.join(result.migrations_applied)}")
+    result.cleanup()
 
 
 @task(
@@ -260,8 +268,9 @@ def apply_patch(
         "version": "the patch version to roll back (the installed one)",
         "yes": "do not ask for confirmation (required without a terminal)",
         "force": "restore the backup even if another version is installed",
-        "backup": "name of the backup folder to restore (default: the newest taken before VERSION)",
+        "backup": "name of the backup folder to restore (default: the one the apply of VERSION took)",
         "break_lock": "take over a stale lock left by a dead apply/rollback",
+        "restore_database": "restore the database even if the apply ran no migration",
     }
 )
 @reports_errors
@@ -273,21 +282,30 @@ def rollback_patch(
     force: bool = False,
     backup: str | None = None,
     break_lock: bool = False,
+    restore_database: bool = False,
 ) -> None:
     """Roll back a patch: restore code, database and VERSION from the backup taken before it."""
     from patchflow.console import confirm
-    from patchflow.rollback import rollback_patch as run_rollback
+    from patchflow.operations import rollback_patch as run_rollback
 
     parsed = parse_version(version, source="--version")
-    ctx = _context(root)
+    ctx = _context(root, record=True)
     result = run_rollback(
-        ctx, parsed, force=force, break_lock=break_lock, backup_id=backup, confirm=lambda text: confirm(text, yes=yes)
+        ctx,
+        parsed,
+        force=force,
+        break_lock=break_lock,
+        backup_id=backup,
+        restore_database=True if restore_database else None,
+        confirm=lambda text: confirm(text, yes=yes),
     )
     source = f"backup {result.backup}" if result.backup else "no backup (the interrupted apply had changed nothing)"
     console.print(
         f"[bold green]rolled back[/] {result.from_version or '?'} -> {result.to_version} from "
         f"{source} in {result.duration_seconds:.1f} s (services down {result.stopped_seconds:.1f} s)"
     )
+    if result.displaced_database:
+        console.print(f"  database restored; the one it replaced is kept as {result.displaced_database}")
 
 
 @task(
@@ -308,16 +326,24 @@ def prune_backups(
 ) -> None:
     """Delete old backups (retention), never the one that rolls back the installed version."""
     from patchflow.backup import prune_backups as prune
+    from patchflow.installed import read_installed_record
+    from patchflow.journal import Journal
     from patchflow.paths import ProjectPaths
-    from patchflow.rollback import installed_version
 
     settings = settings_for(root, retention_days=keep_days, retention_keep=keep_last)
-    ctx = _context(root)
+    paths = ProjectPaths.from_settings(settings)
+    keep = set()
+    record = read_installed_record(paths)
+    if record is not None and record.backup:
+        keep.add(record.backup)
+    pending = Journal.load(paths.journal)
+    if pending is not None and pending.backup:
+        keep.add(pending.backup)
     removed = prune(
-        ProjectPaths.from_settings(settings),
+        paths,
         keep_days=settings.retention_days,
         keep_last=settings.retention_keep,
-        installed_version=installed_version(ctx),
+        keep=keep,
         dry_run=dry_run,
     )
     verb = "would remove" if dry_run else "removed"
@@ -334,11 +360,7 @@ def _services(root: str | None) -> Any:
 @reports_errors
 def up(c: Context, root: str | None = None) -> None:
     """Start the stack (all compose services, or every configured command)."""
-    services = _services(root)
-    if hasattr(services, "up_all"):
-        services.up_all()
-    else:
-        services.start()
+    _services(root).up()
     console.print("[green]up[/]")
 
 

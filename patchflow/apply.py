@@ -1,10 +1,13 @@
-"""apply-patch: verify, plan, lock, stage, stop, back up, switch, migrate, start, health-check, commit.
+"""apply-patch as one list of steps: verify, plan, lock, stage, stop, backup, switch, migrate,
+start, health, commit, cleanup (see :meth:`ApplyRun.steps`).
 
 Slow, safe work (verification, extraction, install, build, image builds) happens while the old
-version still runs; the stopped window is only backup -> switch -> migrate -> start -> health.
-Any failure after "stop" rolls back code, database and services automatically (see
-:mod:`patchflow.rollback`) and says so. Every step is journaled, so a kill at any instant is
-finished or undone by the next apply/rollback (:func:`recover_interrupted`).
+version still runs; the stopped window is only stop -> backup -> switch -> migrate -> start ->
+health. Each step carries its undo; when a step fails, or SIGINT/SIGTERM/SIGHUP arrives, the
+reached steps are undone in reverse (:func:`patchflow.pipeline.run_undo`): services stopped, code
+and database restored, the old version started and proven healthy. Every step is journaled, so a
+kill at any instant is finished or undone by the next apply or rollback
+(:mod:`patchflow.recovery`, which builds the same list with :meth:`ApplyRun.resume`).
 """
 
 from __future__ import annotations
@@ -19,19 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from patchflow.archive import extract_archive
-from patchflow.backup import (
-    Backup,
-    check_inside,
-    load_backup,
-    new_backup,
-    place_entry,
-    remove_path,
-    save_files,
-    swap_build_outputs,
-)
+from patchflow.backup import Backup, load_backup, new_backup, save_files, swap_build_outputs
 from patchflow.commands import split_command
-from patchflow.context import Context, run_step, start_with_retries
-from patchflow.database import run_migrations
+from patchflow.context import Context
+from patchflow.database import stamp_now
 from patchflow.errors import (
     ApplyError,
     BackupError,
@@ -41,15 +35,30 @@ from patchflow.errors import (
     VerifyError,
     VersionError,
 )
+from patchflow.files import check_inside, place_entry, remove_path, remove_tree
 from patchflow.health import wait_healthy
+from patchflow.installed import InstalledRecord, installed_version
 from patchflow.journal import Journal, append_history, utc_now, write_json_atomic
-from patchflow.lock import install_lock
+from patchflow.lock import InstallLock
 from patchflow.manifest import Entry, ExcludeRules, TreeDiff, diff_trees, scan_tree
-from patchflow.rollback import installed_version, restore_from_backup
+from patchflow.migrations import MigrationHistory, find_migrations, migrate_command, run_migrations
+from patchflow.paths import VERSION_FILE
+from patchflow.pipeline import (
+    Decision,
+    Interrupted,
+    Step,
+    StopPipeline,
+    describe_failure,
+    interruptible,
+    run_forward,
+    run_undo,
+    undo_plan,
+)
+from patchflow.restore import restore_code, restore_database
+from patchflow.services import start_with_retries
+from patchflow.space import Need, check_space
 from patchflow.verify import VerifyReport, verify_patch
 from patchflow.version import PatchVersion, parse_version
-
-VERSION_PATH = "VERSION"
 
 
 @dataclass
@@ -72,47 +81,26 @@ class Plan:
     drift: list[str]
     migrations: list[str]
     pending_migrations: list[str] | None
+    migration_runner: str
     services: list[str]
     database: str
-    staging_bytes: int
-    backup_bytes: int
-    database_bytes: int
-    disk_needed: int
-    disk_free: int
+    restore_problems: list[str]
+    needs: list[Need]
     new_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     old_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def bytes_of(self, paths: list[str], side: str) -> int:
+        """Bytes of ``paths`` as the patch has them (``new``) or as the install has them (``old``)."""
         source = self.new_entries if side == "new" else self.old_entries
         return sum(source[p].size for p in paths if p in source)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "from_version": self.from_version,
-            "added": self.diff.added,
-            "changed": self.diff.changed,
-            "deleted": self.diff.deleted,
-            "drift": self.drift,
-            "migrations": self.migrations,
-            "pending_migrations": self.pending_migrations,
-            "services": self.services,
-            "database": self.database,
-            "disk": {
-                "needed": self.disk_needed,
-                "free": self.disk_free,
-                "staging": self.staging_bytes,
-                "code_backup": self.backup_bytes,
-                "database": self.database_bytes,
-            },
-            "warnings": self.warnings,
-        }
 
 
 @dataclass
 class ApplyResult:
-    """Outcome of a successful apply (``noop`` when the version was already installed)."""
+    """Outcome of a successful apply (``noop`` when the version was already installed).
+    Durations are seconds; ``cleanup`` deletes what was renamed aside after the commit (call it
+    after printing the result)."""
 
     version: str
     from_version: str | None
@@ -123,6 +111,8 @@ class ApplyResult:
     migrations_applied: list[str] = field(default_factory=list)
     noop: bool = False
     dry_run: bool = False
+    recovered: bool = False
+    cleanup: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
 def install_rules(ctx: Context, manifest: dict[str, Any]) -> ExcludeRules:
@@ -137,16 +127,6 @@ def _read_installed_manifest(ctx: Context) -> dict[str, Entry]:
         return {e["path"]: Entry.from_json(e) for e in data.get("files", [])}
     except (OSError, ValueError, KeyError):
         return {}
-
-
-def _wait_database(ctx: Context) -> None:
-    """Wait (bounded by ``db_wait_timeout``) until the database answers ``SELECT 1`` over a real
-    connection (TCP inside a compose service, C14); say so when that took a while."""
-    if ctx.database is None:
-        return
-    waited = ctx.database.wait_ready(ctx.settings.db_wait_timeout)
-    if waited >= 1.0:
-        ctx.log(f"   database accepted connections after {waited:.1f} s")
 
 
 def check_patch_paths(entries: dict[str, Entry], rules: ExcludeRules) -> None:
@@ -173,23 +153,26 @@ def check_patch_paths(entries: dict[str, Entry], rules: ExcludeRules) -> None:
 
 
 def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan:
-    """Compare the install with the patch; count migrations pending and disk needed.
+    """Compare the install with the patch; list migrations pending, check that a database restore
+    would be possible, and that every filesystem written has the bytes and inodes needed.
 
     Raises:
+        VerifyError: the patch would write where it may not.
         DatabaseError: the database is configured but does not answer.
-        BackupError: not enough free disk space (the message gives the numbers).
+        BackupError: not enough free space or inodes on a filesystem (the message gives numbers),
+            or pending migrations while a restore of the database would not be possible.
     """
-    new_entries = {p: e for p, e in report.entries().items() if p != VERSION_PATH}
+    new_entries = {p: e for p, e in report.entries().items() if p != VERSION_FILE}
     rules = install_rules(ctx, report.manifest)
     check_patch_paths(new_entries, rules)
     current = scan_tree(ctx.paths.root, rules, strict=False)
-    current.entries.pop(VERSION_PATH, None)
+    current.entries.pop(VERSION_FILE, None)
     diff = diff_trees(current.entries, new_entries)
     old_entries = {p: current.entries[p] for p in diff.changed + diff.deleted}
     installed = _read_installed_manifest(ctx)
     drift = []
     if installed:
-        installed.pop(VERSION_PATH, None)
+        installed.pop(VERSION_FILE, None)
         drift = sorted(
             p
             for p, e in current.entries.items()
@@ -199,71 +182,59 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
     pending: list[str] | None = None
     db_bytes = 0
     description = "none"
+    problems: list[str] = []
     if ctx.database is not None:
         description = ctx.database.target.describe()
-        _wait_database(ctx)
-        if not ctx.runner.dry:
-            db_bytes = int(ctx.database.properties()["size"])
-            done = {r["name"] for r in ctx.database.migration_rows() if r["finished"] and not r["rolled_back"]}
-            pending = [m for m in migrations if m not in done]
-    staging = sum(e.size for e in new_entries.values())
+        waited = ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+        if waited >= 1.0:
+            ctx.log(f"   database accepted connections after {waited:.1f} s")
+        db_bytes = int(ctx.database.properties()["size"])
+        done = {r["name"] for r in MigrationHistory(ctx.database).rows() if r["finished"] and not r["rolled_back"]}
+        pending = [m for m in migrations if m not in done]
+        if pending:
+            problems = ctx.database.restore_problems()
+    runner = migrate_command(ctx.settings, ctx.paths.root, find_migrations(ctx.paths.root))
+    new_bytes = sum(e.size for e in new_entries.values())
+    changed_bytes = sum(new_entries[p].size for p in diff.added + diff.changed if p in new_entries)
     backup_bytes = sum(e.size for e in old_entries.values())
     margin = int(ctx.settings.free_space_margin)
-    needed = staging + backup_bytes + db_bytes + margin
-    free = shutil.disk_usage(ctx.paths.root).free
+    needs = [
+        Need(ctx.paths.state, "staging", new_bytes, len(new_entries)),
+        Need(ctx.paths.root, "switch", changed_bytes, len(diff.added)),
+        Need(ctx.paths.backups, "code backup", backup_bytes, len(old_entries) + 8),
+        Need(ctx.paths.backups, "database dump", db_bytes, 1),
+    ]
     plan = Plan(
         str(version),
-        installed_version(ctx),
+        installed_version(ctx.paths),
         diff,
         drift,
         migrations,
         pending,
+        runner,
         ctx.services.app_services(),
         description,
-        staging,
-        backup_bytes,
-        db_bytes,
-        needed,
-        free,
+        problems,
+        needs,
         new_entries,
         old_entries,
         list(current.warnings),
     )
-    if needed > free:
+    if problems:
         raise BackupError(
-            f"Not enough free disk space in {ctx.paths.root}: the apply needs {needed} bytes "
-            f"(staging {staging} + code backup {backup_bytes} + database dump up to {db_bytes} + reserve {margin}) "
-            f"but only {free} bytes are free.",
-            "Free space (e.g. inv prune-backups) and apply again; nothing was changed.",
+            f"The patch runs {len(pending or [])} migration(s), but the database could not be restored if the "
+            f"apply failed: {'; '.join(problems)}.",
+            "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser), or give the "
+            "role CREATEDB and the extensions in template1. Nothing was stopped or changed.",
         )
+    check_space(needs, margin)
     return plan
 
 
-def _stage(ctx: Context, version: PatchVersion, report: VerifyReport, staging: Path) -> None:
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    extract_archive(report.folder / f"patch-{version.tag}.tar.gz", staging, report.entries())
-    for label in ("install_command", "build_command"):
-        command = getattr(ctx.settings, label).strip()
-        if not command:
-            continue
-        ctx.log(f"   {label.replace('_command', '')}: {command}")
-        try:
-            ctx.runner.run(split_command(command), cwd=staging, timeout=3600, what=label.replace("_", " "))
-        except CommandError as exc:
-            raise ApplyError(
-                f"{label.replace('_command', '').capitalize()} failed in staging: {exc.message}",
-                "Nothing was stopped or changed; fix the patch and apply again.",
-            ) from None
-    if ctx.services.app_services():
-        ctx.services.build(staging)
-
-
-def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion) -> None:
+def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion, version_file: Path) -> None:
     """Make the tree equal to the staged patch: delete what the patch no longer has (deepest
     first), place added and changed entries (shallowest first, files renamed into place), then
-    write ``VERSION``. Idempotent, so a re-run after a crash converges."""
+    write ``VERSION`` (the patch's bytes when it carries one). Idempotent: a re-run converges."""
     diff = plan.diff
     type_changed = [p for p in diff.changed if plan.old_entries[p].type != plan.new_entries[p].type]
     for rel in sorted(diff.deleted + type_changed, key=lambda p: p.count("/"), reverse=True):
@@ -280,348 +251,490 @@ def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion) -
         remove_path(path)
     for rel in sorted(diff.added + diff.changed, key=lambda p: (p.count("/"), p)):
         place_entry(plan.new_entries[rel], staging, root)
-    tmp = root / ".VERSION.patchflow-tmp"
-    tmp.write_text(f"{version}\n", encoding="utf-8")
-    os.replace(tmp, root / VERSION_PATH)
+    tmp = version_file.with_name(".VERSION.patchflow-tmp")
+    staged = staging / VERSION_FILE
+    if staged.is_file() and not staged.is_symlink():
+        shutil.copyfile(staged, tmp)
+    else:
+        tmp.write_text(f"{version}\n", encoding="utf-8")
+    os.replace(tmp, version_file)
 
 
-def _commit(ctx: Context, report: VerifyReport) -> None:
-    write_json_atomic(ctx.paths.installed_manifest, report.manifest, mode=0o644)
+@dataclass
+class ApplyRun:
+    """One apply: its state, and the step list that works on it (:meth:`steps`).
 
-
-def _history(ctx: Context, **record: Any) -> None:
-    append_history(ctx.paths.history, {"action": "apply", **record})
-
-
-def apply_patch(
-    ctx: Context, version: PatchVersion, options: ApplyOptions, confirm: Callable[[Plan], None] = lambda plan: None
-) -> ApplyResult:
-    """Apply patch ``version`` to the install of ``ctx`` (see the module docstring for the steps).
-
-    Args:
-        confirm: called with the plan before anything changes; raises to cancel.
-
-    Raises:
-        VerifyError: the patch is missing, incomplete or corrupt (nothing changed).
-        VersionError: a downgrade without ``allow_downgrade`` (nothing changed).
-        LockError, ConfirmationRefused, DatabaseError, BackupError: refused before anything changed.
-        ApplyError: the apply failed; ``rolled_back`` says whether the old version was restored.
-        RollbackError: the apply failed and the automatic rollback did not complete.
+    ``recover`` finishes or undoes an interrupted run found when the lock is taken (given by
+    :mod:`patchflow.operations`); ``confirm`` sees the plan before anything changes.
     """
-    started = time.monotonic()
-    started_at = utc_now()
-    folder = ctx.paths.patch_dir(version)
-    ctx.log(f"-> verify {folder}")
-    report = verify_patch(folder, version, verify_key=ctx.settings.verify_key)
-    current = installed_version(ctx)
-    interrupted = Journal.load(ctx.paths.journal)
-    if current is not None and interrupted is None:
+
+    ctx: Context
+    version: PatchVersion
+    options: ApplyOptions = field(default_factory=ApplyOptions)
+    confirm: Callable[[Plan], None] = lambda plan: None
+    recover: Callable[[Journal], None] = lambda journal: None
+    report: VerifyReport | None = None
+    plan: Plan | None = None
+    journal: Journal | None = None
+    lock: InstallLock | None = None
+    backup: Backup | None = None
+    from_version: str = ""
+    applied: list[str] = field(default_factory=list)
+    recovered: bool = False
+    resumed: bool = False
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=utc_now)
+    stopped_at: float | None = None
+    stopped_seconds: float = 0.0
+    trash: list[Path] = field(default_factory=list)
+
+    @property
+    def staging(self) -> Path:
+        return self.ctx.paths.staging(self.version)
+
+    def steps(self) -> list[Step]:
+        """The apply, in order; each step with its undo."""
+        return [
+            Step("verify", self.verify, journaled=False),
+            Step("plan", self.make_plan, journaled=False),
+            Step("lock", self.take_lock),
+            Step("stage", self.stage, undo=self.drop_staging, undo_name="drop-staging"),
+            Step("stop", self.stop, undo=self.start_old, stopped=True, undo_name="start-old"),
+            Step("backup", self.take_backup, undo=self.drop_incomplete_backup, stopped=True, undo_name="drop-backup"),
+            Step("switch", self.switch, undo=self.restore_code, stopped=True, undo_name="restore-code"),
+            Step("migrate", self.migrate, undo=self.restore_database, stopped=True, undo_name="restore-database"),
+            Step("start", self.start, undo=self.stop_new, stopped=True, undo_name="stop-new"),
+            Step("health", self.health, stopped=True),
+            Step("commit", self.commit, no_return=True),
+            Step("cleanup", self.cleanup),
+        ]
+
+    @classmethod
+    def resume(cls, ctx: Context, journal: Journal) -> ApplyRun:
+        """The run recorded in ``journal`` (killed), ready for recovery to finish or undo it.
+
+        Raises:
+            VersionError: the journal names an invalid version (a damaged journal).
+        """
+        run = cls(ctx, parse_version(journal.version), journal=journal, from_version=journal.from_version)
+        run.started_at = journal.started_at
+        run.resumed = True
+        if journal.backup:
+            run.backup = load_backup(ctx.paths.backups / journal.backup)
+        run.applied = list(journal.notes.get("migrations", []))
+        return run
+
+    # -- the steps ------------------------------------------------------------------------------
+    def verify(self) -> None:
+        """Check checksums, signature and manifest of the patch folder (read-only)."""
+        folder = self.ctx.paths.patch_dir(self.version)
+        self.ctx.log(f"-> verify {folder}")
+        self.report = verify_patch(folder, self.version, verify_key=self.ctx.settings.verify_key)
+
+    def _check_versions(self) -> None:
+        current = installed_version(self.ctx.paths)
+        self.from_version = current or ""
+        if current is None:
+            return
         installed = parse_version(current)
-        if installed == version and not options.force:
-            ctx.log(f"version {version} is already installed; nothing to do (use --force to apply it again)")
-            return ApplyResult(str(version), current, None, noop=True)
-        if version < installed and not options.allow_downgrade:
+        if installed == self.version and not self.options.force:
+            raise StopPipeline(f"version {self.version} is already installed")
+        if self.version < installed and not self.options.allow_downgrade:
             raise VersionError(
-                f"Refusing to downgrade: {current} is installed and {version} is older.",
+                f"Refusing to downgrade: {current} is installed and {self.version} is older.",
                 f"Roll back with `inv rollback-patch --version {current}`, or pass --allow-downgrade. "
                 "Nothing was changed.",
             )
-    if options.dry_run:
-        plan = make_plan(ctx, version, report)
+
+    def make_plan(self) -> None:
+        """Decide what the apply does (files, migrations, space) and ask for confirmation."""
+        assert self.report is not None
+        interrupted = Journal.load(self.ctx.paths.journal)
+        if interrupted is None:
+            self._check_versions()
+        self.ctx.log("-> plan")
+        self.plan = make_plan(self.ctx, self.version, self.report)
         if interrupted is not None:
-            plan.warnings.append(
+            self.plan.warnings.append(
                 f"an interrupted {interrupted.action} of {interrupted.version} will be finished or undone first"
             )
-        return ApplyResult(str(version), current, plan, dry_run=True)
+        if not self.options.dry_run:
+            self.confirm(self.plan)
 
-    with install_lock(
-        ctx.paths.lock, ctx.paths.lock_info, action="apply", version=str(version), break_stale=options.break_lock
-    ):
+    def take_lock(self) -> None:
+        """Take the install's lock; finish or undo an interrupted run; start this run's journal."""
+        assert self.report is not None
+        paths = self.ctx.paths
+        self.lock = InstallLock(paths.lock, paths.lock_info)
+        self.lock.acquire(action="apply", version=str(self.version), break_stale=self.options.break_lock)
+        self.ctx.start_recording()
+        interrupted = Journal.load(paths.journal)
         if interrupted is not None:
-            recover_interrupted(ctx, interrupted)
-            current = installed_version(ctx)
-            if current == str(version) and not options.force:
-                ctx.log(f"version {version} is installed (the interrupted apply was finished)")
-                return ApplyResult(str(version), current, None, noop=True)
-        plan = make_plan(ctx, version, report)
-        confirm(plan)
-        return _run_apply(ctx, version, report, plan, started, started_at)
+            self.recover(interrupted)
+            self.recovered = True
+            self._check_versions()
+            self.plan = make_plan(self.ctx, self.version, self.report)
+        assert self.plan is not None
+        self.from_version = self.plan.from_version or ""
+        self.journal = Journal(paths.journal, "apply", str(self.version), self.from_version)
+        self.journal.start("lock")
 
+    def stage(self) -> None:
+        """Extract the patch beside the tree, run install/build there, build compose images."""
+        assert self.report is not None
+        ctx = self.ctx
+        remove_tree(self.staging)
+        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        extract_archive(ctx.paths.archive(self.version), self.staging, self.report.entries())
+        for label, command in (("install", ctx.settings.install_command), ("build", ctx.settings.build_command)):
+            if not command.strip():
+                continue
+            ctx.log(f"   {label}: {command}")
+            try:
+                ctx.runner.run(split_command(command), cwd=self.staging, timeout=3600, what=f"{label} command")
+            except CommandError as exc:
+                raise ApplyError(
+                    f"{label.capitalize()} failed in staging: {exc.message}",
+                    "Nothing was stopped or changed; fix the patch and apply again.",
+                ) from None
+        if ctx.services.app_services():
+            ctx.services.build(self.staging)
 
-def _run_apply(
-    ctx: Context, version: PatchVersion, report: VerifyReport, plan: Plan, started: float, started_at: str
-) -> ApplyResult:
-    journal = Journal(ctx.paths.journal, "apply", str(version), plan.from_version or "")
-    journal.save()
-    staging = ctx.paths.staging(version)
-    backup: Backup | None = None
-    stopped_at: float | None = None
-    applied: list[str] = []
-    step = "stage"
-    try:
-        with run_step(journal, "stage", ctx.log):
-            _stage(ctx, version, report, staging)
-        step = "stop"
-        stopped_at = time.monotonic()
-        with run_step(journal, "stop", ctx.log):
-            ctx.services.stop()
-        step = "backup"
-        with run_step(journal, "backup", ctx.log):
-            backup = new_backup(
-                ctx.paths,
-                version,
-                plan.from_version or "",
-                old_entries=list(plan.old_entries.values()),
-                new_paths=plan.diff.added,
-            )
-            journal.backup = backup.name
-            journal.save()
-            save_files(backup, ctx.paths.root, ctx.paths.installed_manifest)
-            if ctx.database is not None:
-                dump = ctx.database.dump(backup.folder / "database.dump")
-                backup.data["database"] = {
-                    "file": dump.path.name,
-                    "size": dump.size,
-                    "sha256": dump.sha256,
-                    "properties": dump.properties,
-                }
-            backup.data["complete"] = True
-            backup.save()
-        step = "switch"
-        with run_step(journal, "switch", ctx.log):
-            switch_files(plan, staging, ctx.paths.root, version)
-            assert backup is not None
-            swapped = swap_build_outputs(backup, staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
-            if swapped:
-                ctx.log(f"   build outputs switched: {', '.join(swapped)}")
-        step = "migrate"
-        with run_step(journal, "migrate", ctx.log):
-            _wait_database(ctx)
-            applied = run_migrations(ctx.settings, ctx.database, ctx.runner, ctx.paths.root, ctx.log)
-        step = "start"
-        with run_step(journal, "start", ctx.log):
-            start_with_retries(ctx.services, ctx.settings.start_retries, log=ctx.log)
-        step = "health"
-        with run_step(journal, "health", ctx.log):
-            if ctx.services.app_services():
-                wait_healthy(
-                    ctx.settings.health_url,
-                    timeout=ctx.settings.health_timeout,
-                    expect_version=str(version),
-                    version_field=ctx.settings.health_version_field,
-                )
-        stopped = time.monotonic() - stopped_at
-        with run_step(journal, "commit", ctx.log):
-            _commit(ctx, report)
-            _history(
-                ctx,
-                from_version=plan.from_version,
-                to_version=str(version),
-                started_at=started_at,
-                duration_seconds=round(time.monotonic() - started, 3),
-                stopped_seconds=round(stopped, 3),
-                result="success",
-                backup=backup.name if backup else None,
-                migrations=applied,
-            )
-        journal.clear()
-        shutil.rmtree(staging, ignore_errors=True)
-        return ApplyResult(
-            str(version),
-            plan.from_version,
-            plan,
-            backup.name if backup else None,
-            time.monotonic() - started,
-            stopped,
-            applied,
+    def drop_staging(self) -> None:
+        remove_tree(self.staging)
+
+    def stop(self) -> None:
+        """Stop the application services (data services keep running)."""
+        self.stopped_at = time.monotonic()
+        self.ctx.services.stop()
+
+    def start_old(self) -> None:
+        """Undo of stop: start the old version again and prove it healthy."""
+        ctx = self.ctx
+        # compose: staging re-tagged the images; the old ones come back from a rebuild of the tree
+        start_with_retries(
+            ctx.services,
+            ctx.settings.start_retries,
+            rebuild=True,
+            urls=ctx.settings.health_url,
+            ready_timeout=ctx.settings.health_timeout,
+            log=ctx.log,
         )
-    except BaseException as exc:
-        failure = exc.message if isinstance(exc, PatchflowError) else (str(exc) or type(exc).__name__)
-        _handle_failure(ctx, journal, backup, step, failure, plan, started, started_at, stopped_at, staging)
-        raise  # pragma: no cover - _handle_failure always raises
+        self._wait_healthy(self.from_version or None)
 
-
-def _handle_failure(
-    ctx: Context,
-    journal: Journal,
-    backup: Backup | None,
-    step: str,
-    failure: str,
-    plan: Plan,
-    started: float,
-    started_at: str,
-    stopped_at: float | None,
-    staging: Path,
-) -> None:
-    record = {
-        "from_version": plan.from_version,
-        "to_version": plan.version,
-        "started_at": started_at,
-        "error": f"{step}: {failure}",
-        "backup": backup.name if backup else None,
-    }
-    if not journal.reached("stop"):
-        shutil.rmtree(staging, ignore_errors=True)
-        journal.clear()
-        _history(ctx, **record, duration_seconds=round(time.monotonic() - started, 3), result="failed")
-        raise ApplyError(f"Apply of {plan.version} failed at {step}: {failure}", "Nothing was stopped or changed.")
-    ctx.log(f"!! {step} failed: {failure}")
-    ctx.log("!! rolling back automatically")
-    try:
-        if backup is None or not backup.complete:
-            # the backup never completed: files and database are untouched, bring services back
-            undo_before_switch(ctx, journal, backup)
-        else:
-            restore_from_backup(
-                ctx, journal, backup, code=journal.reached("switch"), database=journal.reached("migrate")
-            )
-    except RollbackError as exc:
-        _history(
-            ctx,
-            **record,
-            duration_seconds=round(time.monotonic() - started, 3),
-            result="rollback_failed",
-            rollback_error=exc.message,
+    def take_backup(self) -> None:
+        """Back up what the switch replaces or deletes, VERSION, and the database (proven dump)."""
+        assert self.plan is not None and self.journal is not None
+        ctx = self.ctx
+        backup = new_backup(
+            ctx.paths,
+            self.version,
+            self.from_version,
+            old_entries=list(self.plan.old_entries.values()),
+            new_paths=self.plan.diff.added,
         )
-        raise RollbackError(
-            f"Apply of {plan.version} failed at {step} ({failure}) and the automatic rollback "
-            f"did not complete: {exc.message}",
-            exc.hint,
-        ) from None
-    stopped = time.monotonic() - stopped_at if stopped_at else 0.0
-    journal.clear()
-    shutil.rmtree(staging, ignore_errors=True)
-    _history(
-        ctx,
-        **record,
-        duration_seconds=round(time.monotonic() - started, 3),
-        stopped_seconds=round(stopped, 3),
-        result="rolled_back",
-    )
-    raise ApplyError(
-        f"Apply of {plan.version} failed at {step}: {failure}. It was rolled back automatically: "
-        f"{plan.from_version or 'the previous version'} is running again and passed its health check.",
-        f"Logs: {ctx.services.logs_hint()}; history in {ctx.paths.history}.",
-        rolled_back=True,
-    )
-
-
-def undo_before_switch(ctx: Context, journal: Journal, backup: Backup | None) -> None:
-    """Undo an apply that stopped services but changed no file: drop the partial backup, start again.
-
-    Raises:
-        RollbackError: the services do not come back healthy.
-    """
-    journal.phase = "rolling_back"
-    journal.save()
-    if backup is not None and not backup.complete:
-        shutil.rmtree(backup.folder, ignore_errors=True)
-    try:
-        with run_step(journal, "start", ctx.log):
-            # the staged build already re-tagged the images: rebuild the old ones from the tree
-            start_with_retries(ctx.services, ctx.settings.start_retries, rebuild=True, log=ctx.log)
-        with run_step(journal, "health", ctx.log):
-            if ctx.services.app_services():
-                wait_healthy(
-                    ctx.settings.health_url,
-                    timeout=ctx.settings.health_timeout,
-                    expect_version=journal.from_version or None,
-                    version_field=ctx.settings.health_version_field,
-                )
-    except PatchflowError as exc:
-        raise RollbackError(
-            f"Rollback incomplete: services did not come back: {exc.message}",
-            f"Start them by hand (inv up) and check {ctx.services.logs_hint()}.",
-        ) from None
-
-
-def recover_interrupted(ctx: Context, journal: Journal) -> None:
-    """Finish or undo the operation recorded in an existing journal, ending on exactly the old or
-    exactly the new version. Called with the lock held.
-
-    * apply that reached commit: the commit is finished (new version);
-    * apply that never stopped services: the journal and staging are dropped (old version);
-    * apply stopped but its backup incomplete: services are started again (old version);
-    * otherwise (switched, migrated, started, rolling back, or an interrupted rollback):
-      code and database are restored from the backup (old version).
-
-    Raises:
-        RollbackError: the recovery could not complete (the journal stays for the next attempt).
-    """
-    ctx.log(
-        f"recovering an interrupted {journal.action} of {journal.version} "
-        f"(last step: {journal.current_step or 'none'}, phase {journal.phase})"
-    )
-    version = parse_version(journal.version)
-    staging = ctx.paths.staging(version)
-    backup = load_backup(ctx.paths.backups / journal.backup) if journal.backup else None
-    if journal.action == "apply" and journal.phase == "forward" and journal.reached("commit"):
-        report = verify_patch(ctx.paths.patch_dir(version), version, verify_key=ctx.settings.verify_key)
-        _commit(ctx, report)
-        if not journal.done("commit"):
-            _history(
-                ctx,
-                from_version=journal.from_version,
-                to_version=journal.version,
-                started_at=journal.started_at,
-                result="success",
-                recovered=True,
-                backup=journal.backup,
-            )
-        journal.clear()
-        shutil.rmtree(staging, ignore_errors=True)
-        return
-    if journal.action == "apply" and not journal.reached("stop"):
-        journal.clear()
-        shutil.rmtree(staging, ignore_errors=True)
-        _history(
-            ctx,
-            from_version=journal.from_version,
-            to_version=journal.version,
-            started_at=journal.started_at,
-            result="interrupted",
-            recovered=True,
+        self.backup = backup
+        self.journal.backup = backup.name
+        self.journal.save()
+        save_files(backup, ctx.paths.root, [ctx.paths.installed_manifest, ctx.paths.installed_record])
+        if ctx.database is not None:
+            ctx.log("   database dump")
+            try:
+                dump = ctx.database.dump(backup.paths.dump)
+            except PatchflowError as exc:
+                raise BackupError(f"The database backup failed: {exc.message}", exc.hint) from None
+            backup.data["database"] = {
+                "file": dump.path.name,
+                "size": dump.size,
+                "sha256": dump.sha256,
+                "properties": dump.properties,
+            }
+            ctx.log(f"   dump proven: {dump.size} bytes, sha256 {dump.sha256[:16]}...")
+        backup.data["size_bytes"] = int(backup.data.get("files_bytes", 0)) + (
+            int(backup.data["database"]["size"]) if backup.data.get("database") else 0
         )
-        return
-    if backup is None or not backup.complete:
-        if journal.action == "apply" and not journal.reached("switch"):
-            undo_before_switch(ctx, journal, backup)
-            journal.clear()
-            shutil.rmtree(staging, ignore_errors=True)
-            _history(
-                ctx,
-                from_version=journal.from_version,
-                to_version=journal.version,
-                started_at=journal.started_at,
-                result="rolled_back",
-                recovered=True,
-            )
+        backup.data["complete"] = True
+        backup.save()
+
+    def drop_incomplete_backup(self) -> None:
+        """Undo of backup: a backup that never completed is removed (a complete one is kept)."""
+        backup = self._backup()
+        if backup is not None and not backup.complete:
+            remove_tree(backup.folder)
+
+    def switch(self) -> None:
+        """Make the tree the patch's: delete, replace, add files; switch build outputs; VERSION."""
+        assert self.plan is not None
+        backup = self._require_backup()
+        ctx = self.ctx
+        switch_files(self.plan, self.staging, ctx.paths.root, self.version, ctx.paths.version_file)
+        swapped = swap_build_outputs(backup, self.staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
+        if swapped:
+            ctx.log(f"   build outputs switched: {', '.join(swapped)}")
+
+    def restore_code(self) -> None:
+        """Undo of switch: put back the code from the backup."""
+        restore_code(self._require_backup(), self.ctx.paths, log=self.ctx.log)
+
+    def migrate(self) -> None:
+        """Wait for a real database connection, then run the pending migrations (bounded)."""
+        ctx = self.ctx
+        if ctx.database is None:
             return
-        raise RollbackError(
-            f"The interrupted {journal.action} of {journal.version} cannot be undone: its backup "
-            f"{journal.backup or '(none)'} is missing or incomplete.",
-            "Restore by hand from the newest complete backup (inv patch-status lists them).",
+        assert self.journal is not None
+        pending = [m.name for m in MigrationHistory(ctx.database).pending(find_migrations(ctx.paths.root))]
+        self.journal.note("pending", pending)
+        waited = ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+        if waited >= 1.0:
+            ctx.log(f"   database accepted connections after {waited:.1f} s")
+        self.applied = run_migrations(ctx.settings, ctx.database, ctx.runner, ctx.paths.root, ctx.log)
+        self.journal.note("migrations", self.applied)
+
+    def restore_database(self) -> None:
+        """Undo of migrate: when migrations were to run, restore the dump beside the live database
+        and swap (the displaced one is kept); when none were, keep the live database."""
+        ctx = self.ctx
+        journal = self._require_journal()
+        if ctx.database is None:
+            return
+        if journal.notes.get("pending") == []:
+            ctx.log("   database kept: this apply ran no migration")
+            return
+        ctx.database.terminate_sessions()
+        stamp = journal.notes.get("restore_stamp") or stamp_now()
+        journal.note("restore_stamp", stamp)
+        displaced = restore_database(ctx.database, self._require_backup(), stamp, ctx.paths, log=ctx.log)
+        journal.note("displaced_database", displaced)
+
+    def start(self) -> None:
+        """Start the new version (bounded retries) and wait until it serves its ports."""
+        ctx = self.ctx
+        start_with_retries(
+            ctx.services,
+            ctx.settings.start_retries,
+            urls=ctx.settings.health_url,
+            ready_timeout=ctx.settings.health_timeout,
+            log=ctx.log,
         )
-    forward_switch = journal.reached("switch") or journal.action == "rollback"
-    forward_migrate = journal.reached("migrate") or journal.action == "rollback"
-    restore_from_backup(
-        ctx,
-        journal,
-        backup,
-        code=forward_switch or journal.reached("restore-code", "rolling_back"),
-        database=forward_migrate or journal.reached("restore-database", "rolling_back"),
-    )
-    journal.clear()
-    shutil.rmtree(staging, ignore_errors=True)
-    append_history(
-        ctx.paths.history,
-        {
-            "action": journal.action,
-            "from_version": journal.version,
-            "to_version": backup.restores_version,
-            "started_at": journal.started_at,
-            "result": "rolled_back",
-            "recovered": True,
-            "backup": backup.name,
-        },
-    )
+
+    def stop_new(self) -> None:
+        """Undo of start: stop what the start step started."""
+        self.ctx.services.stop()
+
+    def health(self) -> None:
+        """Prove the new version healthy: 2xx, the reported version, services still running."""
+        self._wait_healthy(str(self.version))
+        if self.stopped_at is not None:
+            self.stopped_seconds = time.monotonic() - self.stopped_at
+
+    def commit(self) -> None:
+        """Point of no return: record the installed manifest and record, and the history."""
+        ctx = self.ctx
+        journal = self._require_journal()
+        report = self.report or verify_patch(
+            ctx.paths.patch_dir(self.version), self.version, verify_key=ctx.settings.verify_key
+        )
+        backup = self._backup()
+        write_json_atomic(ctx.paths.installed_manifest, report.manifest, mode=0o644)
+        InstalledRecord(
+            version=str(self.version),
+            backup=backup.name if backup else "",
+            from_version=self.from_version,
+            applied_at=utc_now(),
+            migrations=tuple(self.applied),
+        ).save(ctx.paths)
+        if backup is not None:
+            backup.data["migrations_applied"] = list(self.applied)
+            backup.save()
+        append_history(
+            ctx.paths.history,
+            {
+                "action": "apply",
+                "run_id": journal.run_id,
+                "from_version": self.from_version or None,
+                "to_version": str(self.version),
+                "started_at": self.started_at,
+                "duration_seconds": round(time.monotonic() - self.started, 3),
+                "stopped_seconds": round(self.stopped_seconds, 3),
+                "result": "success",
+                "backup": backup.name if backup else None,
+                "migrations": self.applied,
+                **({"recovered": True} if self.resumed else {}),
+            },
+        )
+
+    def cleanup(self) -> None:
+        """Rename the staging folder aside (deleted after the result is printed)."""
+        if self.staging.exists():
+            aside = self.ctx.paths.trash(f"{self.staging.name}-{self._require_journal().run_id}")
+            os.replace(self.staging, aside)
+            self.trash.append(aside)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _wait_healthy(self, expect: str | None) -> None:
+        ctx = self.ctx
+        if not ctx.services.app_services():
+            return
+        wait_healthy(
+            ctx.settings.health_url,
+            timeout=ctx.settings.health_timeout,
+            expect_version=expect,
+            version_field=ctx.settings.health_version_field,
+            check=ctx.services.check_running,
+        )
+        ctx.services.check_running()
+
+    def _backup(self) -> Backup | None:
+        if self.backup is None and self.journal is not None and self.journal.backup:
+            self.backup = load_backup(self.ctx.paths.backups / self.journal.backup)
+        return self.backup
+
+    def _require_backup(self) -> Backup:
+        backup = self._backup()
+        if backup is None or not backup.complete:
+            name = self.journal.backup if self.journal else None
+            raise BackupError(
+                f"The backup {name or '(none)'} of this apply is missing or incomplete.",
+                "Restore by hand from the newest complete backup (inv patch-status lists them).",
+            )
+        return backup
+
+    def _require_journal(self) -> Journal:
+        assert self.journal is not None, "journal expected after the lock step"
+        return self.journal
+
+    # -- running it -----------------------------------------------------------------------------
+    def execute(self) -> ApplyResult:
+        """Run the whole list (or, with ``dry_run``, verify and plan only).
+
+        Raises:
+            VerifyError, VersionError, LockError, ConfirmationRefused, DatabaseError, BackupError:
+                refused before anything changed.
+            ApplyError: the apply failed or was interrupted; ``rolled_back`` says whether the old
+                version was restored (and proven healthy).
+            RollbackError: the apply failed and the automatic rollback did not complete.
+        """
+        steps = self.steps()
+        if self.options.dry_run:
+            steps = steps[:2]
+        try:
+            with interruptible():
+                run_forward(
+                    steps,
+                    lambda: self.journal,
+                    log=self.ctx.log,
+                    kill_at=self.ctx.settings.test_kill_at,
+                    on_done=self._done,
+                )
+                if self.journal is not None:
+                    self.journal.clear()
+        except StopPipeline as stop:
+            self._finish_quietly()
+            self.ctx.log(str(stop))
+            return ApplyResult(str(self.version), self.from_version or None, None, noop=True, recovered=self.recovered)
+        except BaseException as exc:
+            self._fail(steps, exc)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        if self.options.dry_run:
+            return ApplyResult(str(self.version), self.from_version or None, self.plan, dry_run=True)
+        backup = self._backup()
+        return ApplyResult(
+            str(self.version),
+            self.from_version or None,
+            self.plan,
+            backup.name if backup else None,
+            time.monotonic() - self.started,
+            self.stopped_seconds,
+            self.applied,
+            recovered=self.recovered,
+            cleanup=self._empty_trash,
+        )
+
+    def _done(self, step: Step, seconds: float) -> None:
+        if step.journaled or step.name == "verify":
+            self.ctx.log(f"   {step.name} done in {seconds:.1f} s")
+
+    def _empty_trash(self) -> None:
+        for folder in self.trash:
+            remove_tree(folder)
+
+    def cleanup_after_recovery(self, decision: Decision) -> None:
+        """After recovery finished or undid this run: no staging folder or trash is left."""
+        remove_tree(self.staging)
+        self._empty_trash()
+        for folder in self.ctx.paths.state.glob("trash-*"):
+            remove_tree(folder)
+
+    def _finish_quietly(self) -> None:
+        if self.journal is not None:
+            self.journal.clear()
+            self.journal = None
+
+    def _record(self, result: str, **extra: Any) -> None:
+        append_history(
+            self.ctx.paths.history,
+            {
+                "action": "apply",
+                "run_id": self.journal.run_id if self.journal else None,
+                "from_version": self.from_version or None,
+                "to_version": str(self.version),
+                "started_at": self.started_at,
+                "duration_seconds": round(time.monotonic() - self.started, 3),
+                "result": result,
+                "backup": self.journal.backup if self.journal else None,
+                **extra,
+            },
+        )
+
+    def _fail(self, steps: list[Step], exc: BaseException) -> None:
+        """Undo what was reached and raise the error that says what happened."""
+        journal = self.journal
+        failure = describe_failure(exc)
+        failed_step = journal.current_step if journal else None
+        if journal is None:
+            if isinstance(exc, PatchflowError):
+                raise exc
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+                raise ApplyError(f"Apply of {self.version} {failure} before anything changed.", "") from None
+            raise exc
+        where = f"at {failed_step}" if failed_step else ""
+        names = undo_plan(steps, journal.steps)
+        stopped = any(s.stopped and journal.reached(s.name) for s in steps)
+        if not stopped:
+            try:
+                run_undo(steps, names, journal, log=lambda line: None, kill_at=self.ctx.settings.test_kill_at)
+            except Exception:  # noqa: S110 - the staging folder is cleaned by the next run
+                pass
+            journal.clear()
+            self._record("failed", error=f"{failed_step}: {failure}")
+            raise ApplyError(f"Apply of {self.version} failed {where}: {failure}", "Nothing was stopped or changed.")
+        self.ctx.log(f"!! {failed_step} failed: {failure}")
+        self.ctx.log("!! rolling back automatically")
+        try:
+            run_undo(steps, names, journal, log=self.ctx.log, kill_at=self.ctx.settings.test_kill_at)
+        except Exception as undo_exc:
+            detail = describe_failure(undo_exc)
+            self._record("rollback_failed", error=f"{failed_step}: {failure}", rollback_error=detail)
+            hint = undo_exc.hint if isinstance(undo_exc, PatchflowError) else ""
+            raise RollbackError(
+                f"Apply of {self.version} failed {where} ({failure}) and the automatic rollback did not "
+                f"complete: {detail}",
+                (hint + " " if hint else "")
+                + f"The install may be down; `inv patch-status` shows what is left. Fix the cause and run "
+                f"`inv rollback-patch --version {self.version} --yes` to finish the rollback; "
+                f"{self.ctx.services.logs_hint()}.",
+            ) from None
+        stopped_for = time.monotonic() - self.stopped_at if self.stopped_at else 0.0
+        displaced = journal.notes.get("displaced_database")
+        journal.clear()
+        self._record("rolled_back", error=f"{failed_step}: {failure}", stopped_seconds=round(stopped_for, 3))
+        kept = f" The database was restored; the one it replaced is kept as {displaced}." if displaced else ""
+        raise ApplyError(
+            f"Apply of {self.version} failed {where}: {failure}. It was rolled back automatically: "
+            f"{self.from_version or 'the previous version'} is running again and passed its health check.{kept}",
+            f"Logs: {self.ctx.paths.operation_log}; {self.ctx.services.logs_hint()}; history in "
+            f"{self.ctx.paths.history}.",
+            rolled_back=True,
+        )

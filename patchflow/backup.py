@@ -1,22 +1,25 @@
 """Backups taken before a patch: replaced/deleted code, the old VERSION, the database dump.
 
-Layout (folder mode 0700, files keep their modes, the dump and backup.json are 0600)::
+Layout (folder mode 0700, the dump and backup.json 0600)::
 
     backups/pre-patch-v2.3.0_20250101T143022Z_3f9a1c/
         files/<path>            every entry the apply replaces or deletes, as it was
-        VERSION                 the VERSION file as it was
+        outputs/<path>          the build outputs (node_modules, dist) the apply replaced
+        VERSION                 the VERSION file as it was (bytes)
         installed-manifest.json the manifest of the installed patch, when there was one
-        database.dump           pg_dump --format=custom
-        backup.json             what it holds; written last, "complete": true
+        installed.json          the record of what had installed that version
+        database.dump           pg_dump --format=custom, proven complete
+        backup.json             what it holds; "complete": true once everything is proven
 
 Names carry a UTC timestamp with ``Z`` and a random suffix (no two backups collide, even in the
-same second); "latest" is decided by ``created_at`` (UTC, microseconds) and a ``sequence`` number
-from backup.json, never by mtime or a sort of local-time strings (field failure C23).
+same second). Order is a ``sequence`` number kept by patchflow (``.patchflow/sequence``, never
+decreasing), never the clock: a clock that jumped cannot make an older backup "the newest"
+(field failure C23). Each old entry records its exact owner, group and mode, so a restore puts
+them back as they were.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -29,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from patchflow.errors import BackupError
+from patchflow.files import Ownership, move, remove_tree
 from patchflow.journal import write_json_atomic
-from patchflow.manifest import Entry, sha256_file
-from patchflow.paths import BACKUP_PREFIX, ProjectPaths
+from patchflow.manifest import Entry, file_digest
+from patchflow.paths import BACKUP_PREFIX, BackupPaths, ProjectPaths
 from patchflow.version import PatchVersion
 
-BACKUP_JSON = "backup.json"
-DUMP_NAME = "database.dump"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -47,15 +49,21 @@ class Backup:
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def paths(self) -> BackupPaths:
+        return BackupPaths(self.folder)
+
+    @property
     def name(self) -> str:
         return self.folder.name
 
     @property
     def version(self) -> str:
+        """The version whose apply took this backup."""
         return str(self.data.get("version", ""))
 
     @property
     def restores_version(self) -> str:
+        """The version this backup brings back."""
         return str(self.data.get("restores_version", ""))
 
     @property
@@ -66,19 +74,26 @@ class Backup:
     def created_at(self) -> str:
         return str(self.data.get("created_at", ""))
 
+    @property
+    def sequence(self) -> int:
+        return int(self.data.get("sequence", 0))
+
     def created_timestamp(self) -> float:
+        """``created_at`` as epoch seconds (0 when unreadable)."""
         try:
             return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
         except ValueError:
             return 0.0
 
-    def sort_key(self) -> tuple[str, int]:
-        return (self.created_at, int(self.data.get("sequence", 0)))
-
     def save(self) -> None:
-        write_json_atomic(self.folder / BACKUP_JSON, self.data)
+        """Write ``backup.json`` atomically (0600)."""
+        write_json_atomic(self.paths.record, self.data)
 
     def size_bytes(self) -> int:
+        """Bytes the backup holds (recorded sizes; walks the folder only for old backups)."""
+        recorded = self.data.get("size_bytes")
+        if isinstance(recorded, int):
+            return recorded
         total = 0
         for dirpath, _, files in os.walk(self.folder):
             for name in files:
@@ -89,21 +104,41 @@ class Backup:
         return total
 
     @property
-    def dump_path(self) -> Path | None:
+    def database(self) -> dict[str, Any] | None:
+        """The dump record (``file``, ``size``, ``sha256``, ``properties``), None without one."""
         db = self.data.get("database")
-        return self.folder / db["file"] if db else None
+        return db if isinstance(db, dict) else None
+
+    @property
+    def dump_path(self) -> Path | None:
+        db = self.database
+        return self.folder / str(db["file"]) if db else None
 
     def old_entries(self) -> dict[str, Entry]:
         return {e["path"]: Entry.from_json(e) for e in self.data.get("old_entries", [])}
 
+    def old_ownership(self) -> dict[str, Ownership]:
+        """Exact owner, group and mode of each old entry, as recorded when it was backed up."""
+        out = {}
+        for item in self.data.get("old_entries", []):
+            if all(isinstance(item.get(k), int) for k in ("uid", "gid", "perm")):
+                out[item["path"]] = Ownership(item["uid"], item["gid"], item["perm"])
+        return out
+
     def new_paths(self) -> list[str]:
         return list(self.data.get("new_paths", []))
 
+    @property
+    def migrations_applied(self) -> list[str] | None:
+        """Migrations the apply ran after this backup (None: not recorded, i.e. unknown)."""
+        value = self.data.get("migrations_applied")
+        return [str(v) for v in value] if isinstance(value, list) else None
+
 
 def load_backup(folder: Path) -> Backup | None:
-    """Read a backup folder (None when backup.json is missing or unreadable)."""
+    """Read a backup folder (None when backup.json is missing, unreadable or malformed)."""
     try:
-        data = json.loads((folder / BACKUP_JSON).read_text(encoding="utf-8"))
+        data = json.loads((folder / "backup.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not _well_formed(data):
@@ -148,7 +183,7 @@ def _well_formed(data: dict[str, Any]) -> bool:
 
 
 def list_backups(paths: ProjectPaths, *, include_incomplete: bool = False) -> list[Backup]:
-    """Every backup under ``backups/``, oldest first by UTC creation time and sequence number."""
+    """Every backup under ``backups/``, oldest first by sequence number (never by clock)."""
     if not paths.backups.is_dir():
         return []
     found = []
@@ -159,13 +194,29 @@ def list_backups(paths: ProjectPaths, *, include_incomplete: bool = False) -> li
         if backup is None or (not backup.complete and not include_incomplete):
             continue
         found.append(backup)
-    return sorted(found, key=Backup.sort_key)
+    return sorted(found, key=lambda b: (b.sequence, b.created_at, b.name))
 
 
 def latest_backup_for(paths: ProjectPaths, version: PatchVersion) -> Backup | None:
-    """The newest complete backup taken before applying ``version`` (None if there is none)."""
+    """The newest (highest sequence) complete backup taken before applying ``version``."""
     matching = [b for b in list_backups(paths) if b.version == str(version)]
     return matching[-1] if matching else None
+
+
+def next_sequence(paths: ProjectPaths) -> int:
+    """Take the next backup sequence number: one more than both the counter in
+    ``.patchflow/sequence`` and every backup on disk; the counter is updated (atomic rename)."""
+    try:
+        counter = int(paths.sequence.read_text(encoding="utf-8").strip() or 0)
+    except (OSError, ValueError):
+        counter = 0
+    existing = max((b.sequence for b in list_backups(paths, include_incomplete=True)), default=0)
+    number = max(counter, existing) + 1
+    paths.state.mkdir(parents=True, exist_ok=True)
+    tmp = paths.sequence.with_name(f".sequence.tmp-{os.getpid()}")
+    tmp.write_text(f"{number}\n", encoding="utf-8")
+    os.replace(tmp, paths.sequence)
+    return number
 
 
 def new_backup(
@@ -182,15 +233,15 @@ def new_backup(
     Args:
         old_entries: the entries the apply replaces or deletes (saved by :func:`save_files`).
         new_paths: paths the apply creates that did not exist (removed on restore).
+        now: creation time (default: the clock); used only for the name and ``created_at``.
 
     Raises:
         BackupError: the folder cannot be created.
     """
     moment = now or datetime.now(UTC)
     stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    existing = list_backups(paths, include_incomplete=True)
-    sequence = max((int(b.data.get("sequence", 0)) for b in existing), default=0) + 1
     try:
+        sequence = next_sequence(paths)
         paths.backups.mkdir(parents=True, exist_ok=True)
         while True:
             folder = paths.backups / f"{BACKUP_PREFIX}{version.tag}_{stamp}_{secrets.token_hex(3)}"
@@ -225,26 +276,29 @@ def new_backup(
     return backup
 
 
-def save_files(backup: Backup, root: Path, installed_manifest: Path) -> int:
-    """Copy every old entry of ``backup`` from ``root`` into ``files/``; returns bytes copied.
-
-    Also keeps ``VERSION`` and ``.patchflow/installed-manifest.json`` as they are.
+def save_files(backup: Backup, root: Path, installed_files: list[Path]) -> int:
+    """Copy every old entry of ``backup`` from ``root`` into ``files/`` and record its exact owner,
+    group and mode; keep ``VERSION`` (bytes as they are) and ``installed_files`` (the installed
+    manifest and record). Returns the bytes copied.
 
     Raises:
-        BackupError: a file cannot be read or written (disk full, permissions).
+        BackupError: a file cannot be read or written (disk full, permissions), or changed while
+            it was copied.
     """
-    target = backup.folder / "files"
+    target = backup.paths.files
     copied = 0
+    records = []
     try:
         target.mkdir(mode=0o700, exist_ok=True)
-        for entry in backup.old_entries().values():
+        for item in backup.data.get("old_entries", []):
+            entry = Entry.from_json(item)
             source = root / entry.path
             dest = target / entry.path
             dest.parent.mkdir(parents=True, exist_ok=True)
+            st = os.lstat(source)
             if entry.type == "file":
                 shutil.copyfile(source, dest, follow_symlinks=False)
-                os.chmod(dest, entry.mode)
-                digest, size = sha256_file(dest)
+                digest, size = file_digest(dest)
                 if digest != entry.sha256:
                     raise BackupError(
                         f"{entry.path} changed while it was being backed up.",
@@ -253,17 +307,19 @@ def save_files(backup: Backup, root: Path, installed_manifest: Path) -> int:
                 copied += size
             elif entry.type == "symlink":
                 os.symlink(entry.target, dest)
-        version_file = root / "VERSION"
-        if version_file.is_file():
-            shutil.copyfile(version_file, backup.folder / "VERSION")  # bytes as they are
+            records.append({**item, "uid": st.st_uid, "gid": st.st_gid, "perm": stat.S_IMODE(st.st_mode)})
+        if (root / "VERSION").is_file():
+            shutil.copyfile(root / "VERSION", backup.paths.version_file)
             backup.data["version_file"] = "VERSION"
-        if installed_manifest.is_file():
-            shutil.copyfile(installed_manifest, backup.folder / "installed-manifest.json")
+        for source in installed_files:
+            if source.is_file():
+                shutil.copyfile(source, backup.folder / source.name)
     except OSError as exc:
         raise BackupError(
             f"The code backup in {backup.folder} failed: {exc}.",
             "Free disk space or fix permissions; the apply stops before changing anything.",
         ) from None
+    backup.data["old_entries"] = records
     backup.data["files_bytes"] = copied
     backup.save()
     return copied
@@ -272,10 +328,13 @@ def save_files(backup: Backup, root: Path, installed_manifest: Path) -> int:
 def swap_build_outputs(backup: Backup, staging: Path, root: Path, patterns: tuple[str, ...]) -> list[str]:
     """Move build outputs (``node_modules``, ``dist``, ...) made in ``staging`` into the tree.
 
-    Each old copy is renamed into ``outputs/`` of the backup first, then the staged copy is
-    renamed into place (both renames on one filesystem, so each is atomic). What was moved is
-    recorded in backup.json *before* moving, so :func:`restore_build_outputs` can undo any prefix
-    of the work after a crash. Returns the relative paths swapped.
+    Each old copy is moved into ``outputs/`` of the backup first (a rename, or a copy when the
+    backups are on another filesystem), then the staged copy is renamed into place. What is moved
+    is recorded in backup.json *before* moving, so :func:`patchflow.restore.restore_build_outputs`
+    can undo any prefix of the work after a crash. Returns the relative paths swapped.
+
+    Raises:
+        OSError: a move failed (the caller's undo restores what was moved).
     """
     found = sorted(
         {
@@ -291,186 +350,13 @@ def swap_build_outputs(backup: Backup, staging: Path, root: Path, patterns: tupl
         {"path": rel, "had_old": (root / rel).exists() or (root / rel).is_symlink()} for rel in found
     ]
     backup.save()
-    store = backup.folder / "outputs"
+    store = backup.paths.outputs
     for item in backup.data["build_outputs"]:
         rel = item["path"]
         if item["had_old"] and not (store / rel).exists():
-            (store / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(root / rel, store / rel)
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, root / rel)
+            move(root / rel, store / rel)
+        move(staging / rel, root / rel)
     return found
-
-
-def restore_build_outputs(backup: Backup, root: Path) -> None:
-    """Undo :func:`swap_build_outputs` (also a partial one): staged copies are removed and the
-    old copies renamed back."""
-    store = backup.folder / "outputs"
-    for item in reversed(backup.data.get("build_outputs", [])):
-        rel = item["path"]
-        saved = store / rel
-        target = root / rel
-        if item["had_old"] and not saved.exists():
-            continue  # the old copy was never moved: the tree still holds it
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
-        if item["had_old"]:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(saved, target)
-
-
-def verify_dump(backup: Backup) -> None:
-    """Check the database dump of ``backup`` against the size and sha256 recorded when it was taken.
-
-    Raises:
-        BackupError: the dump is missing or differs from what backup.json recorded (restoring it
-            would drop the live database and then fail, or restore something else).
-    """
-    dump = backup.dump_path
-    if dump is None:
-        return
-    recorded = backup.data.get("database") or {}
-    if not dump.is_file():
-        raise BackupError(
-            f"The database dump {dump} of backup {backup.name} is missing.",
-            "Nothing was restored; choose another backup (--backup) or restore by hand.",
-        )
-    digest, size = sha256_file(dump)
-    expected = str(recorded.get("sha256") or "")
-    if (expected and digest != expected) or ("size" in recorded and size != int(recorded["size"])):
-        raise BackupError(
-            f"The database dump {dump} of backup {backup.name} is corrupt: sha256 {digest} ({size} bytes), "
-            f"backup.json recorded {expected or '?'} ({recorded.get('size', '?')} bytes).",
-            "The database was left as it is; choose another backup (--backup) or restore by hand.",
-        )
-
-
-def remove_path(path: Path) -> None:
-    """Remove a file, link or *empty* directory at ``path`` if it exists (never a tree)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        path.rmdir()
-    else:
-        path.unlink()
-
-
-def check_inside(root: Path, path: Path) -> None:
-    """Refuse to touch ``path`` when the folder holding it resolves outside ``root`` (a symlink
-    on the way would make a write or a delete land elsewhere).
-
-    Raises:
-        BackupError: names the path and where it leads.
-    """
-    real_root = os.path.realpath(root)
-    probe = path.parent
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
-    real = os.path.realpath(probe)
-    if real != real_root and not real.startswith(real_root + os.sep):
-        raise BackupError(
-            f"Refusing to write or delete {path}: {probe} leads outside the install (to {real}).",
-            "A symlink in the install points where the patch expects a folder; replace it by hand.",
-        )
-
-
-def _tmp_name(dest: Path) -> Path:
-    """A short temporary name beside ``dest`` (long names would exceed NAME_MAX with a suffix)."""
-    digest = hashlib.sha256(os.fsencode(dest.name)).hexdigest()[:16]
-    return dest.with_name(f".pf-{digest}.tmp")
-
-
-def place_entry(entry: Entry, source_root: Path, root: Path) -> None:
-    """Make ``root/entry.path`` equal ``entry``, taking content from ``source_root/entry.path``.
-
-    Files are copied beside their destination and renamed over it (atomic per file); a directory
-    standing where a file or link goes must already be empty. Nothing is written through a
-    symlink that leads outside ``root`` (:func:`check_inside`).
-    """
-    dest = root / entry.path
-    check_inside(root, dest)
-    if entry.type == "dir":
-        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-            dest.unlink()
-        dest.mkdir(parents=True, exist_ok=True)
-        os.chmod(dest, entry.mode)
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(dest)
-    remove_path(tmp)
-    if entry.type == "symlink":
-        os.symlink(entry.target, tmp)
-    else:
-        shutil.copyfile(source_root / entry.path, tmp, follow_symlinks=False)
-        os.chmod(tmp, entry.mode)
-    if dest.is_dir() and not dest.is_symlink():
-        dest.rmdir()
-    os.replace(tmp, dest)
-
-
-def restore_code(backup: Backup, root: Path, installed_manifest: Path) -> None:
-    """Put back the code saved in ``backup``: remove what the apply added, restore what it
-    replaced or deleted (content, mode, links), restore VERSION and the installed manifest.
-
-    Idempotent: running it twice gives the same tree.
-
-    Raises:
-        BackupError: a saved file is missing from the backup, or the tree cannot be written.
-    """
-    old = backup.old_entries()
-    files = backup.folder / "files"
-    try:
-        restore_build_outputs(backup, root)
-        for rel in sorted(backup.new_paths(), key=lambda p: p.count("/"), reverse=True):
-            if rel in old:
-                continue
-            path = root / rel
-            check_inside(root, path)
-            try:
-                remove_path(path)
-            except OSError:
-                # a folder the patch created that now holds files outside the patch: keep it
-                continue
-        for rel in sorted(old, key=lambda p: (p.count("/"), p)):
-            entry = old[rel]
-            if entry.type == "file" and not (files / rel).is_file():
-                raise BackupError(f"The backup {backup.name} lacks {rel}.", "Restore that file by hand.")
-            dest = root / rel
-            check_inside(root, dest)
-            if entry.type != "dir" and dest.is_dir() and not dest.is_symlink():
-                # a folder of the patch stands where a file was; it may hold files written since
-                # (uploads...): move it into the backup instead of deleting anything
-                aside = backup.folder / "displaced" / rel
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                if aside.exists():
-                    shutil.rmtree(aside)
-                os.replace(dest, aside)
-                backup.data.setdefault("displaced", []).append(rel)
-                backup.save()
-            place_entry(entry, files, root)
-        saved_version = backup.folder / "VERSION"
-        version_file = root / "VERSION"
-        if backup.data.get("version_file") and saved_version.is_file():
-            tmp = root / ".VERSION.patchflow-tmp"
-            shutil.copyfile(saved_version, tmp)
-            os.replace(tmp, version_file)
-        else:  # there was no VERSION before the patch
-            version_file.unlink(missing_ok=True)
-        saved = backup.folder / "installed-manifest.json"
-        if saved.is_file():
-            installed_manifest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(saved, installed_manifest)
-        else:
-            installed_manifest.unlink(missing_ok=True)
-    except OSError as exc:
-        raise BackupError(
-            f"Restoring code from {backup.name} failed: {exc}.",
-            "Fix the cause (disk, permissions) and run rollback-patch again.",
-        ) from None
 
 
 def prune_backups(
@@ -478,28 +364,32 @@ def prune_backups(
     *,
     keep_days: int,
     keep_last: int,
-    installed_version: str | None,
+    keep: set[str],
     now: float | None = None,
     dry_run: bool = False,
 ) -> list[Backup]:
     """Delete backups older than ``keep_days`` beyond the newest ``keep_last``; returns those removed.
 
-    Never removes the newest backup that rolls back the installed version (its ``version`` equals
-    ``installed_version``), nor an incomplete backup of an apply still recorded in the journal.
+    Never removes a backup named in ``keep`` (the one that rolls back the installed version, the
+    one an interrupted apply still needs) nor an incomplete one.
+
+    Raises:
+        BackupError: a backup folder cannot be removed.
     """
     backups = list_backups(paths)
     current = time.time() if now is None else now
-    protected: set[str] = set(b.name for b in backups[-keep_last:]) if keep_last else set()
-    if installed_version:
-        rolling = [b for b in backups if b.version == installed_version]
-        if rolling:
-            protected.add(rolling[-1].name)
+    protected = set(keep)
+    if keep_last:
+        protected |= {b.name for b in backups[-keep_last:]}
     limit = current - timedelta(days=keep_days).total_seconds()
     removed = []
     for backup in backups:
         if backup.name in protected or backup.created_timestamp() >= limit:
             continue
         if not dry_run:
-            shutil.rmtree(backup.folder)
+            try:
+                remove_tree(backup.folder)
+            except OSError as exc:
+                raise BackupError(f"Cannot remove backup {backup.name}: {exc}.", "Check permissions.") from None
         removed.append(backup)
     return removed

@@ -1,8 +1,8 @@
-"""Settings: one object built from layered sources, each value remembering where it came from.
+"""Settings: one frozen, typed object built from layered sources; each value remembers its source.
 
 Precedence, lowest to highest (like invoke's config levels):
 
-1. built-in defaults (``FIELDS`` below),
+1. built-in defaults (the field defaults of :class:`Settings`),
 2. ``[tool.patchflow]`` in the project's ``pyproject.toml``,
 3. the project's ``.env`` file (python-dotenv), keys ``PATCHFLOW_<NAME>``,
 4. ``PATCHFLOW_<NAME>`` environment variables,
@@ -11,10 +11,14 @@ Precedence, lowest to highest (like invoke's config levels):
 ``database_url`` also reads the conventional ``DATABASE_URL`` at the ``.env`` and environment
 levels (a ``PATCHFLOW_DATABASE_URL`` at the same level wins). Values are validated when loaded;
 an invalid value raises :class:`ConfigError` naming the file or variable at fault.
+
+The process environment reaches patchflow's core only through :attr:`Settings.environ` (captured
+once by :func:`load_settings`); no core module reads ``os.environ``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -29,6 +33,7 @@ from dotenv import dotenv_values
 from patchflow.errors import ConfigError
 
 ENV_PREFIX = "PATCHFLOW_"
+Commands = tuple[tuple[str, str], ...]
 
 
 def _to_str(value: Any) -> str:
@@ -66,24 +71,13 @@ def _to_subdir(value: Any) -> str:
     return "/".join(parts)
 
 
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
-
-
 def _to_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(str(v).strip() for v in value if str(v).strip())
     return tuple(part.strip() for part in str(value).split(",") if part.strip())
 
 
-def _to_commands(value: Any) -> tuple[tuple[str, str], ...]:
+def _to_commands(value: Any) -> Commands:
     """``{"api": "node apps/api/server.js"}`` or ``"api=node a.js;worker=node w.js"``."""
     if isinstance(value, Mapping):
         items = [(str(k), str(v)) for k, v in value.items()]
@@ -112,162 +106,143 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return convert
 
 
+def _setting(default: Any, convert: Callable[[Any], Any], doc: str, *, hidden: bool = False) -> Any:
+    """A :class:`Settings` field with its converter and one-line documentation (README table)."""
+    return field(default=default, metadata={"convert": convert, "doc": doc, "hidden": hidden})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one project root (frozen; read values as typed attributes).
+
+    ``sources`` maps each setting name to where its value came from (``default``,
+    ``pyproject.toml``, ``.env:PATCHFLOW_X``, ``env:PATCHFLOW_X``, ``flag``); ``dotenv`` holds the
+    project's ``.env`` as read; ``environ`` the process environment captured when loading (what
+    child processes inherit). Units: every ``*_timeout`` is seconds, ``free_space_margin`` bytes.
+    """
+
+    root: Path = field(metadata={"setting": False})
+    patches_dir: str = _setting("patches", _to_subdir, "folder (relative to the root) holding patches/vX.Y.Z/")
+    backups_dir: str = _setting("backups", _to_subdir, "folder (relative to the root) holding pre-patch backups")
+    state_dir: str = _setting(".patchflow", _to_subdir, "folder for the journal, history.jsonl and the lock")
+    exclude: tuple[str, ...] = _setting(
+        (), _to_list, "extra gitignore-style patterns left out of patches (comma separated)"
+    )
+    service_manager: str = _setting(
+        "compose",
+        _choice("command", "compose", "none"),
+        "how services are stopped/started: compose, command (pidfiles) or none",
+    )
+    commands: Commands = _setting(  # noqa: RUF009 - a tuple of pairs is immutable
+        (), _to_commands, "command manager: services as name=command;name=command"
+    )
+    stop_timeout: float = _setting(20.0, _to_float, "seconds to wait after SIGTERM before SIGKILL (command manager)")
+    compose_files: tuple[str, ...] = _setting(
+        ("docker/docker-compose.yml",), _to_list, "compose file(s), relative to the root"
+    )
+    compose_project: str = _setting(
+        "",
+        _to_str,
+        "compose project name (empty: COMPOSE_PROJECT_NAME, the file's name:, then its folder, as compose does)",
+    )
+    app_services: tuple[str, ...] = _setting(
+        ("api", "worker", "frontend"), _to_list, "services stopped during apply and replaced"
+    )
+    data_services: tuple[str, ...] = _setting(
+        ("postgres", "redis"), _to_list, "services that keep running during apply (never in app_services)"
+    )
+    database_mode: str = _setting(
+        "url",
+        _choice("url", "compose", "none"),
+        "url: pg_dump/pg_restore against database_url; compose: inside the database service; none",
+    )
+    database_url: str = _setting("", _to_str, "PostgreSQL URL (also read from DATABASE_URL)")
+    database_admin_url: str = _setting(
+        "",
+        _to_str,
+        "PostgreSQL URL of a role used only for dumps and restores (e.g. a superuser) when the app's role "
+        "may not create databases or extensions",
+    )
+    database_service: str = _setting("postgres", _to_str, "compose service running PostgreSQL (compose mode)")
+    database_name: str = _setting("", _to_str, "database name in compose mode (default: POSTGRES_DB of the service)")
+    database_user: str = _setting("", _to_str, "database superuser in compose mode (default: POSTGRES_USER)")
+    pg_bindir: str = _setting(
+        "", _to_str, "folder with pg_dump/pg_restore/psql (default: PATH, then /usr/lib/postgresql/*/bin)"
+    )
+    db_wait_timeout: float = _setting(60.0, _to_float, "seconds to wait for the database to accept connections")
+    migrate_command: str = _setting(
+        "auto",
+        _to_str,
+        "migration command; 'builtin' uses patchflow's Prisma-compatible runner; "
+        "'auto' uses `pnpm prisma migrate deploy` when node_modules/.bin/prisma exists, else builtin",
+    )
+    migrate_timeout: float = _setting(
+        900.0, _to_float, "seconds a migration may run; past it, it is cancelled on the server and the apply rolls back"
+    )
+    install_command: str = _setting(
+        "", _to_str, "run in the staging folder before stopping (e.g. pnpm install --frozen-lockfile)"
+    )
+    build_command: str = _setting("", _to_str, "run in the staging folder before stopping (e.g. pnpm build)")
+    build_outputs: tuple[str, ...] = _setting(
+        ("node_modules", "dist"),
+        _to_list,
+        "folders (globs, relative) made by install/build in staging that replace the tree's copies at switch",
+    )
+    signing_key: str = _setting("", _to_str, "create-patch: Ed25519 signing key file (hex seed) that signs SHA256SUMS")
+    verify_key: str = _setting(
+        "",
+        _to_str,
+        "verify/apply: Ed25519 verify key (64 hex characters or a file); when set, unsigned patches are refused",
+    )
+    health_url: tuple[str, ...] = _setting(
+        ("http://localhost:3001/health",), _to_list, "health check URL(s), comma separated"
+    )
+    health_timeout: float = _setting(60.0, _to_float, "seconds until the health check gives up")
+    health_version_field: str = _setting(
+        "version", _to_str, "JSON field that must equal the deployed version (empty: do not check)"
+    )
+    start_retries: int = _setting(3, _to_int, "attempts to start services (apply and rollback) before giving up")
+    retention_days: int = _setting(7, _to_int, "prune-backups keeps every backup younger than this many days")
+    retention_keep: int = _setting(5, _to_int, "prune-backups keeps at least this many newest backups")
+    lock_stale_seconds: float = _setting(6 * 3600.0, _to_float, "a lock older than this (seconds) counts as stale")
+    free_space_margin: int = _setting(
+        64 * 1024 * 1024, _to_int, "bytes of free disk kept in reserve beyond a backup's estimate"
+    )
+    test_kill_at: str = _setting(
+        "", _to_str, "tests only: SIGKILL this process at <step>[:after] (crash-safety tests)", hidden=True
+    )
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, metadata={"setting": False})
+    dotenv: Mapping[str, str] = field(default_factory=dict, compare=False, metadata={"setting": False})
+    environ: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False, metadata={"setting": False})
+
+    def source(self, name: str) -> str:
+        """Where the value of ``name`` came from (``default`` when it was not set anywhere)."""
+        return self.sources.get(name, "default")
+
+
 @dataclass(frozen=True)
 class Field:
-    """One setting: its name, converter, default and one-line documentation."""
+    """One setting as documented: its name, converter, default and one-line documentation."""
 
     name: str
     convert: Callable[[Any], Any]
     default: Any
     doc: str
+    hidden: bool = False
 
     @property
     def env(self) -> str:
+        """The environment variable (and ``.env`` key) of this setting: ``PATCHFLOW_<NAME>``."""
         return ENV_PREFIX + self.name.upper()
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("patches_dir", _to_subdir, "patches", "folder (relative to the root) holding patches/vX.Y.Z/"),
-    Field("backups_dir", _to_subdir, "backups", "folder (relative to the root) holding pre-patch backups"),
-    Field("state_dir", _to_subdir, ".patchflow", "folder for the journal, history.jsonl and the lock"),
-    Field("exclude", _to_list, (), "extra gitignore-style patterns left out of patches (comma separated)"),
-    Field(
-        "service_manager",
-        _choice("command", "compose", "none"),
-        "compose",
-        "how services are stopped/started: compose, command (pidfiles) or none",
-    ),
-    Field("commands", _to_commands, (), "command manager: services as name=command;name=command"),
-    Field("stop_timeout", _to_float, 20.0, "seconds to wait after SIGTERM before SIGKILL (command manager)"),
-    Field("compose_files", _to_list, ("docker/docker-compose.yml",), "compose file(s), relative to the root"),
-    Field(
-        "compose_project",
-        _to_str,
-        "",
-        "compose project name (empty: COMPOSE_PROJECT_NAME, the file's name:, then its folder, as compose does)",
-    ),
-    Field("app_services", _to_list, ("api", "worker", "frontend"), "services stopped during apply and replaced"),
-    Field(
-        "data_services",
-        _to_list,
-        ("postgres", "redis"),
-        "services that keep running during apply (never in app_services)",
-    ),
-    Field(
-        "database_mode",
-        _choice("url", "compose", "none"),
-        "url",
-        "url: pg_dump/pg_restore against database_url; compose: inside the database service; none",
-    ),
-    Field("database_url", _to_str, "", "PostgreSQL URL (also read from DATABASE_URL)"),
-    Field("database_service", _to_str, "postgres", "compose service running PostgreSQL (compose mode)"),
-    Field("database_name", _to_str, "", "database name in compose mode (default: POSTGRES_DB of the service)"),
-    Field("database_user", _to_str, "", "database superuser in compose mode (default: POSTGRES_USER)"),
-    Field(
-        "pg_bindir", _to_str, "", "folder with pg_dump/pg_restore/psql (default: PATH, then /usr/lib/postgresql/*/bin)"
-    ),
-    Field("db_wait_timeout", _to_float, 60.0, "seconds to wait for the database to accept connections"),
-    Field(
-        "migrate_command",
-        _to_str,
-        "auto",
-        "migration command; 'builtin' uses patchflow's Prisma-compatible runner; "
-        "'auto' uses `pnpm prisma migrate deploy` when node_modules/.bin/prisma exists, else builtin",
-    ),
-    Field(
-        "install_command",
-        _to_str,
-        "",
-        "run in the staging folder before stopping (e.g. pnpm install --frozen-lockfile)",
-    ),
-    Field("build_command", _to_str, "", "run in the staging folder before stopping (e.g. pnpm build)"),
-    Field(
-        "build_outputs",
-        _to_list,
-        ("node_modules", "dist"),
-        "folders (globs, relative) made by install/build in staging that replace the tree's copies at switch",
-    ),
-    Field("signing_key", _to_str, "", "create-patch: Ed25519 signing key file (hex seed) that signs SHA256SUMS"),
-    Field(
-        "verify_key",
-        _to_str,
-        "",
-        "verify/apply: Ed25519 verify key (64 hex characters or a file); when set, unsigned patches are refused",
-    ),
-    Field("health_url", _to_list, ("http://localhost:3001/health",), "health check URL(s), comma separated"),
-    Field("health_timeout", _to_float, 60.0, "seconds until the health check gives up"),
-    Field(
-        "health_version_field",
-        _to_str,
-        "version",
-        "JSON field that must equal the deployed version (empty: do not check)",
-    ),
-    Field("start_retries", _to_int, 3, "attempts to start services (apply and rollback) before giving up"),
-    Field("retention_days", _to_int, 7, "prune-backups keeps every backup younger than this many days"),
-    Field("retention_keep", _to_int, 5, "prune-backups keeps at least this many newest backups"),
-    Field("lock_stale_seconds", _to_float, 6 * 3600.0, "a lock older than this (seconds) counts as stale"),
-    Field(
-        "free_space_margin", _to_int, 64 * 1024 * 1024, "bytes of free disk kept in reserve beyond a backup's estimate"
-    ),
+FIELDS: tuple[Field, ...] = tuple(
+    Field(f.name, f.metadata["convert"], f.default, f.metadata["doc"], f.metadata["hidden"])
+    for f in dataclasses.fields(Settings)
+    if f.metadata.get("setting", True)
 )
-
 _BY_NAME = {f.name: f for f in FIELDS}
-# variables with the prefix that are not settings: the documented test hook (context.KILL_HOOK)
-_KNOWN_ENV = {f.env for f in FIELDS} | {"PATCHFLOW_TEST_KILL_AT"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The resolved settings of one project root.
-
-    ``values`` maps each field name to its converted value; ``sources`` maps it to where that
-    value came from (``default``, ``pyproject.toml``, ``.env``, ``env:PATCHFLOW_X``, ``flag``).
-    Read values as attributes: ``settings.health_timeout``.
-    """
-
-    root: Path
-    values: Mapping[str, Any]
-    sources: Mapping[str, str] = field(default_factory=dict)
-    dotenv: Mapping[str, str] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        values = self.__dict__.get("values", {})
-        if name in values:
-            return values[name]
-        raise AttributeError(name)
-
-    def source(self, name: str) -> str:
-        """Where the value of ``name`` came from."""
-        return self.sources.get(name, "default")
-
-    def replace(self, **overrides: Any) -> Settings:
-        """Return a copy with ``overrides`` applied as flags (validated like any other source)."""
-        values = dict(self.values)
-        sources = dict(self.sources)
-        for name, raw in overrides.items():
-            values[name] = _convert(name, raw, "flag")
-            sources[name] = "flag"
-        return Settings(self.root, values, sources, self.dotenv)
-
-    def describe(self) -> list[tuple[str, str, str]]:
-        """Rows ``(name, value, source)`` for every setting, secrets masked."""
-        rows = []
-        for f in FIELDS:
-            value = self.values[f.name]
-            text = _format(value)
-            if f.name == "database_url" and text:
-                text = mask_url(text)
-            rows.append((f.name, text, self.source(f.name)))
-        return rows
-
-
-def _format(value: Any) -> str:
-    """Render a setting value as it would be written in an environment variable."""
-    if isinstance(value, tuple):
-        if value and isinstance(value[0], tuple):
-            return ";".join(f"{name}={command}" for name, command in value)
-        return ",".join(str(v) for v in value)
-    return str(value)
+_KNOWN_ENV = {f.env for f in FIELDS}
 
 
 def mask_url(url: str) -> str:
@@ -280,10 +255,19 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
+def _format(value: Any) -> str:
+    """Render a setting value as it would be written in an environment variable."""
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], tuple):
+            return ";".join(f"{name}={command}" for name, command in value)
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _convert(name: str, raw: Any, where: str) -> Any:
     spec = _BY_NAME.get(name)
     if spec is None:
-        known = ", ".join(sorted(_BY_NAME))
+        known = ", ".join(sorted(f.name for f in FIELDS if not f.hidden))
         raise ConfigError(f"Unknown setting {name!r} in {where}.", f"Known settings: {known}.")
     try:
         return spec.convert(raw)
@@ -318,7 +302,8 @@ def load_settings(
 
     Args:
         root: project root; must be an existing directory.
-        environ: environment to read ``PATCHFLOW_*`` and ``DATABASE_URL`` from (default ``os.environ``).
+        environ: environment to read ``PATCHFLOW_*`` and ``DATABASE_URL`` from, kept as
+            :attr:`Settings.environ` (default: a copy of ``os.environ``).
         overrides: task flags; ``None`` values are ignored (flag not given).
 
     Raises:
@@ -331,7 +316,7 @@ def load_settings(
             "Pass --root pointing at a PrimeFlow checkout (the folder holding VERSION).",
         )
     root_path = root_path.resolve()
-    env = os.environ if environ is None else environ
+    env = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {f.name: f.default for f in FIELDS}
     sources: dict[str, str] = {f.name: "default" for f in FIELDS}
 
@@ -368,13 +353,15 @@ def load_settings(
             continue
         values[name] = _convert(name, raw, "a command-line flag")
         sources[name] = "flag"
-    return Settings(root_path, values, sources, dotenv)
+    return Settings(root=root_path, sources=sources, dotenv=dotenv, environ=env, **values)
 
 
 def settings_table_markdown() -> str:
-    """The README table of every setting: name, environment variable, default, meaning."""
+    """The README table of every documented setting: name, environment variable, default, meaning."""
     lines = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
     for f in FIELDS:
+        if f.hidden:
+            continue
         default = _format(f.default) if f.default != () else "(empty)"
         lines.append(f"| `{f.name}` | `{f.env}` | `{default}` | {f.doc} |")
     return "\n".join(lines)

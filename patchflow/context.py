@@ -1,36 +1,26 @@
-"""What an apply or rollback works with, and the step machinery both share.
+"""What an operation works with: settings, paths, the runner, the services and the database.
 
-:class:`Context` bundles settings, paths, the runner, the service manager and the database so
-core functions take one explicit argument instead of globals. :func:`run_step` records a step
-in the journal before and after it runs; :func:`checkpoint` is the documented test hook that
-kills the process at a step boundary (``PATCHFLOW_TEST_KILL_AT=<step>`` or ``<step>:after``),
-used by the crash-safety tests with a real SIGKILL.
+:class:`Context` bundles them so core functions take one explicit argument instead of globals.
+Progress lines go to ``log`` (the operator's terminal); with ``record=True`` they also go, with
+every command the runner starts and a UTC time, to ``.patchflow/logs/patchflow.log``.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from patchflow.config import Settings
 from patchflow.database import Database, target_from_settings
-from patchflow.errors import PatchflowError, ServiceError
-from patchflow.journal import Journal
 from patchflow.paths import ProjectPaths
 from patchflow.runner import LocalRunner, Runner
-from patchflow.services import (
-    ComposeManager,
-    ServiceManager,
-    compose_prefix,
-    compose_service_environment,
-    make_manager,
-)
+from patchflow.services import ServiceManager, make_manager
 
-KILL_HOOK = "PATCHFLOW_TEST_KILL_AT"
+
+def _quiet(line: str) -> None:
+    return None
 
 
 @dataclass
@@ -42,11 +32,23 @@ class Context:
     runner: Runner
     services: ServiceManager
     database: Database | None
-    log: Callable[[str], None] = field(default=lambda line: None)
+    log: Callable[[str], None] = field(default=_quiet)
+    recorder: Recorder | None = None
+
+    def start_recording(self) -> None:
+        """From now on (the run holds the lock and will change the install) progress lines and
+        commands go to the operation log too, starting with those buffered so far."""
+        if self.recorder is not None:
+            self.recorder.start()
 
     @classmethod
     def create(
-        cls, settings: Settings, *, runner: Runner | None = None, log: Callable[[str], None] | None = None
+        cls,
+        settings: Settings,
+        *,
+        runner: Runner | None = None,
+        log: Callable[[str], None] | None = None,
+        record: bool = False,
     ) -> Context:
         """Build the context of ``settings``: service manager and database from the settings.
 
@@ -54,74 +56,68 @@ class Context:
             ConfigError: the settings name an unusable manager or database.
         """
         paths = ProjectPaths.from_settings(settings)
-        run = runner or LocalRunner()
+        show = log or _quiet
+        recorder = Recorder(paths) if record else None
+        write = recorder.write if recorder else _quiet
+
+        def progress(line: str) -> None:
+            show(line)
+            write(line)
+
+        run = runner or LocalRunner(base_env=settings.environ, log=write)
         services = make_manager(settings, paths, run)
-        prefix: list[str] = []
-        if isinstance(services, ComposeManager):
-            prefix = services.prefix()
-        elif settings.database_mode == "compose":
-            prefix = compose_prefix(settings, paths.root)
-        service_env: dict[str, str] = {}
-        if settings.database_mode == "compose" and not (settings.database_name and settings.database_user):
-            service_env = compose_service_environment(settings, paths.root, settings.database_service)
-        target = target_from_settings(settings, prefix, service_env)
-        database = Database(target, run) if target is not None else None
-        return cls(settings, paths, run, services, database, log or (lambda line: None))
+        database = _database(settings, paths, run)
+        return cls(settings, paths, run, services, database, progress, recorder)
 
 
-def checkpoint(step: str, when: str) -> None:
-    """Test hook: SIGKILL this process at ``step`` ``before``/``after`` when asked by the environment."""
-    wanted = os.environ.get(KILL_HOOK, "")
-    if not wanted:
-        return
-    name, _, moment = wanted.partition(":")
-    if name == step and (moment or "before") == when:
-        os.kill(os.getpid(), signal.SIGKILL)
+def _database(settings: Settings, paths: ProjectPaths, runner: Runner) -> Database | None:
+    """The database of ``settings`` (None for ``database_mode = none``), with its admin target."""
+    from patchflow.services.compose import compose_prefix, compose_service_environment
+
+    prefix: list[str] = []
+    service_env: dict[str, str] = {}
+    if settings.database_mode == "compose":
+        prefix = compose_prefix(settings, paths.root)
+        if not (settings.database_name and settings.database_user):
+            service_env = compose_service_environment(settings, paths.root, settings.database_service, runner)
+    target = target_from_settings(settings, prefix, service_env)
+    if target is None:
+        return None
+    admin = None
+    if settings.database_admin_url and settings.database_mode == "url":
+        admin_target = target_from_settings(settings, url=settings.database_admin_url)
+        if admin_target is not None:
+            admin = dataclasses.replace(admin_target, dbname=target.dbname, schema=target.schema)
+    return Database(target, runner, admin)
 
 
-@contextmanager
-def run_step(journal: Journal, name: str, log: Callable[[str], None]) -> Iterator[None]:
-    """Record ``name`` as started, run the block, record it done (or failed, then re-raise)."""
-    checkpoint(name, "before")
-    journal.start(name)
-    log(f"{(journal.phase == 'forward' and '->') or '<-'} {name}")
-    try:
-        yield
-    except BaseException as exc:
-        message = exc.message if isinstance(exc, PatchflowError) else (str(exc) or type(exc).__name__)
-        journal.fail(name, message)
-        raise
-    journal.finish(name)
-    checkpoint(name, "after")
+class Recorder:
+    """Timestamped lines for the operation log: held in memory until :meth:`start` (a refused run
+    writes nothing on disk), then appended to ``.patchflow/logs/patchflow.log``. Write errors are
+    ignored: a full disk must not turn logging into the failure."""
 
+    def __init__(self, paths: ProjectPaths) -> None:
+        self.paths = paths
+        self.started = False
+        self.pending: list[str] = []
 
-def start_with_retries(
-    services: ServiceManager,
-    attempts: int,
-    *,
-    rebuild: bool = False,
-    log: Callable[[str], None] = lambda line: None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Start the application services, retrying up to ``attempts`` times with 1, 2, 4 ... s pauses.
-
-    Raises:
-        ServiceError: the last attempt failed (its message says how many attempts were made).
-    """
-    attempts = max(1, attempts)
-    last: ServiceError | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            services.start(rebuild=rebuild)
+    def write(self, line: str) -> None:
+        stamped = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}"
+        if not self.started:
+            self.pending.append(stamped)
             return
-        except ServiceError as exc:
-            last = exc
-            log(f"start attempt {attempt}/{attempts} failed: {exc.message}")
-            try:
-                services.stop()
-            except ServiceError:
-                pass
-            if attempt < attempts:
-                sleep(min(2 ** (attempt - 1), 8))
-    assert last is not None
-    raise ServiceError(f"Services did not start after {attempts} attempts: {last.message}", last.hint)
+        self._append([stamped])
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._append(self.pending)
+            self.pending = []
+
+    def _append(self, lines: list[str]) -> None:
+        try:
+            self.paths.logs.mkdir(parents=True, exist_ok=True)
+            with open(self.paths.operation_log, "a", encoding="utf-8") as handle:
+                handle.writelines(f"{line}\n" for line in lines)
+        except OSError:
+            pass

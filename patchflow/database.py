@@ -1,71 +1,128 @@
-"""PostgreSQL: wait until ready, dump, exact restore, and a Prisma-compatible migration runner.
+"""PostgreSQL: wait until ready, dump and prove the dump, restore beside the live database.
 
 Two targets share one implementation (:class:`PgTarget`):
 
-* ``url`` mode: local client programs (``pg_bindir``, PATH, or the newest
-  ``/usr/lib/postgresql/*/bin``) connect with the parts of ``DATABASE_URL`` passed as ``PG*``
-  environment variables (the password never appears in a process list);
+* ``url`` mode: local client programs (``pg_bindir``, the newest ``/usr/lib/postgresql/*/bin``,
+  or PATH) connect with the parts of ``DATABASE_URL`` passed as ``PG*`` environment variables
+  (the password never appears in a process list). Parameters only Prisma understands
+  (``?schema=public``, ``connection_limit``, ``pgbouncer``...) are removed before libpq sees the
+  URL; ``schema`` is kept as :attr:`PgTarget.schema` (where ``_prisma_migrations`` lives);
 * ``compose`` mode: the same programs run inside the database service through
   ``docker compose exec -T`` as the service's superuser.
 
-Dumps use ``pg_dump --format=custom`` into a 0600 file and are checked with ``pg_restore --list``.
-A restore makes the database equal to the dump (field failure C10): it drops and recreates the
-database (after terminating other sessions) when the role may create databases, else it drops
-every schema of the database; then ``pg_restore --exit-on-error --single-transaction``. Errors
-are fatal. A role that is not a superuser restores with ``--no-owner --no-privileges`` and skips
-extension comments (C11).
+Every session patchflow opens carries ``application_name=patchflow`` (``patchflow-migrate`` for
+migrations), so an interrupted run can end them on the server (:meth:`Database.terminate_sessions`).
+
+Dumps (``pg_dump --format=custom``, file mode 0600) count only when proven
+(:meth:`Database.dump`): the bytes streamed are hashed, the file read back matches, and
+``pg_restore`` reads the whole archive to the end.
+
+A restore never drops or changes the live database (:meth:`Database.restore_beside`): the dump
+is restored into a new database next to it, checked, and only then the names are swapped in one
+transaction; the displaced database is kept as ``<name>_before_rollback_<UTC stamp>``.
 """
 
 from __future__ import annotations
 
 import glob
-import os
+import hashlib
 import re
 import shutil
 import tempfile
 import time
-import uuid
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from patchflow.commands import postgres as pg
-from patchflow.commands import split_command
 from patchflow.config import Settings, mask_url
-from patchflow.errors import CommandError, ConfigError, DatabaseError, MigrationError
-from patchflow.manifest import sha256_file
-from patchflow.migrations import Migration, find_migrations
+from patchflow.errors import BackupError, CommandError, ConfigError, DatabaseError
+from patchflow.manifest import file_digest
 from patchflow.runner import Runner
 
-MIGRATIONS_TABLE = "_prisma_migrations"
-CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS "{MIGRATIONS_TABLE}" (
-    "id" VARCHAR(36) PRIMARY KEY NOT NULL,
-    "checksum" VARCHAR(64) NOT NULL,
-    "finished_at" TIMESTAMPTZ,
-    "migration_name" VARCHAR(255) NOT NULL,
-    "logs" TEXT,
-    "rolled_back_at" TIMESTAMPTZ,
-    "started_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
-    "applied_steps_count" INTEGER NOT NULL DEFAULT 0
-);"""
-# SQL statements that give a recreated public schema the owner, comment and grants it has now
-PUBLIC_SCHEMA_STATEMENTS = """SELECT concat_ws(E'\\n',
-  format('ALTER SCHEMA public OWNER TO %I;', pg_get_userbyid(n.nspowner)),
-  format('COMMENT ON SCHEMA public IS %L;', obj_description(n.oid, 'pg_namespace')),
-  (SELECT string_agg(format('GRANT %s ON SCHEMA public TO %s%s;', a.privilege_type,
-          CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-          CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), E'\\n' ORDER BY a.grantee, a.privilege_type)
-   FROM aclexplode(n.nspacl) a WHERE a.grantee <> n.nspowner))
-FROM pg_namespace n WHERE n.nspname = 'public'"""
+APP_NAME = "patchflow"
+MIGRATE_APP_NAME = "patchflow-migrate"
+DISPLACED_MARK = "_before_rollback_"
+RESTORING_MARK = "_restoring_"
+MAX_IDENT = 63
+# libpq's connection keywords (https://www.postgresql.org/docs/current/libpq-connect.html); any
+# other URL parameter (Prisma's schema, connection_limit, pgbouncer, ...) is not libpq's
+LIBPQ_PARAMS = frozenset(
+    [
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "require_auth",
+        "channel_binding",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "application_name",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "replication",
+        "gssencmode",
+        "sslmode",
+        "requiressl",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslcertmode",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "krbsrvname",
+        "gsslib",
+        "gssdelegation",
+        "service",
+        "target_session_attrs",
+        "load_balance_hosts",
+    ]
+)
+_ENV_OF_KEYWORD = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "sslmode": "PGSSLMODE",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "service": "PGSERVICE",
+    "channel_binding": "PGCHANNELBINDING",
+    "gssencmode": "PGGSSENCMODE",
+    "client_encoding": "PGCLIENTENCODING",
+}
 
 
-def find_pg_bindir(configured: str = "") -> Path | None:
-    """Folder of the PostgreSQL client programs: the setting, then PATH, then the newest
-    ``/usr/lib/postgresql/<ver>/bin``; None when no ``pg_dump`` is found."""
+def find_pg_bindir(configured: str = "", path: str | None = None) -> Path | None:
+    """Folder of the PostgreSQL client programs: the setting, then the newest
+    ``/usr/lib/postgresql/<ver>/bin`` (a client at least as new as the server), then ``path``
+    (PATH); None when no ``pg_dump`` is found."""
     if configured:
         return Path(configured)
-    on_path = shutil.which("pg_dump")
     candidates = sorted(
         (Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if Path(p, "pg_dump").exists()),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
@@ -73,9 +130,54 @@ def find_pg_bindir(configured: str = "") -> Path | None:
     )
     if candidates:
         return candidates[0]
-    if on_path:
-        return Path(on_path).parent
-    return None
+    on_path = shutil.which("pg_dump", path=path)
+    return Path(on_path).parent if on_path else None
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A ``DATABASE_URL`` split for libpq: ``conninfo`` (the URL without non-libpq parameters),
+    ``dbname``, ``env`` (``PG*`` variables), ``schema`` (Prisma's ``?schema=``, default public),
+    ``dropped`` (the parameters removed)."""
+
+    conninfo: str
+    dbname: str
+    env: dict[str, str]
+    schema: str
+    dropped: tuple[str, ...]
+
+
+def parse_database_url(url: str, *, source: str = "DATABASE_URL") -> DatabaseUrl:
+    """Split ``url`` (``postgresql://user:pw@host:5432/db?schema=public``) for libpq.
+
+    Raises:
+        ConfigError: not a PostgreSQL URL, or no database name (the message names ``source``).
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{source} is not a PostgreSQL URL (scheme {parts.scheme or 'missing'!r}).",
+            "Set it like postgresql://user:password@host:5432/dbname in .env or the environment.",
+        )
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k in LIBPQ_PARAMS]
+    dropped = tuple(sorted({k for k, _ in query if k not in LIBPQ_PARAMS}))
+    schema = next((v for k, v in query if k == "schema" and v), "public")
+    cleaned = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+    try:
+        values = conninfo_to_dict(cleaned)
+    except Exception as exc:
+        raise ConfigError(
+            f"{source} is not a valid PostgreSQL URL ({str(exc).strip()}).",
+            "Set it like postgresql://user:password@host:5432/dbname in .env or the environment.",
+        ) from None
+    env = {var: str(values[key]) for key, var in _ENV_OF_KEYWORD.items() if values.get(key) not in (None, "")}
+    dbname = str(values.get("dbname") or values.get("user") or "")
+    if not dbname:
+        raise ConfigError(f"{source} names no database.", "Add the database name: postgresql://user@host:5432/dbname.")
+    return DatabaseUrl(cleaned, dbname, env, schema, dropped)
 
 
 @dataclass(frozen=True)
@@ -84,18 +186,21 @@ class PgTarget:
 
     mode: str
     dbname: str
-    local_env: dict[str, str]
+    local_env: Mapping[str, str] = field(default_factory=dict)
     bindir: Path | None = None
     compose_prefix: tuple[str, ...] = ()
     service: str = "postgres"
     user: str = ""
     conninfo: str = ""
+    schema: str = "public"
 
-    def command(self, program: str, *, maintenance: bool = False) -> tuple[list[str], dict[str, str]]:
-        """The invocation of ``program`` against this database (``maintenance``: the ``postgres`` db)."""
-        db = "postgres" if maintenance else self.dbname
+    def command(
+        self, program: str, *, database: str | None = None, app: str = APP_NAME
+    ) -> tuple[list[str], dict[str, str]]:
+        """The invocation of ``program`` against ``database`` (default: this target's database)."""
+        db = database or self.dbname
         if self.mode == "compose":
-            prefix = [*self.compose_prefix, "exec", "-T", "-e", f"PGDATABASE={db}"]
+            prefix = [*self.compose_prefix, "exec", "-T", "-e", f"PGDATABASE={db}", "-e", f"PGAPPNAME={app}"]
             if self.user:
                 prefix += ["-e", f"PGUSER={self.user}"]
             return [*prefix, self.service, program], {}
@@ -106,6 +211,7 @@ class PgTarget:
             )
         env = dict(self.local_env)
         env["PGDATABASE"] = db
+        env["PGAPPNAME"] = app
         return [str(self.bindir / program)], env
 
     def describe(self) -> str:
@@ -115,45 +221,20 @@ class PgTarget:
         return f"database {mask_url(self.conninfo)}"
 
 
-def _url_env(url: str) -> tuple[str, dict[str, str]]:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        parts = conninfo_to_dict(url)
-    except Exception as exc:
-        raise ConfigError(
-            f"DATABASE_URL is not a valid PostgreSQL URL ({exc}).",
-            "Set it like postgresql://user:password@host:5432/dbname in .env or the environment.",
-        ) from None
-    mapping = {
-        "host": "PGHOST",
-        "port": "PGPORT",
-        "user": "PGUSER",
-        "password": "PGPASSWORD",
-        "sslmode": "PGSSLMODE",
-        "sslrootcert": "PGSSLROOTCERT",
-        "connect_timeout": "PGCONNECT_TIMEOUT",
-        "options": "PGOPTIONS",
-        "application_name": "PGAPPNAME",
-    }
-    env = {var: str(parts[key]) for key, var in mapping.items() if parts.get(key) not in (None, "")}
-    dbname = str(parts.get("dbname") or parts.get("user") or "")
-    if not dbname:
-        raise ConfigError(
-            "DATABASE_URL names no database.", "Add the database name: postgresql://user@host:5432/dbname."
-        )
-    return dbname, env
-
-
 def target_from_settings(
-    settings: Settings, compose_prefix: Sequence[str] = (), service_env: Mapping[str, str] | None = None
+    settings: Settings,
+    compose_prefix: Sequence[str] = (),
+    service_env: Mapping[str, str] | None = None,
+    *,
+    url: str | None = None,
 ) -> PgTarget | None:
     """Build the database target of ``settings`` (None when ``database_mode`` is ``none``).
 
     In compose mode the database and its superuser come from the settings (``database_name``,
     ``database_user``), else from ``service_env`` (the database service's environment as compose
     resolves it: ``POSTGRES_DB``, ``POSTGRES_USER``), else from the project's ``.env``; the user
-    defaults to ``postgres`` and the database to the user.
+    defaults to ``postgres`` and the database to the user. ``url`` replaces ``database_url`` (the
+    admin URL).
 
     Raises:
         ConfigError: url mode without ``DATABASE_URL``, or an invalid URL.
@@ -161,13 +242,16 @@ def target_from_settings(
     mode = settings.database_mode
     if mode == "none":
         return None
+    schema = "public"
+    if settings.database_url:
+        schema = parse_database_url(settings.database_url).schema
     if mode == "compose":
         service = service_env or {}
         dbname = (
             settings.database_name
             or service.get("POSTGRES_DB", "")
             or settings.dotenv.get("POSTGRES_DB", "")
-            or os.environ.get("POSTGRES_DB", "")
+            or settings.environ.get("POSTGRES_DB", "")
         )
         user = (
             settings.database_user
@@ -175,25 +259,35 @@ def target_from_settings(
             or settings.dotenv.get("POSTGRES_USER", "")
             or "postgres"
         )
-        if not dbname:
-            dbname = user
         return PgTarget(
-            "compose", dbname, {}, compose_prefix=tuple(compose_prefix), service=settings.database_service, user=user
+            "compose",
+            dbname or user,
+            compose_prefix=tuple(compose_prefix),
+            service=settings.database_service,
+            user=user,
+            schema=schema,
         )
-    url = settings.database_url
-    if not url:
+    chosen = url or settings.database_url
+    if not chosen:
         raise ConfigError(
             "No database configured: DATABASE_URL is not set.",
             "Set DATABASE_URL in the project's .env or the environment, or set PATCHFLOW_DATABASE_MODE=none "
             "for an install without a database.",
         )
-    dbname, env = _url_env(url)
-    return PgTarget("url", dbname, env, bindir=find_pg_bindir(settings.pg_bindir), conninfo=url)
+    parsed = parse_database_url(chosen, source="database_admin_url" if url else "DATABASE_URL")
+    return PgTarget(
+        "url",
+        parsed.dbname,
+        parsed.env,
+        bindir=find_pg_bindir(settings.pg_bindir, settings.environ.get("PATH")),
+        conninfo=parsed.conninfo,
+        schema=schema,
+    )
 
 
 @dataclass(frozen=True)
 class DumpInfo:
-    """A written dump: file, size (bytes), sha256, and the database's properties for recreation."""
+    """A proven dump: file, size (bytes), sha256 hex, and the database's properties."""
 
     path: Path
     size: int
@@ -201,12 +295,34 @@ class DumpInfo:
     properties: dict[str, Any]
 
 
-class Database:
-    """Operations on one PostgreSQL database through a :class:`PgTarget` and a runner."""
+def stamp_now() -> str:
+    """A UTC stamp for database names: ``20250101T143022Z``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
-    def __init__(self, target: PgTarget, runner: Runner) -> None:
+
+def derived_name(live: str, mark: str, stamp: str) -> str:
+    """``<live><mark><stamp>`` within PostgreSQL's 63-byte identifier limit (a long name is cut
+    and given a short hash, so two long names never collide)."""
+    name = f"{live}{mark}{stamp}"
+    if len(name.encode()) <= MAX_IDENT:
+        return name
+    digest = hashlib.sha256(live.encode()).hexdigest()[:6]
+    room = MAX_IDENT - len(f"_{digest}{mark}{stamp}".encode())
+    head = live.encode()[:room].decode("utf-8", "ignore")
+    return f"{head}_{digest}{mark}{stamp}"
+
+
+class Database:
+    """Operations on one PostgreSQL database through a :class:`PgTarget` and the runner.
+
+    ``admin`` (from ``database_admin_url``) is the role used for dumps, restores and the name swap
+    when the application's role may not do them; by default the application's own target.
+    """
+
+    def __init__(self, target: PgTarget, runner: Runner, admin: PgTarget | None = None) -> None:
         self.target = target
         self.runner = runner
+        self.admin = admin or target
 
     # -- plumbing -------------------------------------------------------------------------
     def _run(
@@ -214,13 +330,16 @@ class Database:
         build: Callable[[list[str]], list[str]],
         program: str,
         *,
-        maintenance: bool = False,
+        database: str | None = None,
+        admin: bool = False,
+        app: str = APP_NAME,
         timeout: float | None = 3600,
         what: str = "",
         input_file: Path | None = None,
         output_file: Path | None = None,
-    ) -> str:
-        base, env = self.target.command(program, maintenance=maintenance)
+    ) -> tuple[str, int, str]:
+        target = self.admin if admin else self.target
+        base, env = target.command(program, database=database, app=app)
         try:
             result = self.runner.run(
                 build(base),
@@ -231,47 +350,77 @@ class Database:
                 output_file=output_file,
             )
         except CommandError as exc:
-            raise DatabaseError(exc.message, f"Target: {self.target.describe()}.") from None
-        return result.stdout
+            raise DatabaseError(exc.message, f"Target: {target.describe()}.") from None
+        return result.stdout, result.output_bytes, result.output_sha256
 
-    def query(self, sql: str, *, maintenance: bool = False) -> list[list[str]]:
-        """Run ``sql`` with psql and return rows as lists of strings (``|`` separated output)."""
-        out = self._run(
-            lambda b: pg.psql(b, sql=sql, tuples=True), "psql", maintenance=maintenance, what="psql query", timeout=300
+    def query(self, sql: str, *, database: str | None = None, admin: bool = False) -> list[list[str]]:
+        """Run ``sql`` with psql and return rows as lists of strings (``|`` separated output).
+
+        Raises:
+            DatabaseError: psql failed (PostgreSQL's error in the message).
+        """
+        out, _, _ = self._run(
+            lambda b: pg.psql(b, sql=sql, tuples=True),
+            "psql",
+            database=database,
+            admin=admin,
+            what="psql query",
+            timeout=300,
         )
         return [line.split("|") for line in out.splitlines() if line]
 
-    def execute(self, sql: str, *, maintenance: bool = False, what: str = "psql") -> None:
-        """Run one SQL command (``-c``) with ON_ERROR_STOP."""
-        self._run(lambda b: pg.psql(b, sql=sql), "psql", maintenance=maintenance, what=what, timeout=600)
-
-    def run_script(self, sql: str, *, what: str = "psql script") -> str:
-        """Run the SQL ``sql`` through psql with ON_ERROR_STOP; returns stdout.
+    def execute(self, sql: str, *, database: str | None = None, admin: bool = False, what: str = "psql") -> None:
+        """Run one SQL command (``-c``) with ON_ERROR_STOP.
 
         Raises:
-            DatabaseError: psql failed (the message carries PostgreSQL's error).
+            DatabaseError: the command failed.
+        """
+        self._run(lambda b: pg.psql(b, sql=sql), "psql", database=database, admin=admin, what=what, timeout=600)
+
+    def run_script(
+        self,
+        sql: str,
+        *,
+        what: str = "psql script",
+        app: str = APP_NAME,
+        timeout: float | None = 3600,
+        admin: bool = False,
+        database: str | None = None,
+    ) -> str:
+        """Run the SQL ``sql`` through psql with ON_ERROR_STOP (stdin); returns stdout.
+
+        Raises:
+            DatabaseError: psql failed (the message carries PostgreSQL's error) or timed out.
         """
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False, encoding="utf-8") as handle:
             handle.write(sql)
             script = Path(handle.name)
         try:
-            return self._run(lambda b: pg.psql(b), "psql", input_file=script, what=what)
+            out, _, _ = self._run(
+                lambda b: pg.psql(b),
+                "psql",
+                input_file=script,
+                what=what,
+                app=app,
+                timeout=timeout,
+                admin=admin,
+                database=database,
+            )
+            return out
         finally:
             script.unlink(missing_ok=True)
 
     # -- readiness ------------------------------------------------------------------------
-    def wait_ready(self, timeout: float) -> float:
+    def wait_ready(self, timeout: float, sleep: Callable[[float], None] = time.sleep) -> float:
         """Wait until the database accepts a real connection and answers ``SELECT 1`` (C14).
 
-        Polls with backoff (0.25 s doubling to 3 s) until ``timeout`` seconds. Returns the seconds waited.
+        Polls with backoff (0.1 s doubling to 2 s) until ``timeout`` seconds. Returns the seconds waited.
 
         Raises:
             DatabaseError: not ready before the deadline (names the target and the last error).
         """
-        if self.runner.dry:
-            return 0.0
         start = time.monotonic()
-        delay = 0.25
+        delay = 0.1
         last = ""
         while True:
             try:
@@ -279,7 +428,7 @@ class Database:
                 return time.monotonic() - start
             except (DatabaseError, OSError) as exc:
                 last = str(exc)
-            except Exception as exc:
+            except Exception as exc:  # psycopg's OperationalError and friends
                 last = str(exc).strip()
             if time.monotonic() - start + delay > timeout:
                 raise DatabaseError(
@@ -287,14 +436,16 @@ class Database:
                     f"(waited {timeout:.0f} s): {last.splitlines()[-1] if last else 'no answer'}.",
                     "Start PostgreSQL or fix DATABASE_URL; nothing was changed by this step.",
                 )
-            time.sleep(delay)
-            delay = min(delay * 2, 3.0)
+            sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _ping(self) -> None:
         if self.target.mode == "url":
             import psycopg
 
-            with psycopg.connect(self.target.conninfo, connect_timeout=5, autocommit=True) as conn:
+            with psycopg.connect(
+                self.target.conninfo, connect_timeout=5, autocommit=True, application_name=APP_NAME
+            ) as conn:
                 conn.execute("SELECT 1")
         else:
             # TCP inside the container: a socket-only init server does not count as ready (C14)
@@ -306,16 +457,23 @@ class Database:
             )
 
     # -- information ----------------------------------------------------------------------
-    def properties(self) -> dict[str, Any]:
-        """Owner, encoding, collation, ctype, size (bytes) of the database and the role's rights."""
+    def properties(self, *, admin: bool = False) -> dict[str, Any]:
+        """Owner, encoding, collation, ctype, size (bytes) of the database, and the connecting
+        role's rights (``superuser``, ``createdb``, ``owner``: member of the owning role).
+
+        Raises:
+            DatabaseError: the database cannot be queried.
+        """
         rows = self.query(
             "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, "
-            "pg_database_size(d.datname), r.rolsuper, r.rolcreatedb "
-            "FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user"
+            "pg_database_size(d.datname), r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, 'MEMBER'), "
+            "current_user "
+            "FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user",
+            admin=admin,
         )
-        if not rows or len(rows[0]) < 7:
+        if not rows or len(rows[0]) < 9:
             raise DatabaseError(f"Cannot read the properties of the {self.target.describe()}.", "")
-        owner, encoding, collate, ctype, size, superuser, createdb = rows[0][:7]
+        owner, encoding, collate, ctype, size, superuser, createdb, member, role = rows[0][:9]
         return {
             "name": self.target.dbname,
             "owner": owner,
@@ -325,65 +483,210 @@ class Database:
             "size": int(size),
             "superuser": superuser == "t",
             "createdb": createdb == "t",
+            "owner_member": member == "t",
+            "role": role,
         }
+
+    def exists(self, name: str) -> bool:
+        """True when a database called ``name`` exists on the server."""
+        rows = self.query(f"SELECT 1 FROM pg_database WHERE datname = {pg.quote_literal(name)}", admin=True)
+        return bool(rows)
+
+    def displaced_databases(self) -> list[str]:
+        """Databases kept by earlier restores (``<name>_before_rollback_<stamp>``), oldest first."""
+        prefix = self.target.dbname.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.query(
+            "SELECT datname FROM pg_database WHERE datname LIKE "
+            f"{pg.quote_literal(prefix + DISPLACED_MARK.replace('_', chr(92) + '_') + '%')} ORDER BY datname",
+            admin=True,
+        )
+        return [r[0] for r in rows]
+
+    def restore_problems(self) -> list[str]:
+        """Why a restore beside the live database would fail, as sentences (empty: it can run).
+
+        Checked with the role that restores (``database_admin_url`` when set): it may create
+        databases, it owns the live database (a rename needs it), and every extension of the live
+        database can be created by it or already exists in ``template1``.
+        """
+        if self.admin.mode == "compose":
+            return []
+        props = self.properties(admin=True)
+        role = props["role"]
+        problems = []
+        if not (props["superuser"] or props["createdb"]):
+            problems.append(f"role {role} may not create databases (the copy is restored beside the live one)")
+        if not (props["superuser"] or props["owner_member"]):
+            problems.append(f"role {role} does not own database {self.target.dbname} (the swap renames it)")
+        if not props["superuser"]:
+            missing = self._extensions_not_creatable()
+            if missing:
+                problems.append(
+                    f"role {role} cannot create extension(s) {', '.join(missing)} in a new database "
+                    "and template1 does not have them"
+                )
+        return problems
+
+    def _untrusted_extensions(self) -> list[str]:
+        rows = self.query(
+            "SELECT e.extname, coalesce(bool_or(v.trusted), false) FROM pg_extension e "
+            "LEFT JOIN pg_available_extension_versions v ON v.name = e.extname AND v.version = e.extversion "
+            "WHERE e.extname <> 'plpgsql' GROUP BY e.extname ORDER BY e.extname",
+            admin=True,
+        )
+        return [name for name, trusted in rows if trusted != "t"]
+
+    def _template1_extensions(self) -> set[str]:
+        try:
+            rows = self.query("SELECT extname FROM pg_extension", database="template1", admin=True)
+        except DatabaseError:
+            return set()
+        return {r[0] for r in rows}
+
+    def _extensions_not_creatable(self) -> list[str]:
+        untrusted = self._untrusted_extensions()
+        if not untrusted:
+            return []
+        in_template = self._template1_extensions()
+        return [name for name in untrusted if name not in in_template]
+
+    # -- sessions -------------------------------------------------------------------------
+    def terminate_sessions(self, databases: Sequence[str] | None = None, *, only_patchflow: bool = True) -> int:
+        """End server sessions on ``databases`` (default: this database): patchflow's own
+        (``application_name`` patchflow*) or, with ``only_patchflow=False``, every session the role
+        may end. Returns how many were ended; never raises (best effort after an abort)."""
+        names = ", ".join(pg.quote_literal(d) for d in (databases or [self.target.dbname]))
+        condition = "AND application_name LIKE 'patchflow%' " if only_patchflow else ""
+        try:
+            rows = self.query(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE datname IN ({names}) {condition}AND pid <> pg_backend_pid()",
+                database="postgres",
+                admin=True,
+            )
+        except DatabaseError:
+            return 0
+        return int(rows[0][0]) if rows and rows[0][0].isdigit() else 0
 
     # -- dump -----------------------------------------------------------------------------
     def dump(self, path: Path) -> DumpInfo:
-        """Write a custom-format dump to ``path`` (mode 0600) and check it with ``pg_restore --list``.
+        """Write a custom-format dump to ``path`` (mode 0600) and prove it (:meth:`prove_dump`).
 
         Raises:
-            DatabaseError: pg_dump failed or the dump is unreadable; the partial file is removed.
+            DatabaseError: pg_dump failed, or the dump is not complete (short, unreadable to the
+                end, or different on disk from what was streamed); the file is removed.
         """
         properties = self.properties()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
         try:
-            self._run(pg.pg_dump, "pg_dump", output_file=path, what="pg_dump")
-            listing = self._run(
-                pg.pg_restore_list, "pg_restore", input_file=path, what="pg_restore --list", timeout=600
-            )
-            if not self.runner.dry and ";" not in listing:
-                raise DatabaseError(
-                    f"The dump {path} is empty or unreadable.", "Check disk space and the database logs."
-                )
+            _, size, digest = self._run(pg.pg_dump, "pg_dump", admin=True, output_file=path, what="pg_dump")
+            self.prove_dump(path, size, digest)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        digest, size = sha256_file(path)
         return DumpInfo(path, size, digest, properties)
 
-    # -- restore --------------------------------------------------------------------------
-    def restore(self, dump: Path, properties: dict[str, Any]) -> None:
-        """Make the database equal to ``dump`` (schema and data), never by replaying over live objects.
-
-        Args:
-            dump: a custom-format dump written by :meth:`dump`.
-            properties: what :meth:`dump` recorded (owner, encoding, collation, the role's rights).
+    def prove_dump(self, path: Path, size: int, sha256: str) -> None:
+        """Prove that ``path`` is the complete dump recorded as ``size`` bytes with ``sha256``:
+        the file on disk has exactly those bytes, and ``pg_restore`` reads it to the end (a dump
+        cut short passes ``pg_restore --list``, which reads only the table of contents).
 
         Raises:
-            DatabaseError: the restore failed; the message carries pg_restore's error.
+            DatabaseError: the file is missing, differs, or does not read to the end.
         """
-        if not dump.is_file():
-            raise DatabaseError(f"The database dump {dump} is missing.", "The backup is incomplete; restore by hand.")
-        current = self.properties() if not self.runner.dry else properties
-        superuser = bool(current.get("superuser"))
-        if superuser or current.get("createdb"):
-            self._recreate_database(properties)
-        else:
-            self._drop_schemas()
+        if not path.is_file():
+            raise DatabaseError(f"The database dump {path} is missing.", "The backup is incomplete.")
+        on_disk, length = file_digest(path)
+        if (on_disk, length) != (sha256, size):
+            raise DatabaseError(
+                f"The database dump {path} is not what was written: sha256 {on_disk} ({length} bytes), "
+                f"expected {sha256} ({size} bytes).",
+                "The disk or the backup folder is faulty; nothing was restored from it.",
+            )
+        if size == 0:
+            raise DatabaseError(f"The database dump {path} is empty.", "Check pg_dump and the database logs.")
+        try:
+            self._run(
+                pg.pg_restore_to_null, "pg_restore", admin=True, input_file=path, what="pg_restore (read-through)"
+            )
+        except DatabaseError as exc:
+            raise DatabaseError(
+                f"The database dump {path} does not read to the end, so it is not a backup: {exc.message}",
+                "Check disk space and the pg_dump in use (pg_bindir).",
+            ) from None
+
+    # -- restore --------------------------------------------------------------------------
+    def restore_beside(self, dump: Path, stamp: str, log: Callable[[str], None] = lambda line: None) -> str:
+        """Make the database equal to ``dump`` without ever changing the live database first:
+        restore into ``<name>_restoring_<stamp>``, check it, then swap names in one transaction.
+        Returns the name the displaced (previously live) database is kept under.
+
+        Idempotent for one ``stamp``: after the swap a second call only returns the name.
+
+        Raises:
+            DatabaseError: creating, restoring, checking or swapping failed; the live database is
+                unchanged (a half-restored copy is dropped).
+        """
+        live = self.target.dbname
+        restoring = derived_name(live, RESTORING_MARK, stamp)
+        displaced = derived_name(live, DISPLACED_MARK, stamp)
+        if self.exists(displaced) and not self.exists(restoring):
+            return displaced  # swapped already (an interrupted run is finished by running again)
+        props = self.properties(admin=True)
+        superuser = bool(props["superuser"])
+        if self.exists(restoring):
+            self.execute(f"DROP DATABASE {pg.quote_ident(restoring)} WITH (FORCE)", database="postgres", admin=True)
+        template = "template0"
+        if not superuser and self._untrusted_extensions():
+            template = "template1"  # restore_problems() proved template1 carries them
+        locale = (
+            f" ENCODING {pg.quote_literal(props['encoding'])} LC_COLLATE {pg.quote_literal(props['collate'])}"
+            f" LC_CTYPE {pg.quote_literal(props['ctype'])}"
+            if template == "template0"
+            else ""
+        )
+        owner = f" OWNER {pg.quote_ident(props['owner'])}" if superuser else ""
+        log(f"   restoring the dump into {restoring} (beside {live})")
+        self.execute(
+            f"CREATE DATABASE {pg.quote_ident(restoring)}{owner} TEMPLATE {template}{locale}",
+            database="postgres",
+            admin=True,
+            what="create database",
+        )
+        try:
+            self._restore_into(dump, restoring, superuser)
+            self._check_restored(dump, restoring)
+            self._copy_database_settings(live, restoring)
+            self._swap(live, restoring, displaced)
+        except BaseException:
+            self.execute_quietly(f"DROP DATABASE IF EXISTS {pg.quote_ident(restoring)} WITH (FORCE)")
+            raise
+        log(f"   database {live} restored; the displaced one is kept as {displaced}")
+        return displaced
+
+    def execute_quietly(self, sql: str) -> None:
+        """Run ``sql`` on the maintenance database as the admin role, ignoring errors (clean-up)."""
+        try:
+            self.execute(sql, database="postgres", admin=True, what="clean-up")
+        except DatabaseError:
+            pass
+
+    def _restore_into(self, dump: Path, database: str, superuser: bool) -> None:
         list_file: Path | None = None
-        if not superuser and self.target.mode == "url":
-            listing = self._run(lambda b: pg.pg_restore_list(b, str(dump)), "pg_restore", what="pg_restore --list")
+        if not superuser:
+            # extension comments belong to their (superuser) owner: a plain role cannot restore them
+            listing, _, _ = self._run(pg.pg_restore_list, "pg_restore", admin=True, input_file=dump, what="toc")
             kept = [line for line in listing.splitlines() if not re.search(r"\bCOMMENT - EXTENSION\b", line)]
-            with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False, encoding="utf-8") as handle:
-                handle.write("\n".join(kept) + "\n")
-                list_file = Path(handle.name)
+            if self.admin.mode == "url":
+                with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False, encoding="utf-8") as handle:
+                    handle.write("\n".join(kept) + "\n")
+                    list_file = Path(handle.name)
         try:
             self._run(
                 lambda b: pg.pg_restore(
-                    b, self.target.dbname, keep_owners=superuser, use_list=str(list_file) if list_file else None
+                    b, database, keep_owners=superuser, use_list=str(list_file) if list_file else None
                 ),
                 "pg_restore",
+                admin=True,
                 input_file=dump,
                 what="pg_restore",
             )
@@ -391,142 +694,80 @@ class Database:
             if list_file is not None:
                 list_file.unlink(missing_ok=True)
 
-    def _recreate_database(self, properties: dict[str, Any]) -> None:
-        name = pg.quote_ident(self.target.dbname)
-        # WITH (FORCE) terminates other sessions atomically (PostgreSQL 13+)
-        self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", maintenance=True, what="drop database")
-        self.execute(
-            f"CREATE DATABASE {name} OWNER {pg.quote_ident(properties['owner'])} TEMPLATE template0 "
-            f"ENCODING {pg.quote_literal(properties['encoding'])} "
-            f"LC_COLLATE {pg.quote_literal(properties['collate'])} LC_CTYPE {pg.quote_literal(properties['ctype'])}",
-            maintenance=True,
-            what="create database",
-        )
-
-    def _drop_schemas(self) -> None:
+    def _check_restored(self, dump: Path, database: str) -> None:
+        listing, _, _ = self._run(pg.pg_restore_list, "pg_restore", admin=True, input_file=dump, what="toc")
+        expected = set()
+        for line in listing.splitlines():
+            match = re.match(r"^\d+; \d+ \d+ TABLE (?!DATA )(\S+) (\S+) ", line)
+            if match:
+                expected.add(f"{match.group(1)}.{match.group(2)}")
         rows = self.query(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog','information_schema') "
-            "AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'"
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p')",
+            database=database,
+            admin=True,
         )
-        # public is recreated as it was (owner, comment, grants): a dump taken of an untouched
-        # public schema carries none of them, and a bare CREATE SCHEMA would drop PUBLIC's USAGE
-        restore_public = self._run(
-            lambda b: pg.psql(b, sql=PUBLIC_SCHEMA_STATEMENTS, tuples=True), "psql", what="psql query", timeout=300
-        )
-        statements = [f"DROP SCHEMA IF EXISTS {pg.quote_ident(r[0])} CASCADE;" for r in rows]
-        statements.append("CREATE SCHEMA IF NOT EXISTS public;")
-        statements.append(restore_public.strip())
-        self.run_script("BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;\n", what="drop schemas")
-
-    # -- migrations -----------------------------------------------------------------------
-    def migration_rows(self) -> list[dict[str, Any]]:
-        """Rows of ``_prisma_migrations`` (empty when the table does not exist)."""
-        exists = self.query(f"SELECT to_regclass('public.{MIGRATIONS_TABLE}') IS NOT NULL")
-        if not exists or exists[0][0] != "t":
-            return []
-        rows = self.query(
-            f"SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL "
-            f'FROM "{MIGRATIONS_TABLE}" ORDER BY started_at, migration_name'
-        )
-        return [{"name": r[0], "checksum": r[1], "finished": r[2] == "t", "rolled_back": r[3] == "t"} for r in rows]
-
-    def pending_migrations(self, migrations: Sequence[Migration]) -> list[Migration]:
-        """The migrations not yet applied (finished and not rolled back), in order.
-
-        Raises:
-            MigrationError: a failed migration is recorded (Prisma's P3009 state).
-        """
-        rows = self.migration_rows()
-        failed = [r["name"] for r in rows if not r["finished"] and not r["rolled_back"]]
-        if failed:
-            raise MigrationError(
-                f"P3009: migration {failed[0]} is recorded as failed in {MIGRATIONS_TABLE}; "
-                "later migrations cannot run.",
-                "Roll back the patch that ran it (rollback-patch restores the database), or resolve it with "
-                "`prisma migrate resolve`.",
-                migration=failed[0],
-                code="P3009",
+        present = {r[0] for r in rows}
+        missing = sorted(expected - present)
+        if missing:
+            raise DatabaseError(
+                f"The restored copy {database} lacks table(s) {', '.join(missing[:10])} of the dump.",
+                "The live database was not touched; check the dump and pg_restore's version.",
             )
-        done = {r["name"] for r in rows if r["finished"] and not r["rolled_back"]}
-        return [m for m in migrations if m.name not in done]
 
-    def apply_migration(self, root: Path, migration: Migration) -> None:
-        """Run one migration in a transaction and record it in ``_prisma_migrations``.
-
-        Raises:
-            MigrationError: the SQL failed (code P3018, the migration's name, PostgreSQL's error).
-        """
-        sql = (root / migration.path).read_text(encoding="utf-8")
-        script = "\n".join(
-            [
-                "BEGIN;",
-                CREATE_MIGRATIONS_TABLE,
-                sql.rstrip().rstrip(";") + ";",
-                f'INSERT INTO "{MIGRATIONS_TABLE}" (id, checksum, finished_at, migration_name, logs, rolled_back_at, '
-                f"started_at, applied_steps_count) VALUES ({pg.quote_literal(str(uuid.uuid4()))}, "
-                f"{pg.quote_literal(migration.checksum)}, now(), {pg.quote_literal(migration.name)}, "
-                "NULL, NULL, now(), 1);",
-                "COMMIT;",
-                "",
-            ]
+    def _copy_database_settings(self, live: str, restoring: str) -> None:
+        """Give the copy the live database's own settings (``ALTER DATABASE ... SET``) and comment,
+        which a dump restored into an existing database does not carry."""
+        rows = self.query(
+            "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+            f"WHERE d.datname = {pg.quote_literal(live)} AND s.setrole = 0",
+            database="postgres",
+            admin=True,
         )
-        try:
-            self.run_script(script, what=f"migration {migration.name}")
-        except DatabaseError as exc:
-            raise MigrationError(
-                f"P3018: migration {migration.name} failed and was not applied: {exc.message}",
-                "Fix the migration in a new patch; the failed patch is rolled back.",
-                migration=migration.name,
-                code="P3018",
-            ) from None
+        statements = []
+        for (setting,) in rows:
+            name, _, value = setting.partition("=")
+            statements.append(f"ALTER DATABASE {pg.quote_ident(restoring)} SET {name} = {pg.quote_literal(value)};")
+        comment = self.query(
+            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = {pg.quote_literal(live)}",
+            database="postgres",
+            admin=True,
+        )
+        if comment and comment[0][0]:
+            statements.append(f"COMMENT ON DATABASE {pg.quote_ident(restoring)} IS {pg.quote_literal(comment[0][0])};")
+        if statements:
+            self.run_script("\n".join(statements) + "\n", what="database settings", admin=True, database="postgres")
+
+    def _swap(self, live: str, restoring: str, displaced: str, attempts: int = 5) -> None:
+        swap = (
+            f"BEGIN;\nALTER DATABASE {pg.quote_ident(live)} RENAME TO {pg.quote_ident(displaced)};\n"
+            f"ALTER DATABASE {pg.quote_ident(restoring)} RENAME TO {pg.quote_ident(live)};\nCOMMIT;\n"
+        )
+        for attempt in range(1, attempts + 1):
+            # a rename needs the database free of sessions: end them (the services are stopped)
+            self.terminate_sessions([live, restoring], only_patchflow=False)
+            try:
+                self.run_script(swap, what="swap databases", admin=True, database="postgres")
+                return
+            except DatabaseError as exc:
+                if "being accessed by other users" not in exc.message or attempt == attempts:
+                    raise DatabaseError(
+                        f"The restored copy {restoring} could not take the place of {live}: {exc.message}",
+                        f"The live database {live} is unchanged. Disconnect other clients and run the rollback again.",
+                    ) from None
+                time.sleep(0.2 * attempt)
 
 
-_PRISMA_CODE = re.compile(r"\b(P\d{4})\b")
-_PRISMA_MIGRATION = re.compile(r"`?(\d{8,14}_[A-Za-z0-9_]+)`?")
-
-
-def run_migrations(
-    settings: Settings, database: Database | None, runner: Runner, root: Path, log: Any = None
-) -> list[str]:
-    """Apply pending migrations of the tree at ``root``; returns the names applied.
-
-    ``migrate_command``: ``builtin`` runs :meth:`Database.apply_migration` for each pending one;
-    any other value runs that command in ``root`` with ``DATABASE_URL`` set; ``auto`` picks
-    ``pnpm prisma migrate deploy`` when ``node_modules/.bin/prisma`` exists, else builtin.
+def verify_recorded_dump(database: Database, path: Path, recorded: Mapping[str, Any], backup: str) -> None:
+    """Check a backup's dump against what its ``backup.json`` recorded, before any restore.
 
     Raises:
-        MigrationError: a migration failed (with Prisma's error code and the migration's name).
+        BackupError: missing, different or not readable to the end (the message names the backup).
     """
-    command = settings.migrate_command.strip()
-    if command == "auto":
-        command = "pnpm prisma migrate deploy" if (root / "node_modules" / ".bin" / "prisma").exists() else "builtin"
-    if command == "builtin":
-        if database is None:
-            return []
-        applied = []
-        for migration in database.pending_migrations(find_migrations(root)):
-            if log:
-                log(f"migration {migration.name}")
-            database.apply_migration(root, migration)
-            applied.append(migration.name)
-        return applied
-    env = {"DATABASE_URL": settings.database_url} if settings.database_url else {}
-    # what the command is about to apply, read before it runs (its own output is free text)
-    pending = [m.name for m in database.pending_migrations(find_migrations(root))] if database else []
     try:
-        result = runner.run(split_command(command), cwd=root, env=env, timeout=3600, what="migrations")
-    except CommandError as exc:
-        code = _PRISMA_CODE.search(exc.output or exc.message)
-        name = _PRISMA_MIGRATION.search(exc.output or exc.message)
-        raise MigrationError(
-            f"{code.group(1) + ': ' if code else ''}the migration command `{command}` failed"
-            f"{' at migration ' + name.group(1) if name else ''}: {exc.message}",
-            "The patch is rolled back; fix the migration in a new patch.",
-            migration=name.group(1) if name else "",
-            code=code.group(1) if code else "",
+        database.prove_dump(path, int(recorded.get("size", -1)), str(recorded.get("sha256", "")))
+    except DatabaseError as exc:
+        raise BackupError(
+            f"The database dump of backup {backup} is corrupt or incomplete: {exc.message}",
+            "The live database was left as it is; choose another backup (--backup) or restore by hand.",
         ) from None
-    if log:
-        for line in result.stdout.splitlines():
-            if line.strip():
-                log(f"   {line.strip()}")
-    return pending

@@ -105,7 +105,3 @@ class ConfirmationRefused(PatchflowError):
     """The operator declined, or no terminal was there to ask and ``--yes`` was missing."""
 
     exit_code = 5
-
-
-class RemoteError(PatchflowError):
-    """A remote host could not be reached or its apply failed."""

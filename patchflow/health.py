@@ -8,8 +8,10 @@ equal it, and a mismatch is reported with the expected and the actual value.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,19 +55,35 @@ def probe(url: str, version_field: str, timeout: float = 5.0) -> Probe:
     return Probe(url, status, version, f"HTTP {status}")
 
 
+def accepts_connections(url: str, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection at the host and port of ``url`` (readiness of
+    a starting service; whether it is *healthy* is :func:`wait_healthy`'s question)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wait_healthy(
     urls: Sequence[str],
     *,
     timeout: float,
     expect_version: str | None = None,
     version_field: str = "version",
+    check: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> float:
     """Poll every URL until all answer 2xx (and report ``expect_version``) or ``timeout`` seconds pass.
 
     Backoff starts at 0.25 s and doubles up to 3 s; each request waits at most 5 s and never past
-    the deadline. Returns the seconds it took.
+    the deadline. ``check`` (e.g. "no started service has exited") runs before every round and may
+    raise to end the wait early. Returns the seconds it took.
 
     Raises:
         HealthCheckError: not healthy by the deadline; the message gives the last answer of each
@@ -76,6 +94,8 @@ def wait_healthy(
     pending = list(urls)
     last: dict[str, Probe] = {}
     while True:
+        if check is not None:
+            check()
         still = []
         for url in pending:
             # one probe never outlives the deadline (a server that accepts but never answers)

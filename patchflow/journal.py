@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -57,8 +58,17 @@ class Journal:
     backup: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def note(self, key: str, value: Any) -> None:
+        """Record ``value`` under ``key`` (a name chosen before work that must be found again after
+        a kill: a temporary database, a timestamp) and save."""
+        self.notes[key] = value
+        self.save()
 
     def save(self) -> None:
+        """Write the journal atomically (temporary file, fsync, rename)."""
         data = asdict(self)
         data.pop("path")
         write_json_atomic(self.path, data)
@@ -123,9 +133,24 @@ class Journal:
             or not all(isinstance(step, dict) and isinstance(step.get("name"), str) for step in data.get("steps", []))
             or not isinstance(data.get("pid", 0), int)
             or not isinstance(data.get("backup"), (str, type(None)))
+            or not isinstance(data.get("notes", {}), dict)
+            or not isinstance(data.get("run_id", ""), str)
         ):
             raise _damaged(path, "unexpected structure")
-        fields = ("action", "version", "from_version", "started_at", "pid", "host", "phase", "backup", "steps", "error")
+        fields = (
+            "action",
+            "version",
+            "from_version",
+            "started_at",
+            "pid",
+            "host",
+            "phase",
+            "backup",
+            "steps",
+            "error",
+            "notes",
+            "run_id",
+        )
         known = {k: data[k] for k in fields if k in data}
         return cls(path=path, **known)
 
@@ -140,8 +165,13 @@ def _damaged(path: Path, why: str) -> PatchflowError:
 
 
 def append_history(path: Path, record: dict[str, Any]) -> None:
-    """Append one record to ``history.jsonl`` (adds ``user`` and ``host`` when missing)."""
+    """Append one record to ``history.jsonl`` (adds ``user`` and ``host`` when missing). A record
+    whose ``run_id``, ``action`` and ``result`` are already there is not written twice (a
+    recovered commit runs this again)."""
     record = {"user": _user(), "host": socket.gethostname(), **record}
+    key = (record.get("run_id"), record.get("action"), record.get("result"))
+    if key[0] and any((h.get("run_id"), h.get("action"), h.get("result")) == key for h in read_history(path, 50)):
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")

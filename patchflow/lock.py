@@ -91,52 +91,83 @@ def holder_state(info_path: Path, lock_path: Path) -> tuple[LockHolder | None, s
     return holder, "stale"
 
 
+class InstallLock:
+    """The install's lock, taken with :meth:`acquire` and given back with :meth:`release`."""
+
+    def __init__(self, lock_path: Path, info_path: Path) -> None:
+        self.lock_path = lock_path
+        self.info_path = info_path
+        self._lock = FileLock(str(lock_path), timeout=0)
+        self.holder: LockHolder | None = None
+
+    def acquire(self, *, action: str, version: str, break_stale: bool = False) -> LockHolder:
+        """Take the lock and record this process as its holder.
+
+        Raises:
+            LockError: another apply/rollback holds it (named), or a stale lock is found and
+                ``break_stale`` is False (the error says who held it and how to break it).
+        """
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            holder = LockHolder.read(self.info_path)
+            who = holder.describe() if holder else "another process (no holder record)"
+            raise LockError(
+                f"Another apply or rollback is running on this install: {who}.",
+                "Wait for it to finish (inv patch-status shows its progress); nothing was changed.",
+            ) from None
+        try:
+            previous = LockHolder.read(self.info_path)
+            if previous is not None and not break_stale:
+                alive = previous.host == socket.gethostname() and pid_alive(previous.pid)
+                state = "is still alive but does not hold the lock" if alive else "is gone"
+                raise LockError(
+                    f"Stale lock: {previous.describe()} did not finish; its process {state}.",
+                    "Run `inv patch-status` to see what it left, then repeat the command with --break-lock "
+                    "to take over (the interrupted apply is finished or undone first).",
+                )
+            holder = LockHolder(
+                os.getpid(),
+                socket.gethostname(),
+                _user(),
+                datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                action,
+                version,
+            )
+            tmp = self.info_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(holder.__dict__) + "\n", encoding="utf-8")
+            os.replace(tmp, self.info_path)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.holder = holder
+        return holder
+
+    def release(self) -> None:
+        """Remove the holder record and give the lock back (nothing when not held)."""
+        if self.holder is None:
+            return
+        try:
+            self.info_path.unlink(missing_ok=True)
+        finally:
+            self.holder = None
+            self._lock.release()
+
+
 @contextmanager
 def install_lock(
     lock_path: Path, info_path: Path, *, action: str, version: str, break_stale: bool = False
 ) -> Iterator[LockHolder]:
-    """Hold the install's lock for the duration of the ``with`` block.
+    """Hold the install's lock for the duration of the ``with`` block (see :class:`InstallLock`).
 
     Raises:
-        LockError: another apply/rollback holds it (named), or a stale lock is found and
-            ``break_stale`` is False (the error says who held it and how to break it).
+        LockError: the lock is held or stale (see :meth:`InstallLock.acquire`).
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path), timeout=0)
+    lock = InstallLock(lock_path, info_path)
+    holder = lock.acquire(action=action, version=version, break_stale=break_stale)
     try:
-        lock.acquire()
-    except Timeout:
-        holder = LockHolder.read(info_path)
-        who = holder.describe() if holder else "another process (no holder record)"
-        raise LockError(
-            f"Another apply or rollback is running on this install: {who}.",
-            "Wait for it to finish (inv patch-status shows its progress); nothing was changed.",
-        ) from None
-    try:
-        previous = LockHolder.read(info_path)
-        if previous is not None and not break_stale:
-            alive = previous.host == socket.gethostname() and pid_alive(previous.pid)
-            state = "is still alive but does not hold the lock" if alive else "is gone"
-            raise LockError(
-                f"Stale lock: {previous.describe()} did not finish; its process {state}.",
-                "Run `inv patch-status` to see what it left, then repeat the command with --break-lock "
-                "to take over (the interrupted apply is finished or undone first).",
-            )
-        holder = LockHolder(
-            os.getpid(),
-            socket.gethostname(),
-            _user(),
-            datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            action,
-            version,
-        )
-        tmp = info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(holder.__dict__) + "\n", encoding="utf-8")
-        os.replace(tmp, info_path)
-        try:
-            yield holder
-        finally:
-            info_path.unlink(missing_ok=True)
+        yield holder
     finally:
         lock.release()
 

@@ -1,32 +1,53 @@
-"""Find the migrations of a project in apply order (Prisma's layout and flat SQL files).
+"""Migrations: find them in a tree (Prisma's layout and flat SQL files) and run them.
 
 Two layouts are recognised under ``prisma/migrations/`` and merged, sorted by name:
 
 * Prisma folders: ``<timestamp>_<name>/migration.sql`` (name = the folder name);
-* flat files: ``<name>.sql`` (name = the file name without ``.sql``).
+* flat files: ``<name>.sql`` (name = the file name without ``.sql``), as older PrimeFlow trees have.
 
 The checksum of a migration is the sha256 hex of its SQL bytes, as Prisma records it in
-``_prisma_migrations.checksum``.
+``_prisma_migrations.checksum``. The table lives in the schema of ``DATABASE_URL``'s
+``?schema=`` (default ``public``).
+
+Runners (``migrate_command``): ``builtin`` runs each pending migration in one transaction with its
+``_prisma_migrations`` row (Prisma-compatible); any other command (e.g. ``pnpm prisma migrate
+deploy``) runs in the tree with ``DATABASE_URL`` set, and afterwards every migration it had to run
+must be recorded as finished with the right checksum, or the step fails. ``auto`` picks
+``pnpm prisma migrate deploy`` when the Prisma CLI is installed and every migration is a Prisma
+folder, else ``builtin`` (Prisma ignores flat files). Every run is bounded by ``migrate_timeout``
+seconds; past it the migration is cancelled on the server too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from patchflow.commands import postgres as pg
+from patchflow.commands import split_command
+from patchflow.config import Settings
+from patchflow.errors import CommandError, DatabaseError, MigrationError
+from patchflow.runner import Runner
+
 MIGRATIONS_DIR = "prisma/migrations"
+MIGRATIONS_TABLE = "_prisma_migrations"
+PRISMA_COMMAND = "pnpm prisma migrate deploy"
 
 
 @dataclass(frozen=True)
 class Migration:
     """One migration: ``name`` (e.g. ``20250101120000_init``), ``path`` relative to the project
-    root (POSIX), ``checksum`` sha256 hex of the SQL."""
+    root (POSIX), ``checksum`` sha256 hex of the SQL, ``layout`` ``folder`` or ``flat``."""
 
     name: str
     path: str
     checksum: str
+    layout: str = "folder"
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "sha256": self.checksum}
@@ -40,14 +61,13 @@ def find_migrations(root: Path) -> list[Migration]:
     found: list[Migration] = []
     for child in sorted(base.iterdir(), key=lambda p: p.name):
         if child.is_dir() and (child / "migration.sql").is_file():
-            sql = child / "migration.sql"
-            name = child.name
+            sql, name, layout = child / "migration.sql", child.name, "folder"
         elif child.is_file() and child.suffix == ".sql":
-            sql = child
-            name = child.stem
+            sql, name, layout = child, child.stem, "flat"
         else:
             continue
-        found.append(Migration(name, sql.relative_to(root).as_posix(), hashlib.sha256(sql.read_bytes()).hexdigest()))
+        digest = hashlib.sha256(sql.read_bytes()).hexdigest()
+        found.append(Migration(name, sql.relative_to(root).as_posix(), digest, layout))
     found.sort(key=lambda m: m.name)
     return found
 
@@ -59,3 +79,198 @@ def combined_sql(root: Path, migrations: list[Migration]) -> str:
         sql = (root / migration.path).read_text(encoding="utf-8", errors="replace")
         parts.append(f"\n-- Migration: {migration.name} ({migration.path})\n{sql.rstrip()}\n")
     return "".join(parts)
+
+
+def migrate_command(settings: Settings, root: Path, migrations: Sequence[Migration]) -> str:
+    """The command that will run ``migrations`` of the tree at ``root``: ``builtin`` or a command line."""
+    command = settings.migrate_command.strip()
+    if command != "auto":
+        return command
+    prisma = (root / "node_modules" / ".bin" / "prisma").exists()
+    if prisma and all(m.layout == "folder" for m in migrations):
+        return PRISMA_COMMAND
+    return "builtin"
+
+
+def _table(schema: str) -> str:
+    return f"{pg.quote_ident(schema)}.{pg.quote_ident(MIGRATIONS_TABLE)}"
+
+
+def _create_table(schema: str) -> str:
+    """One line (so a migration's own line numbers stay readable): the Prisma table if missing."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_table(schema)} ("
+        '"id" VARCHAR(36) PRIMARY KEY NOT NULL, "checksum" VARCHAR(64) NOT NULL, "finished_at" TIMESTAMPTZ, '
+        '"migration_name" VARCHAR(255) NOT NULL, "logs" TEXT, "rolled_back_at" TIMESTAMPTZ, '
+        '"started_at" TIMESTAMPTZ NOT NULL DEFAULT now(), "applied_steps_count" INTEGER NOT NULL DEFAULT 0);'
+    )
+
+
+class MigrationHistory:
+    """``_prisma_migrations`` of one database (through the :class:`~patchflow.database.Database`)."""
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+        self.schema: str = database.target.schema
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows of ``_prisma_migrations`` in order (empty when the table does not exist):
+        ``name, checksum, finished, rolled_back``.
+
+        Raises:
+            DatabaseError: the database cannot be queried.
+        """
+        regclass = pg.quote_literal(f"{pg.quote_ident(self.schema)}.{pg.quote_ident(MIGRATIONS_TABLE)}")
+        exists = self.database.query(f"SELECT to_regclass({regclass}) IS NOT NULL")
+        if not exists or exists[0][0] != "t":
+            return []
+        rows = self.database.query(
+            "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL "
+            f"FROM {_table(self.schema)} ORDER BY started_at, migration_name"
+        )
+        return [{"name": r[0], "checksum": r[1], "finished": r[2] == "t", "rolled_back": r[3] == "t"} for r in rows]
+
+    def pending(self, migrations: Sequence[Migration]) -> list[Migration]:
+        """The migrations not yet applied (finished and not rolled back), in order.
+
+        Raises:
+            MigrationError: a failed migration is recorded (Prisma's P3009 state).
+        """
+        rows = self.rows()
+        failed = [r["name"] for r in rows if not r["finished"] and not r["rolled_back"]]
+        if failed:
+            raise MigrationError(
+                f"P3009: migration {failed[0]} is recorded as failed in {MIGRATIONS_TABLE}; "
+                "later migrations cannot run.",
+                "Roll back the patch that ran it (rollback-patch restores the database), or resolve it with "
+                "`prisma migrate resolve`.",
+                migration=failed[0],
+                code="P3009",
+            )
+        done = {r["name"] for r in rows if r["finished"] and not r["rolled_back"]}
+        return [m for m in migrations if m.name not in done]
+
+    def apply(self, root: Path, migration: Migration, *, timeout: float) -> None:
+        """Run one migration in a transaction together with its ``_prisma_migrations`` row.
+
+        Raises:
+            MigrationError: the SQL failed (code P3018, the migration's name, PostgreSQL's error
+                with the line number of the migration file) or ran past ``timeout`` seconds.
+        """
+        sql = (root / migration.path).read_text(encoding="utf-8")
+        # everything before the migration's SQL is on line 1, so psql's line N is the file's N - 1
+        header = f"SET search_path TO {pg.quote_ident(self.schema)}; BEGIN; {_create_table(self.schema)}"
+        record = (
+            f"INSERT INTO {_table(self.schema)} (id, checksum, finished_at, migration_name, logs, rolled_back_at, "
+            f"started_at, applied_steps_count) VALUES ({pg.quote_literal(str(uuid.uuid4()))}, "
+            f"{pg.quote_literal(migration.checksum)}, now(), {pg.quote_literal(migration.name)}, "
+            "NULL, NULL, now(), 1);"
+        )
+        script = f"{header}\n{sql.rstrip().rstrip(';')};\n{record}\nCOMMIT;\n"
+        try:
+            self.database.run_script(
+                script, what=f"migration {migration.name}", app="patchflow-migrate", timeout=timeout
+            )
+        except DatabaseError as exc:
+            self.database.terminate_sessions()
+            message = _file_lines(exc.message, migration.path, offset=1)
+            if "timed out" in exc.message:
+                raise MigrationError(
+                    f"Migration {migration.name} ran longer than migrate_timeout ({timeout:.0f} s) and was "
+                    "cancelled on the server.",
+                    "Raise PATCHFLOW_MIGRATE_TIMEOUT if it needs more time; the patch is rolled back.",
+                    migration=migration.name,
+                ) from None
+            raise MigrationError(
+                f"P3018: migration {migration.name} failed and was not applied: {message}",
+                "Fix the migration in a new patch; the failed patch is rolled back.",
+                migration=migration.name,
+                code="P3018",
+            ) from None
+
+    def check_recorded(self, migrations: Sequence[Migration], command: str) -> None:
+        """After ``command`` ran: every one of ``migrations`` must be recorded as finished (not
+        rolled back) with its checksum.
+
+        Raises:
+            MigrationError: names the migrations the command did not apply.
+        """
+        rows = {r["name"]: r for r in self.rows() if r["finished"] and not r["rolled_back"]}
+        missing = [m.name for m in migrations if m.name not in rows]
+        different = [m.name for m in migrations if m.name in rows and rows[m.name]["checksum"] != m.checksum]
+        if missing or different:
+            details = []
+            if missing:
+                details.append(f"not recorded as applied: {', '.join(missing)}")
+            if different:
+                details.append(f"recorded with another checksum: {', '.join(different)}")
+            raise MigrationError(
+                f"The migration command `{command}` exited 0 but did not apply what the plan listed "
+                f"({'; '.join(details)}).",
+                "Check migrate_command (Prisma ignores flat prisma/migrations/*.sql files: use builtin); "
+                "the patch is rolled back.",
+                migration=(missing or different)[0],
+            )
+
+
+_PSQL_LINE = re.compile(r"psql:[^:\n]*:(\d+):")
+_PRISMA_CODE = re.compile(r"\b(P\d{4})\b")
+_PRISMA_MIGRATION = re.compile(r"`?(\d{3,14}_[A-Za-z0-9_]+)`?")
+
+
+def _file_lines(message: str, path: str, offset: int) -> str:
+    """Rewrite psql's ``psql:<stdin>:N:`` into ``<path> line N-offset:``."""
+    return _PSQL_LINE.sub(lambda m: f"{path} line {max(1, int(m.group(1)) - offset)}:", message)
+
+
+def run_migrations(
+    settings: Settings,
+    database: Any,
+    runner: Runner,
+    root: Path,
+    log: Callable[[str], None] = lambda line: None,
+) -> list[str]:
+    """Apply the pending migrations of the tree at ``root`` to ``database``; returns their names.
+
+    Raises:
+        MigrationError: a migration failed, ran past ``migrate_timeout``, or the migrate command
+            did not apply what was pending (with Prisma's error code and the migration's name).
+    """
+    if database is None:
+        return []
+    history = MigrationHistory(database)
+    migrations = find_migrations(root)
+    pending = history.pending(migrations)
+    command = migrate_command(settings, root, migrations)
+    timeout = float(settings.migrate_timeout)
+    if command == "builtin":
+        for migration in pending:
+            log(f"   migration {migration.name}")
+            history.apply(root, migration, timeout=timeout)
+        return [m.name for m in pending]
+    env = {"DATABASE_URL": settings.database_url} if settings.database_url else {}
+    env["PGAPPNAME"] = "patchflow-migrate"
+    try:
+        result = runner.run(split_command(command), cwd=root, env=env, timeout=timeout, what="migrations")
+    except CommandError as exc:
+        database.terminate_sessions()
+        if exc.returncode == 124:
+            raise MigrationError(
+                f"The migration command `{command}` ran longer than migrate_timeout ({timeout:.0f} s); it was "
+                "stopped and its sessions were ended on the server.",
+                "Raise PATCHFLOW_MIGRATE_TIMEOUT if it needs more time; the patch is rolled back.",
+            ) from None
+        code = _PRISMA_CODE.search(exc.output or exc.message)
+        name = _PRISMA_MIGRATION.search(exc.output or exc.message)
+        raise MigrationError(
+            f"{code.group(1) + ': ' if code else ''}the migration command `{command}` failed"
+            f"{' at migration ' + name.group(1) if name else ''}: {exc.message}",
+            "The patch is rolled back; fix the migration in a new patch.",
+            migration=name.group(1) if name else "",
+            code=code.group(1) if code else "",
+        ) from None
+    for line in result.stdout.splitlines():
+        if line.strip():
+            log(f"   {line.strip()}")
+    history.check_recorded(pending, command)
+    return [m.name for m in pending]

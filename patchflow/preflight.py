@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 from rich.console import Console
 
-from patchflow.errors import PatchflowError
+from patchflow.errors import CommandError, PatchflowError
+from patchflow.runner import Runner
 
 Check = tuple[str, list[str] | None, Path]
 
@@ -45,8 +45,9 @@ def project_checks(root: Path) -> list[Check]:
     return checks
 
 
-def run_checks(checks: list[Check], console: Console) -> None:
-    """Run every check, print one line each, and raise if any failed.
+def run_checks(checks: list[Check], console: Console, runner: Runner) -> None:
+    """Run every check through ``runner`` (output to this terminal), print one line each, and
+    raise if any failed.
 
     Raises:
         PatchflowError: one or more checks failed (names them).
@@ -57,10 +58,13 @@ def run_checks(checks: list[Check], console: Console) -> None:
             console.print(f"[dim]skip[/] {label}")
             continue
         console.print(f"[bold]run[/]  {label}")
-        proc = subprocess.run(args, cwd=cwd, check=False)
-        if proc.returncode != 0:
+        try:
+            code = runner.attach(args, cwd=cwd)
+        except CommandError as exc:
+            code = exc.returncode
+        if code != 0:
             failed.append(label)
-            console.print(f"[red]fail[/] {label} (exit {proc.returncode})")
+            console.print(f"[red]fail[/] {label} (exit {code})")
         else:
             console.print(f"[green]ok[/]   {label}")
     if failed:

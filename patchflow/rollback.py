@@ -1,124 +1,75 @@
-"""Rollback: put an install back to what a backup holds (code, database, VERSION) and prove it.
+"""rollback-patch as one list of steps: choose, lock, stop, restore-code, restore-database, start,
+health, commit (see :meth:`RollbackRun.steps`).
 
-:func:`restore_from_backup` is the one restore used by the automatic rollback of a failed apply,
-by the recovery of an interrupted one, and by ``rollback-patch``. It stops the application
-services, restores the code, restores the database exactly, starts the services (bounded
-retries) and health-checks the restored version. A rollback is recorded as successful only when
-the services are back and healthy (field failure C18); otherwise the journal stays, marked
-``rolling_back`` with the failed step, and patch-status reports "rollback incomplete".
+The backup restored is the one recorded by the apply that installed the current version
+(``.patchflow/installed.json``), or the one named with ``--backup``; never one picked by clock.
+The database is restored only when the apply being undone ran migrations (or with
+``--restore-database``); it is restored beside the live one and swapped in, the displaced
+database being kept. A rollback is never undone: if a step fails, the journal stays and the next
+rollback-patch finishes it (:mod:`patchflow.recovery`). It is recorded as successful only when
+the services are back and healthy (field failure C18).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from patchflow.backup import Backup, latest_backup_for, list_backups, load_backup, restore_code, verify_dump
-from patchflow.context import Context, run_step, start_with_retries
-from patchflow.errors import BackupError, PatchflowError, RollbackError
+from patchflow.backup import Backup, latest_backup_for, list_backups, load_backup
+from patchflow.context import Context
+from patchflow.database import stamp_now
+from patchflow.errors import BackupError, PatchflowError, RollbackError, VersionError
 from patchflow.health import wait_healthy
+from patchflow.installed import installed_version, read_installed_record
 from patchflow.journal import Journal, append_history, utc_now
-from patchflow.lock import install_lock
-from patchflow.version import PatchVersion, read_version_file
+from patchflow.lock import InstallLock
+from patchflow.pipeline import (
+    ROLLING_BACK,
+    Step,
+    StopPipeline,
+    describe_failure,
+    interruptible,
+    run_forward,
+)
+from patchflow.restore import restore_code, restore_database
+from patchflow.services import start_with_retries
+from patchflow.version import PatchVersion, parse_version
 
 
 @dataclass
 class RollbackResult:
-    """What a rollback did: backup used ("" when none was needed), version now installed,
-    durations in seconds."""
+    """What a rollback did: backup used ("" when none was needed), versions, durations (seconds),
+    and where the displaced database is kept (empty when the database was not restored)."""
 
     backup: str
     from_version: str
     to_version: str
     duration_seconds: float
     stopped_seconds: float
-
-
-def installed_version(ctx: Context) -> str | None:
-    """The version in ``VERSION`` (None when missing or unparsable)."""
-    try:
-        return str(read_version_file(ctx.paths.version_file))
-    except PatchflowError:
-        return None
-
-
-def restore_from_backup(ctx: Context, journal: Journal, backup: Backup, *, code: bool, database: bool) -> float:
-    """Restore ``backup`` into the install, journaled under phase ``rolling_back``.
-
-    Args:
-        code: restore the files (False when the apply never reached the switch).
-        database: restore the database dump (False when migrations never ran).
-
-    Returns:
-        Seconds the application services were down during the restore.
-
-    Raises:
-        RollbackError: a step failed; the journal keeps the failed step for patch-status.
-    """
-    journal.phase = "rolling_back"
-    journal.backup = backup.name
-    journal.save()
-    began = time.monotonic()
-    step = "verify-backup"
-    try:
-        if database and backup.dump_path is not None and ctx.database is not None:
-            # a dump that cannot be restored must be found before the live database is dropped
-            with run_step(journal, step, ctx.log):
-                verify_dump(backup)
-        step = "stop"
-        with run_step(journal, "stop", ctx.log):
-            ctx.services.stop()
-        if code:
-            step = "restore-code"
-            with run_step(journal, step, ctx.log):
-                restore_code(backup, ctx.paths.root, ctx.paths.installed_manifest)
-        dump = backup.dump_path
-        if database and dump is not None and ctx.database is not None:
-            step = "restore-database"
-            with run_step(journal, step, ctx.log):
-                ctx.database.wait_ready(ctx.settings.db_wait_timeout)
-                ctx.database.restore(dump, dict(backup.data["database"].get("properties", {})))
-        step = "start"
-        with run_step(journal, step, ctx.log):
-            # rebuild from the tree on disk: the apply built the new images (same tags) during
-            # staging, so the old containers can only come back from a rebuild of the old tree
-            start_with_retries(ctx.services, ctx.settings.start_retries, rebuild=True, log=ctx.log)
-        step = "health"
-        with run_step(journal, step, ctx.log):
-            if ctx.services.app_services():
-                wait_healthy(
-                    ctx.settings.health_url,
-                    timeout=ctx.settings.health_timeout,
-                    expect_version=backup.restores_version or None,
-                    version_field=ctx.settings.health_version_field,
-                )
-    except PatchflowError as exc:
-        raise RollbackError(
-            f"Rollback incomplete: step {step!r} failed: {exc.message}",
-            f"The install may be down. Fix the cause and run `inv rollback-patch --version {backup.version} "
-            f"--yes --break-lock` to finish it; {ctx.services.logs_hint()}.",
-        ) from None
-    return time.monotonic() - began
+    database_restored: bool = False
+    displaced_database: str = ""
+    undone_interrupted: bool = False
 
 
 def choose_backup(ctx: Context, version: PatchVersion, backup_id: str | None) -> Backup:
-    """The backup to restore for ``version``: the one named ``backup_id`` or the newest complete one.
+    """The backup to restore for ``version``: the one named ``backup_id``; else the one recorded by
+    the apply that installed ``version``; else the newest complete one (by sequence).
 
     Raises:
         BackupError: none exists, or the named one is missing, incomplete or for another version.
     """
+    paths = ctx.paths
     if backup_id:
         if "/" in backup_id or backup_id in (".", "..") or not backup_id.startswith("pre-patch-"):
             raise BackupError(
-                f"--backup takes the name of a backup folder in {ctx.paths.backups} (pre-patch-...), "
-                f"not {backup_id!r}.",
+                f"--backup takes the name of a backup folder in {paths.backups} (pre-patch-...), not {backup_id!r}.",
                 "Run `inv patch-status` to list backups; nothing was changed.",
             )
-        backup = load_backup(ctx.paths.backups / backup_id)
+        backup = load_backup(paths.backups / backup_id)
         if backup is None or not backup.complete:
             raise BackupError(
-                f"Backup {backup_id!r} does not exist in {ctx.paths.backups} or is incomplete.",
+                f"Backup {backup_id!r} does not exist in {paths.backups} or is incomplete.",
                 "Run `inv patch-status` to list backups.",
             )
         if backup.version != str(version):
@@ -127,116 +78,314 @@ def choose_backup(ctx: Context, version: PatchVersion, backup_id: str | None) ->
                 f"Pass --version {backup.version} or choose another backup.",
             )
         return backup
-    backup = latest_backup_for(ctx.paths, version)
+    record = read_installed_record(paths)
+    if record is not None and record.version == str(version) and record.backup:
+        recorded = load_backup(paths.backups / record.backup)
+        if recorded is not None and recorded.complete:
+            return recorded
+    backup = latest_backup_for(paths, version)
     if backup is None:
-        known = sorted({b.version for b in list_backups(ctx.paths)})
+        known = sorted({b.version for b in list_backups(paths)})
         raise BackupError(
-            f"No backup taken before {version.tag} exists in {ctx.paths.backups}.",
+            f"No backup taken before {version.tag} exists in {paths.backups}.",
             f"Backups exist for: {', '.join(known) if known else 'no version'}; nothing was changed.",
         )
     return backup
 
 
-def rollback_patch(
-    ctx: Context,
-    version: PatchVersion,
-    *,
-    force: bool = False,
-    break_lock: bool = False,
-    backup_id: str | None = None,
-    confirm: Callable[[str], None] = lambda text: None,
-) -> RollbackResult:
-    """Roll ``version`` back: restore code, database and VERSION from the backup taken before it.
+@dataclass
+class RollbackRun:
+    """One rollback: its state and its step list (:meth:`steps`)."""
 
-    An interrupted apply or rollback is finished or undone first; an interrupted apply of
-    ``version`` killed before its backup was complete is undone without a backup (it had changed
-    no code and no data) and the result's ``backup`` is then empty.
+    ctx: Context
+    version: PatchVersion
+    backup_id: str | None = None
+    force: bool = False
+    break_lock: bool = False
+    restore_db: bool | None = None
+    confirm: Callable[[str], None] = lambda text: None
+    recover: Callable[[Journal], bool] = lambda journal: False
+    backup: Backup | None = None
+    journal: Journal | None = None
+    lock: InstallLock | None = None
+    current: str = ""
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=utc_now)
+    stopped_at: float | None = None
+    result: RollbackResult | None = None
 
-    Raises:
-        RollbackError: the installed version is not ``version`` (without ``force``), or a step failed.
-        BackupError: no suitable backup.
-        LockError: another operation holds the lock, or a stale lock without ``break_lock``.
-        ConfirmationRefused: not confirmed.
-    """
-    from patchflow.apply import recover_interrupted
+    def steps(self) -> list[Step]:
+        """The rollback, in order (no undo: a rollback that fails is finished, not undone)."""
+        return [
+            Step("choose", self.choose, journaled=False),
+            Step("lock", self.take_lock),
+            Step("stop", self.stop, stopped=True),
+            Step("restore-code", self.restore_code, stopped=True),
+            Step("restore-database", self.restore_database, stopped=True),
+            Step("start", self.start, stopped=True),
+            Step("health", self.health, stopped=True),
+            Step("commit", self.commit, no_return=True),
+        ]
 
-    current = installed_version(ctx)
-    pending = Journal.load(ctx.paths.journal)
-    unfinished_same = pending is not None and pending.version == str(version)
-    backup: Backup | None
-    try:
-        backup = choose_backup(ctx, version, backup_id)
-    except BackupError:
-        # an apply of this version killed before its backup was complete changed no file and no
-        # data: recover_interrupted undoes it (starts the stopped services) without a backup
-        if not (unfinished_same and not backup_id):
-            raise
-        backup = None
-    if pending is not None and unfinished_same:
-        confirm(
-            f"Undo the interrupted {pending.action} of {version} (stops services, restores what it changed; "
-            "if it had already committed, rolls it back from its backup)?"
-        )
-    elif backup is not None:
-        if current != str(version) and not force:
+    @classmethod
+    def resume(cls, ctx: Context, journal: Journal) -> RollbackRun:
+        """The rollback recorded in ``journal`` (killed or failed), ready to be finished.
+
+        Raises:
+            RollbackError: its backup is missing or incomplete.
+        """
+        run = cls(ctx, parse_version(journal.version), journal=journal, current=journal.from_version)
+        run.started_at = journal.started_at
+        run.restore_db = bool(journal.notes.get("restore_database", True))
+        backup = load_backup(ctx.paths.backups / journal.backup) if journal.backup else None
+        if backup is None or not backup.complete:
             raise RollbackError(
-                f"The installed version is {current or 'unknown'}, not {version}; rolling back {version} would "
-                f"restore {backup.restores_version} over it.",
-                (f"To undo the installed version run `inv rollback-patch --version {current}`; " if current else "")
+                f"The interrupted rollback of {journal.version} cannot be finished: its backup "
+                f"{journal.backup or '(none)'} is missing or incomplete.",
+                "Restore by hand from the newest complete backup (inv patch-status lists them).",
+            )
+        run.backup = backup
+        return run
+
+    # -- the steps ------------------------------------------------------------------------------
+    def _must_restore_database(self, backup: Backup) -> bool:
+        if self.ctx.database is None or backup.database is None:
+            return False
+        if self.restore_db is not None:
+            return self.restore_db
+        applied = backup.migrations_applied
+        return applied is None or bool(applied)  # unknown (older backups): restore to be exact
+
+    def _check_installed(self, backup: Backup) -> None:
+        if self.current != str(self.version) and not self.force:
+            raise VersionError(
+                f"The installed version is {self.current or 'unknown'}, not {self.version}; rolling back "
+                f"{self.version} would restore {backup.restores_version} over it.",
+                (
+                    f"To undo the installed version run `inv rollback-patch --version {self.current}`; "
+                    if self.current
+                    else ""
+                )
                 + "pass --force to restore this backup anyway. Nothing was changed.",
             )
-        confirm(
-            f"Roll back {version} to {backup.restores_version} from backup {backup.name} "
-            "(stops services, restores code and database)?"
+
+    def choose(self) -> None:
+        """Choose the backup, check the installed version, prove the dump, ask for confirmation."""
+        ctx = self.ctx
+        self.current = installed_version(ctx.paths) or ""
+        pending = Journal.load(ctx.paths.journal)
+        if pending is not None and pending.version == str(self.version):
+            if pending.action == "rollback":
+                self.confirm(f"Finish the interrupted rollback of {self.version} (stops services, restores it)?")
+            else:
+                self.confirm(
+                    f"Undo the interrupted apply of {self.version} (stops services, restores what it changed; if "
+                    "it had already committed, rolls it back from its backup)?"
+                )
+            return
+        backup = choose_backup(ctx, self.version, self.backup_id)
+        self._check_installed(backup)
+        self.backup = backup
+        database = self._must_restore_database(backup)
+        if database:
+            assert ctx.database is not None
+            dump = backup.dump_path
+            assert dump is not None and backup.database is not None
+            from patchflow.database import verify_recorded_dump
+
+            verify_recorded_dump(ctx.database, dump, backup.database, backup.name)
+            problems = ctx.database.restore_problems()
+            if problems:
+                raise BackupError(
+                    f"The database cannot be restored: {'; '.join(problems)}.",
+                    "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser). "
+                    "Nothing was changed.",
+                )
+            what = (
+                f"restores code and database (rows written since {backup.created_at[:19]}Z are moved aside "
+                f"with the current database, kept as {ctx.database.target.dbname}_before_rollback_<time>)"
+            )
+        else:
+            what = "restores code; the database is kept as it is (the apply ran no migration)"
+        self.confirm(
+            f"Roll back {self.version} to {backup.restores_version} from backup {backup.name} (stops services, {what})?"
         )
-    started = time.monotonic()
-    started_at = utc_now()
-    with install_lock(
-        ctx.paths.lock, ctx.paths.lock_info, action="rollback", version=str(version), break_stale=break_lock
-    ):
+
+    def take_lock(self) -> None:
+        """Take the lock; an interrupted run is finished or undone first; start the journal."""
+        ctx = self.ctx
+        self.lock = InstallLock(ctx.paths.lock, ctx.paths.lock_info)
+        self.lock.acquire(action="rollback", version=str(self.version), break_stale=self.break_lock)
+        self.ctx.start_recording()
+        pending = Journal.load(ctx.paths.journal)
         if pending is not None:
-            recover_interrupted(ctx, pending)
-            restored = installed_version(ctx)
-            if unfinished_same and restored != str(version):
+            same = pending.version == str(self.version)
+            self.recover(pending)
+            restored = installed_version(ctx.paths) or ""
+            if same and restored != str(self.version):
                 # the interrupted operation on this version was undone: the version before it is
                 # back exactly; restoring an older backup of this version now would overwrite it
                 used = load_backup(ctx.paths.backups / pending.backup) if pending.backup else None
                 name = used.name if used is not None and used.complete else ""
-                return RollbackResult(name, str(version), restored or "", time.monotonic() - started, 0.0)
-        if backup is None:
-            backup = choose_backup(ctx, version, backup_id)  # the interrupted apply was finished: no backup
-        journal = Journal(ctx.paths.journal, "rollback", str(version), current or "", backup=backup.name)
-        journal.save()
-        try:
-            stopped = restore_from_backup(ctx, journal, backup, code=True, database=True)
-        except RollbackError as exc:
-            append_history(
-                ctx.paths.history,
-                {
-                    "action": "rollback",
-                    "from_version": current,
-                    "to_version": backup.restores_version,
-                    "started_at": started_at,
-                    "duration_seconds": round(time.monotonic() - started, 3),
-                    "result": "failed",
-                    "error": exc.message,
-                    "backup": backup.name,
-                },
-            )
-            raise
-        journal.clear()
-        duration = time.monotonic() - started
+                self.result = RollbackResult(
+                    name, str(self.version), restored, time.monotonic() - self.started, 0.0, undone_interrupted=True
+                )
+                raise StopPipeline(f"the interrupted {pending.action} of {self.version} was undone")
+            self.current = restored
+            if self.backup is None:
+                self.backup = choose_backup(ctx, self.version, self.backup_id)
+            self._check_installed(self.backup)
+        backup = self._backup()
+        self.journal = Journal(ctx.paths.journal, "rollback", str(self.version), self.current, backup=backup.name)
+        self.journal.phase = ROLLING_BACK
+        self.journal.notes["restore_database"] = self._must_restore_database(backup)
+        self.journal.start("lock")
+
+    def stop(self) -> None:
+        self.stopped_at = time.monotonic()
+        self.ctx.services.stop()
+
+    def restore_code(self) -> None:
+        restore_code(self._backup(), self.ctx.paths, log=self.ctx.log)
+
+    def restore_database(self) -> None:
+        """Restore the database beside the live one and swap, when this rollback must."""
+        ctx = self.ctx
+        journal = self._journal()
+        if not journal.notes.get("restore_database") or ctx.database is None:
+            ctx.log("   database kept as it is: the apply being rolled back ran no migration")
+            return
+        ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+        stamp = journal.notes.get("restore_stamp") or stamp_now()
+        journal.note("restore_stamp", stamp)
+        displaced = restore_database(ctx.database, self._backup(), stamp, ctx.paths, log=ctx.log)
+        journal.note("displaced_database", displaced)
+
+    def start(self) -> None:
+        ctx = self.ctx
+        # rebuild from the tree on disk: the apply built the new images (same tags) during staging
+        start_with_retries(
+            ctx.services,
+            ctx.settings.start_retries,
+            rebuild=True,
+            urls=ctx.settings.health_url,
+            ready_timeout=ctx.settings.health_timeout,
+            log=ctx.log,
+        )
+
+    def health(self) -> None:
+        ctx = self.ctx
+        if not ctx.services.app_services():
+            return
+        wait_healthy(
+            ctx.settings.health_url,
+            timeout=ctx.settings.health_timeout,
+            expect_version=self._backup().restores_version or None,
+            version_field=ctx.settings.health_version_field,
+            check=ctx.services.check_running,
+        )
+        ctx.services.check_running()
+
+    def commit(self) -> None:
+        """Record the rollback as done (services are back and healthy)."""
+        journal = self._journal()
+        backup = self._backup()
+        stopped = time.monotonic() - self.stopped_at if self.stopped_at else 0.0
+        displaced = str(journal.notes.get("displaced_database") or "")
         append_history(
-            ctx.paths.history,
+            self.ctx.paths.history,
             {
                 "action": "rollback",
-                "from_version": current,
+                "run_id": journal.run_id,
+                "from_version": journal.from_version or None,
                 "to_version": backup.restores_version,
-                "started_at": started_at,
-                "duration_seconds": round(duration, 3),
+                "started_at": journal.started_at,
+                "duration_seconds": round(time.monotonic() - self.started, 3),
                 "stopped_seconds": round(stopped, 3),
                 "result": "success",
                 "backup": backup.name,
+                "database_restored": bool(journal.notes.get("restore_database")),
+                "displaced_database": displaced or None,
             },
         )
-    return RollbackResult(backup.name, current or "", backup.restores_version, duration, stopped)
+        self.result = RollbackResult(
+            backup.name,
+            journal.from_version,
+            backup.restores_version,
+            time.monotonic() - self.started,
+            stopped,
+            bool(journal.notes.get("restore_database")),
+            displaced,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _backup(self) -> Backup:
+        if self.backup is None:
+            raise BackupError("No backup was chosen for this rollback.", "Pass --backup NAME.")
+        return self.backup
+
+    def _journal(self) -> Journal:
+        assert self.journal is not None, "journal expected after the lock step"
+        return self.journal
+
+    def execute(self) -> RollbackResult:
+        """Run the rollback.
+
+        Raises:
+            RollbackError: the installed version is another (exit 1), or a step failed (exit 4;
+                the journal stays and patch-status reports "rollback incomplete").
+            BackupError: no suitable backup, or its dump is corrupt (nothing changed).
+            LockError: another operation holds the lock, or a stale lock without ``break_lock``.
+            ConfirmationRefused: not confirmed.
+        """
+        steps = self.steps()
+        try:
+            with interruptible():
+                run_forward(steps, lambda: self.journal, log=self.ctx.log, kill_at=self.ctx.settings.test_kill_at)
+                if self.journal is not None:
+                    self.journal.clear()
+        except StopPipeline:
+            assert self.result is not None
+            return self.result
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        assert self.result is not None
+        return self.result
+
+    def _fail(self, exc: BaseException) -> None:
+        journal = self.journal
+        if journal is None:
+            if isinstance(exc, PatchflowError):
+                raise exc
+            raise PatchflowError(
+                f"Rollback of {self.version} {describe_failure(exc)} before anything changed."
+            ) from None
+        step = journal.current_step
+        failure = describe_failure(exc)
+        backup = self.backup
+        append_history(
+            self.ctx.paths.history,
+            {
+                "action": "rollback",
+                "run_id": journal.run_id,
+                "from_version": journal.from_version or None,
+                "to_version": backup.restores_version if backup else None,
+                "started_at": journal.started_at,
+                "duration_seconds": round(time.monotonic() - self.started, 3),
+                "result": "failed",
+                "error": f"{step}: {failure}",
+                "backup": backup.name if backup else None,
+            },
+        )
+        hint = exc.hint if isinstance(exc, PatchflowError) else ""
+        raise RollbackError(
+            f"Rollback incomplete: step {step!r} failed: {failure}",
+            (hint + " " if hint else "")
+            + "The install may be down (patch-status shows what is left). Fix the cause and run "
+            f"`inv rollback-patch --version {self.version} --yes` again to finish it; "
+            f"{self.ctx.services.logs_hint()}.",
+        ) from None

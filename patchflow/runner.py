@@ -1,29 +1,47 @@
-"""Run commands: :class:`LocalRunner` runs them, :class:`DryRunner` only records and prints them.
+"""Run external commands: the one place patchflow starts a process.
 
-Swapping the runner is how a dry run works (like SSHKit's Printer backend): code that builds
-and runs commands never checks a ``dry_run`` flag itself. Commands are argument lists; no shell.
+Every program patchflow runs (pg_dump, psql, docker compose, git, the install/build/migrate
+commands, the services of the command manager) goes through a :class:`Runner`, so every command
+is logged the same way and a test can replace the runner. Commands are argument lists; no shell.
+
+Each child runs in its own process group (``start_new_session``): when patchflow is interrupted
+(SIGINT, SIGTERM, SIGHUP) or a deadline passes, the whole group is ended (SIGTERM, then SIGKILL),
+so no child keeps working for a parent that gave up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import selectors
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
 from patchflow.commands import display
 from patchflow.errors import CommandError
 
+CHUNK = 1024 * 1024
+KILL_GRACE_SECONDS = 3.0
+DRAIN_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class Result:
-    """What a command did: ``returncode``, captured ``stdout``/``stderr`` (text, UTF-8)."""
+    """What a command did: ``returncode``, captured ``stdout``/``stderr`` (text, UTF-8), and for
+    a command whose stdout went to a file, that file's ``output_bytes`` and ``output_sha256``
+    (computed from the bytes as they streamed through)."""
 
     args: tuple[str, ...]
     returncode: int
     stdout: str = ""
     stderr: str = ""
+    output_bytes: int = 0
+    output_sha256: str = ""
 
     @property
     def ok(self) -> bool:
@@ -34,10 +52,8 @@ class Result:
         return (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).strip()
 
 
-class Runner:
-    """Interface: ``run(args, ...)`` returns a :class:`Result`; ``check=True`` raises on failure."""
-
-    dry = False
+class Runner(Protocol):
+    """What the core needs to run programs (see :class:`LocalRunner`)."""
 
     def run(
         self,
@@ -50,20 +66,89 @@ class Runner:
         input_file: Path | None = None,
         output_file: Path | None = None,
         what: str = "",
-    ) -> Result:
-        raise NotImplementedError
+    ) -> Result: ...
+
+    def spawn(self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_file: Path) -> int: ...
+
+    def attach(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int: ...
+
+
+def end_group(pid: int, grace: float = KILL_GRACE_SECONDS, poll: Callable[[], object] | None = None) -> None:
+    """End the process group led by ``pid``: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    ``poll`` reaps the leader when it is our child (``Popen.poll``); otherwise a zombie leader is
+    reaped with ``waitpid`` when it is ours, and ignored when it is not.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if group_gone(pid, poll):
+                return
+            time.sleep(0.02)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid`` (``/proc/<pid>/stat`` field 5);
+    zombies do not count (they have exited and wait only to be reaped)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def group_gone(pid: int, poll: Callable[[], object] | None = None) -> bool:
+    """True when no live process of the group ``pid`` is left (a leader that is our child is
+    reaped first; zombies of other parents count as gone)."""
+    if poll is not None:
+        poll()
+    else:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return not group_members(pid)
 
 
 @dataclass
-class LocalRunner(Runner):
+class LocalRunner:
     """Run commands on this machine with :mod:`subprocess` (no shell).
 
-    ``env`` entries are added to the current environment. ``input_file``/``output_file`` connect
-    stdin/stdout to files (binary; e.g. a database dump), otherwise stdout is captured as text.
-    ``log`` receives one line per command (``display()`` form, secrets masked).
+    Args:
+        base_env: the environment every child starts from (``Settings.environ``); ``env`` given
+            to :meth:`run` is added on top.
+        log: receives one line per command (``$ <command>``, secrets masked as ``***``) and, for a
+            failed command, its output; the operation's log file is fed from here.
     """
 
+    base_env: Mapping[str, str] = field(default_factory=dict)
     log: Callable[[str], None] | None = None
+
+    def _env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        full = dict(self.base_env)
+        full.update(env or {})
+        return full
+
+    def _note(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
 
     def run(
         self,
@@ -77,45 +162,76 @@ class LocalRunner(Runner):
         output_file: Path | None = None,
         what: str = "",
     ) -> Result:
-        """Run ``args``; raise :class:`CommandError` (with output) when ``check`` and it fails.
+        """Run ``args`` to completion and return its :class:`Result`.
+
+        ``input_file`` feeds stdin from a file; ``output_file`` receives stdout (binary, created
+        with mode 0600 when new, hashed with sha256 while it streams); otherwise stdout is
+        captured as text. ``timeout`` is seconds; past it the process group is ended.
 
         Raises:
-            CommandError: the program is missing, timed out (``timeout`` seconds) or exited non-zero.
+            CommandError: the program is missing (127), timed out (124) or, with ``check``,
+                exited non-zero (the message carries the last lines of its output).
+            BaseException: an interruption (KeyboardInterrupt, a signal) ends the child's whole
+                process group before it propagates.
         """
-        if self.log is not None:
-            self.log(display(args))
-        full_env = dict(os.environ)
-        full_env.update(env or {})
+        argv = [str(a) for a in args]
         label = what or display(args)
-        stdin = open(input_file, "rb") if input_file else subprocess.DEVNULL  # noqa: SIM115
-        stdout = open(output_file, "wb") if output_file else subprocess.PIPE  # noqa: SIM115
+        self._note(f"$ {display(args)}")
+        full_env = self._env(env)
+        stdin: IO[bytes] | int = subprocess.DEVNULL
+        sink: IO[bytes] | None = None
         try:
-            proc = subprocess.run(
-                [str(a) for a in args],
-                cwd=cwd,
-                env=full_env,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-                timeout=timeout,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise CommandError(
-                f"{label}: the program {args[0]!r} was not found.",
-                f"Install it or put it on PATH (tried PATH={full_env.get('PATH', '')}).",
-                returncode=127,
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise CommandError(f"{label}: timed out after {timeout:.0f} s.", "", returncode=124) from None
+            if input_file is not None:
+                stdin = open(input_file, "rb")  # noqa: SIM115 - closed in finally
+            if output_file is not None:
+                fd = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                sink = os.fdopen(fd, "wb")
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=full_env,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise CommandError(
+                    f"{label}: the program {argv[0]!r} was not found.",
+                    f"Install it or put it on PATH (tried PATH={full_env.get('PATH', '')}).",
+                    returncode=127,
+                ) from None
+            try:
+                out, err, size, digest = _collect(proc, sink, timeout)
+            except subprocess.TimeoutExpired:
+                end_group(proc.pid, poll=proc.poll)
+                proc.wait()
+                self._note(f"  timed out after {timeout:.0f} s: {label}")
+                raise CommandError(
+                    f"{label}: timed out after {timeout:.0f} s.",
+                    "The command was stopped (its whole process group).",
+                    returncode=124,
+                ) from None
+            except BaseException:
+                end_group(proc.pid, poll=proc.poll)
+                proc.wait()
+                raise
         finally:
-            if input_file:
-                stdin.close()  # type: ignore[union-attr]
-            if output_file:
-                stdout.close()  # type: ignore[union-attr]
-        out = proc.stdout.decode("utf-8", "replace") if isinstance(proc.stdout, bytes) else ""
-        err = proc.stderr.decode("utf-8", "replace") if isinstance(proc.stderr, bytes) else ""
-        result = Result(tuple(str(a) for a in args), proc.returncode, out, err)
+            if not isinstance(stdin, int):
+                stdin.close()
+            if sink is not None:
+                sink.close()
+        result = Result(
+            tuple(argv),
+            proc.returncode,
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
+            size,
+            digest,
+        )
+        if not result.ok:
+            self._note(f"  exit {proc.returncode}: {_tail(result.output)}")
         if check and not result.ok:
             raise CommandError(
                 f"{label} failed with exit code {proc.returncode}: {_tail(result.output)}",
@@ -125,34 +241,99 @@ class LocalRunner(Runner):
             )
         return result
 
+    def spawn(self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_file: Path) -> int:
+        """Start ``args`` in the background in its own session (a service), output appended to
+        ``log_file``; returns its pid without waiting.
+
+        Raises:
+            CommandError: the program cannot be started (missing, not executable).
+        """
+        self._note(f"$ {display(args)} &")
+        with open(log_file, "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    [str(a) for a in args],
+                    cwd=cwd,
+                    env=self._env(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise CommandError(f"Cannot start {display(args)}: {exc.strerror}.", "", returncode=127) from None
+        return proc.pid
+
+    def attach(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int:
+        """Run ``args`` with this terminal's stdout/stderr (``logs --follow``, preflight checks);
+        returns the exit code. An interruption ends the child's process group first."""
+        self._note(f"$ {display(args)}")
+        try:
+            proc = subprocess.Popen(
+                [str(a) for a in args], cwd=cwd, env=self._env(env), stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        except FileNotFoundError:
+            raise CommandError(f"The program {str(args[0])!r} was not found.", "Install it.", returncode=127) from None
+        try:
+            return proc.wait()
+        except BaseException:
+            end_group(proc.pid, poll=proc.poll)
+            proc.wait()
+            raise
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], sink: IO[bytes] | None, timeout: float | None
+) -> tuple[bytes, bytes, int, str]:
+    """Read the child's stdout (into ``sink`` while hashing it, or into memory) and stderr until
+    both close; returns ``(stdout, stderr, bytes written to sink, sha256 hex)``.
+
+    A background process left behind by the command (holding the pipes open after the command
+    itself exited) does not make this wait forever: reading stops ``DRAIN_SECONDS`` after the
+    command exits, and the rest of its process group is ended.
+
+    Raises:
+        subprocess.TimeoutExpired: ``timeout`` seconds passed (the caller ends the group).
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
+    digest = hashlib.sha256()
+    size = 0
+    exited_at: float | None = None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, "out")
+        selector.register(proc.stderr, selectors.EVENT_READ, "err")
+        while selector.get_map():
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > DRAIN_SECONDS:
+                end_group(proc.pid, grace=1.0, poll=proc.poll)
+                break
+            for key, _ in selector.select(timeout=0.2):
+                chunk = os.read(key.fd, CHUNK)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif key.data == "err":
+                    err_chunks.append(chunk)
+                elif sink is not None:
+                    sink.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                else:
+                    out_chunks.append(chunk)
+    remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
+    proc.wait(timeout=remaining)
+    if sink is not None:
+        sink.flush()
+        os.fsync(sink.fileno())
+    return b"".join(out_chunks), b"".join(err_chunks), size, digest.hexdigest()
+
 
 def _tail(text: str, lines: int = 12) -> str:
     rows = text.strip().splitlines()
     return "\n".join(rows[-lines:]) if rows else "(no output)"
-
-
-@dataclass
-class DryRunner(Runner):
-    """Record commands instead of running them; every command "succeeds" with empty output."""
-
-    dry = True
-    commands: list[str] = field(default_factory=list)
-    log: Callable[[str], None] | None = None
-
-    def run(
-        self,
-        args: Sequence[str],
-        *,
-        cwd: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        check: bool = True,
-        timeout: float | None = None,
-        input_file: Path | None = None,
-        output_file: Path | None = None,
-        what: str = "",
-    ) -> Result:
-        line = display(args)
-        self.commands.append(line)
-        if self.log is not None:
-            self.log(f"[dry run] {line}")
-        return Result(tuple(str(a) for a in args), 0)

@@ -15,19 +15,14 @@ from rich.table import Table
 from patchflow.backup import list_backups
 from patchflow.config import Settings
 from patchflow.console import human_age, human_bytes
+from patchflow.displaced import read_displaced
 from patchflow.errors import PatchflowError
+from patchflow.installed import installed_version_or_error, read_installed_record
 from patchflow.journal import Journal, read_history
 from patchflow.lock import lock_status
 from patchflow.paths import ProjectPaths
 from patchflow.verify import verify_patch_folder
-from patchflow.version import PatchVersion, parse_version, read_version_file
-
-
-def _installed(paths: ProjectPaths) -> tuple[str | None, str | None]:
-    try:
-        return str(read_version_file(paths.version_file)), None
-    except PatchflowError as exc:
-        return None, exc.message
+from patchflow.version import PatchVersion, parse_version
 
 
 def collect_status(settings: Settings, *, history_limit: int = 10, verify_archives: bool = True) -> dict[str, Any]:
@@ -39,7 +34,8 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
     (with ``stopped_seconds``), ``interrupted`` (journal or None), ``lock`` (or None).
     """
     paths = ProjectPaths.from_settings(settings)
-    installed, version_error = _installed(paths)
+    parsed, version_error = installed_version_or_error(paths)
+    installed = str(parsed) if parsed is not None else None
     patches = []
     if paths.patches.is_dir():
         found: list[tuple[PatchVersion, Any]] = []
@@ -79,6 +75,7 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
                 "database": bool(backup.data.get("database")),
             }
         )
+    record = read_installed_record(paths)
     history = read_history(paths.history, history_limit)
     applies = [h for h in history if h.get("action") == "apply" and h.get("result") == "success"]
     interrupted: dict[str, Any] | None = None
@@ -129,6 +126,8 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
         "last_apply": applies[-1] if applies else None,
         "interrupted": interrupted,
         "lock": lock_status(paths.lock, paths.lock_info, settings.lock_stale_seconds),
+        "installed_record": record.to_json() if record else None,
+        "displaced_databases": read_displaced(paths),
     }
 
 

@@ -21,6 +21,12 @@ def pg_restore_list(base: Sequence[str], archive: str | None = None) -> list[str
     return [*base, "--list", *([archive] if archive else [])]
 
 
+def pg_restore_to_null(base: Sequence[str]) -> list[str]:
+    """``pg_restore --file=/dev/null`` of an archive read from stdin: reads every entry and every
+    data block to the end (a dump cut short fails here; ``--list`` reads only the front)."""
+    return [*base, "--file=/dev/null", "--no-password"]
+
+
 def pg_restore(base: Sequence[str], dbname: str, *, keep_owners: bool, use_list: str | None = None) -> list[str]:
     """``pg_restore`` of an archive read from stdin into ``dbname``: stop at the first error, one
     transaction. Without ``keep_owners``: ``--no-owner --no-privileges`` (a non-superuser restore)."""

@@ -162,12 +162,12 @@ def test_not_enough_disk_space(install: Install, tmp_path: Path) -> None:
     install.release(tmp_path, "2.3.0")
     before = _snapshot(install)
     err = _apply(install, env={"PATCHFLOW_FREE_SPACE_MARGIN": "10000000000000000"})
-    assert "Not enough free disk space" in err
-    needed = re.search(r"needs (\d+) bytes", err)
-    free = re.search(r"only (\d+) bytes are free", err)
-    assert needed and free, err
-    assert int(needed.group(1)) > int(free.group(1)) > 0
-    assert "reserve 10000000000000000" in err
+    assert "Not enough free space" in err
+    found = re.search(r"has (\d+) bytes free but (.+?) need (\d+) bytes \(\+ a reserve of (\d+)\)", err)
+    assert found, err
+    assert int(found.group(1)) > 0 and int(found.group(4)) == 10000000000000000
+    assert "database dump" in found.group(2), "the filesystem and what needs its room are named"
+    assert "nothing was stopped or changed" in err
     _assert_unchanged(install, before)
 
 

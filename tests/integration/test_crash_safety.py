@@ -30,19 +30,15 @@ OLD = "2.2.0"
 KILL_HOOK = "PATCHFLOW_TEST_KILL_AT"
 KILLED = (-9, 137)  # SIGKILL as seen by subprocess (-9) or through a shell (128 + 9)
 
-APPLY_STEPS = ("stage", "stop", "backup", "switch", "migrate", "start", "health", "commit")
-APPLY_BOUNDARIES = tuple(b for step in APPLY_STEPS for b in (step, f"{step}:after"))
-# restore_from_backup with code and database (rollback-patch, and the automatic rollback of an
-# apply that reached migrate)
-ROLLBACK_STEPS = ("verify-backup", "stop", "restore-code", "restore-database", "start", "health")
+APPLY_STEPS = ("lock", "stage", "stop", "backup", "switch", "migrate", "start", "health", "commit", "cleanup")
 # Nothing happens between one step's ":after" hook and the next step's "before" hook, so those two
-# kills leave the same state; for rollback-patch the distinct states are the first "before" and
-# every ":after".
-ROLLBACK_BOUNDARIES = (ROLLBACK_STEPS[0], *(f"{step}:after" for step in ROLLBACK_STEPS))
-# hook names are shared by both phases; these are the ones only the automatic rollback reaches
-AUTO_ROLLBACK_BOUNDARIES = tuple(
-    b for step in ("verify-backup", "restore-code", "restore-database") for b in (step, f"{step}:after")
-)
+# kills leave the same state: the distinct states are the first step's "before" and every ":after".
+APPLY_BOUNDARIES = ("stage", *(f"{step}:after" for step in APPLY_STEPS[1:]))
+ROLLBACK_STEPS = ("lock", "stop", "restore-code", "restore-database", "start", "health", "commit")
+ROLLBACK_BOUNDARIES = ("stop", *(f"{step}:after" for step in ROLLBACK_STEPS[1:]))
+# the automatic rollback of an apply whose health check failed: the undos, in order
+UNDO_STEPS = ("stop-new", "restore-database", "restore-code", "drop-backup", "start-old", "drop-staging")
+AUTO_ROLLBACK_BOUNDARIES = (UNDO_STEPS[0], *(f"{step}:after" for step in UNDO_STEPS))
 
 StateMap = dict[str, tuple[str, int, str]]
 
@@ -52,7 +48,7 @@ StateMap = dict[str, tuple[str, int, str]]
 
 def last_journaled_step(boundary: str, steps: tuple[str, ...]) -> str | None:
     """The step the journal names after a kill at ``boundary``: a kill *before* a step leaves the
-    previous step as the last one (None before the first); a kill *after* leaves that step."""
+    previous step as the last one; a kill *after* leaves that step."""
     name, _, moment = boundary.partition(":")
     if moment == "after":
         return name
@@ -169,6 +165,7 @@ def assert_clean_after(install: Install) -> dict[str, Any]:
     assert status["lock"] is None, status["lock"]
     state = install.root / ".patchflow"
     assert not list(state.glob("staging-*")), list(state.glob("staging-*"))
+    assert not list(state.glob("trash-*")), list(state.glob("trash-*"))
     tracked = {json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.pid")}
     assert len(tracked) == 2
     assert app_processes(install.root) == tracked
@@ -269,11 +266,9 @@ def test_kill_during_apply_then_apply_finishes_it(install: Install, tmp_path: Pa
 def test_kill_during_apply_then_rollback_undoes_it(install: Install, tmp_path: Path, boundary: str) -> None:
     """Killed at ``boundary``; rollback-patch --break-lock then ends on exactly 2.2.0.
 
-    Expected per boundary: before the backup is complete (stage .. backup) the apply changed no
-    file and no data, so rollback-patch undoes it without a backup (drops the journal and the
-    partial backup, starts the stopped services again); from ``backup:after`` on it restores the
-    apply's backup (a kill just before ``commit`` still undoes it); killed at ``commit:after`` the apply
-    is finished first and then rolled back from that backup."""
+    Expected per boundary: until the commit, the interrupted apply is undone (its own undos,
+    reported as "from no backup" before its backup was complete, else from its backup); killed
+    after the commit, the apply is finished first and then rolled back from that backup."""
     tree_before = install.state()
     db_before = install.pg_dump()
     install.release(tmp_path, NEW)
@@ -303,7 +298,7 @@ def test_kill_during_automatic_rollback_then_rollback_finishes_it(
     install.release(tmp_path, NEW, health_status=500)
 
     killed_run(install, boundary, *apply_cmd("--health-timeout", "3"))
-    step = last_journaled_step(boundary, ("health", *ROLLBACK_STEPS))
+    step = last_journaled_step(boundary, ("health", *UNDO_STEPS))
     status = assert_interrupted(
         install,
         action="apply",

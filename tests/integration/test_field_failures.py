@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -378,22 +379,106 @@ CREATE EXTENSION IF NOT EXISTS citext;
     yield "app"
 
 
-def test_c11_non_superuser_rollback_is_exact(install: Install, app_role: str, tmp_path: Path) -> None:
+def test_c11_non_superuser_without_createdb_is_refused_then_works_with_an_admin_url(
+    install: Install, app_role: str, tmp_path: Path
+) -> None:
+    """The app's role may not create databases: a restore beside the live database would be
+    impossible, so an apply that migrates is refused before anything stops, naming the fix; with
+    ``PATCHFLOW_DATABASE_ADMIN_URL`` (the superuser) apply and rollback are exact."""
     assert install.sql("SELECT extname FROM pg_extension WHERE extname = 'citext'") == "citext"
     dump_before = install.pg_dump()
     tree_before = install.state()
     install.release(tmp_path, "2.3.0")
 
+    refused = install.inv("apply-patch", "--version", "2.3.0", "--yes")
+    assert refused.returncode == 1, _out(refused)
+    assert "may not create databases" in refused.stderr and "PATCHFLOW_DATABASE_ADMIN_URL" in refused.stderr
+    assert "Nothing was stopped or changed" in refused.stderr
+    assert install.pg_dump() == dump_before
+    assert health(install) == (200, "2.2.0")
+
+    set_dotenv(install, "PATCHFLOW_DATABASE_ADMIN_URL", install.cluster.url(install.dbname))
     _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes"))
     assert _users(install) == 5
     assert install.sql("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'AuditLog'") == app_role
 
+    _ok(install.inv("rollback-patch", "--version", "2.3.0", "--yes"))
+    assert install.pg_dump() == dump_before
+    assert install.sql("SELECT extname FROM pg_extension WHERE extname = 'citext'") == "citext"
+    state = install.state()
+    assert state.pop(".env") != tree_before.pop(".env")  # the admin URL was added
+    assert state == tree_before
+    assert health(install) == (200, "2.2.0")
+
+
+def test_c11_non_superuser_with_createdb_restores_beside_and_keeps_the_displaced_database(
+    install: Install, app_role: str, tmp_path: Path
+) -> None:
+    """A role with CREATEDB that owns its database restores as itself (--no-owner --no-privileges,
+    the extension comment skipped); rows written after the apply survive in the displaced copy."""
+    install.cluster.psql("postgres", f"ALTER ROLE {app_role} CREATEDB;\n")
+    dump_before = install.pg_dump()
+    install.release(tmp_path, "2.3.0")
+    _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes"))
+    install.cluster.psql(
+        install.dbname,
+        """INSERT INTO "User" ("email", "name", "role", "updatedAt")
+           VALUES ('late@primeflow.test', 'Written after the apply', 'MEMBER', CURRENT_TIMESTAMP);\n""",
+    )
     rolled = install.inv("rollback-patch", "--version", "2.3.0", "--yes")
     _ok(rolled)
     assert install.pg_dump() == dump_before
-    assert install.sql("SELECT extname FROM pg_extension WHERE extname = 'citext'") == "citext"
-    assert install.state() == tree_before
+    displaced = re.search(r"kept as (\S+_before_rollback_\d{8}T\d{6}Z)", rolled.stdout)
+    assert displaced, rolled.stdout
+    kept = install.cluster.psql(displaced.group(1), 'SELECT count(*) FROM "User" WHERE email = \'late@primeflow.test\'')
+    assert kept.strip() == "1", "the rows written after the apply are kept in the displaced database"
+    listed = status_json(install)["displaced_databases"]
+    assert [d["name"] for d in listed] == [displaced.group(1)]
     assert health(install) == (200, "2.2.0")
+
+
+def test_fault_8_1_extension_the_role_cannot_create_is_refused_before_stop(install: Install, tmp_path: Path) -> None:
+    """Fault 8.1: a CREATEDB (not superuser) role owns the database, a superuser created the
+    untrusted extension pg_buffercache in it: the restore beside could not recreate it, so the
+    apply is refused before anything stops; once template1 carries the extension it works, and
+    the rollback is exact."""
+    db = install.dbname
+    install.cluster.psql(
+        "postgres",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'owner81') THEN "
+        "CREATE ROLE owner81 LOGIN NOSUPERUSER CREATEDB; END IF; END $$;\n"
+        f'ALTER DATABASE "{db}" OWNER TO owner81;\n',
+    )
+    install.cluster.psql(
+        db,
+        "DO $$ DECLARE r record; BEGIN FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP "
+        "EXECUTE format('ALTER TABLE public.%I OWNER TO owner81', r.tablename); END LOOP; "
+        "FOR r IN SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "WHERE n.nspname = 'public' AND t.typtype = 'e' LOOP "
+        "EXECUTE format('ALTER TYPE public.%I OWNER TO owner81', r.typname); END LOOP; END $$;\n"
+        "CREATE EXTENSION pg_buffercache;\n",
+    )
+    set_dotenv(install, "DATABASE_URL", install.cluster.url(db, user="owner81"))
+    dump_before = install.pg_dump()
+    tree_before = install.state()
+    install.release(tmp_path, "2.3.0", health_status=500)
+    refused = install.inv("apply-patch", "--version", "2.3.0", "--yes", *FAST_HEALTH)
+    assert refused.returncode == 1, _out(refused)
+    assert "pg_buffercache" in refused.stderr and "template1" in refused.stderr
+    assert "Nothing was stopped or changed" in refused.stderr
+    assert install.pg_dump() == dump_before and health(install) == (200, "2.2.0")
+    assert install.state() == tree_before
+    try:
+        install.cluster.psql("template1", "CREATE EXTENSION pg_buffercache;\n")
+        failed = install.inv("apply-patch", "--version", "2.3.0", "--yes", *FAST_HEALTH)
+        assert failed.returncode == 2, _out(failed)
+        assert "rolled back automatically" in failed.stderr
+    finally:
+        install.cluster.psql("template1", "DROP EXTENSION IF EXISTS pg_buffercache;\n")
+    assert install.pg_dump() == dump_before
+    assert install.sql("SELECT extname FROM pg_extension WHERE extname = 'pg_buffercache'") == "pg_buffercache"
+    assert health(install) == (200, "2.2.0")
+    assert install.state() == tree_before
 
 
 def test_c11_missing_role_fails_the_rollback_loudly(install: Install, tmp_path: Path) -> None:
@@ -431,32 +516,29 @@ def test_c11_missing_role_fails_the_rollback_loudly(install: Install, tmp_path: 
         install.cluster.psql("postgres", "DROP ROLE IF EXISTS legacy_owner;\n")
 
 
-def test_c11_corrupt_dump_fails_the_rollback_loudly(install: Install, tmp_path: Path) -> None:
+def test_c11_corrupt_dump_is_refused_before_anything_changes(install: Install, tmp_path: Path) -> None:
     install.release(tmp_path, "2.3.0")
     _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes"))
     dump_after_apply = install.pg_dump()
+    tree_after_apply = install.state()
+    history_before = history(install)
     newest = next(b["name"] for b in status_json(install)["backups"] if b["version"] == "2.3.0")
-    backup = install.root / "backups" / newest
-    dump = backup / "database.dump"
+    dump = install.root / "backups" / newest / "database.dump"
     data = bytearray(dump.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
     dump.write_bytes(bytes(data))
 
     rolled = install.inv("rollback-patch", "--version", "2.3.0", "--yes")
-    assert rolled.returncode != 0, _out(rolled)
-    assert "Rollback incomplete" in rolled.stderr
-    assert "database.dump" in rolled.stderr
+    assert rolled.returncode == 1, _out(rolled)
+    assert "corrupt or incomplete" in rolled.stderr and newest in rolled.stderr
+    assert "The live database was left as it is" in rolled.stderr
     status = status_json(install)
-    interrupted = status["interrupted"]
-    assert interrupted is not None and interrupted["action"] == "rollback"
-    assert interrupted["state"] == "rollback incomplete / services may be down"
-    assert interrupted["failed_step"] == "verify-backup"
-    assert "corrupt" in rolled.stderr
-    assert history(install)[-1]["result"] == "failed"
-    # found before anything changed: the live database was not dropped for a restore that could
-    # not succeed, and the services were not stopped
+    assert status["interrupted"] is None and status["lock"] is None
+    assert history(install) == history_before
+    # found before anything changed: the live database, the tree and the services are untouched
     assert install.pg_dump() == dump_after_apply
+    assert install.state() == tree_after_apply
     assert health(install) == (200, "2.3.0")
 
 
@@ -621,6 +703,7 @@ process.prependListener('SIGTERM', () => {
     .spawn(process.execPath, ['-e', squat, String(PORT), process.env.SQUATTER_PIDFILE], {
       detached: true,
       stdio: 'ignore',
+      env: { PATH: process.env.PATH }, // a stranger to the service, not one of its processes
     })
     .unref();
 });
@@ -653,7 +736,7 @@ def test_c18_automatic_rollback_with_port_taken_fails_loudly(install: Install, t
         assert "automatic rollback did not complete" in applied.stderr
         assert "start attempt 3/3 failed" in out
         assert "is running again" not in out
-        _assert_rollback_incomplete(install, "start")
+        _assert_rollback_incomplete(install, "start-old")
         assert history(install)[-1]["result"] == "rollback_failed"
     finally:
         if pidfile.exists():

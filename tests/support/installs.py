@@ -3,23 +3,32 @@
 An :class:`Install` is a workspace (see ``scripts/sample_workspace.py``) at 2.2.0 with its
 database migrated and its API/worker running as real processes; ``inv`` runs tasks as a
 subprocess exactly as an operator would (no terminal on stdin).
+
+Set-up is shared (:class:`InstallTemplate`, one per test session): the 2.2.0 install is made once
+by patchflow itself (create-patch, then apply-patch of 2.2.0 on a template database); each test
+gets a copy of that tree and a database made with ``CREATE DATABASE ... TEMPLATE``, then starts
+its services. Release patches (2.3.0 and its variants) are built once per session and copied into
+each install that uses them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from sample_workspace import copy_patch, make_release, prepare_workspace  # noqa: E402
+from sample_workspace import copy_patch, free_port, make_release, prepare_workspace  # noqa: E402
 
 INV = [str(Path(sys.executable).parent / "inv"), "-r", str(REPO)]
 OWN_FOLDERS = ("patches", "backups", ".patchflow")
@@ -107,18 +116,104 @@ class Install:
     def state(self) -> dict[str, tuple[str, int, str]]:
         return tree_state(self.root)
 
+    template: InstallTemplate | None = None
+
     def release(self, workdir: Path, version: str = "2.3.0", **changes: Any) -> Path:
-        """Build ``version`` from this install in ``workdir``, create its patch there and copy it in.
-        ``changes`` go to ``make_release`` (``migration=``, ``health_status=``)."""
+        """Copy the patch of release ``version`` (``make_release`` with ``changes``: ``migration=``,
+        ``health_status=``) into this install; built once per session by the template when this
+        install came from one, else built from this install in ``workdir``."""
+        target = self.root / "patches" / f"v{version}"
+        if target.exists():
+            shutil.rmtree(target)
+        if self.template is not None:
+            built = self.template.release_patch(version, **changes)
+            shutil.copytree(built, target)
+            return target
         source = make_release(self.root, workdir / f"source-{version}", version, **changes)
         done = run_inv("create-patch", "--root", str(source))
         assert done.returncode == 0, done.stderr + done.stdout
         return copy_patch(source, self.root, version)
 
+    def stop_services(self) -> None:
+        """Stop the install's services (test clean-up)."""
+        done = self.inv("down")
+        assert done.returncode == 0, done.stderr + done.stdout
+
+
+def rewrite_dotenv(root: Path, values: dict[str, str]) -> None:
+    """Set ``values`` in ``root/.env`` (replacing existing keys, appending new ones)."""
+    path = root / ".env"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    out = [line for line in lines if line.split("=", 1)[0] not in values]
+    out += [f"{key}={value}" for key, value in values.items()]
+    path.write_text("\n".join(out) + "\n")
+
+
+@dataclass
+class InstallTemplate:
+    """A sample install at 2.2.0 made once per session, and its database as a template.
+
+    :meth:`new_install` copies it (tree, ``.patchflow`` state, backups) and its database; the
+    release patches of :meth:`release_patch` are built once and cached."""
+
+    folder: Path
+    root: Path
+    cluster: Any
+    dbname: str
+    _releases: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, folder: Path, cluster: Any) -> InstallTemplate:
+        """Make the template with patchflow itself: create-patch and apply-patch of 2.2.0 on a new
+        database (migrations run, services start), then stop the services."""
+        dbname = f"pf_template_{uuid.uuid4().hex[:10]}"
+        cluster.create_database(dbname)
+        root = prepare_workspace(folder / "install", database_url=cluster.url(dbname))
+        template = cls(folder, root, cluster, dbname)
+        for args in (("create-patch",), ("apply-patch", "--version", "2.2.0", "--force", "--yes"), ("down",)):
+            done = run_inv(args[0], "--root", str(root), *args[1:])
+            assert done.returncode == 0, done.stderr + done.stdout
+        return template
+
+    def new_install(self, dest: Path, extra_env: dict[str, str] | None = None, *, start: bool = True) -> Install:
+        """A running copy of the template in ``dest`` with its own database, port and services."""
+        shutil.copytree(self.root, dest, symlinks=True)
+        dbname = f"pf_test_{uuid.uuid4().hex[:12]}"
+        self.cluster.psql("postgres", f'CREATE DATABASE "{dbname}" TEMPLATE "{self.dbname}";\n')
+        port = free_port()
+        url = self.cluster.url(dbname)
+        rewrite_dotenv(
+            dest,
+            {
+                "PORT": str(port),
+                "DATABASE_URL": url,
+                "PATCHFLOW_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+                **(extra_env or {}),
+            },
+        )
+        install = Install(dest, self.cluster, dbname, url, port, template=self)
+        if start:
+            done = install.inv("up")
+            assert done.returncode == 0, done.stderr + done.stdout
+        return install
+
+    def release_patch(self, version: str = "2.3.0", **changes: Any) -> Path:
+        """The patch folder of release ``version`` made by ``make_release(**changes)`` from the
+        template (built on first use, then reused)."""
+        key = json.dumps([version, changes], sort_keys=True)
+        if key not in self._releases:
+            work = self.folder / "releases" / hashlib.sha256(key.encode()).hexdigest()[:12]
+            source = make_release(self.root, work / "source", version, **changes)
+            done = run_inv("create-patch", "--root", str(source))
+            assert done.returncode == 0, done.stderr + done.stdout
+            self._releases[key] = source / "patches" / f"v{version}"
+        return self._releases[key]
+
 
 def start_install(folder: Path, cluster: Any, dbname: str, extra_env: dict[str, str] | None = None) -> Install:
-    """Create a sample install in ``folder`` at 2.2.0, migrate its database and start it
-    (``create-patch`` + ``apply-patch --force`` of 2.2.0 on itself, as the demo does)."""
+    """Create a sample install in ``folder`` at 2.2.0 from scratch, migrate its database and start
+    it (``create-patch`` + ``apply-patch --force`` of 2.2.0 on itself, as the demo does). Tests
+    use the shared :class:`InstallTemplate` instead; this is for set-ups that differ from it."""
     url = cluster.url(dbname)
     root = prepare_workspace(folder, database_url=url, extra_env=extra_env)
     port = int(

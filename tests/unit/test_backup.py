@@ -146,25 +146,49 @@ def _left(paths: ProjectPaths, aged: dict[str, Backup]) -> set[str]:
 
 
 def test_prune_keeps_young_newest_and_installed(paths: ProjectPaths, aged: dict[str, Backup]) -> None:
-    removed = prune_backups(paths, keep_days=7, keep_last=1, installed_version="2.2.0", now=NOW.timestamp())
+    keep = {aged["b2"].name}  # the backup the installed version's apply recorded
+    removed = prune_backups(paths, keep_days=7, keep_last=1, keep=keep, now=NOW.timestamp())
     assert {b.name for b in removed} == {aged[k].name for k in ("b0", "b1", "b3", "b4")}
     assert _left(paths, aged) == {"b2", "b5", "b6"}
     assert not aged["b0"].folder.exists()
 
 
 def test_prune_keeps_the_newest_n(paths: ProjectPaths, aged: dict[str, Backup]) -> None:
-    prune_backups(paths, keep_days=0, keep_last=3, installed_version=None, now=NOW.timestamp())
+    prune_backups(paths, keep_days=0, keep_last=3, keep=set(), now=NOW.timestamp())
     assert _left(paths, aged) == {"b4", "b5", "b6"}
 
 
-def test_prune_never_removes_the_newest_backup_of_the_installed_version(
-    paths: ProjectPaths, aged: dict[str, Backup]
-) -> None:
-    prune_backups(paths, keep_days=0, keep_last=0, installed_version="2.1.0", now=NOW.timestamp())
+def test_prune_never_removes_a_kept_backup(paths: ProjectPaths, aged: dict[str, Backup]) -> None:
+    prune_backups(paths, keep_days=0, keep_last=0, keep={aged["b3"].name}, now=NOW.timestamp())
     assert _left(paths, aged) == {"b3"}
 
 
 def test_prune_dry_run_removes_nothing(paths: ProjectPaths, aged: dict[str, Backup]) -> None:
-    removed = prune_backups(paths, keep_days=0, keep_last=0, installed_version=None, now=NOW.timestamp(), dry_run=True)
+    removed = prune_backups(paths, keep_days=0, keep_last=0, keep=set(), now=NOW.timestamp(), dry_run=True)
     assert len(removed) == len(AGES)
     assert _left(paths, aged) == set(AGES)
+
+
+def test_order_follows_the_sequence_when_the_clock_stepped_back(paths: ProjectPaths) -> None:
+    """Fault 8.3: backup A taken with the clock 3 hours ahead, backup B later with the clock
+    corrected: B is the newest (sequence), and keeping the newest one keeps B."""
+    real = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    ahead = take(paths, "2.3.0", real + timedelta(hours=3))
+    later = take(paths, "2.3.0", real + timedelta(minutes=10))
+    assert later.created_at < ahead.created_at
+    assert later.sequence == ahead.sequence + 1
+    newest = latest_backup_for(paths, parse_version("2.3.0"))
+    assert newest is not None and newest.name == later.name
+    assert [b.name for b in list_backups(paths)] == [ahead.name, later.name]
+    removed = prune_backups(paths, keep_days=0, keep_last=1, keep=set(), now=(real + timedelta(days=30)).timestamp())
+    assert [b.name for b in removed] == [ahead.name]
+
+
+def test_sequence_never_goes_back_when_the_newest_backup_is_removed(paths: ProjectPaths) -> None:
+    first = take(paths, "2.3.0", datetime(2025, 6, 1, tzinfo=UTC))
+    second = take(paths, "2.3.0", datetime(2025, 6, 2, tzinfo=UTC))
+    import shutil
+
+    shutil.rmtree(second.folder)
+    third = take(paths, "2.4.0", datetime(2025, 6, 3, tzinfo=UTC))
+    assert third.sequence == second.sequence + 1 > first.sequence

@@ -12,7 +12,7 @@ import pytest
 from patchflow.commands import compose
 from patchflow.config import load_settings
 from patchflow.database import target_from_settings
-from patchflow.services import _compose_errors, compose_prefix
+from patchflow.services.compose import _compose_errors, compose_prefix
 
 
 def _project(tmp_path: Path, compose_text: str, env: str = "") -> Path:
@@ -94,7 +94,7 @@ def test_a_service_cannot_be_both_application_and_data(tmp_path: Path) -> None:
     from patchflow.errors import ConfigError
     from patchflow.paths import ProjectPaths
     from patchflow.runner import LocalRunner
-    from patchflow.services import ComposeManager
+    from patchflow.services.compose import ComposeManager
 
     settings = load_settings(tmp_path, environ={"PATCHFLOW_APP_SERVICES": "api,postgres"})
     with pytest.raises(ConfigError) as caught:

@@ -1,0 +1,219 @@
+"""Placing, moving and removing paths inside an install, safely.
+
+Every write into the install goes through :func:`place_entry`: content is written beside its
+destination under a temporary name derived from the destination (:func:`temp_name`, so an
+interrupted run can always find and remove it) and renamed over it. Nothing is written or deleted
+through a symlink that leads outside the install (:func:`check_inside`).
+
+Owners and modes: a path that replaces another keeps the owner and group of the path it replaces,
+and its group-write bit; a new path takes the owner and group of its folder. A restore puts back
+the exact owner, group and mode recorded when the path was backed up (:class:`Ownership`).
+Ownership is changed only where the running user may change it (root, or a group it belongs to).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchflow.errors import BackupError
+from patchflow.manifest import Entry
+
+TEMP_PREFIX = ".pf-"
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Owner, group and exact permission bits of a path (``perm`` includes group/other write)."""
+
+    uid: int
+    gid: int
+    perm: int
+
+    @classmethod
+    def of(cls, path: Path) -> Ownership | None:
+        """The ownership of ``path`` (not following a final symlink), None when it does not exist."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return cls(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+
+
+def check_inside(root: Path, path: Path) -> None:
+    """Refuse to touch ``path`` when the folder holding it resolves outside ``root`` (a symlink
+    on the way would make a write or a delete land elsewhere).
+
+    Raises:
+        BackupError: names the path and where it leads.
+    """
+    real_root = os.path.realpath(root)
+    probe = path.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    real = os.path.realpath(probe)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise BackupError(
+            f"Refusing to write or delete {path}: {probe} leads outside the install (to {real}).",
+            "A symlink in the install points where the patch expects a folder; replace it by hand.",
+        )
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or *empty* directory at ``path`` if it exists (never a tree).
+
+    Raises:
+        OSError: ``path`` is a directory that is not empty.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` whatever it is (file, link, or a whole tree); nothing when it is absent."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def temp_name(dest: Path) -> Path:
+    """The temporary name beside ``dest`` used while it is written: ``.pf-<16 hex>.tmp`` (short:
+    a long name plus a suffix would exceed NAME_MAX), the same for every run."""
+    digest = hashlib.sha256(os.fsencode(dest.name)).hexdigest()[:16]
+    return dest.with_name(f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}")
+
+
+def set_ownership(path: Path, uid: int, gid: int, perm: int | None) -> None:
+    """Give ``path`` (not following a symlink) ``uid``/``gid`` and, unless a link, ``perm``.
+
+    The owner is changed only when it differs and the running user may change it (root); a group
+    the user belongs to is set when it differs; otherwise ownership stays as created.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        try:
+            os.lchown(path, uid if os.geteuid() == 0 else -1, gid)
+        except PermissionError:
+            pass
+    if perm is not None and not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, perm)
+
+
+def _inherited(dest: Path, entry: Entry) -> tuple[int, int, int]:
+    """``(uid, gid, perm)`` for ``dest`` written from ``entry``: those of the path it replaces
+    (keeping its group-write bit), else the folder's owner and group with the entry's mode."""
+    current = Ownership.of(dest)
+    if current is not None:
+        return current.uid, current.gid, entry.mode | (current.perm & 0o020)
+    folder = Ownership.of(dest.parent)
+    if folder is None:
+        return os.geteuid(), os.getegid(), entry.mode
+    return folder.uid, folder.gid, entry.mode
+
+
+def place_entry(entry: Entry, source_root: Path, root: Path, *, exact: Ownership | None = None) -> None:
+    """Make ``root/entry.path`` equal ``entry``, taking file content from ``source_root/entry.path``.
+
+    Files and links are written to :func:`temp_name` beside the destination, given their owner
+    and mode, then renamed over it (atomic per file); a directory standing where a file or link
+    goes must already be empty. ``exact`` (a restore) sets that owner, group and mode; otherwise
+    they are inherited as the module docstring says.
+
+    Raises:
+        BackupError: the destination's folder leads outside ``root`` through a symlink.
+        OSError: the write failed (disk full, permissions); the temporary file is removed.
+    """
+    dest = root / entry.path
+    check_inside(root, dest)
+    uid, gid, perm = (exact.uid, exact.gid, exact.perm) if exact else _inherited(dest, entry)
+    if entry.type == "dir":
+        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+            dest.unlink()
+        made = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        if made or exact is not None:
+            set_ownership(dest, uid, gid, perm)
+        else:
+            os.chmod(dest, perm)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(dest)
+    remove_path(tmp)
+    try:
+        if entry.type == "symlink":
+            os.symlink(entry.target, tmp)
+            set_ownership(tmp, uid, gid, None)
+        else:
+            shutil.copyfile(source_root / entry.path, tmp, follow_symlinks=False)
+            set_ownership(tmp, uid, gid, perm)
+        if dest.is_dir() and not dest.is_symlink():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def move(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` (absent): a rename, or a copy then delete when they are on
+    different filesystems (``EXDEV``), keeping links as links and modes and owners.
+
+    Raises:
+        OSError: the move failed; a partial copy at ``target`` is removed.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    try:
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, target, symlinks=True, copy_function=_copy_with_owner)
+            _copy_owner(source, target)
+        else:
+            _copy_with_owner(str(source), str(target))
+    except BaseException:
+        remove_tree(target)
+        raise
+    remove_tree(source)
+
+
+def _copy_owner(source: Path, target: Path) -> None:
+    st = os.lstat(source)
+    set_ownership(target, st.st_uid, st.st_gid, None if stat.S_ISLNK(st.st_mode) else stat.S_IMODE(st.st_mode))
+
+
+def _copy_with_owner(source: str, target: str) -> str:
+    shutil.copy2(source, target, follow_symlinks=False)
+    _copy_owner(Path(source), Path(target))
+    return target
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` (or their nearest existing parents) are on one filesystem."""
+
+    def device(path: Path) -> int:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return os.stat(probe).st_dev
+
+    return device(a) == device(b)

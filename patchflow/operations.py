@@ -1,0 +1,77 @@
+"""The operations the tasks call: apply a patch, roll one back.
+
+Each builds its run (:class:`patchflow.apply.ApplyRun`, :class:`patchflow.rollback.RollbackRun`)
+with the recovery of an interrupted run wired into its lock step, so apply and rollback never
+import each other and recovery is written once (:mod:`patchflow.recovery`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from patchflow.apply import ApplyOptions, ApplyResult, ApplyRun, Plan
+from patchflow.context import Context
+from patchflow.journal import Journal
+from patchflow.recovery import recover_interrupted
+from patchflow.rollback import RollbackResult, RollbackRun
+from patchflow.version import PatchVersion
+
+
+def apply_patch(
+    ctx: Context,
+    version: PatchVersion,
+    options: ApplyOptions,
+    confirm: Callable[[Plan], None] = lambda plan: None,
+) -> ApplyResult:
+    """Apply patch ``version`` to the install of ``ctx`` (see :mod:`patchflow.apply`).
+
+    Raises:
+        VerifyError, VersionError, LockError, ConfirmationRefused, DatabaseError, BackupError:
+            refused before anything changed.
+        ApplyError: the apply failed; ``rolled_back`` says whether the old version was restored.
+        RollbackError: the apply failed and the automatic rollback did not complete.
+    """
+
+    def recover(journal: Journal) -> None:
+        recover_interrupted(ctx, journal)
+
+    return ApplyRun(ctx, version, options, confirm=confirm, recover=recover).execute()
+
+
+def rollback_patch(
+    ctx: Context,
+    version: PatchVersion,
+    *,
+    force: bool = False,
+    break_lock: bool = False,
+    backup_id: str | None = None,
+    restore_database: bool | None = None,
+    confirm: Callable[[str], None] = lambda text: None,
+) -> RollbackResult:
+    """Roll ``version`` back: restore code (and, when it must, the database) and VERSION from the
+    backup that the apply of ``version`` took (see :mod:`patchflow.rollback`). An interrupted
+    apply or rollback is finished or undone first.
+
+    Raises:
+        VersionError: the installed version is not ``version`` (without ``force``).
+        RollbackError: a step failed (the journal stays; running it again finishes it).
+        BackupError: no suitable backup, or its dump is corrupt.
+        LockError: another operation holds the lock, or a stale lock without ``break_lock``.
+        ConfirmationRefused: not confirmed.
+    """
+
+    def recover(journal: Journal) -> bool:
+        recover_interrupted(ctx, journal)
+        return True
+
+    run = RollbackRun(
+        ctx,
+        version,
+        backup_id=backup_id,
+        force=force,
+        break_lock=break_lock,
+        restore_db=restore_database,
+        confirm=confirm,
+        recover=recover,
+    )
+    return run.execute()

@@ -1,0 +1,150 @@
+"""Put an install back to what a backup holds: code (files, links, owners, modes, VERSION, the
+installed manifest and record) and database.
+
+Used by the undo steps of an apply (automatic rollback, recovery after a kill) and by the steps of
+rollback-patch. Every function here is idempotent: run twice, or run again after a kill at any
+instant, it gives the same install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from patchflow.backup import Backup
+from patchflow.database import Database, verify_recorded_dump
+from patchflow.displaced import record_displaced
+from patchflow.errors import BackupError, DatabaseError
+from patchflow.files import check_inside, move, place_entry, remove_path, remove_tree, temp_name
+from patchflow.paths import ProjectPaths
+
+
+def restore_build_outputs(backup: Backup, root: Path) -> None:
+    """Undo :func:`patchflow.backup.swap_build_outputs` (also a partial one): staged copies are
+    removed and the old copies moved back.
+
+    Raises:
+        OSError: a move failed.
+    """
+    store = backup.paths.outputs
+    for item in reversed(backup.data.get("build_outputs", [])):
+        rel = item["path"]
+        saved = store / rel
+        target = root / rel
+        if item["had_old"] and not saved.exists() and not saved.is_symlink():
+            continue  # the old copy was never moved: the tree still holds it
+        remove_tree(target)
+        if item["had_old"]:
+            move(saved, target)
+
+
+def restore_code(backup: Backup, paths: ProjectPaths, *, log: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Put back the code saved in ``backup``: remove what the apply added (and any temporary
+    file an interrupted switch left), restore what it replaced or deleted with its exact owner,
+    group and mode, restore ``VERSION`` byte-exact (or remove it when there was none) and the
+    installed manifest and record. Returns the folders kept because they hold files the patch
+    does not own (written since, e.g. uploads), which are also logged.
+
+    Raises:
+        BackupError: a saved file is missing from the backup, or the tree cannot be written.
+    """
+    root = paths.root
+    old = backup.old_entries()
+    owners = backup.old_ownership()
+    files = backup.paths.files
+    kept: list[str] = []
+    try:
+        restore_build_outputs(backup, root)
+        touched = set(backup.new_paths()) | set(old)
+        for rel in touched:
+            check_inside(root, root / rel)
+            remove_path(temp_name(root / rel))
+        for rel in sorted(backup.new_paths(), key=lambda p: p.count("/"), reverse=True):
+            if rel in old:
+                continue
+            path = root / rel
+            check_inside(root, path)
+            try:
+                remove_path(path)
+            except OSError:
+                kept.append(rel)  # a folder the patch created that now holds files it does not own
+        for rel in sorted(old, key=lambda p: (p.count("/"), p)):
+            entry = old[rel]
+            if entry.type == "file" and not (files / rel).is_file():
+                raise BackupError(f"The backup {backup.name} lacks {rel}.", "Restore that file by hand.")
+            dest = root / rel
+            check_inside(root, dest)
+            if entry.type != "dir" and dest.is_dir() and not dest.is_symlink():
+                # a folder of the patch stands where a file was; it may hold files written since
+                # (uploads...): move it into the backup instead of deleting anything
+                aside = backup.paths.displaced / rel
+                remove_tree(aside)
+                move(dest, aside)
+                backup.data.setdefault("displaced", []).append(rel)
+                backup.save()
+                log(f"   {rel} held files the patch does not own: kept in {aside}")
+            place_entry(entry, files, root, exact=owners.get(rel))
+        _restore_version(backup, paths)
+        for saved, live in (
+            (backup.paths.installed_manifest, paths.installed_manifest),
+            (backup.paths.installed_record, paths.installed_record),
+        ):
+            if saved.is_file():
+                live.parent.mkdir(parents=True, exist_ok=True)
+                tmp = live.with_name(f".{live.name}.tmp")
+                shutil.copyfile(saved, tmp)
+                os.replace(tmp, live)
+            else:
+                live.unlink(missing_ok=True)
+    except OSError as exc:
+        raise BackupError(
+            f"Restoring code from {backup.name} failed: {exc}.",
+            "Fix the cause (disk, permissions) and run rollback-patch again.",
+        ) from None
+    for rel in sorted(kept):
+        log(f"   kept {rel}/: it holds files the patch does not own")
+    return kept
+
+
+def _restore_version(backup: Backup, paths: ProjectPaths) -> None:
+    saved = backup.paths.version_file
+    if backup.data.get("version_file") and saved.is_file():
+        shutil.copyfile(saved, paths.version_temp)
+        os.replace(paths.version_temp, paths.version_file)
+    else:  # there was no VERSION before the patch
+        paths.version_file.unlink(missing_ok=True)
+
+
+def restore_database(
+    database: Database,
+    backup: Backup,
+    stamp: str,
+    paths: ProjectPaths,
+    *,
+    log: Callable[[str], None] = lambda line: None,
+) -> str:
+    """Restore the dump of ``backup`` beside the live database and swap names (see
+    :meth:`patchflow.database.Database.restore_beside`); the dump is proven first. Returns the
+    name the displaced database is kept under.
+
+    Raises:
+        BackupError: the backup has no dump, or it is corrupt or incomplete (nothing changed).
+        DatabaseError: the restore failed; the live database is unchanged.
+    """
+    dump = backup.dump_path
+    recorded = backup.database
+    if dump is None or recorded is None:
+        raise BackupError(
+            f"Backup {backup.name} holds no database dump.",
+            "Nothing was restored; the database is as it was.",
+        )
+    verify_recorded_dump(database, dump, recorded, backup.name)
+    try:
+        displaced = database.restore_beside(dump, stamp, log)
+    except DatabaseError as exc:
+        raise DatabaseError(f"Restoring the database from {backup.name} failed: {exc.message}", exc.hint) from None
+    record_displaced(paths, displaced, database.target.dbname, backup.name, backup.created_at)
+    log(f"   rows written since {backup.created_at[:19]}Z are kept in database {displaced}")
+    return displaced

@@ -1,0 +1,55 @@
+"""``service_manager = none``: an install whose services patchflow must not touch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from patchflow.errors import ServiceError
+from patchflow.services import ServiceState
+
+
+class NoServices:
+    """Manages nothing: stop and start do nothing, there are no application services to check."""
+
+    kind = "none"
+
+    def app_services(self) -> list[str]:
+        return []
+
+    def build(self, project_dir: Path) -> None:
+        return None
+
+    def stop(self, services: Sequence[str] | None = None) -> None:
+        return None
+
+    def start(self, services: Sequence[str] | None = None, *, rebuild: bool = False) -> None:
+        return None
+
+    def check_running(self) -> None:
+        return None
+
+    def serves(self, port: int) -> bool | None:
+        return None
+
+    def restart(self, services: Sequence[str] | None = None) -> None:
+        return None
+
+    def up(self) -> None:
+        return None
+
+    def down(self) -> None:
+        return None
+
+    def status(self) -> list[ServiceState]:
+        return []
+
+    def logs(self, services: Sequence[str], *, follow: bool, tail: int | None) -> None:
+        """Raises ServiceError: there are no service logs without a service manager."""
+        raise ServiceError(
+            "No service manager is configured (service_manager = none).",
+            "Set PATCHFLOW_SERVICE_MANAGER to command or compose.",
+        )
+
+    def logs_hint(self) -> str:
+        return "no service logs (service_manager = none)"

@@ -1,0 +1,157 @@
+"""The recovery decision, table-driven: every journaled step of apply and rollback, killed before
+it started, inside it (started, not done) and after it (done), gives exactly one decision.
+
+The step lists are the real ones (:meth:`ApplyRun.steps`, :meth:`RollbackRun.steps`); nothing runs:
+the journal records a killed run would leave are built here, and
+:func:`patchflow.pipeline.decide_recovery` (pure) is asked what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from patchflow.apply import ApplyRun
+from patchflow.pipeline import ROLLING_BACK, Decision, Step, decide_recovery
+from patchflow.rollback import RollbackRun
+from patchflow.version import parse_version
+
+VERSION = parse_version("2.3.0")
+APPLY_STEPS: list[Step] = ApplyRun(ctx=None, version=VERSION).steps()  # type: ignore[arg-type]
+ROLLBACK_STEPS: list[Step] = RollbackRun(ctx=None, version=VERSION).steps()  # type: ignore[arg-type]
+
+UNDO_ALL = ("start", "migrate", "switch", "backup", "stop", "stage")
+
+# (step, moment) -> the decision after an apply killed there
+APPLY_TABLE: dict[tuple[str, str], Decision] = {
+    ("lock", "inside"): Decision("nothing"),
+    ("lock", "after"): Decision("nothing"),
+    ("stage", "before"): Decision("nothing"),
+    ("stage", "inside"): Decision("undo", ("stage",)),
+    ("stage", "after"): Decision("undo", ("stage",)),
+    ("stop", "before"): Decision("undo", ("stage",)),
+    ("stop", "inside"): Decision("undo", ("stop", "stage")),
+    ("stop", "after"): Decision("undo", ("stop", "stage")),
+    ("backup", "before"): Decision("undo", ("stop", "stage")),
+    ("backup", "inside"): Decision("undo", ("backup", "stop", "stage")),
+    ("backup", "after"): Decision("undo", ("backup", "stop", "stage")),
+    ("switch", "before"): Decision("undo", ("backup", "stop", "stage")),
+    ("switch", "inside"): Decision("undo", ("switch", "backup", "stop", "stage")),
+    ("switch", "after"): Decision("undo", ("switch", "backup", "stop", "stage")),
+    ("migrate", "before"): Decision("undo", ("switch", "backup", "stop", "stage")),
+    ("migrate", "inside"): Decision("undo", ("migrate", "switch", "backup", "stop", "stage")),
+    ("migrate", "after"): Decision("undo", ("migrate", "switch", "backup", "stop", "stage")),
+    ("start", "before"): Decision("undo", ("migrate", "switch", "backup", "stop", "stage")),
+    ("start", "inside"): Decision("undo", UNDO_ALL),
+    ("start", "after"): Decision("undo", UNDO_ALL),
+    ("health", "before"): Decision("undo", UNDO_ALL),
+    ("health", "inside"): Decision("undo", UNDO_ALL),
+    ("health", "after"): Decision("undo", UNDO_ALL),
+    # killed before the commit started: the new version was healthy but never committed: undone
+    ("commit", "before"): Decision("undo", UNDO_ALL),
+    # the commit was reached: it is finished (both steps are idempotent)
+    ("commit", "inside"): Decision("finish", ("commit", "cleanup")),
+    ("commit", "after"): Decision("finish", ("cleanup",)),
+    ("cleanup", "before"): Decision("finish", ("cleanup",)),
+    ("cleanup", "inside"): Decision("finish", ("cleanup",)),
+    ("cleanup", "after"): Decision("nothing"),
+}
+
+ROLLBACK_ORDER = ("lock", "stop", "restore-code", "restore-database", "start", "health", "commit")
+
+
+def rollback_expected(step: str, moment: str) -> Decision:
+    """A rollback is always finished: from the step that was not done."""
+    index = ROLLBACK_ORDER.index(step)
+    start = index + 1 if moment == "after" else index
+    rest = ROLLBACK_ORDER[start:]
+    return Decision("finish", rest) if rest else Decision("nothing")
+
+
+def journal_records(steps: list[Step], step: str, moment: str, phase: str = "forward") -> list[dict[str, Any]]:
+    """The step records of a journal whose run was killed at ``step`` ``moment``."""
+    records = []
+    for candidate in (s for s in steps if s.journaled):
+        if candidate.name == step:
+            if moment == "inside":
+                records.append({"name": step, "state": "started", "phase": phase})
+            elif moment == "after":
+                records.append({"name": step, "state": "done", "phase": phase})
+            break
+        records.append({"name": candidate.name, "state": "done", "phase": phase})
+    return records
+
+
+def test_the_lists_are_the_documented_ones() -> None:
+    assert [s.name for s in APPLY_STEPS] == [
+        "verify", "plan", "lock", "stage", "stop", "backup", "switch", "migrate", "start", "health", "commit",
+        "cleanup",
+    ]  # fmt: skip
+    assert [s.name for s in ROLLBACK_STEPS] == ["choose", *ROLLBACK_ORDER]
+    assert [s.name for s in APPLY_STEPS if s.undo is not None] == list(reversed(UNDO_ALL))
+    assert all(s.undo is None for s in ROLLBACK_STEPS), "a rollback is finished, never undone"
+    assert [s.name for s in APPLY_STEPS if s.no_return] == ["commit"]
+    assert [s.name for s in APPLY_STEPS if not s.journaled] == ["verify", "plan"]
+    assert [s.undo_label for s in APPLY_STEPS if s.undo is not None] == [
+        "drop-staging", "start-old", "drop-backup", "restore-code", "restore-database", "stop-new",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("step", "moment"), sorted(APPLY_TABLE))
+def test_apply_killed_at(step: str, moment: str) -> None:
+    records = journal_records(APPLY_STEPS, step, moment)
+    assert decide_recovery("apply", APPLY_STEPS, records, "forward") == APPLY_TABLE[(step, moment)]
+
+
+@pytest.mark.parametrize("step", ROLLBACK_ORDER)
+@pytest.mark.parametrize("moment", ["before", "inside", "after"])
+def test_rollback_killed_at(step: str, moment: str) -> None:
+    records = journal_records(ROLLBACK_STEPS, step, moment, phase=ROLLING_BACK)
+    assert decide_recovery("rollback", ROLLBACK_STEPS, records, ROLLING_BACK) == rollback_expected(step, moment)
+
+
+@pytest.mark.parametrize(
+    ("failed", "undone", "killed_inside", "expected"),
+    [
+        # health failed; the automatic rollback was killed before its first undo
+        ("health", (), None, UNDO_ALL),
+        # ... after stopping the new version
+        ("health", ("start",), None, ("migrate", "switch", "backup", "stop", "stage")),
+        # ... inside the database restore (the undo of migrate started, not done): it runs again
+        ("health", ("start",), "migrate", ("migrate", "switch", "backup", "stop", "stage")),
+        # ... after everything but the restart of the old version
+        ("health", ("start", "migrate", "switch", "backup"), None, ("stop", "stage")),
+        # the migration failed; its own undo (the restore) had not started
+        ("migrate", (), None, ("migrate", "switch", "backup", "stop", "stage")),
+        # every undo done: nothing is left but to clear the journal
+        ("health", UNDO_ALL, None, ()),
+    ],
+)
+def test_apply_killed_during_its_automatic_rollback(
+    failed: str, undone: tuple[str, ...], killed_inside: str | None, expected: tuple[str, ...]
+) -> None:
+    records = journal_records(APPLY_STEPS, failed, "inside")
+    records[-1]["state"] = "failed"
+    label = {s.name: s.undo_label for s in APPLY_STEPS}
+    records += [{"name": label[name], "state": "done", "phase": ROLLING_BACK} for name in undone]
+    if killed_inside:
+        records.append({"name": label[killed_inside], "state": "started", "phase": ROLLING_BACK})
+    decision = decide_recovery("apply", APPLY_STEPS, records, ROLLING_BACK)
+    assert decision == (Decision("undo", expected) if expected else Decision("nothing"))
+
+
+def test_a_failed_rollback_is_finished_from_its_failed_step() -> None:
+    records = journal_records(ROLLBACK_STEPS, "start", "inside", phase=ROLLING_BACK)
+    records[-1]["state"] = "failed"
+    assert decide_recovery("rollback", ROLLBACK_STEPS, records, ROLLING_BACK) == Decision(
+        "finish", ("start", "health", "commit")
+    )
+
+
+def test_the_decision_reads_nothing_but_its_arguments() -> None:
+    records = journal_records(APPLY_STEPS, "switch", "after")
+    frozen = [dict(r) for r in records]
+    first = decide_recovery("apply", APPLY_STEPS, records, "forward")
+    assert decide_recovery("apply", APPLY_STEPS, records, "forward") == first
+    assert records == frozen, "the journal records are not modified"
