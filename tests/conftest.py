@@ -7,7 +7,6 @@ Prepare a machine with ``scripts/ensure-system.sh --for test --venv <venv>``.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import NoReturn
 
 import pytest
 from support.missing import missing_service
-from support.services import PostgresCluster, SshServer, docker_available
+from support.services import PostgresCluster, SshServer, docker_available, shared_tempdir
 
 
 def _missing(reason: str) -> NoReturn:
@@ -24,10 +23,12 @@ def _missing(reason: str) -> NoReturn:
 
 
 def _service_base_dir(prefix: str) -> Path:
-    # Not pytest's tmp_path: that is 0700, and as root the server runs as the postgres user.
-    base = Path(tempfile.mkdtemp(prefix=prefix))
-    base.chmod(0o755)
-    return base
+    # Not pytest's tmp_path (0700, and maybe below a 0700 checkout): as root the server runs as the
+    # postgres user, who must reach this folder.
+    try:
+        return shared_tempdir(prefix)
+    except RuntimeError as exc:
+        _missing(str(exc))
 
 
 @pytest.fixture(scope="session")
