@@ -6,6 +6,7 @@ Prepare a machine with ``scripts/ensure-system.sh --for test --venv <venv>``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,16 @@ from typing import NoReturn
 import pytest
 from support.missing import missing_service
 from support.services import PostgresCluster, SshServer, docker_available, shared_tempdir
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every server the tests talk to listens on loopback: keep a proxy configured on the machine
+    (``http_proxy``...) out of those requests, in this process and in the ``inv`` subprocesses."""
+    for var in ("no_proxy", "NO_PROXY"):
+        present = [h.strip() for h in os.environ.get(var, "").split(",") if h.strip()]
+        os.environ[var] = ",".join([*present, *(h for h in LOOPBACK_HOSTS if h not in present)])
 
 
 def _missing(reason: str) -> NoReturn:

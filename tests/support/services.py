@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ __all__ = [
     "docker_available",
     "find_pg_bindir",
     "free_port",
+    "refusing_port",
     "shared_tempdir",
     "traversable_by_others",
 ]
@@ -47,6 +49,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A 127.0.0.1 port that is bound (no ``SO_REUSEADDR``) but not listening while the block runs:
+    every connection to it is refused, and no other process can start listening there meanwhile,
+    unlike a port that was merely free a moment ago (:func:`free_port`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 def traversable_by_others(path: Path) -> bool:
