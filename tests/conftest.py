@@ -6,8 +6,8 @@ Prepare a machine with ``scripts/ensure-system.sh --for test --venv <venv>``.
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +15,17 @@ from typing import NoReturn
 
 import pytest
 from support.missing import missing_service
-from support.services import PostgresCluster, SshServer, docker_available
+from support.services import PostgresCluster, SshServer, docker_available, shared_tempdir
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every server the tests talk to listens on loopback: keep a proxy configured on the machine
+    (``http_proxy``...) out of those requests, in this process and in the ``inv`` subprocesses."""
+    for var in ("no_proxy", "NO_PROXY"):
+        present = [h.strip() for h in os.environ.get(var, "").split(",") if h.strip()]
+        os.environ[var] = ",".join([*present, *(h for h in LOOPBACK_HOSTS if h not in present)])
 
 
 def _missing(reason: str) -> NoReturn:
@@ -24,10 +34,12 @@ def _missing(reason: str) -> NoReturn:
 
 
 def _service_base_dir(prefix: str) -> Path:
-    # Not pytest's tmp_path: that is 0700, and as root the server runs as the postgres user.
-    base = Path(tempfile.mkdtemp(prefix=prefix))
-    base.chmod(0o755)
-    return base
+    # Not pytest's tmp_path (0700, and maybe below a 0700 checkout): as root the server runs as the
+    # postgres user, who must reach this folder.
+    try:
+        return shared_tempdir(prefix)
+    except RuntimeError as exc:
+        _missing(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -138,8 +138,10 @@ def test_create_patch_on_a_primeflow_checkout_with_flat_migrations(tmp_path: Pat
     assert json.loads((folder / "manifest.json").read_text())["archive"]["sha256"] == first
 
 
-@pytest.mark.parametrize("bad", ["2.3.0;rm -rf /", "$(touch /tmp/pf-pwned)", "2.3", "latest"])
+@pytest.mark.parametrize("bad", ["2.3.0;rm -rf /", "$(touch {marker})", "2.3", "latest"])
 def test_unsafe_or_invalid_versions_are_refused_before_anything_runs(tmp_path: Path, bad: str) -> None:
+    marker = tmp_path / "pf-pwned"  # this test's own file: a /tmp/pf-pwned of someone else cannot fail it
+    bad = bad.format(marker=marker)
     root = _primeflow_checkout(tmp_path / "primeflow")
     for task in ("create-patch", "verify-patch", "apply-patch", "rollback-patch"):
         extra = ["--yes"] if task in ("apply-patch", "rollback-patch") else []
@@ -147,7 +149,7 @@ def test_unsafe_or_invalid_versions_are_refused_before_anything_runs(tmp_path: P
         assert done.returncode != 0
         assert "semantic version" in done.stderr
     assert not (root / "patches").exists()
-    assert not Path("/tmp/pf-pwned").exists()
+    assert not marker.exists()
 
 
 def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:

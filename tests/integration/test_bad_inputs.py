@@ -21,7 +21,7 @@ from support.installs import (
     set_dotenv,
     status_json,
 )
-from support.services import free_port
+from support.services import refusing_port
 
 pytestmark = pytest.mark.integration
 
@@ -121,10 +121,7 @@ def test_version_with_shell_metacharacters(install: Install, tmp_path: Path) -> 
     install.release(tmp_path, "2.3.0")
     before = _snapshot(install)
     marker = tmp_path / "pwned"
-    pwned = Path("/tmp/pwned")
-    pwned_existed = pwned.exists()
     versions = [
-        "2.3.0;touch /tmp/pwned",
         f"2.3.0;touch {marker}",
         f"$(touch {marker})",
         f"2.3.0`touch {marker}`",
@@ -138,7 +135,6 @@ def test_version_with_shell_metacharacters(install: Install, tmp_path: Path) -> 
         err = _refused(install.inv(task, "--version", version, *extra))
         assert "Invalid" in err and "not allowed" in err, (task, version, err)
     assert not marker.exists()
-    assert pwned.exists() == pwned_existed
     _assert_unchanged(install, before)
 
 
@@ -147,12 +143,12 @@ def test_database_down(install: Install, tmp_path: Path) -> None:
     before = _snapshot(install)
     env_file = install.root / ".env"
     original = env_file.read_bytes()
-    closed = free_port()
-    set_dotenv(install, "DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed}/{install.dbname}")
-    try:
-        err = _apply(install, env={"PATCHFLOW_DB_WAIT_TIMEOUT": "2"})
-    finally:
-        env_file.write_bytes(original)
+    with refusing_port() as closed:
+        set_dotenv(install, "DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed}/{install.dbname}")
+        try:
+            err = _apply(install, env={"PATCHFLOW_DB_WAIT_TIMEOUT": "2"})
+        finally:
+            env_file.write_bytes(original)
     assert "does not accept connections" in err
     assert f"127.0.0.1:{closed}" in err
     _assert_unchanged(install, before)

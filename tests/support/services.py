@@ -13,9 +13,11 @@ import pwd
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +30,9 @@ __all__ = [
     "docker_available",
     "find_pg_bindir",
     "free_port",
+    "refusing_port",
+    "shared_tempdir",
+    "traversable_by_others",
 ]
 
 #: Image built by ``scripts/ensure-system.sh --for test`` (no registry is reachable).
@@ -44,6 +49,51 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A 127.0.0.1 port that is bound (no ``SO_REUSEADDR``) but not listening while the block runs:
+    every connection to it is refused, and no other process can start listening there meanwhile,
+    unlike a port that was merely free a moment ago (:func:`free_port`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+def traversable_by_others(path: Path) -> bool:
+    """True when every folder from ``/`` down to ``path`` lets other users in (``o+x``), so a
+    process running as another OS user (``postgres``, an unprivileged uid) can reach ``path``."""
+    path = Path(path).resolve()
+    try:
+        return all(folder.stat().st_mode & stat.S_IXOTH for folder in (path, *path.parents))
+    except OSError:
+        return False
+
+
+#: Where :func:`shared_tempdir` looks, after ``tempfile.gettempdir()`` ($TMPDIR may be private).
+_SHARED_TMP_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def shared_tempdir(prefix: str) -> Path:
+    """A new folder (mode 0755, removed by the caller) that other OS users can reach: under
+    ``tempfile.gettempdir()`` when every folder above it is ``o+x``, else under the first such of
+    ``/tmp``, ``/var/tmp``, ``/dev/shm``. Never under the checkout or pytest's ``tmp_path`` (both
+    may sit below a 0700 folder, e.g. a clone made in ``mktemp -d`` or under ``/root``).
+
+    Raises:
+        RuntimeError: no writable folder that other users can reach exists.
+    """
+    for candidate in (tempfile.gettempdir(), *_SHARED_TMP_CANDIDATES):
+        base = Path(candidate)
+        if base.is_dir() and os.access(base, os.W_OK | os.X_OK) and traversable_by_others(base):
+            folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+            folder.chmod(0o755)
+            return folder
+    raise RuntimeError(
+        "no writable temporary folder that other users can enter "
+        f"(tried {tempfile.gettempdir()}, {', '.join(_SHARED_TMP_CANDIDATES)}; each needs o+x on every parent)"
+    )
 
 
 def _wait_for_port(host: str, port: int, timeout: float) -> bool:
@@ -129,8 +179,8 @@ class PostgresCluster:
         """initdb a new cluster in a fresh folder under ``base_dir`` and start it.
 
         As root, every parent folder of ``base_dir`` must be traversable by the
-        ``postgres`` OS user (e.g. a ``tempfile.mkdtemp()`` chmod-ed 0755 under /tmp;
-        pytest's ``tmp_path`` is 0700 and does not qualify).
+        ``postgres`` OS user (e.g. a :func:`shared_tempdir`; pytest's ``tmp_path`` is 0700 and
+        does not qualify).
         """
         bindir = bindir or find_pg_bindir()
         run_as = PG_OS_USER if os.geteuid() == 0 else None
@@ -141,7 +191,7 @@ class PostgresCluster:
         extra: list[Path] = []
         socket_dir = root_dir / "sock"
         if len(str(socket_dir)) + len("/.s.PGSQL.65535") > _SOCKET_PATH_MAX:
-            socket_dir = Path(tempfile.mkdtemp(prefix="pgsock-"))
+            socket_dir = shared_tempdir("pgsock-")
             extra.append(socket_dir)
         socket_dir.mkdir(mode=0o755, exist_ok=True)
         socket_dir.chmod(0o755)
@@ -164,8 +214,7 @@ class PostgresCluster:
                 shutil.rmtree(root_dir, ignore_errors=True)
                 raise RuntimeError(
                     f"the '{run_as}' OS user cannot reach {root_dir}: make every parent of "
-                    f"{base_dir} traversable (chmod o+x), e.g. use a tempfile.mkdtemp() "
-                    "folder under /tmp chmod-ed 0755"
+                    f"{base_dir} traversable (chmod o+x), e.g. use support.services.shared_tempdir()"
                 )
         cluster = cls(
             bindir=bindir,

@@ -10,14 +10,14 @@ import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support.services import shared_tempdir
 
 import patchflow
 from patchflow.config import load_settings
@@ -346,61 +346,94 @@ def test_fifo_in_the_tree_is_refused(tree: Path) -> None:
     assert not (tree / "patches").exists()
 
 
+#: The unprivileged identity the tests pack as when they run as root (numeric: no user of that
+#: name needs to exist; 65534 is "nobody"/"nogroup" on Debian).
+UNPRIVILEGED_IDS = (65534, 65534)
+
+
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder the ``nobody`` user can reach (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="patchflow-nobody-"))
-    base.chmod(0o755)
+def packing_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder for a tree that an unprivileged process packs. Not root: ``tmp_path`` (the packer is
+    this user). Root: a fresh 0755 folder the packer can reach, wherever the checkout and pytest's
+    0700 ``tmp_path`` live."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    base = shared_tempdir("patchflow-unprivileged-")
     try:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-NOBODY_CREATE = """
-import sys
-from pathlib import Path
-from patchflow.config import load_settings
-from patchflow.create import create_patch
-from patchflow.errors import CreatePatchError
-try:
-    create_patch(load_settings(Path(sys.argv[1]), environ={}))
-except CreatePatchError as exc:
-    print(exc.message)
-    print(exc.hint)
-    sys.exit(3)
-print("created")
-"""
+def create_unprivileged(root: Path, probe: Path) -> dict[str, Any]:
+    """Run ``create_patch`` on ``root`` in a forked child without root's powers: as root the child
+    drops to :data:`UNPRIVILEGED_IDS` (no supplementary groups), otherwise it keeps this user. The
+    child needs no import (patchflow is loaded already), so where the checkout lives does not
+    matter. Returns what the child saw: ``uid``, whether ``probe`` was readable to it, ``outcome``
+    ("created", "refused" or "crashed"), ``message`` and ``hint``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        result: dict[str, Any] = {"outcome": "crashed", "message": "", "hint": ""}
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(UNPRIVILEGED_IDS[1])
+                os.setuid(UNPRIVILEGED_IDS[0])
+            os.environ["HOME"] = "/nonexistent"
+            result["uid"] = os.geteuid()
+            result["probe_readable"] = os.access(probe, os.R_OK)
+            try:
+                create_patch(load_settings(root, environ={}))
+                result["outcome"] = "created"
+            except CreatePatchError as exc:
+                result.update(outcome="refused", message=exc.message, hint=exc.hint)
+        except BaseException as exc:
+            result["message"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            try:
+                with os.fdopen(write_end, "w", encoding="utf-8") as out:
+                    json.dump(result, out)
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, encoding="utf-8") as answer:
+        data = answer.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"packing child died: status {status}"
+    return dict(json.loads(data))
 
 
 @pytest.mark.parametrize(("rel", "kind"), [("config/secret.json", "file"), ("private", "dir")])
-def test_unreadable_entry_is_refused_for_a_non_root_user(shared_dir: Path, rel: str, kind: str) -> None:
-    root = make_tree(shared_dir / "project", {"VERSION": "1.4.0\n", "src/index.js": "x\n"})
-    for path in [root, *root.rglob("*")]:
-        os.chown(path, 65534, 65534)
+def test_unreadable_entry_is_refused_for_a_non_root_user(packing_dir: Path, rel: str, kind: str) -> None:
+    root = make_tree(packing_dir / "project", {"VERSION": "1.4.0\n", "src/index.js": "x\n"})
     blocked = root / rel
     if kind == "file":
         blocked.parent.mkdir()
         blocked.write_text("{}", encoding="utf-8")
-        blocked.chmod(0o600)  # owned by root: nobody cannot read it
     else:
-        blocked.mkdir(mode=0o000)
+        blocked.mkdir()
         (blocked / "inner.txt").write_text("x", encoding="utf-8")
-        blocked.chmod(0o000)
-    pythonpath = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
-    proc = subprocess.run(
-        ["/usr/bin/python3", "-c", NOBODY_CREATE, str(root)],
-        user="nobody",
-        group="nogroup",
-        extra_groups=[],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath, "HOME": "/nonexistent"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert rel in proc.stdout
-    assert ("cannot read" if kind == "file" else "cannot list directory") in proc.stdout
-    assert "Permission denied" in proc.stdout or "permission denied" in proc.stdout
-    assert "nothing was written" in proc.stdout
+    if os.geteuid() == 0:
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, *UNPRIVILEGED_IDS)  # the packer owns its tree (whatever the umask)...
+        os.chown(blocked, 0, 0)  # ...but not this entry
+    blocked.chmod(0o000 if kind == "dir" or os.geteuid() != 0 else 0o600)
+
+    seen = create_unprivileged(root, blocked)
+    assert seen["outcome"] == "refused", seen
+    assert seen["uid"] != 0 and seen["probe_readable"] is False, "the packer must not be able to read the entry"
+    message = f"{seen['message']}\n{seen['hint']}"
+    assert rel in message
+    assert ("cannot read" if kind == "file" else "cannot list directory") in message
+    assert "Permission denied" in message or "permission denied" in message
+    assert "nothing was written" in message
     assert not (root / "patches").exists()
+
+    # the same packer packs the tree once the entry is readable: the refusal was about that entry
+    blocked.chmod(0o755 if kind == "dir" else 0o644)
+    again = create_unprivileged(root, blocked)
+    assert again["outcome"] == "created", again
+    assert (root / "patches" / "v1.4.0" / "manifest.json").is_file()

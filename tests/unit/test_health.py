@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from support.services import refusing_port
 
 from patchflow.errors import HealthCheckError
 from patchflow.health import probe, wait_healthy
@@ -34,38 +35,36 @@ def _handler(status: int, body: dict[str, str]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class _Server(HTTPServer):
+    # no SO_REUSEADDR: while it is bound, no other socket can take the port
+    allow_reuse_address = False
 
 
 @contextmanager
-def serve(status: int, body: dict[str, str], *, port: int = 0, after: float = 0.0) -> Iterator[str]:
-    """Serve ``status``/``body`` on 127.0.0.1 (starting ``after`` seconds from now); yield the URL."""
-    port = port or free_port()
-    servers: list[HTTPServer] = []
+def serve(status: int, body: dict[str, str], *, after: float = 0.0) -> Iterator[str]:
+    """Serve ``status``/``body`` on 127.0.0.1 (accepting connections ``after`` seconds from now;
+    the port is bound at once, so until then connections are refused); yield the URL."""
+    server = _Server(("127.0.0.1", 0), _handler(status, body), bind_and_activate=False)
+    server.server_bind()
+    port = server.server_address[1]
+    listening = threading.Event()
 
     def run() -> None:
         time.sleep(after)
-        server = HTTPServer(("127.0.0.1", port), _handler(status, body))
-        servers.append(server)
+        server.server_activate()
+        listening.set()
         server.serve_forever(poll_interval=0.05)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     if not after:
-        while not servers:
-            time.sleep(0.01)
+        listening.wait(timeout=30)
     try:
         yield f"http://127.0.0.1:{port}/health"
     finally:
-        deadline = time.monotonic() + after + 5
-        while not servers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+        if listening.wait(timeout=after + 30):
+            server.shutdown()  # would wait forever for a serve_forever that never ran
+        server.server_close()
         thread.join(timeout=5)
 
 
@@ -131,8 +130,7 @@ def test_server_that_starts_late_passes_with_backoff() -> None:
 def test_backoff_is_capped_at_three_seconds() -> None:
     delays: list[float] = []
     ticks = iter(range(1000))
-    port = free_port()  # nothing listens there
-    with pytest.raises(HealthCheckError):
+    with refusing_port() as port, pytest.raises(HealthCheckError):
         wait_healthy(
             [f"http://127.0.0.1:{port}/health"],
             timeout=30,
@@ -144,8 +142,8 @@ def test_backoff_is_capped_at_three_seconds() -> None:
 
 
 def test_no_server_fails_with_no_answer() -> None:
-    url = f"http://127.0.0.1:{free_port()}/health"
-    with pytest.raises(HealthCheckError) as caught:
+    with refusing_port() as port, pytest.raises(HealthCheckError) as caught:
+        url = f"http://127.0.0.1:{port}/health"
         wait_healthy([url], timeout=0.5)
     assert f"{url}: no answer" in caught.value.message
 
