@@ -28,6 +28,23 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[var] = ",".join([*present, *(h for h in LOOPBACK_HOSTS if h not in present)])
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep tests marked ``xdist_group`` on one worker under ``--dist loadgroup``. pytest-xdist
+    3.8 tags their node ids (``...@group``) by assigning ``item._nodeid``, which pytest 9 no
+    longer reads (the id lives in ``item._id``); do the same here so the scheduler sees the group."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        if groups and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")  # type: ignore[attr-defined]
+
+
 def _missing(reason: str) -> NoReturn:
     """Fail under CI=true (services must be there), otherwise skip."""
     missing_service(reason)
@@ -98,14 +115,28 @@ def docker_engine() -> None:
     require_docker()
 
 
-@pytest.fixture
-def install(tmp_path: Path, pg_cluster: PostgresCluster, pg_database: str) -> Iterator[object]:
-    """A running sample install at 2.2.0 (real API/worker processes, migrated database)."""
-    from support.installs import start_install
+@pytest.fixture(scope="session")
+def install_template(pg_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The sample install at 2.2.0 made once per session by patchflow itself, with its database
+    as a template (see support.installs.InstallTemplate)."""
+    from support.installs import InstallTemplate
 
-    dbname = pg_database.rsplit("/", 1)[1]
-    running = start_install(tmp_path / "install", pg_cluster, dbname)
+    return InstallTemplate.build(tmp_path_factory.mktemp("template"), pg_cluster)
+
+
+@pytest.fixture
+def install(tmp_path: Path, pg_cluster: PostgresCluster, install_template: object) -> Iterator[object]:
+    """A running sample install at 2.2.0 (real API/worker processes, migrated database): a copy
+    of the session's template with its own database (``CREATE DATABASE ... TEMPLATE``) and port.
+    Its services are stopped and its databases (also those a restore displaced) dropped after."""
+    from support.installs import InstallTemplate
+
+    assert isinstance(install_template, InstallTemplate)
+    running = install_template.new_install(tmp_path / "install")
     try:
         yield running
     finally:
         running.inv("down")
+        rows = pg_cluster.psql("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{running.dbname}%';\n")
+        for name in rows.split():
+            pg_cluster.drop_database(name)

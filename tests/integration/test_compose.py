@@ -34,7 +34,7 @@ from support.compose import ComposeInstall, docker_shim, read_shim_log, volume_r
 from support.installs import INV
 from support.missing import missing_service
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("compose")]
 
 SENTINEL = "sentinel-c25@primeflow.test"
 #: state handed from the apply test to the rollback test (same module stack)
@@ -303,11 +303,19 @@ def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp
     calls = read_shim_log(log)
     assert volume_removals(calls) == []
     restore = [c for c in calls if c.has("exec", "-T", "postgres", "pg_restore") and "--list" not in c.args]
-    assert restore and restore[0].returncode == 0
-    drop = [
-        c for c in calls if c.has("exec", "-T") and any("DROP DATABASE" in a and "WITH (FORCE)" in a for a in c.args)
-    ]
-    assert drop, "exact restore: the database is dropped and recreated inside the container"
+    restore = [c for c in restore if any(a.startswith("--dbname=primeflow_restoring_") for a in c.args)]
+    assert restore and restore[0].returncode == 0, "restored into a new database beside the live one"
+    assert not [
+        c
+        for c in calls
+        if any("DROP DATABASE" in a and "primeflow" in a.split("DROP DATABASE")[-1][:12] for a in c.args)
+    ], "the live database is never dropped"
+    named = re.search(r"kept as (primeflow_before_rollback_\d{8}T\d{6}Z)", done.stdout)
+    assert named, done.stdout
+    displaced = stack.psql("SELECT datname FROM pg_database WHERE datname LIKE 'primeflow_before_rollback_%'").split()
+    assert named.group(1) in displaced, displaced
+    kept = stack.psql("SELECT name FROM \"User\" WHERE email = 'late@primeflow.test'", db=named.group(1))
+    assert kept == "Late", "the row written after the apply is kept in the displaced database"
 
 
 # -- errors named clearly -----------------------------------------------------------------------------------

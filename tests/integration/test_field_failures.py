@@ -430,7 +430,7 @@ def test_c11_non_superuser_with_createdb_restores_beside_and_keeps_the_displaced
     assert install.pg_dump() == dump_before
     displaced = re.search(r"kept as (\S+_before_rollback_\d{8}T\d{6}Z)", rolled.stdout)
     assert displaced, rolled.stdout
-    kept = install.cluster.psql(displaced.group(1), 'SELECT count(*) FROM "User" WHERE email = \'late@primeflow.test\'')
+    kept = install.cluster.psql(displaced.group(1), "SELECT count(*) FROM \"User\" WHERE email = 'late@primeflow.test'")
     assert kept.strip() == "1", "the rows written after the apply are kept in the displaced database"
     listed = status_json(install)["displaced_databases"]
     assert [d["name"] for d in listed] == [displaced.group(1)]

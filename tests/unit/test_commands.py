@@ -46,8 +46,46 @@ def test_base_prefix() -> None:
 @pytest.mark.parametrize("args", all_compose_commands(), ids=lambda a: " ".join(a[len(prefix()) :]) or "base")
 def test_builders_never_remove_volumes(args: list[str]) -> None:
     assert all(isinstance(a, str) for a in args)
-    compose.assert_no_volume_removal(args)
     assert not {"-v", "--volumes", "volume", "prune", "system"} & set(args)
+
+
+class RecordingRunner:
+    """A runner that records the commands it is given and answers like a quiet docker (the
+    guard under test must stop a command before it reaches any runner)."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def run(self, args: list[str], **kwargs: object) -> object:
+        from patchflow.runner import Result
+
+        self.commands.append(list(args))
+        stdout = "api\nworker\npostgres\n" if "config" in args else ""
+        return Result(tuple(args), 0, stdout)
+
+
+def test_the_compose_manager_refuses_a_volume_removal_before_running_it(tmp_path: Path) -> None:
+    from patchflow.config import load_settings
+    from patchflow.errors import ServiceError
+    from patchflow.paths import ProjectPaths
+    from patchflow.services.compose import ComposeManager
+
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "docker-compose.yml").write_text("services: {}\n")
+    settings = load_settings(tmp_path, environ={"PATH": "/usr/bin:/bin"})
+    runner = RecordingRunner()
+    manager = ComposeManager(settings, ProjectPaths.from_settings(settings), runner)  # type: ignore[arg-type]
+    manager._available = True  # no engine here: the guard, not docker, is under test
+    for bad in (["down", "-v"], ["down", "--volumes=true"], ["volume", "rm", "x_pgdata"], ["system", "prune"]):
+        with pytest.raises((ValueError, ServiceError)):
+            manager._run([*manager.prefix(), *bad], "test")
+    assert runner.commands == [], "a volume removal never reached the runner"
+    manager.down()
+    manager.stop()
+    manager.start()
+    assert [c[len(manager.prefix()) :][:1] for c in runner.commands] == [["down"], ["config"], ["stop"], ["up"]]
+    for command in runner.commands:
+        compose.assert_no_volume_removal(command)
 
 
 def test_down_keeps_volumes() -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from patchflow.console import confirm, human_age, human_bytes, stdin_is_terminal
+from patchflow.console import confirm, human_age, human_bytes
 from patchflow.errors import ConfirmationRefused
 
 
@@ -41,8 +41,23 @@ def test_a_child_without_a_terminal_refuses_at_once() -> None:
     assert "--yes" in proc.stdout
 
 
-def test_stdin_is_terminal_is_false_under_pytest_capture() -> None:
-    assert stdin_is_terminal() is False
+def _child_sees_a_terminal(stdin: int) -> str:
+    code = "from patchflow.console import stdin_is_terminal; print(stdin_is_terminal())"
+    proc = subprocess.run([sys.executable, "-c", code], stdin=stdin, capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip()
+
+
+def test_stdin_is_terminal_follows_the_real_stdin() -> None:
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        assert _child_sees_a_terminal(secondary) == "True"
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert _child_sees_a_terminal(subprocess.DEVNULL) == "False"
 
 
 @pytest.mark.parametrize(
