@@ -35,7 +35,7 @@ from patchflow.errors import (
     VerifyError,
     VersionError,
 )
-from patchflow.files import check_inside, place_entry, remove_path, remove_tree
+from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
 from patchflow.health import wait_healthy
 from patchflow.installed import InstalledRecord, installed_version
 from patchflow.journal import Journal, append_history, utc_now, write_json_atomic
@@ -49,6 +49,7 @@ from patchflow.pipeline import (
     Step,
     StopPipeline,
     describe_failure,
+    held_back,
     interruptible,
     run_forward,
     run_undo,
@@ -257,6 +258,9 @@ def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion, v
         shutil.copyfile(staged, tmp)
     else:
         tmp.write_text(f"{version}\n", encoding="utf-8")
+    current = Ownership.of(version_file)
+    if current is not None:  # VERSION keeps its owner, group and mode
+        set_ownership(tmp, current.uid, current.gid, current.perm)
     os.replace(tmp, version_file)
 
 
@@ -633,7 +637,11 @@ class ApplyRun:
             self.ctx.log(str(stop))
             return ApplyResult(str(self.version), self.from_version or None, None, noop=True, recovered=self.recovered)
         except BaseException as exc:
-            self._fail(steps, exc)
+            if self.journal is None or not self.journal.done("commit"):
+                self._fail(steps, exc)
+            # interrupted once committed: the apply is complete; what is left is clean-up
+            self.ctx.log(f"   {describe_failure(exc)} after the commit: the apply is complete")
+            self._complete_after_commit()
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -651,6 +659,14 @@ class ApplyRun:
             recovered=self.recovered,
             cleanup=self._empty_trash,
         )
+
+    def _complete_after_commit(self) -> None:
+        with held_back(self.ctx.log):
+            try:
+                self.cleanup()
+            except OSError:
+                pass  # the staging folder is removed by the next run
+            self._require_journal().clear()
 
     def _done(self, step: Step, seconds: float) -> None:
         if step.journaled or step.name == "verify":
@@ -690,6 +706,8 @@ class ApplyRun:
 
     def _fail(self, steps: list[Step], exc: BaseException) -> None:
         """Undo what was reached and raise the error that says what happened."""
+        if not isinstance(exc, (PatchflowError, Interrupted, KeyboardInterrupt, StopPipeline)):
+            self.ctx.record_exception(exc)
         journal = self.journal
         failure = describe_failure(exc)
         failed_step = journal.current_step if journal else None
@@ -715,6 +733,8 @@ class ApplyRun:
         try:
             run_undo(steps, names, journal, log=self.ctx.log, kill_at=self.ctx.settings.test_kill_at)
         except Exception as undo_exc:
+            if not isinstance(undo_exc, PatchflowError):
+                self.ctx.record_exception(undo_exc)
             detail = describe_failure(undo_exc)
             self._record("rollback_failed", error=f"{failed_step}: {failure}", rollback_error=detail)
             hint = undo_exc.hint if isinstance(undo_exc, PatchflowError) else ""

@@ -311,6 +311,8 @@ def save_files(backup: Backup, root: Path, installed_files: list[Path]) -> int:
         if (root / "VERSION").is_file():
             shutil.copyfile(root / "VERSION", backup.paths.version_file)
             backup.data["version_file"] = "VERSION"
+            st = os.lstat(root / "VERSION")
+            backup.data["version_owner"] = {"uid": st.st_uid, "gid": st.st_gid, "perm": stat.S_IMODE(st.st_mode)}
         for source in installed_files:
             if source.is_file():
                 shutil.copyfile(source, backup.folder / source.name)
@@ -368,7 +370,9 @@ def prune_backups(
     now: float | None = None,
     dry_run: bool = False,
 ) -> list[Backup]:
-    """Delete backups older than ``keep_days`` beyond the newest ``keep_last``; returns those removed.
+    """Delete backups older than ``keep_days`` beyond the newest ``keep_last`` (newest by sequence);
+    returns those removed. A backup's age is that of the oldest-looking backup taken after it, so a
+    clock that jumped cannot keep an old backup young.
 
     Never removes a backup named in ``keep`` (the one that rolls back the installed version, the
     one an interrupted apply still needs) nor an incomplete one.
@@ -382,9 +386,16 @@ def prune_backups(
     if keep_last:
         protected |= {b.name for b in backups[-keep_last:]}
     limit = current - timedelta(days=keep_days).total_seconds()
+    # a backup is at least as old as every backup taken after it (by sequence): a clock that was
+    # ahead when it was taken does not make it look young
+    ages: dict[str, float] = {}
+    earliest_later = float("inf")
+    for backup in reversed(backups):
+        earliest_later = min(earliest_later, backup.created_timestamp())
+        ages[backup.name] = earliest_later
     removed = []
     for backup in backups:
-        if backup.name in protected or backup.created_timestamp() >= limit:
+        if backup.name in protected or ages[backup.name] >= limit:
             continue
         if not dry_run:
             try:

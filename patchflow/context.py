@@ -35,6 +35,15 @@ class Context:
     log: Callable[[str], None] = field(default=_quiet)
     recorder: Recorder | None = None
 
+    def record_exception(self, exc: BaseException) -> None:
+        """Write the traceback of an unexpected exception to the operation log only (the operator
+        sees one line; the log keeps what a developer needs)."""
+        if self.recorder is not None:
+            import traceback
+
+            for line in "".join(traceback.format_exception(exc)).rstrip().splitlines():
+                self.recorder.write(f"   | {line}")
+
     def start_recording(self) -> None:
         """From now on (the run holds the lock and will change the install) progress lines and
         commands go to the operation log too, starting with those buffered so far."""

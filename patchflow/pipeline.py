@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
@@ -92,12 +93,14 @@ class Decision:
 
 
 def checkpoint(kill_at: str, step: str, when: str) -> None:
-    """Test hook: SIGKILL this process at ``step`` ``before``/``after`` when ``kill_at`` asks."""
+    """Test hook: send this process a signal at ``step`` ``before``/``after`` when ``kill_at``
+    (``<step>[:after][=SIGNAL]``, e.g. ``migrate:after=SIGTERM``; default SIGKILL) asks."""
     if not kill_at:
         return
-    name, _, moment = kill_at.partition(":")
+    where, _, signame = kill_at.partition("=")
+    name, _, moment = where.partition(":")
     if name == step and (moment or "before") == when:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[signame or "SIGKILL"])
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -164,28 +167,41 @@ def run_forward(
     Raises:
         BaseException: whatever a step raised (recorded in the journal first).
     """
-    import time
+    with ExitStack() as after_no_return:
+        for step in steps:
+            _run_one(step, journal, log=log, kill_at=kill_at, on_done=on_done)
+            if step.no_return:
+                # past the point of no return the run is finished, whatever signal comes
+                after_no_return.enter_context(held_back(log))
 
-    for step in steps:
-        checkpoint(kill_at, step.name, "before")
+
+def _run_one(
+    step: Step,
+    journal: Callable[[], Journal | None],
+    *,
+    log: Callable[[str], None],
+    kill_at: str,
+    on_done: Callable[[Step, float], None] | None,
+) -> None:
+    checkpoint(kill_at, step.name, "before")
+    current = journal() if step.journaled else None
+    if current is not None:
+        current.start(step.name)
+        log(f"-> {step.name}")
+    began = time.monotonic()
+    try:
+        step.do()
+    except BaseException as exc:
         current = journal() if step.journaled else None
         if current is not None:
-            current.start(step.name)
-            log(f"-> {step.name}")
-        began = time.monotonic()
-        try:
-            step.do()
-        except BaseException as exc:
-            current = journal() if step.journaled else None
-            if current is not None:
-                current.fail(step.name, describe_failure(exc))
-            raise
-        current = journal() if step.journaled else None
-        if current is not None:
-            current.finish(step.name)
-        if on_done is not None:
-            on_done(step, time.monotonic() - began)
-        checkpoint(kill_at, step.name, "after")
+            current.fail(step.name, describe_failure(exc))
+        raise
+    current = journal() if step.journaled else None
+    if current is not None:
+        current.finish(step.name)
+    if on_done is not None:
+        on_done(step, time.monotonic() - began)
+    checkpoint(kill_at, step.name, "after")
 
 
 def run_undo(

@@ -17,7 +17,7 @@ from patchflow.backup import Backup
 from patchflow.database import Database, verify_recorded_dump
 from patchflow.displaced import record_displaced
 from patchflow.errors import BackupError, DatabaseError
-from patchflow.files import check_inside, move, place_entry, remove_path, remove_tree, temp_name
+from patchflow.files import check_inside, move, place_entry, remove_path, remove_tree, set_ownership, temp_name
 from patchflow.paths import ProjectPaths
 
 
@@ -112,6 +112,9 @@ def _restore_version(backup: Backup, paths: ProjectPaths) -> None:
     saved = backup.paths.version_file
     if backup.data.get("version_file") and saved.is_file():
         shutil.copyfile(saved, paths.version_temp)
+        owner = backup.data.get("version_owner")
+        if isinstance(owner, dict) and all(isinstance(owner.get(k), int) for k in ("uid", "gid", "perm")):
+            set_ownership(paths.version_temp, owner["uid"], owner["gid"], owner["perm"])
         os.replace(paths.version_temp, paths.version_file)
     else:  # there was no VERSION before the patch
         paths.version_file.unlink(missing_ok=True)

@@ -348,8 +348,10 @@ class RollbackRun:
             assert self.result is not None
             return self.result
         except BaseException as exc:
-            self._fail(exc)
-            raise
+            if self.journal is None or not self.journal.done("commit", ROLLING_BACK) or self.result is None:
+                self._fail(exc)
+                raise
+            self.journal.clear()  # interrupted once committed: the rollback is complete
         finally:
             if self.lock is not None:
                 self.lock.release()

