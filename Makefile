@@ -1,61 +1,67 @@
-# patchflow: every target is one `inv` call (see `make help`). The virtualenv is created on first use.
+# patchflow's own repository: every target is one `inv` call (see `make help`); the virtualenv is
+# created on first use. A PrimeFlow checkout gets the same targets from `inv init`.
 VENV := .venv
 INV := $(VENV)/bin/inv
-VERSION ?=
-HOST ?=
-SERVICE ?=
-TAIL ?=
-FOLLOW ?=
-ROOT ?= .
-V := $(if $(VERSION),--version $(VERSION),)
+PF_ROOT = $(if $(ROOT),--root $(ROOT),)
+PF_VERSION = $(if $(VERSION),--version $(VERSION),)
+PF_YES = $(if $(YES),--yes,)
+PF_DRY_RUN = $(if $(DRY_RUN),--dry-run,)
+PF_FORCE = $(if $(FORCE),--force,)
+PF_SERVICE = $(if $(SERVICE),--service $(SERVICE),)
+PF_TAIL = $(if $(TAIL),--tail $(TAIL),)
 
 .DEFAULT_GOAL := help
-.PHONY: help patch-status create-patch verify-patch apply-patch rollback-patch prune-backups preflight \
+.PHONY: help patch-status create-patch verify-patch apply-patch rollback-patch prune-backups preflight init \
         demo demo-compose test logs ps up down restart
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 	@scripts/bootstrap.sh
 
-help: $(VENV)/.installed ## list the commands
+help: $(VENV)/.installed ## list the commands and the variables
 	@$(INV) --list
+	@echo 'Variables: ROOT=path of a PrimeFlow checkout (required here: this repository is the tool, not a project)'
+	@echo '           VERSION=x.y.z  YES=1 (no prompt)  DRY_RUN=1  FORCE=1  SERVICE=api  TAIL=100  FOLLOW=1'
 
-patch-status: $(VENV)/.installed ## installed version, patches, backups, history, interrupted applies
-	@$(INV) patch-status --root $(ROOT)
+patch-status: $(VENV)/.installed ## installed version, patches, backups, history, interrupted applies (ROOT=)
+	@$(INV) patch-status $(PF_ROOT)
 
-create-patch: $(VENV)/.installed ## build patches/vX.Y.Z/ (VERSION=x.y.z, default: the VERSION file)
-	@$(INV) create-patch --root $(ROOT) $(V)
+create-patch: $(VENV)/.installed ## build patches/vX.Y.Z/ (ROOT= VERSION=x.y.z, default: the VERSION file)
+	@$(INV) create-patch $(PF_ROOT) $(PF_VERSION) $(PF_FORCE)
 
-verify-patch: $(VENV)/.installed ## check a patch's checksums and manifest (VERSION=x.y.z)
-	@$(INV) verify-patch --root $(ROOT) $(V)
+verify-patch: $(VENV)/.installed ## check a patch's checksums and manifest (ROOT= VERSION=x.y.z)
+	@$(INV) verify-patch $(PF_ROOT) $(PF_VERSION)
 
-apply-patch: $(VENV)/.installed ## apply a patch with backup, health check and automatic rollback (VERSION=x.y.z)
-	@$(INV) apply-patch --root $(ROOT) $(V)
+apply-patch: $(VENV)/.installed ## apply a patch with backup, health check and automatic rollback (ROOT= VERSION= YES=1)
+	@$(INV) apply-patch $(PF_ROOT) $(PF_VERSION) $(PF_YES) $(PF_DRY_RUN) $(PF_FORCE)
 
-rollback-patch: $(VENV)/.installed ## restore code, database and VERSION from before a patch (VERSION=x.y.z)
-	@$(INV) rollback-patch --root $(ROOT) $(V)
+rollback-patch: $(VENV)/.installed ## restore code, database and VERSION from before a patch (ROOT= VERSION= YES=1)
+	@$(INV) rollback-patch $(PF_ROOT) $(PF_VERSION) $(PF_YES) $(PF_FORCE)
 
-prune-backups: $(VENV)/.installed ## delete old backups (retention)
-	@$(INV) prune-backups --root $(ROOT)
+prune-backups: $(VENV)/.installed ## delete old backups (retention; ROOT= DRY_RUN=1)
+	@$(INV) prune-backups $(PF_ROOT) $(PF_DRY_RUN)
 
-preflight: $(VENV)/.installed ## the project's lint/typecheck/prisma validate and patchflow's own checks
-	@$(INV) preflight --root $(ROOT)
+preflight: $(VENV)/.installed ## the project's lint/typecheck/prisma validate and patchflow's own checks (ROOT=)
+	@$(INV) preflight $(PF_ROOT)
 
-logs: $(VENV)/.installed ## service logs (SERVICE=api, TAIL=100, FOLLOW=1)
-	@$(INV) logs --root $(ROOT) $(if $(SERVICE),--service $(SERVICE),) $(if $(TAIL),--tail $(TAIL),) $(if $(FOLLOW),--follow,)
+init: $(VENV)/.installed ## set up patchflow in a PrimeFlow checkout (ROOT=path YES=1)
+	@$(INV) init $(PF_ROOT) $(PF_YES) $(PF_DRY_RUN)
 
-ps: $(VENV)/.installed ## service states
-	@$(INV) ps --root $(ROOT)
+logs: $(VENV)/.installed ## service logs (ROOT= SERVICE=api TAIL=100 FOLLOW=1)
+	@$(INV) logs $(PF_ROOT) $(PF_SERVICE) $(PF_TAIL) $(if $(FOLLOW),--follow,)
 
-up: $(VENV)/.installed ## start the stack
-	@$(INV) up --root $(ROOT)
+ps: $(VENV)/.installed ## service states (ROOT=)
+	@$(INV) ps $(PF_ROOT)
 
-down: $(VENV)/.installed ## stop the stack (volumes are kept)
-	@$(INV) down --root $(ROOT)
+up: $(VENV)/.installed ## start the stack (ROOT=)
+	@$(INV) up $(PF_ROOT)
 
-restart: $(VENV)/.installed ## restart services (SERVICE=api)
-	@$(INV) restart --root $(ROOT) $(if $(SERVICE),--service $(SERVICE),)
+down: $(VENV)/.installed ## stop the stack, volumes are kept (ROOT=)
+	@$(INV) down $(PF_ROOT)
 
-demo: $(VENV)/.installed ## run create/apply/status/rollback on the bundled example
+restart: $(VENV)/.installed ## restart services (ROOT= SERVICE=api)
+	@$(INV) restart $(PF_ROOT) $(PF_SERVICE)
+
+demo: $(VENV)/.installed ## init a PrimeFlow-shaped checkout, then create/apply/status/rollback through its make targets
 	@$(INV) demo
 
 demo-compose: $(VENV)/.installed ## the demo on the example's docker compose stack

@@ -36,7 +36,6 @@ from patchflow.errors import (
     VersionError,
 )
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
-from patchflow.health import wait_healthy
 from patchflow.installed import InstalledRecord, installed_version
 from patchflow.journal import Journal, append_history, utc_now, write_json_atomic
 from patchflow.lock import InstallLock
@@ -56,7 +55,7 @@ from patchflow.pipeline import (
     undo_plan,
 )
 from patchflow.restore import restore_code, restore_database
-from patchflow.services import start_with_retries
+from patchflow.services import health_now, start_with_retries, wait_services_healthy
 from patchflow.space import Need, check_space
 from patchflow.verify import VerifyReport, verify_patch
 from patchflow.version import PatchVersion, parse_version
@@ -87,6 +86,7 @@ class Plan:
     database: str
     restore_problems: list[str]
     needs: list[Need]
+    health_proof: str
     new_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     old_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -185,7 +185,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
     description = "none"
     problems: list[str] = []
     if ctx.database is not None:
-        description = ctx.database.target.describe()
+        description = ctx.database.target.location()
         waited = ctx.database.wait_ready(ctx.settings.db_wait_timeout)
         if waited >= 1.0:
             ctx.log(f"   database accepted connections after {waited:.1f} s")
@@ -195,6 +195,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
         if pending:
             problems = ctx.database.restore_problems()
     runner = migrate_command(ctx.settings, ctx.paths.root, find_migrations(ctx.paths.root))
+    proof = ctx.services.proof_available(ctx.settings.health_url) if ctx.services.app_services() else ""
     new_bytes = sum(e.size for e in new_entries.values())
     changed_bytes = sum(new_entries[p].size for p in diff.added + diff.changed if p in new_entries)
     backup_bytes = sum(e.size for e in old_entries.values())
@@ -217,6 +218,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
         description,
         problems,
         needs,
+        proof,
         new_entries,
         old_entries,
         list(current.warnings),
@@ -289,6 +291,7 @@ class ApplyRun:
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=utc_now)
     stopped_at: float | None = None
+    stopped_wall: float | None = None
     stopped_seconds: float = 0.0
     trash: list[Path] = field(default_factory=list)
 
@@ -410,6 +413,7 @@ class ApplyRun:
     def stop(self) -> None:
         """Stop the application services (data services keep running)."""
         self.stopped_at = time.monotonic()
+        self.stopped_wall = time.time()
         self.ctx.services.stop()
 
     def start_old(self) -> None:
@@ -424,7 +428,7 @@ class ApplyRun:
             ready_timeout=ctx.settings.health_timeout,
             log=ctx.log,
         )
-        self._wait_healthy(self.from_version or None)
+        self._wait_healthy(self.from_version or None)  # the version when the body has it
 
     def take_backup(self) -> None:
         """Back up what the switch replaces or deletes, VERSION, and the database (proven dump)."""
@@ -526,8 +530,14 @@ class ApplyRun:
         self.ctx.services.stop()
 
     def health(self) -> None:
-        """Prove the new version healthy: 2xx, the reported version, services still running."""
-        self._wait_healthy(str(self.version))
+        """Prove the new version healthy: 2xx, a healthy status, the reported version or (without
+        one) a process started after the stop answering, services still running."""
+        proof = self.plan.health_proof if self.plan is not None else ""
+        since = self.stopped_wall if proof else None
+        self.ctx.log(
+            f"   waiting up to {self.ctx.settings.health_timeout:.0f} s for {', '.join(self.ctx.settings.health_url)}"
+        )
+        self._wait_healthy(str(self.version), since)
         if self.stopped_at is not None:
             self.stopped_seconds = time.monotonic() - self.stopped_at
 
@@ -575,18 +585,10 @@ class ApplyRun:
             self.trash.append(aside)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _wait_healthy(self, expect: str | None) -> None:
-        ctx = self.ctx
-        if not ctx.services.app_services():
-            return
-        wait_healthy(
-            ctx.settings.health_url,
-            timeout=ctx.settings.health_timeout,
-            expect_version=expect,
-            version_field=ctx.settings.health_version_field,
-            check=ctx.services.check_running,
-        )
-        ctx.services.check_running()
+    def _wait_healthy(self, expect: str | None, since: float | None = None) -> None:
+        took = wait_services_healthy(self.ctx.services, self.ctx.settings, expect_version=expect, since=since)
+        if took >= 1.0:
+            self.ctx.log(f"   healthy after {took:.1f} s")
 
     def _backup(self) -> Backup | None:
         if self.backup is None and self.journal is not None and self.journal.backup:
@@ -740,9 +742,8 @@ class ApplyRun:
             hint = undo_exc.hint if isinstance(undo_exc, PatchflowError) else ""
             raise RollbackError(
                 f"Apply of {self.version} failed {where} ({failure}) and the automatic rollback did not "
-                f"complete: {detail}",
-                (hint + " " if hint else "")
-                + f"The install may be down; `inv patch-status` shows what is left. Fix the cause and run "
+                f"complete: {detail}. {health_now(self.ctx.services, self.ctx.settings)}",
+                (hint + " " if hint else "") + "`inv patch-status` shows what is left. Fix the cause and run "
                 f"`inv rollback-patch --version {self.version} --yes` to finish the rollback; "
                 f"{self.ctx.services.logs_hint()}.",
             ) from None

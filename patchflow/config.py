@@ -71,6 +71,17 @@ def _to_subdir(value: Any) -> str:
     return "/".join(parts)
 
 
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _to_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(str(v).strip() for v in value if str(v).strip())
@@ -167,7 +178,7 @@ class Settings:
     database_name: str = _setting("", _to_str, "database name in compose mode (default: POSTGRES_DB of the service)")
     database_user: str = _setting("", _to_str, "database superuser in compose mode (default: POSTGRES_USER)")
     pg_bindir: str = _setting(
-        "", _to_str, "folder with pg_dump/pg_restore/psql (default: PATH, then /usr/lib/postgresql/*/bin)"
+        "", _to_str, "folder with pg_dump/pg_restore/psql (default: the newest /usr/lib/postgresql/*/bin, then PATH)"
     )
     db_wait_timeout: float = _setting(60.0, _to_float, "seconds to wait for the database to accept connections")
     migrate_command: str = _setting(
@@ -199,7 +210,21 @@ class Settings:
     )
     health_timeout: float = _setting(60.0, _to_float, "seconds until the health check gives up")
     health_version_field: str = _setting(
-        "version", _to_str, "JSON field that must equal the deployed version (empty: do not check)"
+        "version",
+        _to_str,
+        "JSON field that must equal the deployed version when the body has it; without it the answer must come "
+        "from the new process (empty: never compare)",
+    )
+    health_status_field: str = _setting(
+        "status", _to_str, "JSON field that, when present, must hold one of health_status_ok (empty: ignore)"
+    )
+    health_status_ok: tuple[str, ...] = _setting(
+        ("ok", "healthy", "up", "pass", "passing", "success", "ready", "green"),
+        _to_list,
+        "values of health_status_field that mean healthy (case-insensitive)",
+    )
+    health_follow_redirects: bool = _setting(
+        False, _to_bool, "follow redirects of the health URL (default: a redirect is unhealthy)"
     )
     start_retries: int = _setting(3, _to_int, "attempts to start services (apply and rollback) before giving up")
     retention_days: int = _setting(7, _to_int, "prune-backups keeps every backup younger than this many days")

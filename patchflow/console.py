@@ -16,8 +16,9 @@ from rich.prompt import Confirm
 
 from patchflow.errors import ConfirmationRefused
 
-console = Console(highlight=False, soft_wrap=True)
-error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# without a terminal (logs, cron, SSH without a tty) lines and tables get room, never ANSI codes
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+error_console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 

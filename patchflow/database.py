@@ -214,11 +214,15 @@ class PgTarget:
         env["PGAPPNAME"] = app
         return [str(self.bindir / program)], env
 
-    def describe(self) -> str:
-        """Human description, password masked."""
+    def location(self) -> str:
+        """Where the database is, password masked: the URL, or the name in its compose service."""
         if self.mode == "compose":
-            return f"database {self.dbname!r} in compose service {self.service!r}"
-        return f"database {mask_url(self.conninfo)}"
+            return f"{self.dbname!r} in compose service {self.service!r}"
+        return mask_url(self.conninfo)
+
+    def describe(self) -> str:
+        """Human description for sentences: ``database <location>``."""
+        return f"database {self.location()}"
 
 
 def target_from_settings(

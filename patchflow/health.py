@@ -1,8 +1,20 @@
-"""HTTP health checks: poll with backoff until a deadline; only 2xx (and the right version) passes.
+"""HTTP health checks: poll with backoff until a deadline; only a real success passes.
 
-Field failures guarded: the old script passed on HTTP 500 and slept fixed times; C16 (the check
-read the *old* instance): when ``expect_version`` is given the JSON field ``version_field`` must
-equal it, and a mismatch is reported with the expected and the actual value.
+An answer is healthy when:
+
+* the status is 2xx; a redirect (3xx) is not followed and counts as unhealthy unless
+  ``follow_redirects`` (a /health that redirects to a login page that answers 200 is not healthy);
+* a JSON body with a status field (``status_field``, default ``status``) carries one of the values
+  that mean healthy (``ok``, ``healthy``, ``up``, ``pass``...); a 200 saying ``"status": "error"``
+  is not healthy;
+* it comes from what this apply deployed (field failure C16): when the body reports the version
+  (``version_field``) it must equal the expected one, and the expected and actual values are
+  named on a mismatch; when the body has no version (PrimeFlow's ``/health`` answers
+  ``{status, timestamp, uptime}``), ``proof(url)`` must show the answer comes from the new
+  process (the service's new pid listens on the port, or the container was created after the
+  switch).
+
+Requests to loopback hosts never go through a proxy configured on the machine.
 """
 
 from __future__ import annotations
@@ -15,44 +27,77 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from patchflow.errors import HealthCheckError
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+HEALTHY_STATUSES = ("ok", "healthy", "up", "pass", "passing", "success", "ready", "green")
 
 
 @dataclass(frozen=True)
 class Probe:
-    """One answer: ``status`` (HTTP code, 0 when no connection), ``version`` read, ``detail``."""
+    """One answer: ``status`` (HTTP code, 0 when no connection), the ``version`` and ``reported``
+    status read from a JSON body (None when absent), ``detail`` (human text)."""
 
     url: str
     status: int
     version: str | None
     detail: str
+    reported: str | None = None
+    location: str | None = None
 
 
-def probe(url: str, version_field: str, timeout: float = 5.0) -> Probe:
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx answer itself is returned (as an HTTPError)
+
+
+def _opener(url: str, follow_redirects: bool) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = []
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host in LOOPBACK:
+        handlers.append(urllib.request.ProxyHandler({}))
+    if not follow_redirects:
+        handlers.append(_NoRedirect())
+    return urllib.request.build_opener(*handlers)
+
+
+def probe(
+    url: str,
+    version_field: str = "version",
+    timeout: float = 5.0,
+    *,
+    status_field: str = "status",
+    follow_redirects: bool = False,
+) -> Probe:
     """GET ``url`` once (``timeout`` seconds) and describe the answer; never raises."""
     if not url.startswith(("http://", "https://")):
         return Probe(url, 0, None, "not an http:// or https:// URL")
     headers = {"Accept": "application/json", "User-Agent": "patchflow"}
     request = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL is configured
+        with _opener(url, follow_redirects).open(request, timeout=timeout) as response:
             status = response.status
             body = response.read(65536)
     except urllib.error.HTTPError as exc:
-        return Probe(url, exc.code, None, f"HTTP {exc.code}")
+        location = exc.headers.get("Location") if exc.headers else None
+        detail = f"HTTP {exc.code}" + (f" redirect to {location}" if location and 300 <= exc.code < 400 else "")
+        return Probe(url, exc.code, None, detail, location=location)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return Probe(url, 0, None, f"no answer ({reason})")
-    version = None
-    if version_field:
-        try:
-            data = json.loads(body)
-            if isinstance(data, dict) and version_field in data:
-                version = str(data[version_field])
-        except ValueError:
-            pass
-    return Probe(url, status, version, f"HTTP {status}")
+    version = reported = None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        if version_field and version_field in data:
+            version = str(data[version_field])
+        if status_field and status_field in data and isinstance(data[status_field], (str, bool, int)):
+            reported = str(data[status_field])
+    return Probe(url, status, version, f"HTTP {status}", reported)
 
 
 def accepts_connections(url: str, timeout: float = 1.0) -> bool:
@@ -69,17 +114,45 @@ def accepts_connections(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def judge(
+    answer: Probe,
+    *,
+    expect_version: str | None,
+    version_field: str,
+    healthy_statuses: Sequence[str] = HEALTHY_STATUSES,
+    proof: Callable[[str], str | None] | None = None,
+) -> str | None:
+    """Why ``answer`` is not healthy (None when it is): see the module docstring for the rules."""
+    if not 200 <= answer.status < 300:
+        return answer.detail
+    if answer.reported is not None and answer.reported.strip().lower() not in {s.lower() for s in healthy_statuses}:
+        return f"{answer.detail} but the body reports status {answer.reported!r}"
+    if expect_version and version_field:
+        if answer.version is not None:
+            if answer.version != expect_version:
+                return f"{answer.detail}, expected {version_field}={expect_version!r} but got {answer.version!r}"
+        elif proof is not None:
+            reason = proof(answer.url)
+            if reason:
+                return f"{answer.detail} without a {version_field!r} field, and {reason}"
+    return None
+
+
 def wait_healthy(
     urls: Sequence[str],
     *,
     timeout: float,
     expect_version: str | None = None,
     version_field: str = "version",
+    status_field: str = "status",
+    healthy_statuses: Sequence[str] = HEALTHY_STATUSES,
+    follow_redirects: bool = False,
+    proof: Callable[[str], str | None] | None = None,
     check: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> float:
-    """Poll every URL until all answer 2xx (and report ``expect_version``) or ``timeout`` seconds pass.
+    """Poll every URL until all are healthy (see the module docstring) or ``timeout`` seconds pass.
 
     Backoff starts at 0.25 s and doubles up to 3 s; each request waits at most 5 s and never past
     the deadline. ``check`` (e.g. "no started service has exited") runs before every round and may
@@ -87,12 +160,12 @@ def wait_healthy(
 
     Raises:
         HealthCheckError: not healthy by the deadline; the message gives the last answer of each
-            failing URL and, on a version mismatch, the expected and the actual version.
+            failing URL (and, on a version mismatch, the expected and the actual version).
     """
     start = clock()
     delay = 0.25
     pending = list(urls)
-    last: dict[str, Probe] = {}
+    why: dict[str, str] = {}
     while True:
         if check is not None:
             check()
@@ -100,27 +173,30 @@ def wait_healthy(
         for url in pending:
             # one probe never outlives the deadline (a server that accepts but never answers)
             remaining = timeout - (clock() - start)
-            answer = probe(url, version_field, timeout=max(0.1, min(5.0, remaining)))
-            last[url] = answer
-            ok = 200 <= answer.status < 300
-            if ok and expect_version and version_field and answer.version != expect_version:
-                ok = False
-            if not ok:
+            answer = probe(
+                url,
+                version_field,
+                timeout=max(0.1, min(5.0, remaining)),
+                status_field=status_field,
+                follow_redirects=follow_redirects,
+            )
+            reason = judge(
+                answer,
+                expect_version=expect_version,
+                version_field=version_field,
+                healthy_statuses=healthy_statuses,
+                proof=proof,
+            )
+            if reason:
+                why[url] = reason
                 still.append(url)
         pending = still
         if not pending:
             return clock() - start
         if clock() - start + delay > timeout:
-            details = []
-            for url in pending:
-                answer = last[url]
-                text = f"{url}: {answer.detail}"
-                if 200 <= answer.status < 300 and expect_version:
-                    text += f", expected {version_field}={expect_version!r} but got {answer.version!r}"
-                details.append(text)
+            details = "; ".join(f"{url}: {why[url]}" for url in pending)
             raise HealthCheckError(
-                f"Health check failed after {timeout:.0f} s: {'; '.join(details)}.",
-                "See the service logs (inv logs).",
+                f"Health check failed after {timeout:.0f} s: {details}.", "See the service logs (inv logs)."
             )
         sleep(delay)
         delay = min(delay * 2, 3.0)

@@ -20,7 +20,6 @@ from patchflow.backup import Backup, latest_backup_for, list_backups, load_backu
 from patchflow.context import Context
 from patchflow.database import stamp_now
 from patchflow.errors import BackupError, PatchflowError, RollbackError, VersionError
-from patchflow.health import wait_healthy
 from patchflow.installed import installed_version, read_installed_record
 from patchflow.journal import Journal, append_history, utc_now
 from patchflow.lock import InstallLock
@@ -33,7 +32,7 @@ from patchflow.pipeline import (
     run_forward,
 )
 from patchflow.restore import restore_code, restore_database
-from patchflow.services import start_with_retries
+from patchflow.services import health_now, start_with_retries, wait_services_healthy
 from patchflow.version import PatchVersion, parse_version
 
 
@@ -274,17 +273,10 @@ class RollbackRun:
         )
 
     def health(self) -> None:
-        ctx = self.ctx
-        if not ctx.services.app_services():
-            return
-        wait_healthy(
-            ctx.settings.health_url,
-            timeout=ctx.settings.health_timeout,
-            expect_version=self._backup().restores_version or None,
-            version_field=ctx.settings.health_version_field,
-            check=ctx.services.check_running,
+        """Prove the restored version healthy (its version when the body reports one)."""
+        wait_services_healthy(
+            self.ctx.services, self.ctx.settings, expect_version=self._backup().restores_version or None
         )
-        ctx.services.check_running()
 
     def commit(self) -> None:
         """Record the rollback as done (services are back and healthy)."""
@@ -341,7 +333,13 @@ class RollbackRun:
         steps = self.steps()
         try:
             with interruptible():
-                run_forward(steps, lambda: self.journal, log=self.ctx.log, kill_at=self.ctx.settings.test_kill_at)
+                run_forward(
+                    steps,
+                    lambda: self.journal,
+                    log=self.ctx.log,
+                    kill_at=self.ctx.settings.test_kill_at,
+                    on_done=lambda step, seconds: self.ctx.log(f"   {step.name} done in {seconds:.1f} s"),
+                )
                 if self.journal is not None:
                     self.journal.clear()
         except StopPipeline:
@@ -385,9 +383,8 @@ class RollbackRun:
         )
         hint = exc.hint if isinstance(exc, PatchflowError) else ""
         raise RollbackError(
-            f"Rollback incomplete: step {step!r} failed: {failure}",
-            (hint + " " if hint else "")
-            + "The install may be down (patch-status shows what is left). Fix the cause and run "
+            f"Rollback incomplete: step {step!r} failed: {failure}. {health_now(self.ctx.services, self.ctx.settings)}",
+            (hint + " " if hint else "") + "`inv patch-status` shows what is left. Fix the cause and run "
             f"`inv rollback-patch --version {self.version} --yes` again to finish it; "
             f"{self.ctx.services.logs_hint()}.",
         ) from None

@@ -1,10 +1,18 @@
-"""`make demo`: the whole patch lifecycle on the bundled example, against real processes.
+"""`make demo`: patchflow embedded in a PrimeFlow-shaped checkout, the whole lifecycle through that
+checkout's own `make` targets, against a real PostgreSQL and real node services.
 
-Starts a throwaway PostgreSQL cluster and the sample API/worker at 2.2.0 with data, builds a
-2.3.0 release (new migration; added, changed and deleted files), creates and verifies the patch,
-applies it (health check, stopped window), shows status, rolls back, and proves that files and
-database are back to 2.2.0 byte for byte. Everything it started is stopped at the end; the
-workspace stays in .demo/ for inspection.
+1. a throwaway PostgreSQL cluster; a copy of examples/primeflow-checkout (an existing Makefile with
+   its own targets and old bash patch scripts, flat migrations, `DATABASE_URL=...?schema=public`,
+   a `/health` without a version, 0664 files) as the server's checkout at 3.0.0;
+2. `inv init` in it (tasks.py, noxfile.py, Makefile targets, [tool.patchflow] from the compose file);
+   this machine runs the services without docker, so `.env` switches to the command manager;
+3. 3.0.0 installed by patchflow itself (`make create-patch`, `make apply-patch ... FORCE=1 YES=1`);
+4. the developer's release 3.1.0 (a new flat migration; added, changed, deleted files), its patch
+   made and verified with `make create-patch` / `make verify-patch` in the release tree;
+5. `make apply-patch VERSION=3.1.0 DRY_RUN=1`, then `YES=1`, `make patch-status`,
+   `make rollback-patch VERSION=3.1.0 YES=1`: files and database byte-identical to 3.0.0.
+
+Everything it started is stopped at the end; the workspace stays in .demo/.
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -22,21 +29,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from sample_workspace import copy_patch, make_release, prepare_workspace  # noqa: E402
-from support.services import PostgresCluster  # noqa: E402
+from primeflow_checkout import make_checkout_release, prepare_checkout  # noqa: E402
+from sample_workspace import free_port  # noqa: E402
+from support.services import PostgresCluster, shared_tempdir  # noqa: E402
 
-INV = [str(Path(sys.executable).parent / "inv"), "-r", str(REPO)]
+INV = str(Path(sys.executable).parent / "inv")
+OWN = ("patches", "backups", ".patchflow")
 
 
 def banner(text: str) -> None:
-    print(f"\n\033[1;36m==> {text}\033[0m", flush=True)
+    print(f"\n==> {text}", flush=True)
 
 
-def inv(*args: str, check: bool = True) -> int:
-    print("$ inv " + " ".join(args), flush=True)
-    code = subprocess.run([*INV, *args], stdin=subprocess.DEVNULL, check=False).returncode
+def run(args: list[str], cwd: Path, *, check: bool = True) -> int:
+    """Run ``args`` in ``cwd`` as an operator would (no terminal on stdin), echoing the command."""
+    print(f"$ (cd {cwd.name} && {' '.join(args)})", flush=True)
+    code = subprocess.run(args, cwd=cwd, stdin=subprocess.DEVNULL, check=False).returncode
     if check and code != 0:
-        raise SystemExit(f"demo: `inv {' '.join(args)}` failed with exit code {code}")
+        raise SystemExit(f"demo: `{' '.join(args)}` failed with exit code {code}")
     return code
 
 
@@ -44,7 +54,7 @@ def tree_digest(root: Path) -> str:
     """sha256 over every path, type, mode and content under root (patchflow's own folders excluded)."""
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("patches", "backups", ".patchflow"))
+        dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == root and d in OWN))
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
             st = path.lstat()
@@ -71,74 +81,86 @@ def health(url: str) -> str:
         return f"no answer ({exc})"
 
 
+def append_env(checkout: Path, values: dict[str, str]) -> None:
+    with open(checkout / ".env", "a", encoding="utf-8") as handle:
+        handle.write("# this demo machine: services without docker\n")
+        handle.writelines(f"{key}={value}\n" for key, value in values.items())
+
+
 def main() -> int:
     demo = REPO / ".demo"
     if demo.exists():
         shutil.rmtree(demo)
     demo.mkdir()
-    base = Path(tempfile.mkdtemp(prefix="patchflow-demo-pg-"))
-    os.chmod(base, 0o755)
-    banner("Starting a throwaway PostgreSQL cluster")
+    base = shared_tempdir("patchflow-demo-pg-")
+    banner("A throwaway PostgreSQL cluster")
     cluster = PostgresCluster.start(base)
-    install: Path | None = None
+    checkout: Path | None = None
     try:
         cluster.create_database("primeflow")
         url = cluster.url("primeflow")
-        install = prepare_workspace(demo / "install", database_url=url)
-        env_text = (install / ".env").read_text()
-        health_url = next(
-            line.split("=", 1)[1] for line in env_text.splitlines() if line.startswith("PATCHFLOW_HEALTH_URL")
-        )
-        root = ["--root", str(install)]
+        port = free_port()
+        checkout = prepare_checkout(demo / "primeflow", database_url=url, port=port)
+        health_url = f"http://127.0.0.1:{port}/health"
+        print(f"checkout {checkout} (DATABASE_URL={url}?schema=public, API on port {port})")
 
-        banner("Installing PrimeFlow 2.2.0 (patch 2.2.0: migrations + start)")
-        inv("create-patch", *root)
-        inv("apply-patch", *root, "--version", "2.2.0", "--force", "--yes")
+        banner("Embed patchflow in the checkout: inv init (its Makefile keeps its own targets)")
+        run([INV, "init", "--root", str(checkout), "--yes"], demo)
+        append_env(
+            checkout,
+            {
+                "PATCHFLOW_SERVICE_MANAGER": "command",
+                "PATCHFLOW_COMMANDS": "api=node apps/api/server.js;worker=node apps/worker/index.js",
+                "PATCHFLOW_HEALTH_URL": health_url,
+                "PATCHFLOW_DATABASE_MODE": "url",
+                "PATCHFLOW_HEALTH_TIMEOUT": "20",
+            },
+        )
+        run(["make", "-s", "patch-help"], checkout)
+
+        banner("Install 3.0.0 with patchflow itself (its migrations, its services)")
+        run(["make", "-s", "create-patch"], checkout)
+        run(["make", "-s", "apply-patch", "VERSION=3.0.0", "FORCE=1", "YES=1"], checkout)
         cluster.psql(
             "primeflow",
-            """INSERT INTO "User" ("email","name","role","updatedAt")
-                                     VALUES ('customer@acme.test','Customer data','MEMBER',CURRENT_TIMESTAMP)""",
+            """INSERT INTO "User" ("email", "name", "passwordHash", "role")
+               VALUES ('customer@acme.test', 'Customer data', 'x', 'MEMBER')""",
         )
         print("health:", health(health_url))
-        before_tree = tree_digest(install)
+        before_tree = tree_digest(checkout)
         before_db = full_dump(cluster, url)
 
-        banner("Developer side: release 2.3.0 (new migration, added/changed/deleted files)")
-        source = make_release(install, demo / "source-2.3.0", "2.3.0")
-        inv("create-patch", "--root", str(source))
-        inv("verify-patch", "--root", str(source), "--version", "2.3.0")
-        patch_dir = copy_patch(source, install, "2.3.0")
-        print(f"patch folder: {patch_dir}")
-        subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=patch_dir, check=True)
+        banner("Developer side: release 3.1.0 (a flat migration; added, changed and deleted files)")
+        source = make_checkout_release(checkout, demo / "release-3.1.0", "3.1.0")
+        run(["make", "-s", "create-patch"], source)
+        run(["make", "-s", "verify-patch", "VERSION=3.1.0"], source)
+        patch = checkout / "patches" / "v3.1.0"
+        shutil.copytree(source / "patches" / "v3.1.0", patch)
+        subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=patch, check=True)
 
-        banner("Dry run of the apply")
-        inv("apply-patch", *root, "--version", "2.3.0", "--dry-run")
-        banner("Applying 2.3.0")
-        inv("apply-patch", *root, "--version", "2.3.0", "--yes")
+        banner("On the server, from a subfolder of the checkout: dry run, then the apply")
+        run(["make", "-s", "-C", "..", "apply-patch", "VERSION=3.1.0", "DRY_RUN=1"], checkout / "apps")
+        run(["make", "-s", "apply-patch", "VERSION=3.1.0", "YES=1"], checkout)
         print("health:", health(health_url))
         users = cluster.psql("primeflow", 'SELECT count(*) FROM "User"').strip()
-        print(f'rows in "User" after 2.3.0: {users}')
-        inv("patch-status", *root)
+        print(f'rows in "User" after 3.1.0: {users}')
+        run(["make", "-s", "patch-status"], checkout)
 
-        banner("Rolling back 2.3.0")
-        inv("rollback-patch", *root, "--version", "2.3.0", "--yes")
+        banner("Roll back 3.1.0")
+        run(["make", "-s", "rollback-patch", "VERSION=3.1.0", "YES=1"], checkout)
         print("health:", health(health_url))
-        after_tree = tree_digest(install)
-        after_db = full_dump(cluster, url)
-        same_tree = before_tree == after_tree
-        same_db = before_db == after_db
-        print(f"files identical to 2.2.0:    {'yes' if same_tree else 'NO'}")
-        print(f"database identical to 2.2.0: {'yes' if same_db else 'NO'}")
-        inv("patch-status", *root)
+        same_tree = before_tree == tree_digest(checkout)
+        same_db = before_db == full_dump(cluster, url)
+        print(f"files identical to 3.0.0:    {'yes' if same_tree else 'NO'}")
+        print(f"database identical to 3.0.0: {'yes' if same_db else 'NO'}")
+        run(["make", "-s", "patch-status"], checkout)
         if not (same_tree and same_db):
             return 1
-        banner(f"Done. The workspace is in {demo} (patch: {patch_dir})")
+        banner(f"Done. The checkout is in {checkout}")
         return 0
     finally:
-        if install is not None:
-            subprocess.run(
-                [*INV, "down", "--root", str(install)], stdin=subprocess.DEVNULL, check=False, capture_output=True
-            )
+        if checkout is not None:
+            subprocess.run([INV, "down", "--root", str(checkout)], stdin=subprocess.DEVNULL, check=False)
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -49,6 +49,8 @@ class ServiceManager(Protocol):
     def start(self, services: Sequence[str] | None = None, *, rebuild: bool = False) -> None: ...
     def check_running(self) -> None: ...
     def serves(self, port: int) -> bool | None: ...
+    def proof_of_new(self, url: str, since: float) -> str | None: ...
+    def proof_available(self, urls: Sequence[str]) -> str: ...
     def restart(self, services: Sequence[str] | None = None) -> None: ...
     def up(self) -> None: ...
     def down(self) -> None: ...
@@ -158,3 +160,61 @@ def start_with_retries(
                 sleep(min(2 ** (attempt - 1), 8))
     assert last is not None
     raise ServiceError(f"Services did not start after {attempts} attempts: {last.message}", last.hint)
+
+
+def wait_services_healthy(
+    services: ServiceManager,
+    settings: Settings,
+    *,
+    expect_version: str | None,
+    since: float | None = None,
+) -> float:
+    """Health-check what ``services`` run (see :mod:`patchflow.health`): 2xx, a healthy reported
+    status, the ``expect_version`` when the body reports one, else, with ``since`` (epoch seconds
+    of the stop), the proof that the answer comes from a process started after it. Started
+    services must still run at the end. Returns the seconds it took (0 without app services).
+
+    Raises:
+        HealthCheckError: not healthy by ``health_timeout``.
+        ServiceError: a started service exited meanwhile.
+    """
+    from patchflow.health import wait_healthy
+
+    if not services.app_services():
+        return 0.0
+    proof = None
+    if since is not None:
+        moment = since
+
+        def proof(url: str) -> str | None:
+            return services.proof_of_new(url, moment)
+
+    took = wait_healthy(
+        settings.health_url,
+        timeout=settings.health_timeout,
+        expect_version=expect_version,
+        version_field=settings.health_version_field,
+        status_field=settings.health_status_field,
+        healthy_statuses=settings.health_status_ok,
+        follow_redirects=settings.health_follow_redirects,
+        proof=proof,
+        check=services.check_running,
+    )
+    services.check_running()
+    return took
+
+
+def health_now(services: ServiceManager, settings: Settings) -> str:
+    """One sentence on whether the install answers right now (one quick probe of each health URL),
+    for error messages that must not guess "may be down"."""
+    from patchflow.health import judge, probe
+
+    if not services.app_services():
+        return "No services are managed here."
+    answers = [probe(url, settings.health_version_field, timeout=2.0) for url in settings.health_url]
+    healthy = [a for a in answers if judge(a, expect_version=None, version_field="") is None]
+    if len(healthy) == len(answers):
+        seen = ", ".join(f"{a.url} {a.detail}" + (f" version {a.version}" if a.version else "") for a in answers)
+        return f"The services answer now ({seen})."
+    down = ", ".join(f"{a.url}: {a.detail}" for a in answers if a not in healthy)
+    return f"The install is DOWN right now ({down})."

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shlex
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -186,6 +187,23 @@ class CommandManager:
 
     def build(self, project_dir: Path) -> None:
         return None
+
+    def proof_of_new(self, url: str, since: float) -> str | None:
+        """Why the answer at ``url`` may not come from the processes this run started (None: it
+        does): one of the install's running services must hold the listening socket of its port."""
+        port = urllib.parse.urlsplit(url).port or 80
+        if self.serves(port):
+            return None
+        return f"port {port} is not held by a process of this install's services (an old or stray process answers)"
+
+    def proof_available(self, urls: Sequence[str]) -> str:
+        """How :meth:`proof_of_new` will prove a new process for ``urls`` ('' when it cannot: the
+        services do not hold those ports now, e.g. a proxy in front of them)."""
+        ports = [urllib.parse.urlsplit(u).port or 80 for u in urls]
+        hosts = {urllib.parse.urlsplit(u).hostname for u in urls}
+        if ports and hosts <= {"localhost", "127.0.0.1", "::1"} and all(self.serves(p) for p in ports):
+            return f"a new process of the services listens on port {', '.join(map(str, ports))}"
+        return ""
 
     def serves(self, port: int) -> bool | None:
         """True when a process of a running service listens on TCP ``port`` (the answer on that

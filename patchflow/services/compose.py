@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import urllib.parse
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from patchflow.commands import compose
 from patchflow.config import Settings
@@ -20,6 +23,16 @@ from patchflow.runner import Result, Runner
 from patchflow.services import ServiceState
 
 _COMPOSE_PROGRESS = re.compile(r"^\s*(?:(?:Container|Network|Volume|Image|Service)\s+\S+\s+\S+|#\d+\s|\S+\s+Built$)")
+
+
+def _epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds (``2025-01-01T12:00:00.123456789Z``) as epoch seconds."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", stamp.strip())
+    if not match:
+        return 0.0
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    whole = datetime.fromisoformat(match.group(1) + zone).timestamp()
+    return whole + float(f"0.{match.group(2) or '0'}")
 
 
 def _compose_errors(output: str, limit: int = 6) -> str:
@@ -243,16 +256,57 @@ class ComposeManager:
         self.check_available()
         self._run(compose.down(self.prefix(), int(self.settings.stop_timeout)), "docker compose down")
 
-    def status(self) -> list[ServiceState]:
-        """One :class:`ServiceState` per container of the project (``ps --all``)."""
+    def _containers(self) -> list[Mapping[str, Any]]:
+        """``docker compose ps --all --format json`` rows (one per container of the project)."""
         self.check_available()
         out = self._run(compose.ps(self.prefix()), "docker compose ps")
         text = out.strip()
-        rows: list[Mapping[str, object]] = []
         if text.startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows: list[Mapping[str, Any]] = json.loads(text)
+            return rows
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def publisher(self, port: int) -> Mapping[str, Any] | None:
+        """The container (``ps`` row) publishing host ``port``, None when none does."""
+        for row in self._containers():
+            for item in row.get("Publishers") or []:
+                if isinstance(item, dict) and item.get("PublishedPort") == port:
+                    return row
+        return None
+
+    def proof_of_new(self, url: str, since: float) -> str | None:
+        """Why the answer at ``url`` may not come from what this apply started (None: it does):
+        the container publishing its port must be an application service started after ``since``
+        (epoch seconds, the stop of this apply)."""
+        port = urllib.parse.urlsplit(url).port or 80
+        row = self.publisher(port)
+        if row is None:
+            return f"no container of the stack publishes port {port}"
+        service = str(row.get("Service"))
+        if service not in self.app_services():
+            return f"port {port} is published by {service}, which this apply does not replace"
+        started = self._run(
+            ["docker", "inspect", "--format", "{{.State.StartedAt}}", str(row.get("ID"))], "docker inspect"
+        ).strip()
+        if _epoch(started) < since:
+            return f"container {row.get('Name')} was started at {started}, before this apply stopped the services"
+        return None
+
+    def proof_available(self, urls: Sequence[str]) -> str:
+        """How :meth:`proof_of_new` will prove a new process for ``urls`` ('' when it cannot)."""
+        try:
+            ports = [urllib.parse.urlsplit(u).port or 80 for u in urls]
+            rows = [self.publisher(port) for port in ports]
+        except ServiceError:
+            return ""
+        if rows and all(r is not None for r in rows):
+            # published by the stack: the container answering must be one this apply (re)started
+            return "the container publishing the port was started after the stop"
+        return ""
+
+    def status(self) -> list[ServiceState]:
+        """One :class:`ServiceState` per container of the project (``ps --all``)."""
+        rows = self._containers()
         states = []
         for row in rows:
             health = str(row.get("Health") or "")

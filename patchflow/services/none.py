@@ -32,6 +32,12 @@ class NoServices:
     def serves(self, port: int) -> bool | None:
         return None
 
+    def proof_of_new(self, url: str, since: float) -> str | None:
+        return None
+
+    def proof_available(self, urls: Sequence[str]) -> str:
+        return ""
+
     def restart(self, services: Sequence[str] | None = None) -> None:
         return None
 

@@ -14,6 +14,7 @@ from support.installs import REPO, run_inv
 pytestmark = pytest.mark.e2e
 
 TASKS = [
+    "init",
     "create-patch",
     "verify-patch",
     "patch-status",
@@ -61,7 +62,6 @@ def test_every_make_target_is_one_inv_call() -> None:
         elif line.startswith("\t") and current:
             recipes[current].append(line.strip())
     for target in (
-        "help",
         "patch-status",
         "create-patch",
         "verify-patch",
@@ -77,6 +77,8 @@ def test_every_make_target_is_one_inv_call() -> None:
         "restart",
     ):
         assert len(recipes[target]) == 1 and "$(INV)" in recipes[target][0], (target, recipes[target])
+    assert "$(INV) --list" in recipes["help"][0], recipes["help"]
+    assert all(line.startswith("@echo") for line in recipes["help"][1:]), "then it prints the variables"
 
 
 def test_make_help_lists_the_commands() -> None:
@@ -166,7 +168,7 @@ def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:
     assert status["patches"][0]["state"] == "corrupt"
 
 
-def test_preflight_runs_what_exists_and_names_what_it_skips(tmp_path: Path) -> None:
+def test_preflight_runs_what_exists_and_fails_for_what_cannot_run(tmp_path: Path) -> None:
     root = _primeflow_checkout(tmp_path / "primeflow")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -180,10 +182,16 @@ def test_preflight_runs_what_exists_and_names_what_it_skips(tmp_path: Path) -> N
     done = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert done.returncode == 1
     assert "pnpm lint" in done.stdout and "pnpm typecheck" in done.stdout
-    assert "Prisma CLI not installed" in done.stdout
-    assert "Preflight failed: pnpm typecheck" in done.stderr
+    assert "cannot run prisma validate: the Prisma CLI is not in node_modules" in done.stdout
+    assert "pnpm typecheck (exit 2)" in done.stderr and "pnpm install" in done.stderr
     assert calls.read_text().split() == ["lint", "typecheck"]
 
     no_pnpm = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": "/usr/bin:/bin"})
-    assert no_pnpm.returncode == 0, no_pnpm.stderr
-    assert "pnpm is not installed" in no_pnpm.stdout
+    assert no_pnpm.returncode == 1, "a check that applies but cannot run is a failure, never a skip"
+    assert "pnpm is not installed" in no_pnpm.stderr and "npm install -g pnpm" in no_pnpm.stderr
+
+    (root / "prisma" / "schema.prisma").unlink()
+    (root / "package.json").write_text('{"name": "primeflow", "scripts": {"build": "node build.js"}}\n')
+    nothing = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": "/usr/bin:/bin"})
+    assert nothing.returncode == 0, nothing.stderr
+    assert "no checks apply" in nothing.stdout

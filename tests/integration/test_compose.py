@@ -318,6 +318,39 @@ def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp
     assert kept == "Late", "the row written after the apply is kept in the displaced database"
 
 
+def test_health_without_a_version_field_is_proven_by_the_new_container(stack: ComposeInstall) -> None:
+    """/health without the configured version field (PrimeFlow's real /health): the apply proves the
+    answer comes from a container started after the stop (issue 9), then rolls back cleanly."""
+    env = {"PATCHFLOW_HEALTH_VERSION_FIELD": "build"}  # a field the sample's /health does not have
+    done = stack.inv("apply-patch", "--version", "2.3.0", "--yes", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    flat = " ".join(done.stdout.split())
+    assert "otherwise the container publishing the port was started after the stop" in flat
+    assert stack.health_version() == "2.3.0"
+    back = stack.inv("rollback-patch", "--version", "2.3.0", "--yes", env=env)
+    assert back.returncode == 0, back.stderr + back.stdout
+    assert stack.health_version() == "2.2.0"
+
+
+def test_an_api_container_left_running_fails_the_proof_and_is_rolled_back(stack: ComposeInstall) -> None:
+    """C16 without a version field: the stop targets other services (api not among app_services),
+    so the old api container keeps answering; the proof names it and the apply rolls back."""
+    ids = stack.container_ids()
+    dump_before = stack.pg_dump()
+    env = {
+        "PATCHFLOW_HEALTH_VERSION_FIELD": "build",
+        "PATCHFLOW_APP_SERVICES": "worker",
+        "PATCHFLOW_HEALTH_TIMEOUT": "4",
+    }
+    done = stack.inv("apply-patch", "--version", "2.3.0", "--yes", env=env)
+    assert done.returncode == 2, done.stderr + done.stdout
+    assert "published by api, which this apply does not replace" in done.stderr
+    assert "rolled back automatically" in done.stderr
+    assert stack.container_ids()["api"] == ids["api"]
+    assert stack.health_version() == "2.2.0"
+    assert stack.pg_dump() == dump_before
+
+
 # -- errors named clearly -----------------------------------------------------------------------------------
 #: stand-ins so these tests need neither PostgreSQL nor Docker on the machine
 NO_HOST_PG = {"PG_UID": "101", "PG_GID": "104", "PG_BINDIR": "/usr/lib/postgresql/15/bin"}
@@ -394,7 +427,7 @@ def test_apply_waits_for_tcp_while_the_database_initialises_c14(docker_engine: N
         done = install.inv("apply-patch", "--version", "2.2.0", "--force", "--yes")
         assert done.returncode == 0, done.stderr + done.stdout
         assert "database accepted connections after" in done.stdout
-        assert "database 'primeflow' in compose service 'postgres'" in done.stdout
+        assert "database       'primeflow' in compose service 'postgres'" in done.stdout
         assert install.psql('SELECT count(*) FROM "_prisma_migrations" WHERE finished_at IS NOT NULL') == "3"
         assert install.health_version() == "2.2.0"
         assert "slow init script" in install.compose("logs", "postgres")
