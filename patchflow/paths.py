@@ -4,7 +4,7 @@ Layout (relative to the project root, folders configurable)::
 
     patches/v2.3.0/patch-v2.3.0.tar.gz, checksum.md5, SHA256SUMS, manifest.json, ...
     backups/pre-patch-v2.3.0_20250101T143022Z_<id>/        (UTC timestamp + unique suffix)
-    .patchflow/journal.json, history.jsonl, apply.lock, staging-v2.3.0/, logs/
+    .patchflow/journal.json, history.jsonl, apply.lock, staging-v2.3.0/, logs/, verify-cache.json
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ class ProjectPaths:
     def installed_manifest(self) -> Path:
         """The manifest of the patch currently installed (copied at commit)."""
         return self.state / "installed-manifest.json"
+
+    @property
+    def verify_cache(self) -> Path:
+        """patch-status' cache of verification results, keyed by each patch folder's file stats."""
+        return self.state / "verify-cache.json"
 
     @property
     def logs(self) -> Path:
