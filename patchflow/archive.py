@@ -155,19 +155,19 @@ def _header(entry: Entry) -> bytes:
     mode = 0o777 if entry.type == "symlink" else entry.mode & 0o7777
     block = b"".join(
         (
-            name.encode("ascii").ljust(100, b"\0"),
-            b"%07o\0" % mode,
-            b"0000000\00000000\0",  # uid, gid
-            b"%011o\0" % size,
-            b"00000000000\0",  # mtime
+            name.encode("ascii").ljust(100, b"\x00"),
+            b"%07o\x00" % mode,
+            b"0000000\x00" * 2,  # uid, gid
+            b"%011o\x00" % size,
+            b"00000000000\x00",  # mtime
             b"        ",  # checksum, counted as spaces
             _TYPES[entry.type],
-            link.encode("ascii").ljust(100, b"\0"),
+            link.encode("ascii").ljust(100, b"\x00"),
             tarfile.POSIX_MAGIC,
             bytes(32 + 32 + 8 + 8 + 155 + 12),  # uname, gname, devmajor, devminor, prefix, padding
         )
     )
-    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+    return block[:148] + b"%06o\x00 " % sum(block) + block[156:]
 
 
 def _deflate_block(data: memoryview, level: int) -> bytes:
@@ -671,17 +671,28 @@ def _walk(archive: Path) -> Iterator[tuple[tarfile.TarInfo, _Stream]]:
     inflater = _Inflater(archive)
     try:
         stream = _Stream(inflater.chunks(), archive)
-        seen: set[str] = set()
+        kinds: dict[str, str] = {}  # member name -> dir / symlink / file
+        folders: set[str] = set()  # every folder some member is in
         for member in _members(stream, archive):
+            name = member.name
             problem = _member_problem(member)
             if problem:
-                raise _unsafe(member.name, archive, problem)
-            if member.name in seen:
+                raise _unsafe(name, archive, problem)
+            if name in kinds:
                 raise ArchiveError(
-                    f"Member {member.name!r} appears twice in {archive.name}.",
+                    f"Member {name!r} appears twice in {archive.name}.",
                     "The archive is refused; rebuild the patch with create-patch.",
                 )
-            seen.add(member.name)
+            kind = _kind(member)
+            parent = name.rpartition("/")[0]
+            while parent and parent not in folders:
+                if kinds.get(parent, "dir") != "dir":  # never write through a link or into a file
+                    raise _unsafe(name, archive, f"its folder {parent!r} is a {kinds[parent]} in the archive")
+                folders.add(parent)
+                parent = parent.rpartition("/")[0]
+            if kind != "dir" and name in folders:
+                raise _unsafe(name, archive, f"it is a {kind} but earlier members are inside it")
+            kinds[name] = kind
             data_end = stream.offset + (_padded(member.size) if member.isfile() else 0)
             yield member, stream
             stream.skip(data_end - stream.offset)  # whatever the consumer did not read, and the padding
