@@ -130,3 +130,32 @@ def test_file_digests_in_one_read(tmp_path: Path, size: int) -> None:
     digests, length = file_digests(path, ("sha256", "md5"), on_bytes=seen.append)
     assert length == size == sum(seen)
     assert digests == {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["tmp/", "*.bak", "build", "foo?", "cache-*", "*.min.js"],
+        ["docs/*", "/root-only", "a/**/b", "tmp/", "*.bak", "src/**/*.snap", "**/secret-dir"],
+    ],
+)
+def test_fast_name_globs_decide_like_pathspec(extra: list[str]) -> None:
+    """The one-regex path for plain name globs gives exactly pathspec's answers (a negation that
+    matches nothing turns the fast path off, so the reference is pathspec alone)."""
+    import random
+
+    from patchflow.manifest import DEFAULT_EXCLUDES, ExcludeRules
+
+    fast = ExcludeRules([*DEFAULT_EXCLUDES, *extra], PROTECTED)
+    reference = ExcludeRules([*DEFAULT_EXCLUDES, *extra, "!never-matches-anything"], PROTECTED)
+    names = [
+        "src", "node_modules", "dist", "a.log", "logs", "tmp", "x.js", ".git", "coverage", "build", "keep.md",
+        "docs", "foo", "fooX", "x.bak", "a", "b", "cache-1", "app.min.js", "root-only", "secret-dir", "x.snap",
+        ".next", "prisma", "migrations", "uploads", ".DS_Store", "dist.txt", "my.log.txt",
+    ]  # fmt: skip
+    rng = random.Random(3)
+    for _ in range(3000):
+        rel = "/".join(rng.choice(names) for _ in range(rng.randint(1, 5)))
+        is_dir = rng.random() < 0.4
+        assert fast.excluded(rel, is_dir) == reference.excluded(rel, is_dir), (rel, is_dir)
