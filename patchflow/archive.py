@@ -295,16 +295,19 @@ def _pack_file(packer: _Packer, path: str, entry: Entry, packed: bool) -> str:
         ) from None
     try:
         remaining = entry.size
-        while remaining:
+        scratch = bytearray(1)  # filled only if the file grew since it was scanned (no fstat needed)
+        while True:
             space = packer.space()
-            count = os.readv(fd, [space[: min(remaining, len(space))]])
-            if not count:
-                raise _changed(entry.path)  # shorter than when it was scanned
+            want = min(remaining, len(space))
+            last = want == remaining  # this read reaches the scanned size: also probe one byte more
+            count = os.readv(fd, [space[:want], scratch] if last else [space[:want]])
+            if count != want:  # more: it grew; fewer: it ended early (regular files read fully)
+                raise _changed(entry.path)
             digest.update(space[:count])
             packer.commit(count, packed)
             remaining -= count
-        if os.fstat(fd).st_size != entry.size:
-            raise _changed(entry.path)
+            if last:
+                break
     finally:
         os.close(fd)
     padding = -entry.size % _BLOCK

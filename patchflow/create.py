@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,22 +251,45 @@ def _load_base(paths: ProjectPaths, settings: Settings, base: PatchVersion, vers
     return _Base(base, report.entries(), hashlib.sha256(data).hexdigest())
 
 
-def manifest_text(manifest: dict[str, Any]) -> str:
-    """``manifest`` as JSON text: indented keys, and one compact entry per line in ``files``
-    (the same JSON as an indented dump, about half its size and ten times faster to write)."""
+def manifest_chunks(manifest: dict[str, Any]) -> Iterator[str]:
+    """``manifest`` as JSON text, in pieces: indented keys, and one compact entry per line in
+    ``files`` (the same JSON as an indented dump, about half its size, written without holding it
+    all in memory). ``files`` may hold :class:`Entry` objects or their JSON dicts."""
     keys = list(manifest)
-    lines = ["{"]
+    yield "{\n"
     for index, key in enumerate(keys):
         value = manifest[key]
         comma = "," if index < len(keys) - 1 else ""
         if key == "files" and isinstance(value, list) and value:
-            body = ",\n".join("    " + json.dumps(item, ensure_ascii=False) for item in value)
-            lines.append(f"  {json.dumps(key)}: [\n{body}\n  ]{comma}")
+            yield f"  {json.dumps(key)}: [\n"
+            last = len(value) - 1
+            for number, item in enumerate(value):
+                data = item.to_json() if isinstance(item, Entry) else item
+                yield "    " + json.dumps(data, ensure_ascii=False) + (",\n" if number < last else "\n")
+            yield f"  ]{comma}\n"
         else:
-            text = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
-            lines.append(f"  {json.dumps(key)}: {text}{comma}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+            text = json.dumps(value.to_json() if isinstance(value, Entry) else value, indent=2, ensure_ascii=False)
+            yield f"  {json.dumps(key)}: {text.replace(chr(10), chr(10) + '  ')}{comma}\n"
+    yield "}\n"
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """``manifest`` as JSON text (see :func:`manifest_chunks`)."""
+    return "".join(manifest_chunks(manifest))
+
+
+def _buffered(pieces: Iterable[str], size: int = 1 << 20) -> Iterator[str]:
+    """Join small pieces into chunks of about ``size`` characters."""
+    batch: list[str] = []
+    length = 0
+    for piece in pieces:
+        batch.append(piece)
+        length += len(piece)
+        if length >= size:
+            yield "".join(batch)
+            batch, length = [], 0
+    if batch:
+        yield "".join(batch)
 
 
 def _created_at(now: datetime | None) -> datetime:
@@ -351,12 +374,17 @@ def create_patch(
         manifest = _manifest(paths, version, tree, rules.patterns, migrations, result, delta_base, summary, now)
         digests: dict[str, tuple[str, str]] = {archive.name: (result.md5, result.sha256)}
 
-        def write(name: str, text: str) -> None:
-            data = text.encode("utf-8")
-            (work / name).write_bytes(data)
-            digests[name] = (hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest())  # noqa: S324
+        def write(name: str, text: str | Iterable[str]) -> None:
+            md5, sha256 = hashlib.md5(), hashlib.sha256()  # noqa: S324 - checksum.md5 is for the old workflow
+            with open(work / name, "wb") as handle:
+                for piece in [text] if isinstance(text, str) else text:
+                    data = piece.encode("utf-8")
+                    handle.write(data)
+                    md5.update(data)
+                    sha256.update(data)
+            digests[name] = (md5.hexdigest(), sha256.hexdigest())
 
-        write(MANIFEST, manifest_text(manifest))
+        write(MANIFEST, _buffered(manifest_chunks(manifest)))
         changelog = ""
         if paths.changelog.is_file():
             text = paths.changelog.read_text(encoding="utf-8", errors="replace")
@@ -447,7 +475,7 @@ def _manifest(
         "exclude": list(patterns),
         "file_count": len(tree.files()),
         "total_bytes": tree.total_bytes,
-        "files": [e.to_json() for e in tree.sorted()],
+        "files": tree.sorted(),  # Entry objects, turned into JSON as the manifest is written
         "deleted": deleted,
         "migrations": [m.to_json() for m in migrations],
     }

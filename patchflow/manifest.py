@@ -70,7 +70,7 @@ def clean_mode(mode: int) -> int:
     return stat.S_IMODE(mode) & 0o755
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One tree entry. ``size`` is bytes (files only); ``sha256`` hex (files only);
     ``mode`` the permission bits (e.g. ``0o755``); ``target`` the link text (symlinks only)."""

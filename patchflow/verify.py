@@ -29,6 +29,7 @@ from patchflow.version import PatchVersion
 State = Literal["ok", "corrupt", "incomplete"]
 _SUM_LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]+) [ *](?P<name>.+)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_OCTAL = re.compile(r"^[0-7]{1,6}$")
 
 
 @dataclass
@@ -153,6 +154,13 @@ def _check_shapes(manifest: dict[str, Any]) -> None:
     for item in manifest["files"]:
         if not isinstance(item.get("path"), str) or not isinstance(item.get("size", 0), int) or item.get("size", 0) < 0:
             raise ValueError("every file needs a 'path' string and a size >= 0")
+        if item.get("type") not in ("file", "dir", "symlink"):
+            raise ValueError(f"unknown entry type {item.get('type')!r}")
+        mode = item.get("mode", "0")
+        if not isinstance(mode, str | int) or not _OCTAL.match(str(mode)):
+            raise ValueError(f"the mode of {item['path']!r} is not an octal number")
+        if not isinstance(item.get("sha256", ""), str) or not isinstance(item.get("target", ""), str):
+            raise ValueError(f"the sha256 and target of {item['path']!r} must be strings")
     if "delta" in manifest:
         delta = manifest["delta"]
         if (
@@ -232,8 +240,7 @@ def verify_patch_folder(
         report.manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         if not isinstance(report.manifest, dict):
             raise ValueError("not an object")
-        _check_shapes(report.manifest)
-        entries = report.entries()
+        _check_shapes(report.manifest)  # every entry as Entry.from_json needs it, without building them
     except (OSError, ValueError, KeyError, TypeError) as exc:
         report.manifest = {}
         report.problems.append(f"{MANIFEST} is not a valid manifest ({exc})")
@@ -250,9 +257,7 @@ def verify_patch_folder(
     if check_archive and not report.problems:
         from patchflow.archive import compare_members, read_members
 
-        expected = entries
-        if report.delta is not None:
-            expected = {path: entries[path] for path in report.delta["members"]}
+        expected = report.archive_entries()
         try:
             members = read_members(folder / archive_name)
             report.problems.extend(compare_members(members, expected))

@@ -55,6 +55,7 @@ manifest = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
 entries = {e["path"]: Entry.from_json(e) for e in manifest["files"]}
 if "delta" in manifest:
     entries = {p: entries[p] for p in manifest["delta"]["members"]}
+del manifest
 extract_archive(Path(sys.argv[1]), Path(sys.argv[3]), entries)
 """
 WRAPPER = (

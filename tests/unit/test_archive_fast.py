@@ -157,12 +157,18 @@ def test_extract_round_trip_with_modes_and_owner(
     assert stat.S_IMODE(st.st_mode) == 0o755 and (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
 
 
-def test_a_changed_file_while_packing_is_refused(tree: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("change", ["grown", "emptied", "shrunk"])
+def test_a_changed_file_while_packing_is_refused(tree: Path, tmp_path: Path, change: str) -> None:
     source = tmp_path / "src"
     shutil.copytree(tree, source, symlinks=True)
     entries = scan_tree(source, load_rules(source, (), PROTECTED), hash_files=False).sorted()
-    (source / "src/mod0/file0.js").write_text("grown " * 1000, encoding="utf-8")
+    target = source / "src/mod0/file0.js"
+    data = target.read_bytes()
+    target.write_bytes({"grown": data + b"more", "emptied": b"", "shrunk": data[:-1]}[change])
     with pytest.raises(ArchiveError, match="changed while the patch was being built"):
+        build_archive(source, entries, tmp_path / "x.tar.gz")
+    (source / "src/mod0/file0.js").unlink()
+    with pytest.raises(ArchiveError, match=r"Cannot read src/mod0/file0\.js"):
         build_archive(source, entries, tmp_path / "x.tar.gz")
 
 
