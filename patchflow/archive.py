@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import re
 import shutil
 import struct
 import tarfile
@@ -44,7 +45,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from patchflow.errors import ArchiveError
 from patchflow.manifest import Entry, clean_mode
@@ -568,6 +569,42 @@ def _padded(size: int) -> int:
     return size + (-size % _BLOCK)
 
 
+_USTAR_MAGIC = b"ustar\x0000"
+_OCTAL_FIELD = re.compile(rb"^ *([0-7]*) *(?:\x00.*)?$", re.DOTALL)
+
+
+def _octal(field: bytes) -> int | None:
+    match = _OCTAL_FIELD.match(field)
+    return int(match.group(1) or b"0", 8) if match else None
+
+
+def _ustar(block: bytes) -> tarfile.TarInfo | None:
+    """Parse a plain POSIX ustar header (what create-patch and tarfile write for ordinary
+    names) directly; None for anything else (GNU or base-256 fields, an odd checksum), which
+    ``tarfile.TarInfo.frombuf`` then parses."""
+    if block[257:265] != _USTAR_MAGIC:
+        return None
+    stored = _octal(block[148:156])
+    if stored is None or stored != sum(block) - sum(block[148:156]) + 8 * 0x20:
+        return None
+    mode, size = _octal(block[100:108]), _octal(block[124:136])
+    if mode is None or size is None:
+        return None
+    kind = block[156:157]
+    name = block[:100].split(b"\x00", 1)[0].decode(TAR_ENCODING, TAR_ERRORS)
+    prefix = block[345:500].split(b"\x00", 1)[0]
+    if prefix:
+        name = prefix.decode(TAR_ENCODING, TAR_ERRORS) + "/" + name
+    if kind == tarfile.AREGTYPE and name.endswith("/"):
+        kind = tarfile.DIRTYPE
+    info = tarfile.TarInfo(name.rstrip("/") if kind == tarfile.DIRTYPE else name)
+    info.type = kind
+    info.mode = mode
+    info.size = size
+    info.linkname = block[157:257].split(b"\x00", 1)[0].decode(TAR_ENCODING, TAR_ERRORS)
+    return info
+
+
 def _members(stream: _Stream, archive: Path) -> Iterator[tarfile.TarInfo]:
     """Yield each member header; the caller consumes ``member.size`` bytes of a regular file
     (plus padding) before asking for the next. Checks the end-of-archive marker and that only
@@ -584,7 +621,7 @@ def _members(stream: _Stream, archive: Path) -> Iterator[tarfile.TarInfo]:
                 raise _corrupt(archive, "data after the end of the archive")
             return
         try:
-            info = tarfile.TarInfo.frombuf(block, TAR_ENCODING, TAR_ERRORS)
+            info = _ustar(block) or tarfile.TarInfo.frombuf(block, TAR_ENCODING, TAR_ERRORS)
         except tarfile.HeaderError as exc:
             raise _corrupt(archive, f"bad tar header ({exc})") from None
         extended = info.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
@@ -621,14 +658,14 @@ def _members(stream: _Stream, archive: Path) -> Iterator[tarfile.TarInfo]:
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
     name = member.name
-    pure = PurePosixPath(name)
-    if not name or name.startswith("/") or pure.is_absolute():
+    parts = name.split("/")
+    if not name or name.startswith("/"):
         return "absolute path"
-    if ".." in pure.parts:
+    if ".." in parts:
         return "path contains '..'"
     if "\x00" in name or "\\" in name:
         return "unsafe characters in the name"
-    if any(part in ("", ".") for part in name.split("/")):
+    if "" in parts or "." in parts:
         return "path is not normalized (empty or '.' part)"
     if member.isdev() or member.isfifo() or member.ischr() or member.isblk():
         return "device or FIFO"
@@ -638,12 +675,12 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
         return "unsupported member type"
     if member.issym():
         target = member.linkname
-        if os.path.isabs(target):
+        if target.startswith("/"):
             return f"symlink to absolute path {target!r}"
         if "\x00" in target:
             return "unsafe characters in the link target"
-        depth: list[str] = []
-        for part in (pure.parent / target).parts:
+        depth = parts[:-1]
+        for part in target.split("/"):
             if part == "..":
                 if not depth:
                     return f"symlink {target!r} leaves the target folder"

@@ -389,3 +389,46 @@ def test_gnu_long_names_are_read_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match=r"path contains '\.\.'"):
         extract_archive(archive, tmp_path / "bad", expected_of(evil))
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_direct_header_parsing_agrees_with_tarfile(fmt: int) -> None:
+    """The direct ustar parser reads what tarfile.TarInfo.frombuf reads (and declines the rest)."""
+    from patchflow.archive import _header, _ustar
+
+    infos = []
+    for entry in (
+        Entry("a/b.js", "file", 0o644, 123),
+        Entry("dir", "dir", 0o755),
+        Entry("l", "symlink", target="a/b.js"),
+        Entry("x" * 100, "file", 0o600, 0),
+        Entry("big", "file", 0o755, 8**11 - 1),
+    ):
+        infos.append(_header(entry)[:512])
+    for name, kind in (
+        ("p" * 90 + "/" + "q" * 90, tarfile.REGTYPE),
+        ("dev/x", tarfile.CHRTYPE),
+        ("d/", tarfile.AREGTYPE),
+    ):
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        try:
+            infos.append(info.tobuf(fmt, "utf-8", "surrogateescape")[-512:])
+        except ValueError:
+            continue
+    for block in infos:
+        ours = _ustar(block)
+        theirs = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        if ours is None:
+            continue
+        assert (ours.name, ours.type, ours.mode, ours.size, ours.linkname) == (
+            theirs.name,
+            theirs.type,
+            theirs.mode,
+            theirs.size,
+            theirs.linkname,
+        )
+    assert all(_ustar(block) is not None for block in infos[:5]), "create-patch's own headers are parsed directly"
+    damaged = bytearray(infos[0])
+    damaged[0] ^= 1
+    assert _ustar(bytes(damaged)) is None, "a bad checksum goes to tarfile, which refuses it"
