@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -180,6 +182,41 @@ def _check_shapes(manifest: dict[str, Any]) -> None:
             raise ValueError("delta members are listed twice")
 
 
+def _load_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The parsed, shape-checked manifest, or None and why not."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+        _check_shapes(manifest)  # every entry as Entry.from_json needs it, without building them
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, str(exc)
+    return manifest, ""
+
+
+class _Background:
+    """Run ``function(*args)`` on a thread; :meth:`result` joins it and returns (or raises)."""
+
+    def __init__(self, function: Callable[..., dict[str, dict[str, str]]], *args: Any) -> None:
+        self._value: dict[str, dict[str, str]] = {}
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = function(*args)
+            except BaseException as exc:  # handed to result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="patchflow-verify", daemon=True)
+        self._thread.start()
+
+    def result(self) -> dict[str, dict[str, str]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def verify_patch_folder(
     folder: Path, version: PatchVersion, *, check_archive: bool = False, verify_key: str = ""
 ) -> VerifyReport:
@@ -219,7 +256,12 @@ def verify_patch_folder(
     for sums in (md5_sums, sha_sums):
         for name in sums.listed:
             wanted.setdefault(name, set()).add(sums.algorithm)
-    digests = _digest_files(folder, wanted)  # every file read once, whatever lists it
+    # the archive (the big read) is hashed on a thread while this one reads the small files and
+    # parses the manifest; every file is read once, whatever lists it
+    archive_digests = _Background(_digest_files, folder, {archive_name: wanted.pop(archive_name)})
+    digests = _digest_files(folder, wanted)
+    manifest, manifest_error = _load_manifest(folder / MANIFEST)
+    digests.update(archive_digests.result())
     _check_sums(folder, md5_sums, digests, report)
     if archive_name not in md5_sums.listed:
         report.problems.append(f"{MD5SUMS} does not list {archive_name}")
@@ -236,16 +278,11 @@ def verify_patch_folder(
         except VerifyError as exc:
             report.problems.append(exc.message)
 
-    try:
-        report.manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        if not isinstance(report.manifest, dict):
-            raise ValueError("not an object")
-        _check_shapes(report.manifest)  # every entry as Entry.from_json needs it, without building them
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        report.manifest = {}
-        report.problems.append(f"{MANIFEST} is not a valid manifest ({exc})")
+    if manifest is None:
+        report.problems.append(f"{MANIFEST} is not a valid manifest ({manifest_error})")
         report.state = "corrupt"
         return report
+    report.manifest = manifest
     if report.manifest.get("version") != str(version):
         report.problems.append(f"{MANIFEST} is for version {report.manifest.get('version')!r}, not {version}")
     archive_meta = report.manifest.get("archive", {})
