@@ -844,9 +844,16 @@ class _Extraction:
                 f"Cannot extract into {self.destination}: the folder is not empty.",
                 "Extraction needs an empty or new folder; remove it and try again.",
             )
-        for folder in reversed(missing):
-            folder.mkdir()
-            self.made.append(folder)
+        try:
+            for folder in reversed(missing):
+                folder.mkdir()
+                self.made.append(folder)
+        except OSError as exc:
+            for folder in reversed(self.made):
+                folder.rmdir()
+            raise ArchiveError(
+                f"Cannot create {self.destination}: {exc.strerror}.", "Check permissions and disk space."
+            ) from None
 
     def discard(self) -> None:
         """Remove everything this extraction created (the destination's content, and the folders

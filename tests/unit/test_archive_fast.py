@@ -432,3 +432,13 @@ def test_direct_header_parsing_agrees_with_tarfile(fmt: int) -> None:
     damaged = bytearray(infos[0])
     damaged[0] ^= 1
     assert _ustar(bytes(damaged)) is None, "a bad checksum goes to tarfile, which refuses it"
+
+
+def test_a_destination_that_cannot_be_created_is_an_archive_error(
+    packed: tuple[Path, dict[str, Entry]], tmp_path: Path
+) -> None:
+    archive, entries = packed
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    with pytest.raises(ArchiveError, match="Cannot create"):
+        extract_archive(archive, tmp_path / "file" / "staging", entries)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
