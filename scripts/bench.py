@@ -10,6 +10,7 @@ Each row runs patchflow and its baseline interleaved in the same run (the order 
   verify-patch --deep large  inv verify-patch --deep vs  tar -tzf (both decompress everything)
   staging extraction         extract_archive (fresh Python process, against the manifest)  vs  tar -xzf
   patch-status               inv patch-status, 50 patches + 50 backups (cached and first run)
+  inv start-up               inv --list: the fixed cost inside every inv row (Python, invoke, tasks.py)
   database dump / restore    patchflow Database.dump / restore  vs  pg_dump -Fc / pg_restore --clean
   peak RSS                   create and extraction, small and large (does it grow with the tree?)
   delta size                 full patch vs delta patch (--base) for a one-file change
@@ -315,6 +316,11 @@ def main() -> int:
             root = ensure_tree(trees, kind)
             bench_tree(kind, root, work, options.repeat, rows, extra)
             shutil.rmtree(root / "patches", ignore_errors=True)
+
+        startup = Row("inv start-up alone (inv --list)", "—", None, "info")
+        for _ in range(options.repeat):
+            startup.ours.append(run_isolated([*INV, "--list"])[0])
+        rows.append(startup)
 
         status_root = make_status_root(work / "status")
         status = Row("patch-status, 50 patches + 50 backups", "—", 0.5)
