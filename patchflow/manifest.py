@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -495,11 +495,45 @@ def hash_tree(
         )
 
 
+HASH_BATCH_BYTES = 8 * 1024 * 1024
+HASH_BATCH_FILES = 512
+
+
 def _hash_one(path: str) -> tuple[str, int] | OSError:
+    """``(sha256, size)`` of a file, or the error reading it; small files in one ``read``."""
     try:
-        return sha256_file(Path(path))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         return exc
+    try:
+        with open(fd, "rb", buffering=0) as handle:
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        return exc
+    return digest.hexdigest(), size
+
+
+def _hash_batch(paths: list[str]) -> list[tuple[str, int] | OSError]:
+    return [_hash_one(path) for path in paths]
+
+
+def _batches(items: list[tuple[str, str]], sizes: Mapping[str, int]) -> Iterator[list[tuple[str, str]]]:
+    """Consecutive groups of at most HASH_BATCH_FILES files or about HASH_BATCH_BYTES bytes, so
+    a thread pool pays its per-task cost per group, not per file."""
+    batch: list[tuple[str, str]] = []
+    total = 0
+    for item in items:
+        batch.append(item)
+        total += sizes.get(item[0], 0)
+        if len(batch) >= HASH_BATCH_FILES or total >= HASH_BATCH_BYTES:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
 
 
 def _hash_entries(
@@ -509,21 +543,25 @@ def _hash_entries(
     on_bytes: ProgressCallback | None,
     workers: int | None,
 ) -> None:
-    """Fill in the sha256 of ``to_hash`` (rel, absolute path) on a thread pool (hashlib releases
-    the GIL); unreadable files become problems and leave the tree."""
+    """Fill in the sha256 of ``to_hash`` (rel, absolute path) on a thread pool (hashlib and file
+    reads release the GIL), in batches; unreadable files become problems and leave the tree."""
     threads = workers or max(1, len(os.sched_getaffinity(0)))
+    sizes = {rel: tree.entries[rel].size for rel, _ in to_hash}
+    batches = list(_batches(to_hash, sizes))
     with ThreadPoolExecutor(threads, thread_name_prefix="patchflow-hash") as pool:
-        for (rel, _), result in zip(to_hash, pool.map(_hash_one, (path for _, path in to_hash)), strict=True):
-            if isinstance(result, OSError):
-                problems.append(f"{rel}: cannot read ({result.strerror})")
-                del tree.entries[rel]
-                tree.stats.pop(rel, None)
-                continue
-            digest, size = result
-            old = tree.entries[rel]
-            tree.entries[rel] = Entry(rel, "file", mode=old.mode, size=size, sha256=digest)
-            if on_bytes is not None:
-                on_bytes(size)
+        results = pool.map(_hash_batch, ([path for _, path in batch] for batch in batches))
+        for batch, batch_results in zip(batches, results, strict=True):
+            for (rel, _), result in zip(batch, batch_results, strict=True):
+                if isinstance(result, OSError):
+                    problems.append(f"{rel}: cannot read ({result.strerror})")
+                    del tree.entries[rel]
+                    tree.stats.pop(rel, None)
+                    continue
+                digest, size = result
+                old = tree.entries[rel]
+                tree.entries[rel] = Entry(rel, "file", mode=old.mode, size=size, sha256=digest)
+                if on_bytes is not None:
+                    on_bytes(size)
 
 
 @dataclass(frozen=True)
