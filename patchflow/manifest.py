@@ -502,7 +502,7 @@ HASH_BATCH_FILES = 512
 def _hash_one(path: str) -> tuple[str, int] | OSError:
     """``(sha256, size)`` of a file, or the error reading it; small files in one ``read``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # scanned as a file: never a link now
     except OSError as exc:
         return exc
     try:
