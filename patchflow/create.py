@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -210,6 +211,22 @@ def _discard(work: Path, made_dir: Path | None) -> None:
             pass
 
 
+class _Git:
+    """:func:`git_commit` of ``root`` on a thread (it can take a while on a large checkout)."""
+
+    def __init__(self, root: Path) -> None:
+        self._value: dict[str, Any] | None = None
+        self._thread = threading.Thread(target=self._run, args=(root,), name="patchflow-git", daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path) -> None:
+        self._value = git_commit(root)
+
+    def result(self) -> dict[str, Any] | None:
+        self._thread.join()
+        return self._value
+
+
 @dataclass(frozen=True)
 class _Base:
     """The base patch of a delta: its version, entries and the sha256 of its manifest bytes."""
@@ -341,6 +358,7 @@ def create_patch(
             "Pass --force to rebuild it, or choose another --version.",
         )
     delta_base = _load_base(paths, settings, base, version) if base is not None else None
+    source = _Git(root)  # git rev-parse / status run while the tree is scanned and packed
     rules = load_rules(root, settings.exclude, paths.excluded_roots())
     tree = scan_tree(root, rules, hash_files=False)
     migrations = find_migrations(root)
@@ -372,6 +390,7 @@ def create_patch(
         elif (found := _find_base(paths, version)) is not None:
             summary = (found[0], diff_trees(found[1], tree.entries))
         manifest = _manifest(paths, version, tree, rules.patterns, migrations, result, delta_base, summary, now)
+        manifest["source"] = source.result()
         digests: dict[str, tuple[str, str]] = {archive.name: (result.md5, result.sha256)}
 
         def write(name: str, text: str | Iterable[str]) -> None:
@@ -469,7 +488,7 @@ def _manifest(
         "version": str(version),
         "base_version": base_version,
         "created_at": _created_at(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source": git_commit(paths.root),
+        "source": None,  # filled in by create_patch (git ran while the tree was packed)
         "tool": {"name": "patchflow", "version": __version__},
         "archive": {"name": f"patch-{version.tag}.tar.gz", "sha256": result.sha256, "size": result.size},
         "exclude": list(patterns),
