@@ -70,8 +70,12 @@ class CreatedPatch:
     members: int = 0  # entries packed in the archive (all of them for a full patch)
 
 
-def git_commit(root: Path) -> dict[str, Any] | None:
-    """``{"commit": sha, "dirty": bool}`` of the git checkout at ``root``, or None if not a checkout."""
+def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout at ``root``, or None if not a checkout.
+
+    ``ignore``: root-relative folders left out of the dirty check (patchflow's own ``patches/``,
+    ``backups/``, ``.patchflow/``, which create-patch itself writes to).
+    """
     if not (root / ".git").exists():
         return None
     try:
@@ -80,8 +84,13 @@ def git_commit(root: Path) -> dict[str, Any] | None:
         )
         if head.returncode != 0:
             return None
+        excludes = [f":(exclude){folder}" for folder in ignore]
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, check=False, timeout=60
+            ["git", "-C", str(root), "status", "--porcelain", "--", ".", *excludes],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -214,13 +223,13 @@ def _discard(work: Path, made_dir: Path | None) -> None:
 class _Git:
     """:func:`git_commit` of ``root`` on a thread (it can take a while on a large checkout)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ignore: tuple[str, ...]) -> None:
         self._value: dict[str, Any] | None = None
-        self._thread = threading.Thread(target=self._run, args=(root,), name="patchflow-git", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(root, ignore), name="patchflow-git", daemon=True)
         self._thread.start()
 
-    def _run(self, root: Path) -> None:
-        self._value = git_commit(root)
+    def _run(self, root: Path, ignore: tuple[str, ...]) -> None:
+        self._value = git_commit(root, ignore)
 
     def result(self) -> dict[str, Any] | None:
         self._thread.join()
@@ -358,7 +367,7 @@ def create_patch(
             "Pass --force to rebuild it, or choose another --version.",
         )
     delta_base = _load_base(paths, settings, base, version) if base is not None else None
-    source = _Git(root)  # git rev-parse / status run while the tree is scanned and packed
+    source = _Git(root, paths.excluded_roots())  # git runs while the tree is scanned and packed
     rules = load_rules(root, settings.exclude, paths.excluded_roots())
     tree = scan_tree(root, rules, hash_files=False)
     migrations = find_migrations(root)

@@ -213,3 +213,19 @@ def test_shallow_verify_still_covers_every_file(project: Path) -> None:
         assert not report.ok and any(name in problem for problem in report.problems), name
         path.write_bytes(original)
     assert verify_patch_folder(created.folder, version).ok
+
+
+def test_the_git_commit_is_recorded_while_packing(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "project", {"VERSION": b"1.0.0\n", "src/a.js": b"a\n"})
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, env=env, capture_output=True)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    created = create(root, "1.0.0")
+    manifest = json.loads((created.folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["source"] == {"commit": head, "dirty": False}, "patchflow's own patches/ is not a change"
+    assert list(manifest)[:5] == ["format", "version", "base_version", "created_at", "source"]
+    (root / "src/a.js").write_bytes(b"changed\n")
+    again = create(root, "1.0.1")
+    assert json.loads((again.folder / "manifest.json").read_text(encoding="utf-8"))["source"]["dirty"] is True
