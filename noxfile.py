@@ -40,6 +40,10 @@ def preflight(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmark create-patch/verify against GNU tar -czf on the same tree (ratios, same run)."""
+    """Benchmark patchflow against tar/sha256sum/pg_dump on generated trees (ratios, medians, one run).
+
+    Options after --: --small-only, --repeat N, --keep DIR (reuse the generated trees), --workdir DIR,
+    --skip-db. The database row starts a throwaway PostgreSQL cluster (Debian's postgresql binaries).
+    """
     session.install("-e", ".[dev]")
     session.run("python", "scripts/bench.py", *session.posargs)

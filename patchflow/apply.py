@@ -69,6 +69,7 @@ class ApplyOptions:
     allow_downgrade: bool = False
     dry_run: bool = False
     break_lock: bool = False
+    remove_unowned: bool = False
 
 
 @dataclass
@@ -87,6 +88,8 @@ class Plan:
     restore_problems: list[str]
     needs: list[Need]
     health_proof: str
+    unowned: list[str] = field(default_factory=list)
+    seen: dict[str, tuple[int, int, str]] = field(repr=False, default_factory=dict)
     new_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     old_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -153,12 +156,52 @@ def check_patch_paths(entries: dict[str, Entry], rules: ExcludeRules) -> None:
         )
 
 
-def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan:
+def _read_installed_stats(ctx: Context) -> dict[str, tuple[int, int, str]]:
+    try:
+        data = json.loads(ctx.paths.installed_stats.read_text(encoding="utf-8"))
+        return {str(p): (int(v[0]), int(v[1]), str(v[2])) for p, v in data.items()}
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return {}
+
+
+def check_delta(ctx: Context, report: VerifyReport, diff: TreeDiff, new_entries: dict[str, Entry]) -> None:
+    """Refuse a delta patch that cannot end on the full patch's tree: its base is not the installed
+    version, or a file it must place is not in its archive (the install drifted from the base).
+
+    Raises:
+        VerifyError: names both versions, or the paths; nothing was changed.
+    """
+    delta = report.delta
+    if not delta:
+        return
+    base = str(delta.get("base_version", ""))
+    installed = installed_version(ctx.paths)
+    if base != installed:
+        raise VerifyError(
+            f"Patch {report.version} is a delta built on {base}, but {installed or 'an unknown version'} is installed.",
+            f"Apply the full patch of {report.version}, or bring the install to {base} first. Nothing was changed.",
+        )
+    members = set(delta.get("members", []))
+    missing = [p for p in diff.added + diff.changed if new_entries[p].type == "file" and p not in members]
+    if missing:
+        raise VerifyError(
+            f"The delta patch {report.version} lacks files this install needs (it differs from {base}): "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.",
+            f"Apply the full patch of {report.version}. Nothing was changed.",
+        )
+
+
+def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remove_unowned: bool = False) -> Plan:
     """Compare the install with the patch; list migrations pending, check that a database restore
     would be possible, and that every filesystem written has the bytes and inodes needed.
 
+    Only paths a patch owns are deleted: those of the installed patch's manifest, and those the new
+    patch lists as deleted since its predecessor. Anything else missing from the patch (files the
+    host added: ``storage/``, an override file, generated files) is kept and listed as unowned,
+    unless ``remove_unowned``.
+
     Raises:
-        VerifyError: the patch would write where it may not.
+        VerifyError: the patch would write where it may not, or a delta does not fit the install.
         DatabaseError: the database is configured but does not answer.
         BackupError: not enough free space or inodes on a filesystem (the message gives numbers),
             or pending migrations while a restore of the database would not be possible.
@@ -166,19 +209,29 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
     new_entries = {p: e for p, e in report.entries().items() if p != VERSION_FILE}
     rules = install_rules(ctx, report.manifest)
     check_patch_paths(new_entries, rules)
-    current = scan_tree(ctx.paths.root, rules, strict=False)
+    current = scan_tree(ctx.paths.root, rules, strict=False, known=_read_installed_stats(ctx))
     current.entries.pop(VERSION_FILE, None)
-    diff = diff_trees(current.entries, new_entries)
-    old_entries = {p: current.entries[p] for p in diff.changed + diff.deleted}
     installed = _read_installed_manifest(ctx)
+    installed.pop(VERSION_FILE, None)
+    full = diff_trees(current.entries, new_entries)
+    owned = set(installed) | set(report.manifest.get("deleted", []))
+    deleted = [p for p in full.deleted if remove_unowned or p in owned]
+    unowned = [p for p in full.deleted if p not in set(deleted)]
+    diff = TreeDiff(full.added, full.changed, deleted)
+    check_delta(ctx, report, diff, new_entries)
+    old_entries = {p: current.entries[p] for p in diff.changed + diff.deleted}
     drift = []
     if installed:
-        installed.pop(VERSION_FILE, None)
         drift = sorted(
             p
             for p, e in current.entries.items()
-            if e.type == "file" and (p not in installed or not installed[p].same_content(e))
+            if e.type == "file" and p in installed and not installed[p].same_content(e)
         )
+    seen = {
+        p: (size, mtime, current.entries[p].sha256)
+        for p, (size, mtime) in current.stats.items()
+        if p in current.entries and current.entries[p].sha256
+    }
     migrations = [m["name"] for m in report.manifest.get("migrations", [])]
     pending: list[str] | None = None
     db_bytes = 0
@@ -219,6 +272,8 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport) -> Plan
         problems,
         needs,
         proof,
+        unowned,
+        seen,
         new_entries,
         old_entries,
         list(current.warnings),
@@ -360,7 +415,7 @@ class ApplyRun:
         if interrupted is None:
             self._check_versions()
         self.ctx.log("-> plan")
-        self.plan = make_plan(self.ctx, self.version, self.report)
+        self.plan = make_plan(self.ctx, self.version, self.report, remove_unowned=self.options.remove_unowned)
         if interrupted is not None:
             self.plan.warnings.append(
                 f"an interrupted {interrupted.action} of {interrupted.version} will be finished or undone first"
@@ -380,7 +435,7 @@ class ApplyRun:
             self.recover(interrupted)
             self.recovered = True
             self._check_versions()
-            self.plan = make_plan(self.ctx, self.version, self.report)
+            self.plan = make_plan(self.ctx, self.version, self.report, remove_unowned=self.options.remove_unowned)
         assert self.plan is not None
         self.from_version = self.plan.from_version or ""
         self.journal = Journal(paths.journal, "apply", str(self.version), self.from_version)
@@ -392,7 +447,7 @@ class ApplyRun:
         ctx = self.ctx
         remove_tree(self.staging)
         self.staging.parent.mkdir(parents=True, exist_ok=True)
-        extract_archive(ctx.paths.archive(self.version), self.staging, self.report.entries())
+        extract_archive(ctx.paths.archive(self.version), self.staging, self.report.archive_entries())
         for label, command in (("install", ctx.settings.install_command), ("build", ctx.settings.build_command)):
             if not command.strip():
                 continue
@@ -550,6 +605,8 @@ class ApplyRun:
         )
         backup = self._backup()
         write_json_atomic(ctx.paths.installed_manifest, report.manifest, mode=0o644)
+        if self.plan is not None:
+            write_json_atomic(ctx.paths.installed_stats, self._stats_after_switch(self.plan), mode=0o644)
         InstalledRecord(
             version=str(self.version),
             backup=backup.name if backup else "",
@@ -576,6 +633,24 @@ class ApplyRun:
                 **({"recovered": True} if self.resumed else {}),
             },
         )
+
+    def _stats_after_switch(self, plan: Plan) -> dict[str, list[int | str]]:
+        """(size, mtime_ns, sha256) of the installed tree's files now: the plan's scan for files the
+        switch left alone, a fresh stat for those it placed."""
+        stats: dict[str, list[int | str]] = {p: list(v) for p, v in plan.seen.items()}
+        for rel in plan.diff.deleted:
+            stats.pop(rel, None)
+        for rel in plan.diff.added + plan.diff.changed:
+            entry = plan.new_entries[rel]
+            stats.pop(rel, None)
+            if entry.type != "file":
+                continue
+            try:
+                st = os.lstat(self.ctx.paths.root / rel)
+            except OSError:
+                continue
+            stats[rel] = [st.st_size, st.st_mtime_ns, entry.sha256]
+        return stats
 
     def cleanup(self) -> None:
         """Rename the staging folder aside (deleted after the result is printed)."""

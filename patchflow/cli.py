@@ -106,39 +106,64 @@ def context_for(c: Context, root: str | None, *, record: bool = False, **flags: 
         "root": ROOT_HELP,
         "version": "patch version (default: the VERSION file, never modified)",
         "force": "replace an existing patches/vX.Y.Z/ folder",
+        "base": "build a delta patch against this version (patches/vBASE/ must exist and verify): "
+        "only files added or changed since it are packed",
     }
 )
-def create_patch(c: Context, version: str | None = None, root: str | None = None, force: bool = False) -> None:
+def create_patch(
+    c: Context, version: str | None = None, root: str | None = None, force: bool = False, base: str | None = None
+) -> None:
     """Build patches/vX.Y.Z/ (archive, checksums, manifest, README, CHANGELOG, schema.sql)."""
     from patchflow.create import create_patch as build
 
     settings = settings_for(c, root)
     parsed = parse_version(version, source="--version") if version else None
+    parsed_base = parse_version(base, source="--base") if base else None
     with byte_progress() as progress:
-        created = build(settings, parsed, force=force, progress=progress)
+        created = build(settings, parsed, force=force, progress=progress, base=parsed_base)
     for warning in created.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+    delta = f" (delta from {created.base_version}: {created.members} entries packed)" if created.base_version else ""
     console.print(
         f"[green]created[/] patch {created.version.tag}: {created.file_count} files, "
         f"{human_bytes(created.total_bytes)} packed into {human_bytes(created.archive_size)}, "
-        f"{len(created.migrations)} migrations"
+        f"{len(created.migrations)} migrations{delta}"
     )
     console.print(f"  folder  {created.folder}")
     console.print(f"  sha256  {created.archive_sha256}")
 
 
-@command(help={"root": ROOT_HELP, "version": "patch version to verify (e.g. 2.3.0)"})
-def verify_patch(c: Context, version: str | None = None, root: str | None = None) -> None:
-    """Check a patch folder: md5, SHA256SUMS and archive members against the manifest."""
+@command(
+    help={
+        "root": ROOT_HELP,
+        "version": "patch version to verify (e.g. 2.3.0)",
+        "deep": "also decompress the archive and compare every member with the manifest "
+        "(apply does this check while it extracts)",
+    }
+)
+def verify_patch(c: Context, version: str | None = None, root: str | None = None, deep: bool = False) -> None:
+    """Check a patch folder: md5, SHA256SUMS, signature and manifest (--deep: archive members too)."""
     from patchflow.paths import ProjectPaths
     from patchflow.verify import verify_patch as check
 
     settings = settings_for(c, root)
     parsed = parse_version(version, source="--version")
-    report = check(ProjectPaths.from_settings(settings).patch_dir(parsed), parsed, verify_key=settings.verify_key)
+    report = check(
+        ProjectPaths.from_settings(settings).patch_dir(parsed), parsed, verify_key=settings.verify_key, deep=deep
+    )
     signed = " and signature" if settings.verify_key else ""
-    count = len(report.entries())
-    console.print(f"[green]ok[/] patch {parsed.tag}: checksums{signed} and {count} manifest entries match")
+    count = len(report.manifest.get("files", []))
+    if deep:
+        members = len(report.delta["members"]) if report.delta else count
+        console.print(
+            f"[green]ok[/] patch {parsed.tag}: checksums{signed} match; "
+            f"{members} archive members match the manifest ({count} entries)"
+        )
+    else:
+        console.print(
+            f"[green]ok[/] patch {parsed.tag}: checksums{signed} and manifest match ({count} entries; "
+            "archive members are checked when it is applied, or with --deep)"
+        )
 
 
 @command(help={"out": "file to write the new signing key to (mode 0600; never overwritten)"})
@@ -160,14 +185,17 @@ def create_signing_key(c: Context, out: str | None = None) -> None:
         "root": ROOT_HELP,
         "json": "print machine-readable JSON instead of tables",
         "history": "INT: number of history entries to show",
+        "verify": "verify every patch fully now (archive members too) instead of using cached checksum results",
     }
 )
-def patch_status(c: Context, root: str | None = None, json_: bool = False, history: int = 10) -> None:
+def patch_status(
+    c: Context, root: str | None = None, json_: bool = False, history: int = 10, verify: bool = False
+) -> None:
     """Show the installed version, patches, backups, apply history and any interrupted apply."""
     from patchflow.status import collect_status, render_status
 
     settings = settings_for(c, root)
-    status = collect_status(settings, history_limit=history)
+    status = collect_status(settings, history_limit=history, verify_archives=verify)
     if json_:
         print(json.dumps(status, indent=2, ensure_ascii=False))
     else:
@@ -249,7 +277,13 @@ def _print_plan(plan: Any) -> None:
     if plan.drift:
         console.print(
             f"  [yellow]drift[/]: {len(plan.drift)} files changed on this server since the last patch "
-            "(kept in the backup): " + ", ".join(plan.drift[:10])
+            "(replaced; kept in the backup): " + ", ".join(plan.drift[:10])
+        )
+    if plan.unowned:
+        console.print(
+            f"  [yellow]unowned[/]: {len(plan.unowned)} paths here belong to no patch and stay "
+            "(--remove-unowned deletes them): " + ", ".join(plan.unowned[:10]),
+            markup=True,
         )
     pending = plan.pending_migrations
     console.print(
@@ -281,6 +315,7 @@ def _print_plan(plan: Any) -> None:
         "break_lock": "take over a stale lock left by a dead apply/rollback (it is recovered first)",
         "health_url": "override the health check URL(s), comma separated",
         "health_timeout": "FLOAT: override the health check deadline in seconds",
+        "remove_unowned": "also delete paths missing from the patch that no patch owned (files the host added)",
     }
 )
 def apply_patch(
@@ -294,6 +329,7 @@ def apply_patch(
     break_lock: bool = False,
     health_url: str | None = None,
     health_timeout: float = float(UNSET),
+    remove_unowned: bool = False,
 ) -> None:
     """Apply a patch: verify, back up, switch, migrate, restart, health-check; roll back on failure."""
     from patchflow.apply import ApplyOptions
@@ -304,7 +340,13 @@ def apply_patch(
     parsed = parse_version(version, source="--version")
     timeout = None if health_timeout == UNSET else health_timeout
     ctx = context_for(c, root, record=not dry_run, health_url=health_url, health_timeout=timeout)
-    options = ApplyOptions(force=force, allow_downgrade=allow_downgrade, dry_run=dry_run, break_lock=break_lock)
+    options = ApplyOptions(
+        force=force,
+        allow_downgrade=allow_downgrade,
+        dry_run=dry_run,
+        break_lock=break_lock,
+        remove_unowned=remove_unowned,
+    )
 
     def ask(plan: Any) -> None:
         _print_plan(plan)

@@ -3,29 +3,49 @@
 The folder is built under a temporary name beside its final place and renamed into place only
 when complete, so a failure leaves nothing behind and a reader never sees half a patch.
 ``VERSION`` is read, never written.
+
+One pass: the tree is walked once (sizes, modes, links), every file is read once while it is
+packed (its sha256 comes from that read), the archive is hashed (sha256 and md5) while it is
+written, and ``manifest.json`` is written after the archive from those digests; the checksum
+files are computed from the digests and the bytes written, never by reading files again.
+
+**Delta patches** (``base=``): only the entries added or changed since the base patch's manifest
+are packed. The manifest still lists every entry of the full tree in ``"files"`` (so an apply
+plans against the full tree) and adds::
+
+    "delta": {
+        "base_version": "2.3.0",
+        "base_manifest_sha256": "<sha256 of the base patch's manifest.json bytes>",
+        "members": ["<sorted paths packed in the archive>", ...]
+    }
+
+``"deleted"`` lists the paths of the base that the new tree no longer has. A full patch has no
+``"delta"`` key. Applying a delta needs the base version installed: the unchanged entries come
+from the install, the members from the archive.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from patchflow import __version__
-from patchflow.archive import build_archive
+from patchflow.archive import ArchiveResult, build_archive
 from patchflow.config import Settings
 from patchflow.errors import CreatePatchError
-from patchflow.manifest import Entry, Tree, file_digest, load_rules, scan_tree
+from patchflow.manifest import Entry, Tree, TreeDiff, diff_trees, load_rules, scan_tree
 from patchflow.migrations import Migration, combined_sql, find_migrations
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
-from patchflow.signing import sign_file
 from patchflow.version import PatchVersion, parse_version, read_version_file
 
 MANIFEST_FORMAT = 1
@@ -34,7 +54,8 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 @dataclass
 class CreatedPatch:
-    """The result of create-patch: the folder, the archive's sha256 and size (bytes), counts."""
+    """The result of create-patch: the folder, the archive's sha256 and size (bytes), counts;
+    ``base_version`` is set for a delta patch, whose archive holds ``members`` entries."""
 
     version: PatchVersion
     folder: Path
@@ -45,10 +66,16 @@ class CreatedPatch:
     total_bytes: int
     migrations: list[Migration]
     warnings: list[str] = field(default_factory=list)
+    base_version: PatchVersion | None = None
+    members: int = 0  # entries packed in the archive (all of them for a full patch)
 
 
-def git_commit(root: Path) -> dict[str, Any] | None:
-    """``{"commit": sha, "dirty": bool}`` of the git checkout at ``root``, or None if not a checkout."""
+def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout at ``root``, or None if not a checkout.
+
+    ``ignore``: root-relative folders left out of the dirty check (patchflow's own ``patches/``,
+    ``backups/``, ``.patchflow/``, which create-patch itself writes to).
+    """
     if not (root / ".git").exists():
         return None
     try:
@@ -57,8 +84,13 @@ def git_commit(root: Path) -> dict[str, Any] | None:
         )
         if head.returncode != 0:
             return None
+        excludes = [f":(exclude){folder}" for folder in ignore]
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, check=False, timeout=60
+            ["git", "-C", str(root), "status", "--porcelain", "--", ".", *excludes],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -188,6 +220,111 @@ def _discard(work: Path, made_dir: Path | None) -> None:
             pass
 
 
+class _Git:
+    """:func:`git_commit` of ``root`` on a thread (it can take a while on a large checkout)."""
+
+    def __init__(self, root: Path, ignore: tuple[str, ...]) -> None:
+        self._value: dict[str, Any] | None = None
+        self._thread = threading.Thread(target=self._run, args=(root, ignore), name="patchflow-git", daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path, ignore: tuple[str, ...]) -> None:
+        self._value = git_commit(root, ignore)
+
+    def result(self) -> dict[str, Any] | None:
+        self._thread.join()
+        return self._value
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The base patch of a delta: its version, entries and the sha256 of its manifest bytes."""
+
+    version: PatchVersion
+    entries: dict[str, Entry]
+    manifest_sha256: str
+
+
+def _load_base(paths: ProjectPaths, settings: Settings, base: PatchVersion, version: PatchVersion) -> _Base:
+    """Read and verify (checksums, signature, manifest) the base patch of a delta.
+
+    Raises:
+        CreatePatchError: the base is not older than ``version``, missing, or does not verify.
+    """
+    from patchflow.verify import verify_patch_folder
+
+    if not base < version:
+        raise CreatePatchError(
+            f"The base {base} of a delta patch must be older than {version}.",
+            "Pass --base with the version the installs are on now; nothing was written.",
+        )
+    folder = paths.patch_dir(base)
+    report = verify_patch_folder(folder, base, verify_key=settings.verify_key)
+    if not report.ok:
+        raise CreatePatchError(
+            f"The base patch {base.tag} cannot be used: it is {report.state} ({'; '.join(report.problems[:5])}).",
+            f"A delta is built against {folder}/{MANIFEST}: copy or rebuild that patch first; nothing was written.",
+        )
+    data = (folder / MANIFEST).read_bytes()
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        manifest = None
+    if manifest != report.manifest:  # changed since it was verified
+        raise CreatePatchError(
+            f"{folder / MANIFEST} changed while it was being read.", "Run create-patch again; nothing was written."
+        )
+    return _Base(base, report.entries(), hashlib.sha256(data).hexdigest())
+
+
+def manifest_chunks(manifest: dict[str, Any]) -> Iterator[str]:
+    """``manifest`` as JSON text, in pieces: indented keys, and one compact entry per line in
+    ``files`` (the same JSON as an indented dump, about half its size, written without holding it
+    all in memory). ``files`` may hold :class:`Entry` objects or their JSON dicts."""
+    keys = list(manifest)
+    yield "{\n"
+    for index, key in enumerate(keys):
+        value = manifest[key]
+        comma = "," if index < len(keys) - 1 else ""
+        if key == "files" and isinstance(value, list) and value:
+            yield f"  {json.dumps(key)}: [\n"
+            last = len(value) - 1
+            for number, item in enumerate(value):
+                data = item.to_json() if isinstance(item, Entry) else item
+                yield "    " + json.dumps(data, ensure_ascii=False) + (",\n" if number < last else "\n")
+            yield f"  ]{comma}\n"
+        else:
+            text = json.dumps(value.to_json() if isinstance(value, Entry) else value, indent=2, ensure_ascii=False)
+            yield f"  {json.dumps(key)}: {text.replace(chr(10), chr(10) + '  ')}{comma}\n"
+    yield "}\n"
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """``manifest`` as JSON text (see :func:`manifest_chunks`)."""
+    return "".join(manifest_chunks(manifest))
+
+
+def _buffered(pieces: Iterable[str], size: int = 1 << 20) -> Iterator[str]:
+    """Join small pieces into chunks of about ``size`` characters."""
+    batch: list[str] = []
+    length = 0
+    for piece in pieces:
+        batch.append(piece)
+        length += len(piece)
+        if length >= size:
+            yield "".join(batch)
+            batch, length = [], 0
+    if batch:
+        yield "".join(batch)
+
+
+def _created_at(now: datetime | None) -> datetime:
+    if now is not None:
+        return now
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
+
+
 def create_patch(
     settings: Settings,
     version: PatchVersion | None = None,
@@ -195,15 +332,19 @@ def create_patch(
     force: bool = False,
     progress: ProgressFactory | None = None,
     now: datetime | None = None,
+    base: PatchVersion | None = None,
 ) -> CreatedPatch:
     """Build ``patches/vX.Y.Z/`` from the project tree at ``settings.root``.
 
     Args:
-        settings: resolved settings (root, exclude patterns, folders).
+        settings: resolved settings (root, exclude patterns, folders, signing key).
         version: the patch version; default: the ``VERSION`` file (which is never modified).
         force: replace an existing patch folder of that version.
         progress: ``progress(label, total_bytes)`` returns a callback fed with bytes done.
         now: creation time (UTC); default ``SOURCE_DATE_EPOCH`` if set, else the clock.
+        base: build a delta patch against this version: ``patches/v<base>/`` must exist and
+            verify; only entries added or changed since its manifest are packed (see the
+            module docstring for the manifest's ``delta`` key).
 
     Returns:
         A :class:`CreatedPatch`.
@@ -211,7 +352,9 @@ def create_patch(
     Raises:
         VersionError: no version given and ``VERSION`` missing or invalid.
         CreatePatchError: the folder exists (without ``force``), a link leaves the tree, a file is
-            unreadable, or the folder cannot be written. Nothing is left on disk in that case.
+            unreadable, the folder cannot be written, or the delta's base is missing, not older
+            or does not verify. Nothing is left on disk in that case.
+        ArchiveError: a file changed while it was being packed (nothing is left on disk).
     """
     paths = ProjectPaths.from_settings(settings)
     root = paths.root
@@ -223,11 +366,20 @@ def create_patch(
             f"Patch folder {final} already exists.",
             "Pass --force to rebuild it, or choose another --version.",
         )
+    delta_base = _load_base(paths, settings, base, version) if base is not None else None
+    source = _Git(root, paths.excluded_roots())  # git runs while the tree is scanned and packed
     rules = load_rules(root, settings.exclude, paths.excluded_roots())
-    sizing = scan_tree(root, rules, hash_files=False)
-    on_bytes = progress("hashing files", sizing.total_bytes) if progress else None
-    tree = scan_tree(root, rules, on_bytes=on_bytes)
+    tree = scan_tree(root, rules, hash_files=False)
     migrations = find_migrations(root)
+    diff: TreeDiff | None = None
+    if delta_base is not None:
+        from patchflow.manifest import hash_tree
+
+        hash_tree(root, tree, on_bytes=progress("hashing files", tree.total_bytes) if progress else None)
+        diff = diff_trees(delta_base.entries, tree.entries)
+        packed = [tree.entries[p] for p in sorted(diff.added + diff.changed)]
+    else:
+        packed = tree.sorted()
 
     made_patches_dir = not paths.patches.exists()
     paths.patches.mkdir(parents=True, exist_ok=True)
@@ -237,58 +389,54 @@ def create_patch(
     work.mkdir()
     try:
         archive = work / f"patch-{version.tag}.tar.gz"
-        pack_progress = progress("packing archive", tree.total_bytes) if progress else None
-        build_archive(root, tree.sorted(), archive, pack_progress)
-        sha256 = file_digest(archive, "sha256")[0]
-        md5 = file_digest(archive, "md5")[0]
-        created = now or (
-            datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), UTC)
-            if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit()
-            else datetime.now(UTC)
-        )
-        base = _find_base(paths, version)
-        delta: dict[str, list[str]] | None = None
-        if base is not None:
-            from patchflow.manifest import diff_trees
+        pack_progress = progress("packing archive", sum(e.size for e in packed)) if progress else None
+        result = build_archive(root, packed, archive, pack_progress)
+        for entry in result.entries:
+            tree.entries[entry.path] = entry  # sha256 and size from the packing read
+        summary: tuple[PatchVersion, TreeDiff] | None = None
+        if delta_base is not None and diff is not None:
+            summary = (delta_base.version, diff)
+        elif (found := _find_base(paths, version)) is not None:
+            summary = (found[0], diff_trees(found[1], tree.entries))
+        manifest = _manifest(paths, version, tree, rules.patterns, migrations, result, delta_base, summary, now)
+        manifest["source"] = source.result()
+        digests: dict[str, tuple[str, str]] = {archive.name: (result.md5, result.sha256)}
 
-            d = diff_trees(base[1], tree.entries)
-            delta = {"added": d.added, "changed": d.changed, "deleted": d.deleted}
-        manifest: dict[str, Any] = {
-            "format": MANIFEST_FORMAT,
-            "version": str(version),
-            "base_version": str(base[0]) if base else None,
-            "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "source": git_commit(root),
-            "tool": {"name": "patchflow", "version": __version__},
-            "archive": {"name": archive.name, "sha256": sha256, "size": archive.stat().st_size},
-            "exclude": list(rules.patterns),
-            "file_count": len(tree.files()),
-            "total_bytes": tree.total_bytes,
-            "files": [e.to_json() for e in tree.sorted()],
-            "deleted": delta["deleted"] if delta else [],
-            "migrations": [m.to_json() for m in migrations],
-        }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        def write(name: str, text: str | Iterable[str]) -> None:
+            md5, sha256 = hashlib.md5(), hashlib.sha256()  # noqa: S324 - checksum.md5 is for the old workflow
+            with open(work / name, "wb") as handle:
+                for piece in [text] if isinstance(text, str) else text:
+                    data = piece.encode("utf-8")
+                    handle.write(data)
+                    md5.update(data)
+                    sha256.update(data)
+            digests[name] = (md5.hexdigest(), sha256.hexdigest())
+
+        write(MANIFEST, _buffered(manifest_chunks(manifest)))
         changelog = ""
         if paths.changelog.is_file():
             text = paths.changelog.read_text(encoding="utf-8", errors="replace")
             changelog = changelog_section(text, version) or text
-        (work / "CHANGELOG.md").write_text(
-            changelog or f"# {version.tag}\n\nNo changelog was provided.\n", encoding="utf-8"
-        )
-        (work / "schema.sql").write_text(_schema_sql(root, migrations), encoding="utf-8")
-        (work / "README.md").write_text(
-            _readme(version, tree, archive.name, sha256, md5, migrations, delta), encoding="utf-8"
-        )
-        payload = sorted(p.name for p in work.iterdir() if p.is_file())
-        (work / MD5SUMS).write_text(
-            "".join(f"{file_digest(work / n, 'md5')[0]}  {n}\n" for n in payload), encoding="utf-8"
-        )
-        covered = sorted(p.name for p in work.iterdir() if p.is_file())
-        (work / SHA256SUMS).write_text(
-            "".join(f"{file_digest(work / n, 'sha256')[0]}  {n}\n" for n in covered), encoding="utf-8"
-        )
+        write("CHANGELOG.md", changelog or f"# {version.tag}\n\nNo changelog was provided.\n")
+        write("schema.sql", _schema_sql(root, migrations))
+        changes = None
+        if summary is not None:
+            changes = {"added": summary[1].added, "changed": summary[1].changed, "deleted": summary[1].deleted}
+        readme = _readme(version, tree, archive.name, result.sha256, result.md5, migrations, changes)
+        if delta_base is not None:
+            readme = readme.replace(
+                "\n## Checksums\n",
+                f"\nThis is a **delta patch** against {delta_base.version}: the archive holds only the {len(packed)} "
+                f"entries added or changed since then. Apply it on an install at {delta_base.version}.\n\n"
+                "## Checksums\n",
+                1,
+            )
+        write("README.md", readme)
+        write(MD5SUMS, "".join(f"{digests[n][0]}  {n}\n" for n in sorted(digests)))
+        write(SHA256SUMS, "".join(f"{digests[n][1]}  {n}\n" for n in sorted(digests)))
         if settings.signing_key:
+            from patchflow.signing import sign_file
+
             sign_file(work / SHA256SUMS, settings.signing_key)
         if final.exists() and not force:
             # another create-patch of this version finished meanwhile: the first one wins
@@ -318,10 +466,51 @@ def create_patch(
         version=version,
         folder=final,
         archive=final / archive.name,
-        archive_sha256=sha256,
-        archive_size=(final / archive.name).stat().st_size,
+        archive_sha256=result.sha256,
+        archive_size=result.size,
         file_count=len(tree.files()),
         total_bytes=tree.total_bytes,
         migrations=migrations,
         warnings=warnings,
+        base_version=delta_base.version if delta_base else None,
+        members=len(packed),
     )
+
+
+def _manifest(
+    paths: ProjectPaths,
+    version: PatchVersion,
+    tree: Tree,
+    patterns: tuple[str, ...],
+    migrations: list[Migration],
+    result: ArchiveResult,
+    delta_base: _Base | None,
+    summary: tuple[PatchVersion, TreeDiff] | None,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """The manifest.json data; ``base_version``/``deleted`` describe ``summary``: the delta's base,
+    or for a full patch the newest earlier patch in ``patches/``."""
+    base_version = str(summary[0]) if summary else None
+    deleted = summary[1].deleted if summary else []
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "version": str(version),
+        "base_version": base_version,
+        "created_at": _created_at(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": None,  # filled in by create_patch (git ran while the tree was packed)
+        "tool": {"name": "patchflow", "version": __version__},
+        "archive": {"name": f"patch-{version.tag}.tar.gz", "sha256": result.sha256, "size": result.size},
+        "exclude": list(patterns),
+        "file_count": len(tree.files()),
+        "total_bytes": tree.total_bytes,
+        "files": tree.sorted(),  # Entry objects, turned into JSON as the manifest is written
+        "deleted": deleted,
+        "migrations": [m.to_json() for m in migrations],
+    }
+    if delta_base is not None:
+        manifest["delta"] = {
+            "base_version": str(delta_base.version),
+            "base_manifest_sha256": delta_base.manifest_sha256,
+            "members": sorted(e.path for e in result.entries),
+        }
+    return manifest

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -56,6 +58,9 @@ SECRET_PATTERNS: tuple[str, ...] = (
     "!*.pub",
 )
 ALWAYS_INCLUDED: tuple[str, ...] = ("prisma/migrations/**",)
+_ALWAYS_PREFIX = "prisma/migrations/"  # what every path ALWAYS_INCLUDED matches starts with
+# one of these is in every path a secret pattern matches
+_SECRET_HINT = re.compile(r"\.env|\.pem|\.key|\.p12|\.pfx|id_")
 CHUNK = 1024 * 1024
 
 
@@ -65,7 +70,7 @@ def clean_mode(mode: int) -> int:
     return stat.S_IMODE(mode) & 0o755
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One tree entry. ``size`` is bytes (files only); ``sha256`` hex (files only);
     ``mode`` the permission bits (e.g. ``0o755``); ``target`` the link text (symlinks only)."""
@@ -114,11 +119,13 @@ class Entry:
 
 @dataclass
 class Tree:
-    """A scanned tree: ``entries`` maps POSIX relative path to :class:`Entry` (sorted on output)."""
+    """A scanned tree: ``entries`` maps POSIX relative path to :class:`Entry` (sorted on output);
+    ``stats`` maps each file's path to ``(size in bytes, st_mtime_ns)`` as scanned."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     excluded_secrets: list[str] = field(default_factory=list)
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # file path -> (size, st_mtime_ns)
 
     def files(self) -> list[Entry]:
         return [e for _, e in sorted(self.entries.items()) if e.type == "file"]
@@ -131,37 +138,79 @@ class Tree:
         return sum(e.size for e in self.entries.values())
 
 
+_NAME_GLOB = re.compile(r"^[A-Za-z0-9._+@~=,%-]*[A-Za-z0-9_+@~=,%*?-][A-Za-z0-9._+@~=,%*?-]*/?$")
+
+
+def _name_glob_regex(globs: Iterable[str], *, anywhere: bool = False) -> re.Pattern[str] | None:
+    """A regex for name globs (``*``, ``?``; no ``/``): matching one whole component, or with
+    ``anywhere`` found as any whole component of a path (``search``)."""
+    parts = ["".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in g) for g in globs]
+    if not parts:
+        return None
+    alternatives = "(?:" + "|".join(parts) + ")"
+    return re.compile(f"(?:^|/){alternatives}(?=/|\\Z)" if anywhere else f"{alternatives}\\Z")
+
+
 class ExcludeRules:
     """Decide whether a project-relative path belongs to a patch.
 
     Args:
         patterns: gitignore-style patterns (defaults + settings + ``.patchignore``), in order.
         protected: folders that are never part of a patch (patches/, backups/, .patchflow/).
+
+    Matching uses ``pathspec``'s gitignore semantics. When no pattern negates (``!``), plain name
+    globs (no ``/`` but a trailing one, no ``**``, brackets or escapes: ``node_modules``,
+    ``*.log``, ``tmp/``) are checked against each path component with one regex, which is what
+    gitignore does for them and about ten times faster; any other pattern goes to ``pathspec``.
     """
 
     def __init__(self, patterns: Iterable[str], protected: Iterable[str] = ()) -> None:
         self.patterns = tuple(p for p in patterns if p.strip() and not p.lstrip().startswith("#"))
         self.protected = tuple(p.strip("/") for p in protected if p.strip("/"))
-        self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
-        self._secrets = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+        self._protected_tops = frozenset(self.protected)
+        self._protected_nested = tuple(p + "/" for p in self.protected if "/" in p)
+        self._secrets_spec: pathspec.GitIgnoreSpec | None = None
         self._always = pathspec.GitIgnoreSpec.from_lines(ALWAYS_INCLUDED)
+        simple: list[str] = []
+        others = list(self.patterns)
+        if not any(p.startswith("!") for p in self.patterns):
+            simple = [p for p in self.patterns if _NAME_GLOB.match(p) and "**" not in p]
+            others = [p for p in self.patterns if p not in simple]
+        self._any_name = _name_glob_regex(p.rstrip("/") for p in simple)
+        self._in_folder = _name_glob_regex((p.rstrip("/") for p in simple), anywhere=True)
+        self._file_name = _name_glob_regex(p for p in simple if not p.endswith("/"))
+        self._spec = pathspec.GitIgnoreSpec.from_lines(others) if others else None
 
     def is_secret(self, rel: str) -> bool:
-        return self._secrets.match_file(rel)
+        # every secret pattern holds one of these literal pieces: a path without any of them
+        # cannot match (saves the pattern matching for almost every path of a tree)
+        if _SECRET_HINT.search(rel) is None:
+            return False
+        if self._secrets_spec is None:
+            self._secrets_spec = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+        return self._secrets_spec.match_file(rel)
 
     def excluded(self, rel: str, is_dir: bool) -> bool:
         """True if ``rel`` (POSIX, relative) is outside the patch. Directories get a trailing ``/``."""
-        first = rel.split("/", 1)[0]
-        if first in self.protected or rel in self.protected:
+        if rel.partition("/")[0] in self._protected_tops or rel in self._protected_tops:
             return True
-        if any(rel == p or rel.startswith(p + "/") for p in self.protected):
+        if self._protected_nested and rel.startswith(self._protected_nested):
             return True
         probe = rel + "/" if is_dir else rel
         if not is_dir and self.is_secret(rel):
             return True
-        if self._always.match_file(probe) or rel == "prisma/migrations" or rel == "prisma":
+        if rel.startswith(_ALWAYS_PREFIX) and self._always.match_file(probe):
             return False
-        return self._spec.match_file(probe)
+        if rel == "prisma/migrations" or rel == "prisma":
+            return False
+        if self._in_folder is not None:
+            folder, _, name = rel.rpartition("/")
+            if folder and self._in_folder.search(folder):
+                return True
+            last = self._any_name if is_dir else self._file_name
+            if last is not None and last.match(name):
+                return True
+        return self._spec is not None and self._spec.match_file(probe)
 
 
 def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str]) -> ExcludeRules:
@@ -194,6 +243,74 @@ def file_digest(path: Path, algorithm: str = "sha256", on_bytes: ProgressCallbac
             if on_bytes is not None:
                 on_bytes(len(chunk))
     return digest.hexdigest(), size
+
+
+PARALLEL_DIGEST_MIN = 8 * 1024 * 1024
+
+
+def file_digests(
+    path: Path, algorithms: Iterable[str], on_bytes: ProgressCallback | None = None
+) -> tuple[dict[str, str], int]:
+    """Return ``({algorithm: hex digest}, size in bytes)`` of ``path`` for several ``hashlib``
+    algorithms (e.g. ``("sha256", "md5")``) in ONE read of the file.
+
+    For files of 8 MiB or more each extra algorithm runs on its own thread, fed the same
+    1 MiB chunks (hashlib releases the GIL), so the time is that of the slowest digest.
+    """
+    names = list(dict.fromkeys(algorithms))
+    digests = [hashlib.new(name) for name in names]
+    size = 0
+    with open(path, "rb") as handle:
+        first = handle.read(CHUNK)
+        if len(digests) == 1 or len(first) < CHUNK or os.fstat(handle.fileno()).st_size < PARALLEL_DIGEST_MIN:
+            chunk = first
+            while chunk:
+                for digest in digests:
+                    digest.update(chunk)
+                size += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+                chunk = handle.read(CHUNK)
+        else:
+            size = _parallel_digests(handle, first, digests, on_bytes)
+    return {name: digest.hexdigest() for name, digest in zip(names, digests, strict=True)}, size
+
+
+def _parallel_digests(handle: Any, first: bytes, digests: list[Any], on_bytes: ProgressCallback | None) -> int:
+    """Feed every chunk of ``handle`` (starting with ``first``) to ``digests[0]`` here and to each
+    other digest on its own thread."""
+    import queue
+    import threading
+
+    feeds: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=8) for _ in digests[1:]]
+
+    def consume(digest: Any, feed: queue.Queue[bytes | None]) -> None:
+        while (chunk := feed.get()) is not None:
+            digest.update(chunk)
+
+    threads = [
+        threading.Thread(target=consume, args=(digest, feed), daemon=True)
+        for digest, feed in zip(digests[1:], feeds, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    size = 0
+    chunk = first
+    try:
+        while chunk:
+            for feed in feeds:
+                feed.put(chunk)
+            digests[0].update(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            chunk = handle.read(CHUNK)
+    finally:
+        for feed in feeds:
+            feed.put(None)
+        for thread in threads:
+            thread.join()
+    return size
 
 
 def sha256_file(path: Path, on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
@@ -243,17 +360,27 @@ def scan_tree(
     hash_files: bool = True,
     on_bytes: ProgressCallback | None = None,
     strict: bool = True,
+    known: Mapping[str, tuple[int, int, str]] | None = None,
+    workers: int | None = None,
 ) -> Tree:
-    """Walk ``root`` (sorted, not following links) and describe every entry the rules keep.
+    """Walk ``root`` once (sorted, not following links) and describe every entry the rules keep.
 
     Args:
         root: the project root.
         rules: what to leave out.
-        hash_files: compute sha256 (False: size and mode only, for quick estimates).
+        hash_files: compute sha256 (False: size and mode only, e.g. before packing, which hashes).
         on_bytes: called with the number of bytes hashed, for progress bars.
         strict: raise on unreadable files, special files and links leaving the tree
             (False, used when scanning an install: warn, skip unreadable/special files, and keep
             links leaving the tree as entries so they are backed up and never followed).
+        known: a cache ``path -> (size in bytes, mtime_ns, sha256)`` (e.g. from the last scan of
+            an install): a file whose size and ``st_mtime_ns`` both match reuses that sha256
+            instead of being read.
+        workers: threads hashing files (default: every core).
+
+    Returns:
+        A :class:`Tree`; ``Tree.stats`` holds ``(size, mtime_ns)`` of every file, to build the next
+        ``known`` cache.
 
     Raises:
         CreatePatchError: (strict) a link points outside the tree or is absolute, a file cannot be
@@ -261,8 +388,9 @@ def scan_tree(
     """
     tree = Tree()
     problems: list[str] = []
+    to_hash: list[tuple[str, str]] = []
 
-    def walk(folder: Path, rel_folder: str) -> None:
+    def walk(folder: str, rel_folder: str) -> None:
         try:
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda d: d.name)
@@ -276,14 +404,18 @@ def scan_tree(
             except OSError as exc:
                 problems.append(f"{rel}: cannot stat ({exc.strerror})")
                 continue
-            if strict and not rules.excluded(rel, is_dir=stat.S_ISDIR(st.st_mode)):
+            mode = st.st_mode
+            excluded = rules.excluded(rel, is_dir=stat.S_ISDIR(mode))
+            if excluded:
+                if stat.S_ISREG(mode) and rules.is_secret(rel):
+                    tree.excluded_secrets.append(rel)
+                continue
+            if strict:
                 bad_name = _bad_name(child.name)
                 if bad_name:
                     problems.append(f"{rel!r}: {bad_name}")
                     continue
-            if stat.S_ISLNK(st.st_mode):
-                if rules.excluded(rel, is_dir=False):
-                    continue
+            if stat.S_ISLNK(mode):
                 target = os.readlink(child.path)
                 if not _link_stays_inside(rel, target) or not _resolves_inside(root, Path(child.path)):
                     message = f"{rel}: symlink to {target!r} points outside the project (absolute or leaving the tree)"
@@ -296,33 +428,28 @@ def scan_tree(
                 if not os.path.exists(child.path):
                     tree.warnings.append(f"{rel}: dangling symlink to {target!r} kept as a link")
                 tree.entries[rel] = Entry(rel, "symlink", target=target)
-            elif stat.S_ISDIR(st.st_mode):
-                if rules.excluded(rel, is_dir=True):
-                    continue
-                tree.entries[rel] = Entry(rel, "dir", mode=clean_mode(st.st_mode))
-                walk(Path(child.path), rel)
-            elif stat.S_ISREG(st.st_mode):
-                if rules.excluded(rel, is_dir=False):
-                    if rules.is_secret(rel):
-                        tree.excluded_secrets.append(rel)
-                    continue
+            elif stat.S_ISDIR(mode):
+                tree.entries[rel] = Entry(rel, "dir", mode=clean_mode(mode))
+                walk(child.path, rel)
+            elif stat.S_ISREG(mode):
                 digest = ""
+                tree.stats[rel] = (st.st_size, st.st_mtime_ns)
                 if hash_files:
-                    try:
-                        digest, _ = sha256_file(Path(child.path), on_bytes)
-                    except OSError as exc:
-                        problems.append(f"{rel}: cannot read ({exc.strerror})")
-                        continue
+                    cached = known.get(rel) if known is not None else None
+                    if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns and cached[2]:
+                        digest = cached[2]
+                    else:
+                        to_hash.append((rel, child.path))
                 elif not os.access(child.path, os.R_OK):
                     problems.append(f"{rel}: cannot read (permission denied)")
                     continue
-                tree.entries[rel] = Entry(rel, "file", mode=clean_mode(st.st_mode), size=st.st_size, sha256=digest)
+                tree.entries[rel] = Entry(rel, "file", mode=clean_mode(mode), size=st.st_size, sha256=digest)
             else:
-                if rules.excluded(rel, is_dir=False):
-                    continue
                 problems.append(f"{rel}: special file (device, FIFO or socket) cannot be packed")
 
-    walk(root, "")
+    walk(str(root), "")
+    if to_hash:
+        _hash_entries(tree, to_hash, problems, on_bytes, workers)
     if problems and strict:
         listed = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise CreatePatchError(
@@ -332,6 +459,109 @@ def scan_tree(
         )
     tree.warnings.extend(problems)
     return tree
+
+
+def hash_tree(
+    root: Path,
+    tree: Tree,
+    *,
+    on_bytes: ProgressCallback | None = None,
+    known: Mapping[str, tuple[int, int, str]] | None = None,
+    workers: int | None = None,
+) -> None:
+    """Fill in the sha256 of every file of ``tree`` (scanned with ``hash_files=False``) in place.
+
+    ``known`` works as in :func:`scan_tree`.
+
+    Raises:
+        CreatePatchError: a file cannot be read (named in the message).
+    """
+    to_hash = []
+    for rel, entry in tree.entries.items():
+        if entry.type != "file" or entry.sha256:
+            continue
+        cached = known.get(rel) if known is not None else None
+        stats = tree.stats.get(rel)
+        if cached is not None and stats is not None and cached[:2] == stats and cached[2]:
+            tree.entries[rel] = Entry(rel, "file", mode=entry.mode, size=entry.size, sha256=cached[2])
+        else:
+            to_hash.append((rel, os.path.join(root, rel)))
+    problems: list[str] = []
+    _hash_entries(tree, to_hash, problems, on_bytes, workers)
+    if problems:
+        raise CreatePatchError(
+            f"The project tree at {root} cannot be packed: {'; '.join(problems[:10])}.",
+            "Fix the permissions; nothing was written.",
+        )
+
+
+HASH_BATCH_BYTES = 8 * 1024 * 1024
+HASH_BATCH_FILES = 512
+
+
+def _hash_one(path: str) -> tuple[str, int] | OSError:
+    """``(sha256, size)`` of a file, or the error reading it; small files in one ``read``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # scanned as a file: never a link now
+    except OSError as exc:
+        return exc
+    try:
+        with open(fd, "rb", buffering=0) as handle:
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        return exc
+    return digest.hexdigest(), size
+
+
+def _hash_batch(paths: list[str]) -> list[tuple[str, int] | OSError]:
+    return [_hash_one(path) for path in paths]
+
+
+def _batches(items: list[tuple[str, str]], sizes: Mapping[str, int]) -> Iterator[list[tuple[str, str]]]:
+    """Consecutive groups of at most HASH_BATCH_FILES files or about HASH_BATCH_BYTES bytes, so
+    a thread pool pays its per-task cost per group, not per file."""
+    batch: list[tuple[str, str]] = []
+    total = 0
+    for item in items:
+        batch.append(item)
+        total += sizes.get(item[0], 0)
+        if len(batch) >= HASH_BATCH_FILES or total >= HASH_BATCH_BYTES:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
+
+
+def _hash_entries(
+    tree: Tree,
+    to_hash: list[tuple[str, str]],
+    problems: list[str],
+    on_bytes: ProgressCallback | None,
+    workers: int | None,
+) -> None:
+    """Fill in the sha256 of ``to_hash`` (rel, absolute path) on a thread pool (hashlib and file
+    reads release the GIL), in batches; unreadable files become problems and leave the tree."""
+    threads = workers or max(1, len(os.sched_getaffinity(0)))
+    sizes = {rel: tree.entries[rel].size for rel, _ in to_hash}
+    batches = list(_batches(to_hash, sizes))
+    with ThreadPoolExecutor(threads, thread_name_prefix="patchflow-hash") as pool:
+        results = pool.map(_hash_batch, ([path for _, path in batch] for batch in batches))
+        for batch, batch_results in zip(batches, results, strict=True):
+            for (rel, _), result in zip(batch, batch_results, strict=True):
+                if isinstance(result, OSError):
+                    problems.append(f"{rel}: cannot read ({result.strerror})")
+                    del tree.entries[rel]
+                    tree.stats.pop(rel, None)
+                    continue
+                digest, size = result
+                old = tree.entries[rel]
+                tree.entries[rel] = Entry(rel, "file", mode=old.mode, size=size, sha256=digest)
+                if on_bytes is not None:
+                    on_bytes(size)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,12 @@ class MigrationHistory:
         self.database = database
         self.schema: str = database.target.schema
 
+    def exists(self) -> bool:
+        """True when the ``_prisma_migrations`` table exists in the schema."""
+        regclass = pg.quote_literal(f"{pg.quote_ident(self.schema)}.{pg.quote_ident(MIGRATIONS_TABLE)}")
+        found = self.database.query(f"SELECT to_regclass({regclass}) IS NOT NULL")
+        return bool(found) and found[0][0] == "t"
+
     def rows(self) -> list[dict[str, Any]]:
         """Rows of ``_prisma_migrations`` in order (empty when the table does not exist):
         ``name, checksum, finished, rolled_back``.
@@ -120,9 +126,7 @@ class MigrationHistory:
         Raises:
             DatabaseError: the database cannot be queried.
         """
-        regclass = pg.quote_literal(f"{pg.quote_ident(self.schema)}.{pg.quote_ident(MIGRATIONS_TABLE)}")
-        exists = self.database.query(f"SELECT to_regclass({regclass}) IS NOT NULL")
-        if not exists or exists[0][0] != "t":
+        if not self.exists():
             return []
         rows = self.database.query(
             "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL "

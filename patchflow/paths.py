@@ -10,6 +10,7 @@ Layout (relative to the project root, the three folders configurable)::
         outputs/ displaced/
     .patchflow/journal.json history.jsonl apply.lock apply.lock.json sequence
                installed-manifest.json installed.json staging-v2.3.0/ logs/ run/
+               verify-cache.json
 """
 
 from __future__ import annotations
@@ -163,9 +164,20 @@ class ProjectPaths:
         return self.state / INSTALLED_RECORD
 
     @property
+    def installed_stats(self) -> Path:
+        """(size, mtime_ns, sha256) of the installed tree's files when last seen: the next plan
+        hashes only files whose size or mtime changed."""
+        return self.state / "installed-stats.json"
+
+    @property
     def displaced_databases(self) -> Path:
         """The record of databases displaced by restores (kept, listed, pruned)."""
         return self.state / "displaced-databases.json"
+
+    @property
+    def verify_cache(self) -> Path:
+        """patch-status' cache of verification results, keyed by each patch folder's file stats."""
+        return self.state / "verify-cache.json"
 
     @property
     def logs(self) -> Path:

@@ -2,17 +2,25 @@
 
 :func:`collect_status` returns plain data (the ``--json`` output); :func:`render_status` prints
 it with rich tables. Times are UTC with an explicit ``Z``.
+
+Speed: patches get the shallow verification (checksums, signature, manifest; the archive hashed
+once, not decompressed) and its result is cached in ``.patchflow/verify-cache.json``, keyed by the
+size, ``mtime_ns``, ``ctime_ns`` and inode of every file of the patch folder (and the verify key),
+so an unchanged patch costs a few ``stat`` calls. ``verify_archives=True`` (``--verify``) runs the
+deep check of every patch and refreshes the cache. Backup sizes come from ``backup.json``
+(``files_bytes`` and the dump's ``size``) instead of walking every backup folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from patchflow.backup import list_backups
+from patchflow.backup import Backup, list_backups
 from patchflow.config import Settings
 from patchflow.console import human_age, human_bytes
 from patchflow.displaced import read_displaced
@@ -21,17 +29,125 @@ from patchflow.installed import installed_version_or_error, read_installed_recor
 from patchflow.journal import Journal, read_history
 from patchflow.lock import lock_status
 from patchflow.paths import ProjectPaths
-from patchflow.verify import verify_patch_folder
 from patchflow.version import PatchVersion, parse_version
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def collect_status(settings: Settings, *, history_limit: int = 10, verify_archives: bool = True) -> dict[str, Any]:
+CACHE_FORMAT = 1
+
+
+def _folder_key(folder: Path) -> list[list[Any]]:
+    """``[name, size, mtime_ns, ctime_ns, inode]`` of every entry of ``folder``, sorted: any
+    write, replacement or new file changes it."""
+    key = []
+    with os.scandir(folder) as children:
+        for child in children:
+            st = child.stat(follow_symlinks=False)
+            key.append([child.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return sorted(key)
+
+
+def _verify_key_id(verify_key: str) -> str:
+    """A fingerprint of the verify key setting (its text, and the key file's stat when it is one)."""
+    text = verify_key.strip()
+    if not text:
+        return ""
+    parts = [text]
+    try:
+        st = Path(text).expanduser().stat()
+        parts += [str(st.st_size), str(st.st_mtime_ns), str(st.st_ino)]
+    except (OSError, ValueError):
+        pass
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("patches"), dict):
+        return {}
+    return data
+
+
+def _save_cache(path: Path, data: dict[str, Any]) -> None:
+    """Write the cache atomically; a state folder that cannot be written only costs speed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _patch_state(
+    folder: Path, version: PatchVersion, settings: Settings, cache: dict[str, Any], *, deep: bool
+) -> tuple[dict[str, Any], bool]:
+    """The verification result of one patch folder (from the cache when its key still matches);
+    returns ``(result, cache_changed)``."""
+    from patchflow.verify import verify_patch_folder
+
+    try:
+        key: Any = {"files": _folder_key(folder), "verify_key": _verify_key_id(settings.verify_key)}
+    except OSError:
+        key = None
+    cached = cache["patches"].get(folder.name)
+    if not deep and key is not None and isinstance(cached, dict) and cached.get("key") == key:
+        return cached, False
+    report = verify_patch_folder(folder, version, check_archive=deep, verify_key=settings.verify_key)
+    result = {
+        "key": key,
+        "deep": deep,
+        "state": report.state,
+        "problems": report.problems,
+        "created_at": report.manifest.get("created_at"),
+        "files": report.manifest.get("file_count"),
+        "delta_base": (report.delta or {}).get("base_version"),
+    }
+    if key is None:
+        return result, False
+    cache["patches"][folder.name] = result
+    return result, True
+
+
+def backup_size(backup: Backup) -> int:
+    """Bytes a backup holds: ``files_bytes`` + the dump's ``size`` recorded in backup.json (plus a
+    walk of ``outputs/`` and ``displaced/`` when present), or a walk of the whole folder for a
+    backup.json without those sizes."""
+    files_bytes = backup.data.get("files_bytes")
+    database = backup.data.get("database")
+    dump_size = database.get("size") if isinstance(database, dict) else 0
+    if not isinstance(files_bytes, int) or not isinstance(dump_size, int) or isinstance(files_bytes, bool):
+        return backup.size_bytes()
+    total = files_bytes + dump_size
+    for extra in ("outputs", "displaced"):
+        folder = backup.folder / extra
+        if folder.is_dir():
+            total += Backup(folder).size_bytes()
+    return total
+
+
+def collect_status(
+    settings: Settings, *, history_limit: int = 10, verify_archives: bool = False, use_cache: bool = True
+) -> dict[str, Any]:
     """Everything patch-status shows, as JSON-ready data.
 
-    Keys: ``root``, ``installed_version``, ``version_error``, ``patches`` (version, state,
-    problems, created_at, files), ``backups`` (name, version, restores_version, created_at,
-    size_bytes, age_seconds, database), ``history`` (last records), ``last_apply``
-    (with ``stopped_seconds``), ``interrupted`` (journal or None), ``lock`` (or None).
+    Args:
+        settings: resolved settings.
+        history_limit: number of history records.
+        verify_archives: verify every patch deeply (archive members against the manifest) and
+            refresh the cache; default: the shallow check, cached (see the module docstring).
+        use_cache: read and write ``.patchflow/verify-cache.json``.
+
+    Returns:
+        Keys: ``root``, ``installed_version``, ``version_error``, ``patches`` (version, state,
+        problems, created_at, files, installed, delta_base, verified: ``"deep"``/``"checksums"``),
+        ``backups`` (name, version, restores_version, created_at, size_bytes, age_seconds,
+        database), ``history`` (last records), ``last_apply`` (with ``stopped_seconds``),
+        ``interrupted`` (journal or None), ``lock`` (or None).
     """
     paths = ProjectPaths.from_settings(settings)
     parsed, version_error = installed_version_or_error(paths)
@@ -48,19 +164,31 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
                 continue
             if child.name == parsed.tag:  # "v1.0.0 " or "V1.0.0" is not the folder of 1.0.0
                 found.append((parsed, child))
+        cache = _load_cache(paths.verify_cache) if use_cache else {}
+        cache = cache or {"format": CACHE_FORMAT, "patches": {}}
+        changed = False
         for version, folder in sorted(found, key=lambda item: item[0]):
-            report = verify_patch_folder(folder, version, check_archive=verify_archives, verify_key=settings.verify_key)
+            result, updated = _patch_state(folder, version, settings, cache, deep=verify_archives)
+            changed = changed or updated
             patches.append(
                 {
                     "version": str(version),
                     "folder": str(folder),
-                    "state": report.state,
-                    "problems": report.problems,
-                    "created_at": report.manifest.get("created_at"),
-                    "files": report.manifest.get("file_count"),
+                    "state": result["state"],
+                    "problems": result["problems"],
+                    "created_at": result["created_at"],
+                    "files": result["files"],
                     "installed": installed == str(version),
+                    "delta_base": result.get("delta_base"),
+                    "verified": "deep" if result.get("deep") else "checksums",
                 }
             )
+        names = {folder.name for _, folder in found}
+        if any(name not in names for name in cache["patches"]):
+            cache["patches"] = {k: v for k, v in cache["patches"].items() if k in names}
+            changed = True
+        if use_cache and changed:
+            _save_cache(paths.verify_cache, cache)
     now = time.time()
     backups = []
     for backup in reversed(list_backups(paths)):
@@ -70,7 +198,7 @@ def collect_status(settings: Settings, *, history_limit: int = 10, verify_archiv
                 "version": backup.version,
                 "restores_version": backup.restores_version,
                 "created_at": backup.created_at,
-                "size_bytes": backup.size_bytes(),
+                "size_bytes": backup_size(backup),
                 "age_seconds": round(now - backup.created_timestamp(), 1),
                 "database": bool(backup.data.get("database")),
             }
@@ -146,6 +274,8 @@ def _utc(stamp: Any) -> str:
 
 def render_status(status: dict[str, Any], console: Console) -> None:
     """Print ``status`` (from :func:`collect_status`) as text and tables."""
+    from rich.table import Table
+
     console.print(f"[bold]PrimeFlow install[/] {status['root']}")
     if status["installed_version"]:
         console.print(f"installed version: [bold green]{status['installed_version']}[/]")
@@ -191,6 +321,8 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     for patch in status["patches"]:
         colour = {"ok": "green", "corrupt": "red", "incomplete": "yellow"}[patch["state"]]
         marker = " (installed)" if patch["installed"] else ""
+        if patch.get("delta_base"):
+            marker += f" (delta from {patch['delta_base']})"
         table.add_row(
             patch["version"] + marker,
             f"[{colour}]{patch['state']}[/]",

@@ -1,104 +1,377 @@
-"""Benchmark (nox -s bench): create-patch and verify-patch against GNU tools on the same tree.
+"""Benchmark (nox -s bench): patchflow against the tools an operator would use instead.
 
-Results are ratios to a baseline measured in the same run, never absolute thresholds:
-  create-patch  vs  tar -czf           (wall time, peak RSS of the process)
-  verify-patch  vs  sha256sum + tar -tzf
-Usage: python scripts/bench.py [--files N] [--mib M] [--repeat R]
+Trees are generated with a fixed seed (scripts/bench_tree.py): ``small`` (2,000 files, ~20 MB)
+and ``large`` (40,000 patchable files, ~400 MB, plus an excluded node_modules/ and .git/).
+Each row runs patchflow and its baseline interleaved in the same run (the order alternates),
+``--repeat`` times; the table shows medians and ratios, never absolute thresholds:
+
+  create-patch small/large   inv create-patch        vs  tar -czf with the same excludes
+  verify-patch large         inv verify-patch        vs  sha256sum -c SHA256SUMS
+  verify-patch --deep large  inv verify-patch --deep vs  tar -tzf (both decompress everything)
+  staging extraction         extract_archive (fresh Python process, against the manifest)  vs  tar -xzf
+  patch-status               inv patch-status, 50 patches + 50 backups (cached and first run)
+  inv start-up               inv --list: the fixed cost inside every inv row (Python, invoke, tasks.py)
+  database dump / restore    patchflow Database.dump / restore  vs  pg_dump -Fc / pg_restore --clean
+  peak RSS                   create and extraction, small and large (does it grow with the tree?)
+  delta size                 full patch vs delta patch (--base) for a one-file change
+
+Usage: python scripts/bench.py [--small-only] [--repeat N] [--keep DIR] [--workdir DIR] [--skip-db]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
+
+from bench_tree import SEED, SPECS, make_tree  # noqa: E402
+
 INV = [str(Path(sys.executable).parent / "inv"), "-r", str(REPO)]
-
-
-def make_tree(root: Path, files: int, mib: int) -> None:
-    rng = random.Random(42)
-    per_file = max(1, mib * 1024 * 1024 // files)
-    words = [f"token{i}" for i in range(500)]
-    for index in range(files):
-        folder = root / f"apps/mod{index % 40}/src/part{index % 7}"
-        folder.mkdir(parents=True, exist_ok=True)
-        if index % 5 == 0:  # incompressible assets
-            data = rng.randbytes(per_file)
-        else:  # source-like text
-            text = " ".join(rng.choice(words) for _ in range(per_file // 7))
-            data = text.encode()[:per_file]
-        (folder / f"file{index}.js").write_bytes(data)
-    (root / "VERSION").write_text("1.0.0\n")
+TAR_EXCLUDES = [
+    f"--exclude={p}"
+    for p in (
+        "node_modules", ".git", "dist", ".turbo", ".next", "coverage", "uploads", "*.log", ".DS_Store",
+        "patches", "backups", ".patchflow", ".env", ".env.*", "*.pem", "*.key",
+    )
+]  # fmt: skip
+EXTRACT = """
+import json, sys
+from pathlib import Path
+from patchflow.archive import extract_archive
+from patchflow.manifest import Entry
+manifest = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
+entries = {e["path"]: Entry.from_json(e) for e in manifest["files"]}
+if "delta" in manifest:
+    entries = {p: entries[p] for p in manifest["delta"]["members"]}
+del manifest
+extract_archive(Path(sys.argv[1]), Path(sys.argv[3]), entries)
+"""
+WRAPPER = (
+    "import json,resource,subprocess,sys,time;"
+    "args=json.loads(sys.argv[1]);cwd=sys.argv[2] or None;"
+    "s=time.perf_counter();"
+    "p=subprocess.run(args,cwd=cwd,stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,stdin=subprocess.DEVNULL);"
+    "d=time.perf_counter()-s;"
+    "print(json.dumps([d,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,p.returncode,p.stderr.decode()[-2000:]]))"
+)
 
 
 def run_isolated(args: list[str], cwd: Path | None = None) -> tuple[float, int]:
-    """Run a measurement in a fresh Python child so RUSAGE_CHILDREN peaks do not mix."""
-    code = (
-        "import resource,subprocess,sys,time,json;"
-        "s=time.perf_counter();"
-        f"subprocess.run({args!r},cwd={str(cwd) if cwd else None!r},check=True,stdout=subprocess.DEVNULL,"
-        "stderr=subprocess.DEVNULL,stdin=subprocess.DEVNULL);"
-        "print(json.dumps([time.perf_counter()-s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    import json
-
-    seconds, rss = json.loads(out)
+    """Run ``args`` from a fresh Python wrapper; returns (seconds, peak RSS of the process tree in KiB)."""
+    out = subprocess.run(
+        [sys.executable, "-c", WRAPPER, json.dumps(args), str(cwd or "")], capture_output=True, text=True, check=True
+    ).stdout
+    seconds, rss, code, err = json.loads(out)
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(args)} failed ({code}): {err}")
     return float(seconds), int(rss)
 
 
-def best(runs: list[tuple[float, int]]) -> tuple[float, int]:
-    return min(r[0] for r in runs), max(r[1] for r in runs)
+def settle() -> None:
+    """Flush dirty pages so one measurement does not pay for the previous one's writes."""
+    os.sync()
+    time.sleep(0.5)
+
+
+def remove(*paths: Path) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    settle()
+
+
+class Row:
+    """One line of the table: samples of patchflow and of the baseline (seconds)."""
+
+    def __init__(self, label: str, baseline: str, goal: float | None, note: str = "") -> None:
+        self.label, self.baseline, self.goal, self.note = label, baseline, goal, note
+        self.ours: list[float] = []
+        self.theirs: list[float] = []
+        self.rss_ours: list[int] = []
+        self.rss_theirs: list[int] = []
+
+    def pair(self, index: int, ours: Callable[[], tuple[float, int]], theirs: Callable[[], tuple[float, int]]) -> None:
+        """Run both, in alternating order, with caches flushed before each."""
+        order = [(ours, self.ours, self.rss_ours), (theirs, self.theirs, self.rss_theirs)]
+        for action, times, rss in order if index % 2 == 0 else reversed(order):
+            settle()
+            seconds, peak = action()
+            times.append(seconds)
+            rss.append(peak)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.ours or not self.theirs:
+            return None
+        return statistics.median(self.ours) / statistics.median(self.theirs)
+
+
+def fmt_s(values: list[float]) -> str:
+    return f"{statistics.median(values):8.3f} s" if values else "        —"
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"| {'operation':<40} | {'patchflow':>10} | {'baseline':<30} | {'ratio':>6} | {'goal':>7} | holds |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 32}|{'-' * 8}|{'-' * 9}|-------|")
+    for row in rows:
+        ratio = row.ratio
+        theirs = f"{row.baseline} {statistics.median(row.theirs):.3f} s" if row.theirs else row.baseline
+        goal = f"<= {row.goal:.1f}x" if row.goal is not None and row.theirs else (row.note or "")
+        if row.goal is not None and ratio is not None:
+            holds = "yes" if ratio <= row.goal else "NO"
+        elif row.goal is not None and not row.theirs:
+            holds = "yes" if statistics.median(row.ours) < row.goal else "NO"
+            goal = f"< {row.goal:.1f} s"
+        else:
+            holds = ""
+        ratio_text = f"{ratio:5.2f}x" if ratio is not None else "     —"
+        print(f"| {row.label:<40} | {fmt_s(row.ours):>10} | {theirs:<30} | {ratio_text:>6} | {goal:>7} | {holds:<5} |")
+
+
+def ensure_tree(base: Path, kind: str) -> Path:
+    """The ``kind`` tree under ``base`` (generated once; reused when ``--keep`` kept it)."""
+    root = base / kind
+    marker = base / f".{kind}.done"
+    expected = f"{SEED} {SPECS[kind]}"
+    if not (marker.is_file() and marker.read_text() == expected):
+        shutil.rmtree(root, ignore_errors=True)
+        started = time.perf_counter()
+        stats = make_tree(root, kind)
+        marker.write_text(expected)
+        print(f"generated {kind} tree: {stats} in {time.perf_counter() - started:.1f} s", flush=True)
+    for leftover in ("patches", "backups", ".patchflow"):
+        shutil.rmtree(root / leftover, ignore_errors=True)
+    return root
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def make_status_root(root: Path) -> Path:
+    """50 real small patches (create-patch) and 50 backup folders with backup.json."""
+    import secrets
+    from datetime import UTC, datetime, timedelta
+
+    from patchflow.config import load_settings
+    from patchflow.create import create_patch
+    from patchflow.version import parse_version
+
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "src").mkdir(parents=True)
+    (root / "VERSION").write_text("1.0.49\n")
+    settings = load_settings(root, environ={})
+    for index in range(50):
+        (root / "src/index.js").write_text(f"console.log({index});\n" * 500)
+        (root / f"src/feature{index}.js").write_text(f"export const feature{index} = true;\n" * 100)
+        create_patch(settings, parse_version(f"1.0.{index}"))
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    for index in range(50):
+        moment = start + timedelta(hours=index)
+        folder = root / "backups" / f"pre-patch-v1.0.{index}_{moment:%Y%m%dT%H%M%SZ}_{secrets.token_hex(3)}"
+        (folder / "files/src").mkdir(parents=True)
+        (folder / "files/src/index.js").write_text("x" * 5000)
+        (folder / "database.dump").write_bytes(os.urandom(50_000))
+        data = {
+            "format": 1,
+            "id": folder.name,
+            "version": f"1.0.{index}",
+            "restores_version": f"1.0.{index - 1}" if index else "0.9.0",
+            "created_at": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "sequence": index + 1,
+            "complete": True,
+            "old_entries": [{"path": "src/index.js", "type": "file", "size": 5000, "sha256": "0" * 64, "mode": "0644"}],
+            "new_paths": [],
+            "database": {"file": "database.dump", "size": 50_000, "sha256": "0" * 64, "properties": {}},
+            "version_file": None,
+            "files_bytes": 5000,
+        }
+        (folder / "backup.json").write_text(json.dumps(data))
+    return root
+
+
+def bench_tree(kind: str, root: Path, work: Path, repeat: int, rows: list[Row], rss: dict[str, Any]) -> None:
+    patch = root / "patches" / "v1.0.0"
+    archive = patch / "patch-v1.0.0.tar.gz"
+    baseline = work / f"baseline-{kind}.tar.gz"
+    create = Row(f"create-patch, {kind}", "tar -czf", 0.5 if kind == "large" else 0.7)
+    for index in range(repeat):
+        remove(root / "patches", baseline)
+        create.pair(
+            index,
+            lambda: run_isolated([*INV, "create-patch", "--root", str(root), "--version", "1.0.0"]),
+            lambda: run_isolated(["tar", "-czf", str(baseline), "-C", str(root), *TAR_EXCLUDES, "."]),
+        )
+    rows.append(create)
+    sizes = {"ours": archive.stat().st_size, "tar": baseline.stat().st_size}
+    rss[f"create {kind}"] = (max(create.rss_ours), max(create.rss_theirs))
+    print(
+        f"  {kind}: archive {sizes['ours'] / 1e6:.1f} MB vs tar.gz {sizes['tar'] / 1e6:.1f} MB "
+        f"(x{sizes['ours'] / sizes['tar']:.3f}); create medians ours {statistics.median(create.ours):.2f} s, "
+        f"tar {statistics.median(create.theirs):.2f} s",
+        flush=True,
+    )
+
+    if kind == "large":
+        verify = Row("verify-patch, large", "sha256sum -c", 1.2)
+        deep = Row("verify-patch --deep, large", "tar -tzf", None, "info")
+        for index in range(repeat):
+            verify.pair(
+                index,
+                lambda: run_isolated([*INV, "verify-patch", "--root", str(root), "--version", "1.0.0"]),
+                lambda: run_isolated(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=patch),
+            )
+            deep.pair(
+                index,
+                lambda: run_isolated([*INV, "verify-patch", "--deep", "--root", str(root), "--version", "1.0.0"]),
+                lambda: run_isolated(["tar", "-tzf", str(archive)]),
+            )
+        rows += [verify, deep]
+
+    places = [("", work)]
+    shm = Path("/dev/shm")
+    if kind == "large" and shm.is_dir() and shutil.disk_usage(shm).free > 3 * sizes["ours"] * 2:
+        places.append((", tmpfs", shm))  # the CPU part alone: no disk, no journal
+    for label, place in places:
+        extract = Row(f"staging extraction, {kind}{label}", "tar -xzf", 1.5 if kind == "large" else None, "info")
+        ours_dest, tar_dest = place / f"patchflow-x-ours-{kind}", place / f"patchflow-x-tar-{kind}"
+
+        def ours_extract(dest: Path = ours_dest) -> tuple[float, int]:
+            return run_isolated([sys.executable, "-c", EXTRACT, str(archive), str(patch / "manifest.json"), str(dest)])
+
+        def tar_extract(dest: Path = tar_dest) -> tuple[float, int]:
+            dest.mkdir()
+            return run_isolated(["tar", "-xzf", str(archive), "-C", str(dest)])
+
+        try:
+            for index in range(repeat):
+                remove(ours_dest, tar_dest)
+                extract.pair(index, ours_extract, tar_extract)
+        finally:
+            remove(ours_dest, tar_dest)
+        rows.append(extract)
+        if not label:
+            rss[f"extract {kind}"] = (max(extract.rss_ours), max(extract.rss_theirs))
+
+    # delta: one source file changed
+    target = next(p for p in sorted((root / "src").rglob("*.tsx")))
+    original = target.read_bytes()
+    try:
+        target.write_bytes(original + b"\n// changed in 1.0.1\n")
+        seconds, _ = run_isolated([*INV, "create-patch", "--root", str(root), "--version", "1.0.1", "--base", "1.0.0"])
+        delta = root / "patches" / "v1.0.1"
+        rss[f"delta {kind}"] = {
+            "full archive": sizes["ours"],
+            "delta archive": (delta / "patch-v1.0.1.tar.gz").stat().st_size,
+            "full folder": folder_bytes(patch),
+            "delta folder": folder_bytes(delta),
+            "manifest": (delta / "manifest.json").stat().st_size,
+            "seconds": seconds,
+        }
+    finally:
+        target.write_bytes(original)
+        shutil.rmtree(root / "patches" / "v1.0.1", ignore_errors=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=3000)
-    parser.add_argument("--mib", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--small-only", action="store_true", help="only the small tree (quick check)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (median)")
+    parser.add_argument("--keep", type=Path, help="generate the trees in this folder and keep them for reuse")
+    parser.add_argument("--workdir", type=Path, help="folder for temporary files (default: the system temp)")
+    parser.add_argument("--skip-db", action="store_true", help="skip the database dump/restore row")
     options = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="patchflow-bench-"))
+
+    load_start = os.getloadavg()
+    print(
+        f"patchflow bench: {os.cpu_count()} cores, load average at start "
+        f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}; median of {options.repeat}",
+        flush=True,
+    )
+    from patchflow.archive import CODEC, LEVEL_PACKED, LEVEL_TEXT
+
+    print(f"codec {CODEC} (levels {LEVEL_TEXT}/{LEVEL_PACKED}), trees seed {SEED}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="patchflow-bench-", dir=options.workdir))
+    trees = options.keep.resolve() if options.keep else work / "trees"
+    trees.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    extra: dict[str, Any] = {}
     try:
-        tree = work / "tree"
-        make_tree(tree, options.files, options.mib)
-        ours, tars, verify, gnu_verify = [], [], [], []
+        for kind in ("small",) if options.small_only else ("small", "large"):
+            root = ensure_tree(trees, kind)
+            bench_tree(kind, root, work, options.repeat, rows, extra)
+            shutil.rmtree(root / "patches", ignore_errors=True)
+
+        startup = Row("inv start-up alone (inv --list)", "—", None, "info")
         for _ in range(options.repeat):
-            shutil.rmtree(tree / "patches", ignore_errors=True)
-            ours.append(run_isolated([*INV, "create-patch", "--root", str(tree), "--version", "1.0.0"]))
-            tars.append(
-                run_isolated(["tar", "-czf", str(work / "baseline.tar.gz"), "-C", str(tree), "--exclude=patches", "."])
+            startup.ours.append(run_isolated([*INV, "--list"])[0])
+        rows.append(startup)
+
+        status_root = make_status_root(work / "status")
+        status = Row("patch-status, 50 patches + 50 backups", "—", 0.5)
+        first = Row("patch-status, first run (no cache)", "—", None, "info")
+        for _ in range(options.repeat):
+            (status_root / ".patchflow" / "verify-cache.json").unlink(missing_ok=True)
+            first.ours.append(run_isolated([*INV, "patch-status", "--root", str(status_root)])[0])
+            status.ours.append(run_isolated([*INV, "patch-status", "--root", str(status_root)])[0])
+        rows += [status, first]
+
+        if not options.skip_db:
+            from bench_db import measure_database
+
+            def timed(action: Callable[[], Any]) -> float:
+                settle()
+                started = time.perf_counter()
+                action()
+                return time.perf_counter() - started
+
+            result = measure_database(options.repeat, timed, rows=350_000)
+            samples = result["samples"]
+            dump = Row("database dump", "pg_dump -Fc", 1.2)
+            dump.ours, dump.theirs = samples["ours_dump"], samples["pg_dump"]
+            restore = Row("database restore", "pg_restore --clean", 1.2)
+            restore.ours, restore.theirs = samples["ours_restore"], samples["pg_restore"]
+            rows += [dump, restore]
+            print(
+                f"  database {result['database_bytes'] / 1e6:.0f} MB, dump {result['dump_bytes'] / 1e6:.0f} MB",
+                flush=True,
             )
-            verify.append(run_isolated([*INV, "verify-patch", "--root", str(tree), "--version", "1.0.0"]))
-            folder = tree / "patches" / "v1.0.0"
-            gnu_verify.append(
-                run_isolated(["sh", "-c", "sha256sum -c SHA256SUMS && tar -tzf patch-v1.0.0.tar.gz"], folder)
-            )
-        (c_s, c_rss), (t_s, t_rss) = best(ours), best(tars)
-        (v_s, v_rss), (g_s, g_rss) = best(verify), best(gnu_verify)
-        ours_size = (tree / "patches" / "v1.0.0" / "patch-v1.0.0.tar.gz").stat().st_size
-        tar_size = (work / "baseline.tar.gz").stat().st_size
-        print(f"tree: {options.files} files, {options.mib} MiB; best of {options.repeat} runs")
-        print(
-            f"create-patch {c_s:7.2f} s {c_rss / 1024:7.1f} MiB | tar -czf {t_s:7.2f} s {t_rss / 1024:7.1f} MiB "
-            f"| time x{c_s / t_s:.2f}  memory x{c_rss / max(t_rss, 1):.2f}  size x{ours_size / tar_size:.3f}"
-        )
-        print(
-            f"verify-patch {v_s:7.2f} s {v_rss / 1024:7.1f} MiB | sha256sum+tar -t {g_s:7.2f} s {g_rss / 1024:7.1f} MiB "
-            f"| time x{v_s / g_s:.2f}  memory x{v_rss / max(g_rss, 1):.2f}"
-        )
-        print(
-            "(create-patch includes inv start-up, hashing every file twice and the manifest/README; "
-            "memory includes the Python interpreter)"
-        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        os.sync()
+
+    print()
+    print_table(rows)
+    print()
+    print("peak RSS (MiB): patchflow / baseline")
+    for key, value in extra.items():
+        if key.startswith(("create", "extract")):
+            print(f"  {key:<16} {value[0] / 1024:7.1f} / {value[1] / 1024:6.1f}")
+    for key, value in extra.items():
+        if key.startswith("delta"):
+            print(
+                f"{key}: one-file change: delta archive {value['delta archive']} B vs full archive "
+                f"{value['full archive']} B ({100 * value['delta archive'] / value['full archive']:.4f}%); "
+                f"delta folder {value['delta folder']} B vs full folder {value['full folder']} B "
+                f"({100 * value['delta folder'] / value['full folder']:.2f}%, the manifest lists the full tree: "
+                f"{value['manifest']} B); delta created in {value['seconds']:.2f} s"
+            )
+    load_end = os.getloadavg()
+    print(f"load average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     return 0
 
 

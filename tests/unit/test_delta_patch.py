@@ -1,0 +1,231 @@
+"""Delta patches (create-patch --base) and the shallow vs deep verification, on real trees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from patchflow.archive import extract_archive
+from patchflow.config import load_settings
+from patchflow.create import CreatedPatch, create_patch
+from patchflow.errors import CreatePatchError, VerifyError
+from patchflow.manifest import Entry, load_rules, scan_tree
+from patchflow.verify import verify_patch, verify_patch_folder
+from patchflow.version import parse_version
+
+NOW = datetime(2025, 1, 2, tzinfo=UTC)
+PROTECTED = ("patches", "backups", ".patchflow")
+
+
+def _module_text(seed: int) -> bytes:
+    rng = random.Random(seed)
+    return "".join(f"export const v{rng.randrange(10**6)} = {rng.randrange(10**9)};\n" for _ in range(300)).encode()
+
+
+BASE = {
+    "VERSION": b"1.0.0\n",
+    "package.json": b'{"name": "primeflow"}\n',
+    "src/index.js": b"console.log('1.0.0');\n",
+    "src/gone.js": b"deleted in 1.1.0\n",
+    "src/old/only.js": b"its folder goes too\n",
+    "apps/api/server.js": b"require('http');\n" * 50,
+    "scripts/start.sh": b"#!/bin/sh\n",
+    **{f"src/lib/module{i}.js": _module_text(i) for i in range(200)},
+}
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def create(root: Path, version: str, base: str | None = None, **kwargs: object) -> CreatedPatch:
+    settings = load_settings(root, environ={})
+    return create_patch(
+        settings,
+        parse_version(version),
+        now=NOW,
+        base=parse_version(base) if base else None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def change_to_1_1_0(root: Path) -> None:
+    (root / "VERSION").write_bytes(b"1.1.0\n")
+    (root / "src/index.js").write_bytes(b"console.log('1.1.0');\n")
+    (root / "src/gone.js").unlink()
+    shutil.rmtree(root / "src/old")
+    write_tree(root, {"src/new/feature.js": b"export const feature = true;\n"})
+    os.chmod(root / "scripts/start.sh", 0o755)
+    os.symlink("index.js", root / "src/current.js")
+
+
+def tree_hash(entries: dict[str, Entry]) -> str:
+    return hashlib.sha256(json.dumps([e.to_json() for _, e in sorted(entries.items())]).encode()).hexdigest()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = write_tree(tmp_path / "project", BASE)
+    create(root, "1.0.0")
+    change_to_1_1_0(root)
+    return root
+
+
+def test_delta_manifest_lists_the_full_tree_and_packs_the_changes(project: Path) -> None:
+    created = create(project, "1.1.0", base="1.0.0")
+    manifest = json.loads((created.folder / "manifest.json").read_text(encoding="utf-8"))
+    full = scan_tree(project, load_rules(project, (), PROTECTED))
+    assert {f["path"]: Entry.from_json(f) for f in manifest["files"]} == full.entries
+    base_bytes = (project / "patches/v1.0.0/manifest.json").read_bytes()
+    assert manifest["delta"] == {
+        "base_version": "1.0.0",
+        "base_manifest_sha256": hashlib.sha256(base_bytes).hexdigest(),
+        "members": sorted(
+            ["VERSION", "src/index.js", "src/new", "src/new/feature.js", "scripts/start.sh", "src/current.js"]
+        ),
+    }
+    assert manifest["base_version"] == "1.0.0"
+    assert manifest["deleted"] == ["src/gone.js", "src/old", "src/old/only.js"]
+    listing = subprocess.run(
+        ["tar", "-tzf", str(created.archive)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(name.rstrip("/") for name in listing) == manifest["delta"]["members"]
+    assert created.base_version == parse_version("1.0.0") and created.members == 6
+    assert "delta patch" in (created.folder / "README.md").read_text(encoding="utf-8")
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=created.folder, capture_output=True).returncode == 0
+
+
+def test_base_tree_plus_delta_members_equals_the_full_patch(project: Path, tmp_path: Path) -> None:
+    delta = create(project, "1.1.0", base="1.0.0")
+    full_root = tmp_path / "full"
+    shutil.copytree(project, full_root, symlinks=True, ignore=shutil.ignore_patterns("patches"))
+    full = create(full_root, "1.1.0")
+    base_report = verify_patch(project / "patches/v1.0.0", parse_version("1.0.0"))
+    delta_report = verify_patch(delta.folder, parse_version("1.1.0"), deep=True)
+    full_report = verify_patch(full.folder, parse_version("1.1.0"), deep=True)
+    assert delta_report.entries() == full_report.entries()
+
+    installed = tmp_path / "installed"  # the base version, as an install holds it
+    extract_archive(project / "patches/v1.0.0/patch-v1.0.0.tar.gz", installed, base_report.entries())
+    staged = tmp_path / "staged"
+    extract_archive(delta.archive, staged, delta_report.archive_entries())
+    for rel in sorted(delta_report.manifest["deleted"], key=lambda p: p.count("/"), reverse=True):
+        path = installed / rel
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    for rel in delta_report.delta["members"] if delta_report.delta else []:
+        source, target = staged / rel, installed / rel
+        if source.is_dir() and not source.is_symlink():
+            target.mkdir(exist_ok=True)
+            os.chmod(target, source.stat().st_mode & 0o7777)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    result = scan_tree(installed, load_rules(installed, (), PROTECTED))
+    assert tree_hash(result.entries) == tree_hash(full_report.entries())
+
+    full_size = full.archive.stat().st_size
+    assert delta.archive.stat().st_size < full_size
+
+
+def test_a_one_file_delta_is_under_one_percent_of_the_full_patch(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "project", BASE)
+    create(root, "1.0.0")
+    (root / "src/index.js").write_bytes(b"console.log('1.0.1');\n")
+    delta = create(root, "1.0.1", base="1.0.0")
+    full = create(root, "1.0.2")
+    assert delta.members == 1
+    assert delta.archive.stat().st_size < 0.01 * full.archive.stat().st_size
+
+
+def test_delta_needs_a_verified_older_base(project: Path) -> None:
+    with pytest.raises(CreatePatchError, match="must be older"):
+        create(project, "1.1.0", base="1.2.0")
+    with pytest.raises(CreatePatchError, match="cannot be used: it is incomplete"):
+        create(project, "1.1.0", base="0.9.0")
+    archive = project / "patches/v1.0.0/patch-v1.0.0.tar.gz"
+    data = bytearray(archive.read_bytes())
+    data[100] ^= 1
+    archive.write_bytes(bytes(data))
+    with pytest.raises(CreatePatchError, match="cannot be used: it is corrupt"):
+        create(project, "1.1.0", base="1.0.0")
+    assert not (project / "patches/v1.1.0").exists()
+    assert sorted(p.name for p in (project / "patches").iterdir()) == ["v1.0.0"]
+
+
+def test_a_delta_whose_members_are_not_in_files_is_corrupt(project: Path) -> None:
+    created = create(project, "1.1.0", base="1.0.0")
+    manifest_path = created.folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["delta"]["members"].append("src/not-listed.js")
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    _regenerate_sums(created.folder)
+    report = verify_patch_folder(created.folder, parse_version("1.1.0"))
+    assert report.state == "corrupt" and "not a valid manifest" in report.problems[0]
+
+
+def _regenerate_sums(folder: Path) -> None:
+    def digest(name: str, algorithm: str) -> str:
+        return hashlib.new(algorithm, (folder / name).read_bytes()).hexdigest()
+
+    payload = sorted(p.name for p in folder.iterdir() if p.name not in ("checksum.md5", "SHA256SUMS"))
+    (folder / "checksum.md5").write_text("".join(f"{digest(n, 'md5')}  {n}\n" for n in payload))
+    covered = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
+    (folder / "SHA256SUMS").write_text("".join(f"{digest(n, 'sha256')}  {n}\n" for n in covered))
+
+
+def test_shallow_verify_does_not_open_the_archive_deep_does(project: Path) -> None:
+    """A consistent folder whose archive is not even gzip: checksums and manifest agree, so the
+    shallow check passes; the deep check (and extraction) refuses it."""
+    created = create(project, "1.1.0")
+    created.archive.write_bytes(os.urandom(4096))
+    manifest_path = created.folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["archive"]["sha256"] = hashlib.sha256(created.archive.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    _regenerate_sums(created.folder)
+    version = parse_version("1.1.0")
+    shallow = verify_patch(created.folder, version)
+    assert shallow.ok and not shallow.deep
+    with pytest.raises(VerifyError, match="not a gzip file"):
+        verify_patch(created.folder, version, deep=True)
+
+
+def test_shallow_verify_still_covers_every_file(project: Path) -> None:
+    created = create(project, "1.1.0")
+    version = parse_version("1.1.0")
+    for name in ("README.md", "schema.sql", "CHANGELOG.md", "manifest.json", "checksum.md5"):
+        path = created.folder / name
+        original = path.read_bytes()
+        path.write_bytes(original + b" ")
+        report = verify_patch_folder(created.folder, version)
+        assert not report.ok and any(name in problem for problem in report.problems), name
+        path.write_bytes(original)
+    assert verify_patch_folder(created.folder, version).ok
+
+
+def test_the_git_commit_is_recorded_while_packing(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "project", {"VERSION": b"1.0.0\n", "src/a.js": b"a\n"})
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, env=env, capture_output=True)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    created = create(root, "1.0.0")
+    manifest = json.loads((created.folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["source"] == {"commit": head, "dirty": False}, "patchflow's own patches/ is not a change"
+    assert list(manifest)[:5] == ["format", "version", "base_version", "created_at", "source"]
+    (root / "src/a.js").write_bytes(b"changed\n")
+    again = create(root, "1.0.1")
+    assert json.loads((again.folder / "manifest.json").read_text(encoding="utf-8"))["source"]["dirty"] is True
