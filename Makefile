@@ -12,6 +12,7 @@ PF_TAIL = $(if $(TAIL),--tail $(TAIL),)
 
 .DEFAULT_GOAL := help
 .PHONY: help patch-status create-patch verify-patch apply-patch rollback-patch prune-backups preflight init \
+        baseline-migrations \
         demo demo-compose test logs ps up down restart
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
@@ -22,8 +23,8 @@ help: $(VENV)/.installed ## list the commands and the variables
 	@echo 'Variables: ROOT=path of a PrimeFlow checkout (required here: this repository is the tool, not a project)'
 	@echo '           VERSION=x.y.z  YES=1 (no prompt)  DRY_RUN=1  FORCE=1  SERVICE=api  TAIL=100  FOLLOW=1'
 
-patch-status: $(VENV)/.installed ## installed version, patches, backups, history, interrupted applies (ROOT=)
-	@$(INV) patch-status $(PF_ROOT)
+patch-status: $(VENV)/.installed ## installed version, patches, backups, history, interrupted applies (ROOT= JSON=1)
+	@$(INV) patch-status $(PF_ROOT) $(if $(JSON),--json,)
 
 create-patch: $(VENV)/.installed ## build patches/vX.Y.Z/ (ROOT= VERSION=x.y.z, default: the VERSION file)
 	@$(INV) create-patch $(PF_ROOT) $(PF_VERSION) $(PF_FORCE)
@@ -42,6 +43,9 @@ prune-backups: $(VENV)/.installed ## delete old backups (retention; ROOT= DRY_RU
 
 preflight: $(VENV)/.installed ## the project's lint/typecheck/prisma validate and patchflow's own checks (ROOT=)
 	@$(INV) preflight $(PF_ROOT)
+
+baseline-migrations: $(VENV)/.installed ## record the installed migrations in a database without history (ROOT= YES=1)
+	@$(INV) baseline-migrations $(PF_ROOT) $(PF_YES)
 
 init: $(VENV)/.installed ## set up patchflow in a PrimeFlow checkout (ROOT=path YES=1)
 	@$(INV) init $(PF_ROOT) $(PF_YES) $(PF_DRY_RUN)

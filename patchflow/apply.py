@@ -23,6 +23,7 @@ from typing import Any
 
 from patchflow.archive import extract_archive
 from patchflow.backup import Backup, load_backup, new_backup, save_files, swap_build_outputs
+from patchflow.baseline import history_missing
 from patchflow.commands import split_command
 from patchflow.context import Context
 from patchflow.database import stamp_now
@@ -30,17 +31,26 @@ from patchflow.errors import (
     ApplyError,
     BackupError,
     CommandError,
+    MigrationError,
     PatchflowError,
     RollbackError,
     VerifyError,
     VersionError,
 )
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
-from patchflow.installed import InstalledRecord, installed_version
+from patchflow.installed import InstalledRecord, installed_version, installed_version_or_error
 from patchflow.journal import Journal, append_history, utc_now, write_json_atomic
+from patchflow.lint import Finding, lint_sql
 from patchflow.lock import InstallLock
 from patchflow.manifest import Entry, ExcludeRules, TreeDiff, diff_trees, scan_tree
-from patchflow.migrations import MigrationHistory, find_migrations, migrate_command, run_migrations
+from patchflow.migrations import (
+    MIGRATIONS_TABLE,
+    MigrationHistory,
+    find_migrations,
+    from_manifest,
+    migrate_command,
+    run_migrations,
+)
 from patchflow.paths import VERSION_FILE
 from patchflow.pipeline import (
     Decision,
@@ -58,7 +68,7 @@ from patchflow.restore import restore_code, restore_database
 from patchflow.services import health_now, start_with_retries, wait_services_healthy
 from patchflow.space import Need, check_space
 from patchflow.verify import VerifyReport, verify_patch
-from patchflow.version import PatchVersion, parse_version
+from patchflow.version import PatchVersion, parse_version, read_version_file
 
 
 @dataclass
@@ -90,6 +100,9 @@ class Plan:
     health_proof: str
     unowned: list[str] = field(default_factory=list)
     seen: dict[str, tuple[int, int, str]] = field(repr=False, default_factory=dict)
+    services_added: list[str] = field(default_factory=list)
+    services_removed: list[str] = field(default_factory=list)
+    lint: list[Finding] | None = None
     new_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     old_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -191,6 +204,61 @@ def check_delta(ctx: Context, report: VerifyReport, diff: TreeDiff, new_entries:
         )
 
 
+def _compose_services(text: bytes | str) -> set[str]:
+    import yaml
+
+    try:
+        model = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return set()
+    services = model.get("services") if isinstance(model, dict) else None
+    return set(services) if isinstance(services, dict) else set()
+
+
+def compose_service_changes(ctx: Context, report: VerifyReport) -> tuple[list[str], list[str]]:
+    """``(added, removed)``: services the patch's compose file(s) define that the installed ones do
+    not, and the other way round (compose manager only; read from the archive, no docker needed)."""
+    if ctx.services.kind != "compose":
+        return [], []
+    from patchflow.archive import read_member_bytes
+
+    files = list(ctx.settings.compose_files)
+    old: set[str] = set()
+    for name in files:
+        path = ctx.paths.root / name
+        if path.is_file():
+            old |= _compose_services(path.read_bytes())
+    in_archive = {f for f in files if f in report.archive_entries()}
+    contents = read_member_bytes(ctx.paths.archive(report.version), in_archive) if in_archive else {}
+    new: set[str] = set()
+    for name in files:
+        if name in contents:
+            new |= _compose_services(contents[name])
+        elif name in report.entries() and (ctx.paths.root / name).is_file():
+            new |= _compose_services((ctx.paths.root / name).read_bytes())  # a delta leaves it as it is
+    if not new:
+        return [], []  # no compose file in the patch: nothing to compare
+    return sorted(new - old), sorted(old - new)
+
+
+def lint_pending(ctx: Context, report: VerifyReport, pending: list[str]) -> list[Finding] | None:
+    """Lint the patch's pending migrations with squawk (read from the archive; table sizes from the
+    live database); None when linting is off or squawk is not installed."""
+    if not pending or ctx.settings.migration_lint == "off":
+        return [] if pending else None
+    from patchflow.archive import read_member_bytes
+
+    wanted = {m.name: m.path for m in from_manifest(report.manifest) if m.name in pending}
+    members = set(report.archive_entries())
+    contents = read_member_bytes(ctx.paths.archive(report.version), {p for p in wanted.values() if p in members})
+    files = {name: (path, contents[path]) for name, path in wanted.items() if path in contents}
+    try:
+        return lint_sql(files, ctx.runner, ctx.settings.environ, ctx.database)
+    except CommandError as exc:
+        ctx.log(f"   migration lint failed and was skipped: {exc.message}")
+        return None
+
+
 def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remove_unowned: bool = False) -> Plan:
     """Compare the install with the patch; list migrations pending, check that a database restore
     would be possible, and that every filesystem written has the bytes and inodes needed.
@@ -243,11 +311,20 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
         if waited >= 1.0:
             ctx.log(f"   database accepted connections after {waited:.1f} s")
         db_bytes = int(ctx.database.properties()["size"])
-        done = {r["name"] for r in MigrationHistory(ctx.database).rows() if r["finished"] and not r["rolled_back"]}
+        history = MigrationHistory(ctx.database)
+        done = {r["name"] for r in history.rows() if r["finished"] and not r["rolled_back"]}
         pending = [m for m in migrations if m not in done]
+        if pending and history_missing(ctx.database):
+            raise MigrationError(
+                f"The database already holds tables but has no migration history ({MIGRATIONS_TABLE} is missing): "
+                f"all {len(pending)} migrations of the patch look pending and would fail on objects that exist.",
+                "Record the migrations of the installed version first: `inv baseline-migrations` (it shows what "
+                "it records and asks). Nothing was stopped or changed.",
+            )
         if pending:
             problems = ctx.database.restore_problems()
-    runner = migrate_command(ctx.settings, ctx.paths.root, find_migrations(ctx.paths.root))
+    runner = migrate_command(ctx.settings, ctx.paths.root, from_manifest(report.manifest))
+    findings = lint_pending(ctx, report, pending or [])
     proof = ctx.services.proof_available(ctx.settings.health_url) if ctx.services.app_services() else ""
     new_bytes = sum(e.size for e in new_entries.values())
     changed_bytes = sum(new_entries[p].size for p in diff.added + diff.changed if p in new_entries)
@@ -274,10 +351,20 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
         proof,
         unowned,
         seen,
+        *compose_service_changes(ctx, report),
+        findings,
         new_entries,
         old_entries,
         list(current.warnings),
     )
+    if findings and ctx.settings.migration_lint == "refuse":
+        raise MigrationError(
+            "The pending migrations take heavy locks or rewrite tables: "
+            + "; ".join(f.describe() for f in findings[:5])
+            + (f" (and {len(findings) - 5} more)" if len(findings) > 5 else ""),
+            "Rewrite them (e.g. CREATE INDEX CONCURRENTLY, NOT VALID constraints) or set "
+            "PATCHFLOW_MIGRATION_LINT=warn. Nothing was stopped or changed.",
+        )
     if problems:
         raise BackupError(
             f"The patch runs {len(pending or [])} migration(s), but the database could not be restored if the "
@@ -394,9 +481,17 @@ class ApplyRun:
         self.report = verify_patch(folder, self.version, verify_key=self.ctx.settings.verify_key)
 
     def _check_versions(self) -> None:
-        current = installed_version(self.ctx.paths)
+        parsed, why = installed_version_or_error(self.ctx.paths)
+        current = str(parsed) if parsed is not None else None
         self.from_version = current or ""
         if current is None:
+            if self.ctx.paths.version_file.exists() and not self.options.force:
+                raise VersionError(
+                    f"The installed version cannot be read, so neither a downgrade nor the installed version "
+                    f"can be checked: {why}",
+                    "Fix VERSION (a semantic version such as 2.2.0), or pass --force to apply anyway. "
+                    "Nothing was changed.",
+                )
             return
         installed = parse_version(current)
         if installed == self.version and not self.options.force:
@@ -448,6 +543,18 @@ class ApplyRun:
         remove_tree(self.staging)
         self.staging.parent.mkdir(parents=True, exist_ok=True)
         extract_archive(ctx.paths.archive(self.version), self.staging, self.report.archive_entries())
+        staged_version = self.staging / VERSION_FILE
+        if staged_version.is_file() and not staged_version.is_symlink():
+            try:
+                carried = read_version_file(staged_version)
+            except PatchflowError as exc:
+                raise VerifyError(f"The patch's VERSION file is not a version: {exc.message}", "Rebuild it.") from None
+            if carried != self.version:
+                raise VerifyError(
+                    f"Patch {self.version} carries a VERSION file saying {carried}.",
+                    "Rebuild it with create-patch (it refuses a tree whose VERSION names another version). "
+                    "Nothing was stopped or changed.",
+                )
         for label, command in (("install", ctx.settings.install_command), ("build", ctx.settings.build_command)):
             if not command.strip():
                 continue
@@ -483,6 +590,9 @@ class ApplyRun:
             ready_timeout=ctx.settings.health_timeout,
             log=ctx.log,
         )
+        removed = self.journal.notes.get("removed_services") if self.journal else None
+        if removed:
+            ctx.services.start(list(removed), rebuild=True)  # the services the patch had removed
         self._wait_healthy(self.from_version or None)  # the version when the body has it
 
     def take_backup(self) -> None:
@@ -530,6 +640,14 @@ class ApplyRun:
         assert self.plan is not None
         backup = self._require_backup()
         ctx = self.ctx
+        removed = self.plan.services_removed
+        if removed:
+            # while the installed compose file still defines them; rollback brings them back
+            backup.data["removed_services"] = removed
+            backup.save()
+            self._require_journal().note("removed_services", removed)
+            ctx.log(f"   removing services the patch drops: {', '.join(removed)}")
+            ctx.services.remove(removed)
         switch_files(self.plan, self.staging, ctx.paths.root, self.version, ctx.paths.version_file)
         swapped = swap_build_outputs(backup, self.staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
         if swapped:

@@ -771,6 +771,27 @@ def read_members(archive: Path) -> dict[str, Entry]:
     return members
 
 
+def read_member_bytes(archive: Path, names: set[str], limit: int = 1 << 20) -> dict[str, bytes]:
+    """The contents of the regular-file members ``names`` of ``archive`` (at most ``limit`` bytes
+    each; streaming, stops once all were seen; missing members are left out).
+
+    Raises:
+        ArchiveError: the archive is corrupt or a member before them is unsafe.
+    """
+    found: dict[str, bytes] = {}
+    try:
+        for member, stream in _walk(archive):
+            if member.name in names and member.isfile() and member.size <= limit:
+                found[member.name] = b"".join(stream.pieces(member.size))
+                if len(found) == len(names):
+                    break
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise _corrupt(archive, exc) from None
+    return found
+
+
 def compare_members(archive_entries: Mapping[str, Entry], manifest_entries: Mapping[str, Entry]) -> list[str]:
     """List differences between archive members and manifest entries (empty when equal)."""
     problems = []

@@ -208,14 +208,25 @@ def patch_status(
 @command(help={"root": ROOT_HELP, "skip_tool": "do not run patchflow's own lint and typecheck"})
 def preflight(c: Context, root: str | None = None, skip_tool: bool = False) -> None:
     """Run the project's pnpm lint / typecheck / prisma validate, and patchflow's own checks."""
-    from patchflow.preflight import project_checks, run_checks, tool_checks
+    from patchflow.paths import ProjectPaths
+    from patchflow.preflight import lint_new_migrations, project_checks, run_checks, tool_checks
     from patchflow.runner import LocalRunner
 
     settings = settings_for(c, root)
+    runner = LocalRunner(base_env=settings.environ)
     checks = project_checks(settings.root, settings.environ)
     if not skip_tool:
         checks += tool_checks()
-    run_checks(checks, console, LocalRunner(base_env=settings.environ))
+    failures = []
+    if settings.migration_lint != "off":
+        findings = lint_new_migrations(
+            settings.root, ProjectPaths.from_settings(settings).installed_manifest, runner, settings.environ
+        )
+        for line in findings:
+            console.print(f"[yellow]lock/rewrite[/] {line}", markup=True)
+        if findings and settings.migration_lint == "refuse":
+            failures.append(f"migration lint ({len(findings)} findings; migration_lint = refuse)")
+    run_checks(checks, console, runner, failures)
 
 
 @command(
@@ -292,7 +303,19 @@ def _print_plan(plan: Any) -> None:
         + (f": {', '.join(pending)} (run by {plan.migration_runner})" if pending else "")
     )
     console.print(f"  database       {plan.database}", markup=False)
+    if pending:
+        if plan.lint is None:
+            console.print("  migration lint skipped (squawk is not installed, or migration_lint = off)")
+        elif not plan.lint:
+            console.print("  migration lint no heavy lock or table rewrite found (squawk)")
+        for finding in plan.lint or []:
+            console.print(f"  [yellow]lock/rewrite[/]: {finding.describe()}")
     console.print(f"  services       {', '.join(plan.services) or '(none)'} (stopped, replaced, started)")
+    if plan.services_added or plan.services_removed:
+        console.print(
+            f"  compose        services added: {', '.join(plan.services_added) or 'none'}; removed (stopped and "
+            f"removed, volumes kept; rollback brings them back): {', '.join(plan.services_removed) or 'none'}"
+        )
     if plan.services:
         console.print(
             "  health proof   the reported version when /health has it; otherwise "
@@ -478,6 +501,39 @@ def prune_backups(
     console.print(f"{verb} {len(removed)} backup(s)")
 
 
+@command(help={"root": ROOT_HELP, "yes": YES_HELP})
+def baseline_migrations(c: Context, root: str | None = None, yes: bool = False) -> None:
+    """Record the installed tree's migrations as applied in a database that has no migration history."""
+    from patchflow.baseline import baseline, plan_baseline
+    from patchflow.console import confirm
+    from patchflow.errors import ConfigError
+    from patchflow.lock import install_lock
+
+    ctx = context_for(c, root)
+    if ctx.database is None:
+        raise ConfigError("No database is configured (database_mode = none).", "Nothing to baseline.")
+    ctx.database.wait_ready(ctx.settings.db_wait_timeout)
+    plan = plan_baseline(ctx.database, ctx.paths.root)
+    console.print(
+        f"database {ctx.database.target.location()}: {plan.tables} tables in schema {ctx.database.target.schema}"
+    )
+    if plan.already:
+        console.print(f"  already recorded: {', '.join(plan.already)}")
+    if not plan.record:
+        console.print("[green]nothing to record[/]: every migration of the tree is recorded as applied")
+        return
+    for migration in plan.record:
+        console.print(f"  record as applied: {migration.name}  ({migration.path}, sha256 {migration.checksum[:12]}...)")
+    confirm(
+        f"Record these {len(plan.record)} migrations as applied without running them (only right when the "
+        "database already has what they create)?",
+        yes=yes,
+    )
+    with install_lock(ctx.paths.lock, ctx.paths.lock_info, action="baseline", version="-"):
+        recorded = baseline(ctx.database, plan)
+    console.print(f"[green]recorded[/] {len(recorded)} migrations as applied")
+
+
 # -- the services -----------------------------------------------------------------------------------
 
 
@@ -539,6 +595,7 @@ ns = Collection(
     apply_patch,
     rollback_patch,
     prune_backups,
+    baseline_migrations,
     up,
     down,
     ps,

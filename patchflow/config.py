@@ -139,6 +139,9 @@ class Settings:
     exclude: tuple[str, ...] = _setting(
         (), _to_list, "extra gitignore-style patterns left out of patches (comma separated)"
     )
+    use_gitignore: bool = _setting(
+        True, _to_bool, "create-patch also leaves out what the project's .gitignore ignores (local data, overrides)"
+    )
     service_manager: str = _setting(
         "compose",
         _choice("command", "compose", "none"),
@@ -189,6 +192,11 @@ class Settings:
     )
     migrate_timeout: float = _setting(
         900.0, _to_float, "seconds a migration may run; past it, it is cancelled on the server and the apply rolls back"
+    )
+    migration_lint: str = _setting(
+        "warn",
+        _choice("warn", "refuse", "off"),
+        "pending migrations linted with squawk before stop: warn (shown in the plan), refuse (the apply stops), off",
     )
     install_command: str = _setting(
         "", _to_str, "run in the staging folder before stopping (e.g. pnpm install --frozen-lockfile)"

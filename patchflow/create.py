@@ -42,9 +42,9 @@ from typing import Any
 from patchflow import __version__
 from patchflow.archive import ArchiveResult, build_archive
 from patchflow.config import Settings
-from patchflow.errors import CreatePatchError
+from patchflow.errors import CreatePatchError, PatchflowError
 from patchflow.manifest import Entry, Tree, TreeDiff, diff_trees, load_rules, scan_tree
-from patchflow.migrations import Migration, combined_sql, find_migrations
+from patchflow.migrations import Migration, combined_sql, find_migrations, migration_problems
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
 from patchflow.version import PatchVersion, parse_version, read_version_file
 
@@ -97,26 +97,62 @@ def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any] | Non
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-_HEADING = re.compile(r"^(#{1,6})\s+\[?v?(?P<version>[0-9][0-9A-Za-z.+-]*)\]?")
+_VERSION_HEADING = re.compile(
+    r"^(?P<hashes>#{1,6})[ \t]+\[?(?:(?:vers[ãa]o|version|release)[ \t]+)?\[?v?"
+    r"(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)\]?(?=$|[\s\]:(—–-])",
+    re.IGNORECASE,
+)
+
+
+def version_headings(text: str) -> list[tuple[int, int, str]]:
+    """``(line index, heading level, version)`` of every heading that names a version:
+    ``## 3.0.0``, ``## [3.0.0] - 2025-01-01``, ``## v3.0.0``, ``## Versão 3.0.0 - Título``, ``# 3.0.0``..."""
+    found = []
+    for index, line in enumerate(text.splitlines()):
+        match = _VERSION_HEADING.match(line)
+        if match:
+            found.append((index, len(match["hashes"]), match["version"]))
+    return found
 
 
 def changelog_section(text: str, version: PatchVersion) -> str | None:
-    """The section of a Keep-a-Changelog style file for ``version`` (heading included), or None."""
+    """The section of a changelog for ``version`` (heading included), or None when there is none.
+
+    Only headings at the level the file uses for versions count: the shallowest level at which a
+    version heading appears (a roadmap list ``#### v3.1.0 - Futuro`` inside the 2.7.0 section is
+    not the 3.1.0 section). The section ends at the next heading of that level or higher.
+    """
+    headings = version_headings(text)
+    if not headings:
+        return None
+    level = min(h[1] for h in headings)
     lines = text.splitlines()
-    for index, line in enumerate(lines):
-        match = _HEADING.match(line)
-        if not match or match["version"] != str(version):
+    for index, found_level, name in headings:
+        if found_level != level or name != str(version):
             continue
-        level = len(match.group(1))
         end = len(lines)
         for later in range(index + 1, len(lines)):
             stripped = lines[later].lstrip()
             hashes = len(stripped) - len(stripped.lstrip("#"))
-            if stripped.startswith("#") and 0 < hashes <= level:
+            if stripped.startswith("#") and 0 < hashes <= level and stripped[hashes : hashes + 1] in (" ", "\t"):
                 end = later
                 break
         return "\n".join(lines[index:end]).strip() + "\n"
     return None
+
+
+def changelog_text(path: Path, version: PatchVersion) -> tuple[str, str]:
+    """``(CHANGELOG.md of the patch, a note for its README)`` from the project's changelog at ``path``:
+    the version's section; when the file has none, a text saying so (never the whole file)."""
+    if not path.is_file():
+        return f"# {version.tag}\n\nNo changelog was provided.\n", "The project has no changelog."
+    text = path.read_text(encoding="utf-8", errors="replace")
+    section = changelog_section(text, version)
+    if section is not None:
+        return section, ""
+    known = ", ".join(h[2] for h in version_headings(text)[:8]) or "none"
+    note = f"{path.name} has no section for {version} (versions found: {known})."
+    return f"# {version.tag}\n\n{note}\n", note
 
 
 def _schema_sql(root: Path, migrations: list[Migration]) -> str:
@@ -325,6 +361,29 @@ def _created_at(now: datetime | None) -> datetime:
     return datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
 
 
+def _check_version_file(paths: ProjectPaths, version: PatchVersion) -> None:
+    """A patch never carries a ``VERSION`` naming another version (the install gets its bytes).
+
+    Raises:
+        CreatePatchError: ``VERSION`` exists and does not name ``version``.
+    """
+    if not paths.version_file.exists():
+        return
+    try:
+        found = read_version_file(paths.version_file)
+    except PatchflowError as exc:
+        raise CreatePatchError(
+            f"The tree's VERSION file cannot be read as a version: {exc.message}",
+            f"Write {version} in it (the patch carries it); nothing was written.",
+        ) from None
+    if found != version:
+        raise CreatePatchError(
+            f"The tree's VERSION says {found}, but the patch is {version}: the install would get a VERSION "
+            "naming another version.",
+            f"Write {version} into VERSION (or run create-patch without --version); nothing was written.",
+        )
+
+
 def create_patch(
     settings: Settings,
     version: PatchVersion | None = None,
@@ -360,6 +419,14 @@ def create_patch(
     root = paths.root
     if version is None:
         version = read_version_file(paths.version_file)
+    else:
+        _check_version_file(paths, version)
+    problems = migration_problems(root)
+    if problems:
+        raise CreatePatchError(
+            f"Migration folders without a migration.sql: {'; '.join(problems)}.",
+            "Rename the file to migration.sql (Prisma's layout) or remove the folder; nothing was written.",
+        )
     final = paths.patch_dir(version)
     if final.exists() and not force:
         raise CreatePatchError(
@@ -368,7 +435,7 @@ def create_patch(
         )
     delta_base = _load_base(paths, settings, base, version) if base is not None else None
     source = _Git(root, paths.excluded_roots())  # git runs while the tree is scanned and packed
-    rules = load_rules(root, settings.exclude, paths.excluded_roots())
+    rules = load_rules(root, settings.exclude, paths.excluded_roots(), gitignore=settings.use_gitignore)
     tree = scan_tree(root, rules, hash_files=False)
     migrations = find_migrations(root)
     diff: TreeDiff | None = None
@@ -413,11 +480,8 @@ def create_patch(
             digests[name] = (md5.hexdigest(), sha256.hexdigest())
 
         write(MANIFEST, _buffered(manifest_chunks(manifest)))
-        changelog = ""
-        if paths.changelog.is_file():
-            text = paths.changelog.read_text(encoding="utf-8", errors="replace")
-            changelog = changelog_section(text, version) or text
-        write("CHANGELOG.md", changelog or f"# {version.tag}\n\nNo changelog was provided.\n")
+        changelog, changelog_note = changelog_text(paths.changelog, version)
+        write("CHANGELOG.md", changelog)
         write("schema.sql", _schema_sql(root, migrations))
         changes = None
         if summary is not None:
@@ -431,6 +495,8 @@ def create_patch(
                 "## Checksums\n",
                 1,
             )
+        if changelog_note:
+            readme = readme.replace("\n## Checksums\n", f"\n**Changelog:** {changelog_note}\n\n## Checksums\n", 1)
         write("README.md", readme)
         write(MD5SUMS, "".join(f"{digests[n][0]}  {n}\n" for n in sorted(digests)))
         write(SHA256SUMS, "".join(f"{digests[n][1]}  {n}\n" for n in sorted(digests)))

@@ -114,6 +114,19 @@ def accepts_connections(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def same_version(reported: str, expected: str) -> bool:
+    """True when ``reported`` names ``expected`` (``v2.3.0`` and ``2.3.0`` are the same version)."""
+    from patchflow.errors import VersionError
+    from patchflow.version import parse_version
+
+    if reported.strip() == expected.strip():
+        return True
+    try:
+        return parse_version(reported) == parse_version(expected)
+    except VersionError:
+        return False
+
+
 def judge(
     answer: Probe,
     *,
@@ -129,7 +142,7 @@ def judge(
         return f"{answer.detail} but the body reports status {answer.reported!r}"
     if expect_version and version_field:
         if answer.version is not None:
-            if answer.version != expect_version:
+            if not same_version(answer.version, expect_version):
                 return f"{answer.detail}, expected {version_field}={expect_version!r} but got {answer.version!r}"
         elif proof is not None:
             reason = proof(answer.url)

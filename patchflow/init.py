@@ -63,6 +63,11 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ),
     ("prune-backups", "prune-backups $(PF_ROOT) $(PF_DRY_RUN)", "delete old backups (retention; DRY_RUN=1)"),
     ("preflight", "preflight $(PF_ROOT)", "pnpm lint/typecheck, prisma validate"),
+    (
+        "baseline-migrations",
+        "baseline-migrations $(PF_ROOT) $(PF_YES)",
+        "record the installed migrations in a database without history (YES=1)",
+    ),
     ("up", "up $(PF_ROOT)", "start the stack"),
     ("down", "down $(PF_ROOT)", "stop the stack (volumes are kept)"),
     ("ps", "ps $(PF_ROOT)", "service states"),

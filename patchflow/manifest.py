@@ -213,15 +213,20 @@ class ExcludeRules:
         return self._spec is not None and self._spec.match_file(probe)
 
 
-def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str]) -> ExcludeRules:
-    """Build the rules of a project: defaults, the ``exclude`` setting, then ``.patchignore``.
+def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str], *, gitignore: bool = False) -> ExcludeRules:
+    """Build the rules of a project: defaults, the ``exclude`` setting, the project's root
+    ``.gitignore`` when ``gitignore`` (what git does not track is not part of a release: local
+    data, host overrides, generated files), then ``.patchignore`` (last, so it can re-include with
+    ``!pattern``).
 
     Raises:
-        CreatePatchError: ``.patchignore`` exists but cannot be read.
+        CreatePatchError: ``.gitignore`` or ``.patchignore`` exists but cannot be read.
     """
     patterns = list(DEFAULT_EXCLUDES) + list(extra)
-    ignore = root / ".patchignore"
-    if ignore.exists():
+    for name, wanted in ((".gitignore", gitignore), (".patchignore", True)):
+        ignore = root / name
+        if not wanted or not ignore.exists():
+            continue
         try:
             patterns += ignore.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:

@@ -116,7 +116,9 @@ class ProjectPaths:
 
     @property
     def changelog(self) -> Path:
-        return self.root / "PATCH_CHANGELOG.md"
+        """The project's changelog: ``PATCH_CHANGELOG.md`` when it exists, else ``CHANGELOG.md``."""
+        patch_log = self.root / "PATCH_CHANGELOG.md"
+        return patch_log if patch_log.is_file() else self.root / "CHANGELOG.md"
 
     @property
     def patchignore(self) -> Path:

@@ -84,14 +84,33 @@ def tool_checks() -> list[Check]:
     return [Check("patchflow lint + typecheck", [sys.executable, "-m", "nox", "-s", "lint", "typecheck"], home)]
 
 
-def run_checks(checks: list[Check], console: Console, runner: Runner) -> None:
+def lint_new_migrations(root: Path, installed_manifest: Path, runner: Runner, environ: Mapping[str, str]) -> list[str]:
+    """Lint, with squawk, the migrations of the tree at ``root`` that the installed manifest does
+    not list (what the next patch would run); returns the findings as lines (an empty list when
+    there are none; a single line saying so when squawk is not installed)."""
+    from patchflow.lint import lint_sql
+    from patchflow.migrations import find_migrations
+
+    try:
+        installed = {m.get("name") for m in json.loads(installed_manifest.read_text(encoding="utf-8"))["migrations"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        installed = set()
+    new = [m for m in find_migrations(root) if m.name not in installed]
+    files = {m.name: (m.path, (root / m.path).read_bytes()) for m in new}
+    findings = lint_sql(files, runner, environ)
+    if findings is None:
+        return ["squawk is not installed: migrations were not linted (pip install squawk-cli)"] if new else []
+    return [f.describe() for f in findings]
+
+
+def run_checks(checks: list[Check], console: Console, runner: Runner, failures: list[str] | None = None) -> None:
     """Run every check through ``runner`` (output to this terminal), print one line each, and
     raise if any failed or could not run.
 
     Raises:
         PatchflowError: names the checks that failed and what to install for those that could not run.
     """
-    failed: list[str] = []
+    failed: list[str] = list(failures or [])
     if not checks:
         console.print("no checks apply (no lint/typecheck scripts, no prisma/schema.prisma)")
     for check in checks:

@@ -271,6 +271,9 @@ class RollbackRun:
             ready_timeout=ctx.settings.health_timeout,
             log=ctx.log,
         )
+        removed = self._backup().data.get("removed_services")
+        if isinstance(removed, list) and removed:
+            ctx.services.start([str(s) for s in removed], rebuild=True)  # the apply had removed them
 
     def health(self) -> None:
         """Prove the restored version healthy (its version when the body reports one)."""

@@ -217,6 +217,15 @@ class _Background:
         return self._value
 
 
+def _migration_folder_problems(manifest: dict[str, Any]) -> list[str]:
+    """Folders of ``prisma/migrations/`` in the manifest without a ``migration.sql`` (Prisma refuses
+    them; skipping one silently would leave its tables missing)."""
+    paths = {str(item.get("path")): item.get("type") for item in manifest.get("files", []) if isinstance(item, dict)}
+    prefix = "prisma/migrations/"
+    folders = [p for p, kind in paths.items() if kind == "dir" and p.startswith(prefix) and "/" not in p[len(prefix) :]]
+    return [f"migration folder {p}/ has no migration.sql" for p in sorted(folders) if f"{p}/migration.sql" not in paths]
+
+
 def verify_patch_folder(
     folder: Path, version: PatchVersion, *, check_archive: bool = False, verify_key: str = ""
 ) -> VerifyReport:
@@ -290,6 +299,7 @@ def verify_patch_folder(
         report.problems.append(f"{MANIFEST} names archive {archive_meta.get('name')!r}, not {archive_name}")
     elif archive_meta.get("sha256") != digests.get(archive_name, {}).get("sha256"):
         report.problems.append(f"{archive_name}: sha256 differs from {MANIFEST}")
+    report.problems.extend(_migration_folder_problems(report.manifest))
 
     if check_archive and not report.problems:
         from patchflow.archive import compare_members, read_members

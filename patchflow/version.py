@@ -16,9 +16,12 @@ import semver
 
 from patchflow.errors import VersionError
 
+# https://semver.org/#is-there-a-suggested-regular-expression-regex-to-check-a-semver-string:
+# numeric identifiers (also pre-release ones) have no leading zeros; build metadata may
+_PRE_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
 _SEMVER = re.compile(
     r"^(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
-    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?"
     r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$",
     re.ASCII,
 )
@@ -84,6 +87,8 @@ def parse_version(text: str | None, *, source: str = "version") -> PatchVersion:
     if match is None:
         unsafe = sorted({ch for ch in candidate if not ((ch.isascii() and ch.isalnum()) or ch in ".-+")})
         detail = f" It contains characters that are not allowed: {' '.join(repr(c) for c in unsafe)}." if unsafe else ""
+        if not unsafe and re.search(r"(^|[.-])0\d", candidate.split("+", 1)[0]):
+            detail = " A numeric part has a leading zero, which SemVer 2.0 forbids (1.2.0-rc.01 -> 1.2.0-rc.1)."
         raise VersionError(
             f"Invalid {source} {raw!r}: expected a semantic version MAJOR.MINOR.PATCH "
             f"such as 2.3.0 or 2.3.0-rc.1.{detail}",

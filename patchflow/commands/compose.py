@@ -112,6 +112,11 @@ def logs(prefix: Sequence[str], services: Sequence[str], *, follow: bool, tail: 
     return [*args, *services]
 
 
+def remove(prefix: Sequence[str], services: Sequence[str]) -> list[str]:
+    """``rm --stop --force`` of ``services``' containers (never ``-v``: volumes are kept)."""
+    return [*prefix, "rm", "--stop", "--force", *services]
+
+
 def config_services(prefix: Sequence[str]) -> list[str]:
     return [*prefix, "config", "--services"]
 
@@ -119,6 +124,8 @@ def config_services(prefix: Sequence[str]) -> list[str]:
 FORBIDDEN = (
     ("down", "-v"),
     ("down", "--volumes"),
+    ("rm", "-v"),
+    ("rm", "--volumes"),
     ("volume", "rm"),
     ("volume", "remove"),
     ("volume", "prune"),

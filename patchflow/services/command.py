@@ -305,6 +305,10 @@ class CommandManager:
         self.stop(services)
         self.start(services)
 
+    def remove(self, services: Sequence[str]) -> None:
+        """Services of the command manager come from the settings, not from a patch: nothing to do."""
+        return None
+
     def up(self) -> None:
         self.start()
 

@@ -115,6 +115,7 @@ class ComposeManager:
             paths.root, settings.compose_project, self.files, {**settings.dotenv, **settings.environ}
         )
         self._known: list[str] | None = None
+        self._known_key: list[tuple[str, int, int, int]] = []
         self._available = False
 
     def prefix(self, project_dir: Path | None = None) -> list[str]:
@@ -175,12 +176,28 @@ class ComposeManager:
             raise ServiceError(message, self.logs_hint()) from None
 
     def known_services(self) -> list[str]:
-        """The services defined in the compose file(s) (``docker compose config --services``)."""
-        if self._known is None:
+        """The services defined in the compose file(s) (``docker compose config --services``),
+        read again whenever a compose file changed (a switch or a restore replaces it)."""
+        key = []
+        for name in self.files:
+            try:
+                st = (self.paths.root / name).stat()
+                key.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+            except OSError:
+                key.append((name, -1, -1, -1))
+        if self._known is None or self._known_key != key:
             self.check_available()
             out = self._run(compose.config_services(self.prefix()), "docker compose config")
             self._known = [s.strip() for s in out.splitlines() if s.strip()]
+            self._known_key = key
         return self._known
+
+    def remove(self, services: Sequence[str]) -> None:
+        """Stop and remove the containers of ``services`` (a patch removed them from the compose
+        file); their volumes are kept. Run while the compose file still defines them."""
+        names = [s for s in services if s in self.known_services()]
+        if names:
+            self._run(compose.remove(self.prefix(), names), "docker compose rm")
 
     def app_services(self) -> list[str]:
         """The ``app_services`` setting filtered to the services the compose file defines."""
@@ -201,7 +218,11 @@ class ComposeManager:
         """Build the application images from ``project_dir`` (the staging folder) before stopping,
         tagged under the install's project name so ``start`` uses them."""
         self.check_available(project_dir)
-        self._run(compose.build(self.prefix(project_dir), self.app_services()), "docker compose build")
+        out = self._run(compose.config_services(self.prefix(project_dir)), "docker compose config")
+        staged = {s.strip() for s in out.splitlines() if s.strip()}
+        names = [s for s in self.settings.app_services if s in staged]  # the patch's own services
+        if names:
+            self._run(compose.build(self.prefix(project_dir), names), "docker compose build")
 
     def stop(self, services: Sequence[str] | None = None) -> None:
         """Stop the application services (or ``services``); data services keep running."""

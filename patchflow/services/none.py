@@ -29,6 +29,9 @@ class NoServices:
     def check_running(self) -> None:
         return None
 
+    def remove(self, services: Sequence[str]) -> None:
+        return None
+
     def serves(self, port: int) -> bool | None:
         return None
 

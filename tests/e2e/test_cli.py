@@ -107,6 +107,7 @@ def _primeflow_checkout(root: Path) -> Path:
 
 def test_create_patch_on_a_primeflow_checkout_with_flat_migrations(tmp_path: Path) -> None:
     root = _primeflow_checkout(tmp_path / "primeflow")
+    (root / "VERSION").write_text("3.0.1\n")
     version_before = (root / "VERSION").read_bytes()
     made = run_inv("create-patch", "--root", str(root), "--version", "3.0.1")
     assert made.returncode == 0, made.stderr + made.stdout

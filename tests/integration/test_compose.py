@@ -351,6 +351,44 @@ def test_an_api_container_left_running_fails_the_proof_and_is_rolled_back(stack:
     assert stack.pg_dump() == dump_before
 
 
+def test_a_service_the_patch_removes_is_removed_and_rollback_brings_it_back(
+    stack: ComposeInstall, tmp_path: Path
+) -> None:
+    """Issue 10.9: 2.3.0 drops the worker from the compose file; the plan names it, the apply stops and
+    removes its container (volumes kept), rollback brings it back."""
+    import yaml
+    from support.compose import COMPOSE_FILE, make_release
+
+    source = make_release(stack.root, tmp_path / "source", "2.3.0")
+    model = yaml.safe_load((source / COMPOSE_FILE).read_text())
+    del model["services"]["worker"]
+    (source / COMPOSE_FILE).write_text(yaml.safe_dump(model, sort_keys=False))
+    made = subprocess.run(
+        [*INV, "create-patch", "--root", str(source)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert made.returncode == 0, made.stderr
+    target = stack.root / "patches" / "v2.3.0"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source / "patches" / "v2.3.0", target)
+    assert "worker" in stack.container_ids()
+    created = stack.volume_created()
+
+    done = stack.inv("apply-patch", "--version", "2.3.0", "--yes")
+    assert done.returncode == 0, done.stderr + done.stdout
+    flat = " ".join(done.stdout.split())
+    assert (
+        "services added: none; removed (stopped and removed, volumes kept; rollback brings them back): worker" in flat
+    )
+    assert "worker" not in stack.container_ids(), "the removed service's container is gone"
+    assert stack.health_version() == "2.3.0"
+
+    back = stack.inv("rollback-patch", "--version", "2.3.0", "--yes")
+    assert back.returncode == 0, back.stderr + back.stdout
+    assert stack.inspect("worker")["State"]["Running"] is True  # type: ignore[index]
+    assert stack.health_version() == "2.2.0"
+    assert stack.volume_created() == created
+
+
 # -- errors named clearly -----------------------------------------------------------------------------------
 #: stand-ins so these tests need neither PostgreSQL nor Docker on the machine
 NO_HOST_PG = {"PG_UID": "101", "PG_GID": "104", "PG_BINDIR": "/usr/lib/postgresql/15/bin"}

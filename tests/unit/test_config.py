@@ -264,3 +264,8 @@ def test_settings_are_typed_and_frozen(tmp_path: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.start_retries = 1  # type: ignore[misc]
     assert settings.environ == {"PATCHFLOW_START_RETRIES": "7"}, "the environment reaches the core only here"
+
+
+def test_the_readme_lists_every_setting_as_the_code_defines_it() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert settings_table_markdown() in readme, "regenerate the README's settings table (settings_table_markdown)"

@@ -165,9 +165,13 @@ def test_changelog_is_the_section_of_the_version(tree: Path) -> None:
     assert "1.3.0" not in text
 
 
-def test_changelog_is_the_whole_file_without_a_section(tree: Path) -> None:
+def test_changelog_without_a_section_says_so_instead_of_copying_the_file(tree: Path) -> None:
+    (tree / "VERSION").write_text("1.5.0\n", encoding="utf-8")
     created = create(tree, version=parse_version("1.5.0"))
-    assert (created.folder / "CHANGELOG.md").read_text(encoding="utf-8") == CHANGELOG
+    text = (created.folder / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# v1.5.0\n") and "has no section for 1.5.0" in text
+    assert CHANGELOG not in text
+    assert "has no section for 1.5.0" in (created.folder / "README.md").read_text(encoding="utf-8")
 
 
 def test_changelog_placeholder_without_a_file(tree: Path) -> None:
@@ -197,11 +201,29 @@ def test_version_file_is_never_written(tree: Path) -> None:
     version_file = tree / "VERSION"
     os.utime(version_file, (1_000_000_000, 1_000_000_000))
     before = version_file.stat()
-    create(tree, version=parse_version("1.5.0"))
+    create(tree)
     after = version_file.stat()
     assert version_file.read_text(encoding="utf-8") == "1.4.0\n"
     assert (after.st_mtime_ns, after.st_ino, after.st_size) == (before.st_mtime_ns, before.st_ino, before.st_size)
-    assert (tree / "patches" / "v1.5.0").is_dir()
+    assert (tree / "patches" / "v1.4.0").is_dir()
+
+
+def test_a_version_other_than_the_trees_is_refused(tree: Path) -> None:
+    with pytest.raises(CreatePatchError) as caught:
+        create(tree, version=parse_version("1.5.0"))
+    assert "VERSION says 1.4.0" in caught.value.message and "1.5.0" in caught.value.message
+    assert not (tree / "patches" / "v1.5.0").exists()
+
+
+def test_a_migration_folder_without_migration_sql_is_refused(tree: Path) -> None:
+    typo = tree / "prisma" / "migrations" / "20250301_audit"
+    typo.mkdir(parents=True)
+    (typo / "migrations.sql").write_text("CREATE TABLE audit (id int);\n", encoding="utf-8")
+    with pytest.raises(CreatePatchError) as caught:
+        create(tree)
+    assert "prisma/migrations/20250301_audit/ has no migration.sql" in caught.value.message
+    assert "migrations.sql" in caught.value.message
+    assert not (tree / "patches").exists() or not list((tree / "patches").iterdir())
 
 
 def test_rebuild_with_force_gives_identical_archive(tree: Path) -> None:

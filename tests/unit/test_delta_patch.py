@@ -143,9 +143,12 @@ def test_a_one_file_delta_is_under_one_percent_of_the_full_patch(tmp_path: Path)
     root = write_tree(tmp_path / "project", BASE)
     create(root, "1.0.0")
     (root / "src/index.js").write_bytes(b"console.log('1.0.1');\n")
+    (root / "VERSION").write_bytes(b"1.0.1\n")  # a release changes its VERSION too
+    alone = tmp_path / "alone"
+    shutil.copytree(root, alone, symlinks=True, ignore=shutil.ignore_patterns("patches"))
     delta = create(root, "1.0.1", base="1.0.0")
-    full = create(root, "1.0.2")
-    assert delta.members == 1
+    full = create(alone, "1.0.1")
+    assert delta.members == 2, "the one changed file and VERSION"
     assert delta.archive.stat().st_size < 0.01 * full.archive.stat().st_size
 
 
@@ -227,5 +230,6 @@ def test_the_git_commit_is_recorded_while_packing(tmp_path: Path) -> None:
     assert manifest["source"] == {"commit": head, "dirty": False}, "patchflow's own patches/ is not a change"
     assert list(manifest)[:5] == ["format", "version", "base_version", "created_at", "source"]
     (root / "src/a.js").write_bytes(b"changed\n")
+    (root / "VERSION").write_bytes(b"1.0.1\n")
     again = create(root, "1.0.1")
     assert json.loads((again.folder / "manifest.json").read_text(encoding="utf-8"))["source"]["dirty"] is True

@@ -19,11 +19,13 @@ from patchflow.errors import HealthCheckError
 from patchflow.health import probe, wait_healthy
 
 
-def _handler(status: int, body: dict[str, str]) -> type[BaseHTTPRequestHandler]:
+def _handler(status: int, body: dict[str, object], location: str = "") -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             payload = json.dumps(body).encode()
             self.send_response(status)
+            if location:
+                self.send_header("Location", location)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -41,10 +43,10 @@ class _Server(HTTPServer):
 
 
 @contextmanager
-def serve(status: int, body: dict[str, str], *, after: float = 0.0) -> Iterator[str]:
+def serve(status: int, body: dict[str, object], *, after: float = 0.0, location: str = "") -> Iterator[str]:
     """Serve ``status``/``body`` on 127.0.0.1 (accepting connections ``after`` seconds from now;
     the port is bound at once, so until then connections are refused); yield the URL."""
-    server = _Server(("127.0.0.1", 0), _handler(status, body), bind_and_activate=False)
+    server = _Server(("127.0.0.1", 0), _handler(status, body, location), bind_and_activate=False)
     server.server_bind()
     port = server.server_address[1]
     listening = threading.Event()
@@ -74,9 +76,29 @@ def test_200_with_the_right_version_passes() -> None:
     assert 0 <= took < 1
 
 
-def test_200_without_version_check_passes() -> None:
+def test_200_without_version_check_passes_at_once_and_says_how_long() -> None:
     with serve(200, {"status": "ok"}) as url:
-        wait_healthy([url], timeout=5)
+        took = wait_healthy([url], timeout=5, sleep=_never_sleeps)
+    assert 0 <= took < 1
+
+
+def _never_sleeps(seconds: float) -> None:
+    raise AssertionError(f"a healthy first answer must not wait ({seconds} s)")
+
+
+class FakeClock:
+    """A clock that only moves when the poller sleeps (no real waiting in these tests)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 def test_probe_describes_the_answer() -> None:
@@ -86,14 +108,56 @@ def test_probe_describes_the_answer() -> None:
 
 
 def test_500_never_passes() -> None:
-    with serve(500, {"status": "error", "version": "1.3.0"}) as url:
-        start = time.monotonic()
-        with pytest.raises(HealthCheckError) as caught:
-            wait_healthy([url], timeout=1.5, expect_version="1.3.0")
-        took = time.monotonic() - start
+    clock = FakeClock()
+    with serve(500, {"status": "error", "version": "1.3.0"}) as url, pytest.raises(HealthCheckError) as caught:
+        wait_healthy([url], timeout=10, expect_version="1.3.0", sleep=clock.sleep, clock=clock)
     assert f"{url}: HTTP 500" in caught.value.message
     assert "inv logs" in caught.value.hint
-    assert 0.5 <= took <= 3
+    assert clock.sleeps == [0.25, 0.5, 1.0, 2.0, 3.0, 3.0], "backoff capped at 3 s, never past the deadline"
+    assert sum(clock.sleeps) <= 10
+
+
+def test_a_redirect_is_not_healthy_unless_followed_on_purpose() -> None:
+    with serve(200, {"status": "ok"}) as login, serve(302, {}, location=login) as url:
+        clock = FakeClock()
+        with pytest.raises(HealthCheckError) as caught:
+            wait_healthy([url], timeout=1, sleep=clock.sleep, clock=clock)
+        assert f"HTTP 302 redirect to {login}" in caught.value.message
+        assert wait_healthy([url], timeout=5, follow_redirects=True) < 1
+
+
+@pytest.mark.parametrize(("reported", "healthy"), [("ok", True), ("UP", True), ("error", False), ("degraded", False)])
+def test_a_status_field_must_say_healthy(reported: str, healthy: bool) -> None:
+    clock = FakeClock()
+    with serve(200, {"status": reported}) as url:
+        if healthy:
+            wait_healthy([url], timeout=1, sleep=clock.sleep, clock=clock)
+        else:
+            with pytest.raises(HealthCheckError, match=f"the body reports status '{reported}'"):
+                wait_healthy([url], timeout=1, sleep=clock.sleep, clock=clock)
+        wait_healthy([url], timeout=1, healthy_statuses=[reported], sleep=clock.sleep, clock=clock)
+        wait_healthy([url], timeout=1, status_field="", sleep=clock.sleep, clock=clock)
+
+
+def test_a_version_with_a_v_prefix_is_the_same_version() -> None:
+    with serve(200, {"version": "v1.3.0"}) as url:
+        wait_healthy([url], timeout=1, expect_version="1.3.0", sleep=_never_sleeps)
+
+
+def test_without_a_version_field_the_proof_decides() -> None:
+    seen: list[str] = []
+
+    def stale(url: str) -> str:
+        seen.append(url)
+        return "port 9 is held by an old process"
+
+    clock = FakeClock()
+    with serve(200, {"status": "ok", "uptime": 3}) as url:
+        wait_healthy([url], timeout=1, expect_version="1.3.0", proof=lambda u: None, sleep=_never_sleeps)
+        with pytest.raises(HealthCheckError) as caught:
+            wait_healthy([url], timeout=1, expect_version="1.3.0", proof=stale, sleep=clock.sleep, clock=clock)
+    assert seen and seen[0] == url
+    assert "without a 'version' field, and port 9 is held by an old process" in caught.value.message
 
 
 def test_old_version_answering_fails_with_both_versions_c16() -> None:

@@ -168,3 +168,43 @@ def test_release_notes_are_a_version_section() -> None:
     notes = release_notes("3.1.0")
     assert VERSION_HEADING.findall(notes) == [("3.1.0", "Auditoria")]
     assert notes.endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("version", "first_line", "lines"),
+    [("3.0.0", "## Versão 3.0.0 - Fluxos paralelos", 16), ("2.7.0", "## Versão 2.7.0 - Relatórios", 20)],
+)
+def test_patchflow_takes_the_section_at_the_level_used_for_versions(version: str, first_line: str, lines: int) -> None:
+    from patchflow.create import changelog_section
+    from patchflow.version import parse_version
+
+    section = changelog_section((CHECKOUT / "CHANGELOG.md").read_text(encoding="utf-8"), parse_version(version))
+    assert section is not None and section.splitlines()[0] == first_line
+    assert section.count("\n") == lines
+    assert "#### v3.1.0" not in section or version == "2.7.0"
+
+
+def test_a_version_named_only_in_a_roadmap_has_no_section(tmp_path: Path) -> None:
+    from patchflow.create import changelog_section, changelog_text
+    from patchflow.version import parse_version
+
+    path = CHECKOUT / "CHANGELOG.md"
+    assert changelog_section(path.read_text(encoding="utf-8"), parse_version("3.1.0")) is None
+    text, note = changelog_text(path, parse_version("3.1.0"))
+    assert "has no section for 3.1.0" in text and "3.0.0, 2.7.0" in note
+    assert "Fluxos paralelos" not in text, "never the whole file"
+
+
+@pytest.mark.parametrize(
+    "heading",
+    ["## 3.2.0", "## [3.2.0] - 2025-06-01", "## v3.2.0", "## Versão 3.2.0 - Título", "# 3.2.0", "## Version 3.2.0"],
+)
+def test_the_heading_styles_of_real_changelogs(heading: str) -> None:
+    from patchflow.create import changelog_section
+    from patchflow.version import parse_version
+
+    text = f"# Changelog\n\n{heading}\n\n- new\n\n## 3.1.0\n\n- old\n"
+    if heading.startswith("# 3.2.0"):
+        text = f"{heading}\n\n- new\n\n# 3.1.0\n\n- old\n"
+    section = changelog_section(text, parse_version("3.2.0"))
+    assert section == f"{heading}\n\n- new\n"

@@ -29,6 +29,7 @@ def project(tmp_path: Path) -> Path:
     (root / "src/index.js").write_text("console.log(1);\n" * 100, encoding="utf-8")
     settings = load_settings(root, environ={})
     for version in ("1.0.0", "1.1.0"):
+        (root / "VERSION").write_text(f"{version}\n", encoding="utf-8")
         create_patch(settings, parse_version(version), now=datetime(2025, 1, 2, tzinfo=UTC))
     return root
 

@@ -150,3 +150,15 @@ def test_read_version_file_invalid(tmp_path: Path) -> None:
     assert f"version in {path}" in caught.value.message
     assert "';'" in caught.value.message
     assert path.read_text(encoding="utf-8") == "2.3.0; reboot\n"
+
+
+@pytest.mark.parametrize("text", ["1.2.0-rc.01", "1.2.0-01", "01.2.0", "1.02.0", "1.2.0-alpha.00"])
+def test_numeric_identifiers_with_leading_zeros_are_refused(text: str) -> None:
+    with pytest.raises(VersionError) as caught:
+        parse_version(text)
+    assert "leading zero" in caught.value.message
+
+
+@pytest.mark.parametrize("text", ["1.2.0-rc.1", "1.2.0-0a", "1.2.0-rc.0", "1.2.0+build.007", "1.2.0-x-01"])
+def test_valid_semver_is_accepted(text: str) -> None:
+    assert str(parse_version(text)) == text
