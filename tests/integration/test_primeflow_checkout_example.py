@@ -411,7 +411,9 @@ def test_makefile_keeps_its_targets_and_the_old_patch_targets(tmp_path: Path) ->
     assert "docker compose -f docker/docker-compose.yml down" in dry("down")
 
     # the checkout's .env is included (-include .env): help must still list each target once
-    shown = subprocess.run([make, "help"], cwd=root, capture_output=True, text=True, timeout=60, check=True).stdout
+    shown = subprocess.run(
+        [make, "--no-print-directory", "help"], cwd=root, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     lines = re.sub(r"\x1b\[[0-9;]*m", "", shown).splitlines()
     assert lines[0] == "PrimeFlow 3.0.0"
     listed = [line.split()[0] for line in lines[1:]]
