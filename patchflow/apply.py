@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from patchflow.archive import extract_archive
 from patchflow.backup import Backup, load_backup, new_backup, save_files, swap_build_outputs
@@ -39,9 +39,18 @@ from patchflow.errors import (
 )
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
 from patchflow.installed import InstalledRecord, installed_version, installed_version_or_error
-from patchflow.journal import Journal, append_history, utc_now, write_json_atomic
+from patchflow.journal import (
+    RESERVE_BYTES,
+    Journal,
+    append_history,
+    deactivate_reserve,
+    take_reserve,
+    utc_now,
+    write_json_atomic,
+)
+from patchflow.leftovers import leftovers, remove_leftovers
 from patchflow.lint import Finding, lint_sql
-from patchflow.lock import InstallLock
+from patchflow.lock import InstallLock, LockHolder
 from patchflow.manifest import Entry, ExcludeRules, TreeDiff, diff_trees, scan_tree
 from patchflow.migrations import (
     MIGRATIONS_TABLE,
@@ -51,15 +60,18 @@ from patchflow.migrations import (
     migrate_command,
     run_migrations,
 )
-from patchflow.paths import VERSION_FILE
+from patchflow.paths import VERSION_FILE, VERSION_TEMP
 from patchflow.pipeline import (
     Decision,
     Interrupted,
+    Recovery,
     Step,
     StopPipeline,
+    checkpoint,
     describe_failure,
     held_back,
     interruptible,
+    kill_point,
     run_forward,
     run_undo,
     undo_plan,
@@ -130,6 +142,8 @@ class ApplyResult:
     dry_run: bool = False
     recovered: bool = False
     cleanup: Callable[[], None] = field(default=lambda: None, repr=False)
+    recovery: Recovery | None = None
+    cleaned: list[str] = field(default_factory=list)
 
 
 def install_rules(ctx: Context, manifest: dict[str, Any]) -> ExcludeRules:
@@ -335,6 +349,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
         Need(ctx.paths.root, "switch", changed_bytes, len(diff.added)),
         Need(ctx.paths.backups, "code backup", backup_bytes, len(old_entries) + 8),
         Need(ctx.paths.backups, "database dump", db_bytes, 1),
+        Need(ctx.paths.state, "space reserve", RESERVE_BYTES, 1),
     ]
     plan = Plan(
         str(version),
@@ -376,10 +391,18 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
     return plan
 
 
-def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion, version_file: Path) -> None:
+def switch_files(
+    plan: Plan,
+    staging: Path,
+    root: Path,
+    version: PatchVersion,
+    version_file: Path,
+    written: Callable[[str], None] | None = None,
+) -> None:
     """Make the tree equal to the staged patch: delete what the patch no longer has (deepest
     first), place added and changed entries (shallowest first, files renamed into place), then
-    write ``VERSION`` (the patch's bytes when it carries one). Idempotent: a re-run converges."""
+    write ``VERSION`` (the patch's bytes when it carries one). Idempotent: a re-run converges.
+    ``written`` is passed to :func:`patchflow.files.place_entry` (the kill hook)."""
     diff = plan.diff
     type_changed = [p for p in diff.changed if plan.old_entries[p].type != plan.new_entries[p].type]
     for rel in sorted(diff.deleted + type_changed, key=lambda p: p.count("/"), reverse=True):
@@ -395,8 +418,8 @@ def switch_files(plan: Plan, staging: Path, root: Path, version: PatchVersion, v
             continue
         remove_path(path)
     for rel in sorted(diff.added + diff.changed, key=lambda p: (p.count("/"), p)):
-        place_entry(plan.new_entries[rel], staging, root)
-    tmp = version_file.with_name(".VERSION.patchflow-tmp")
+        place_entry(plan.new_entries[rel], staging, root, written=written)
+    tmp = version_file.with_name(VERSION_TEMP)
     staged = staging / VERSION_FILE
     if staged.is_file() and not staged.is_symlink():
         shutil.copyfile(staged, tmp)
@@ -420,7 +443,7 @@ class ApplyRun:
     version: PatchVersion
     options: ApplyOptions = field(default_factory=ApplyOptions)
     confirm: Callable[[Plan], None] = lambda plan: None
-    recover: Callable[[Journal], None] = lambda journal: None
+    recover: Callable[[Journal], Recovery | None] = lambda journal: None
     report: VerifyReport | None = None
     plan: Plan | None = None
     journal: Journal | None = None
@@ -429,6 +452,8 @@ class ApplyRun:
     from_version: str = ""
     applied: list[str] = field(default_factory=list)
     recovered: bool = False
+    recovery: Recovery | None = None
+    cleaned: list[str] = field(default_factory=list)
     resumed: bool = False
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=utc_now)
@@ -459,6 +484,12 @@ class ApplyRun:
         ]
 
     @classmethod
+    def outline(cls, version: PatchVersion) -> list[Step]:
+        """The step list of an apply of ``version`` for decisions only (names, flags, which steps
+        have an undo): its callables belong to a run without a context and must not be run."""
+        return cls(cast(Context, None), version).steps()
+
+    @classmethod
     def resume(cls, ctx: Context, journal: Journal) -> ApplyRun:
         """The run recorded in ``journal`` (killed), ready for recovery to finish or undo it.
 
@@ -475,7 +506,16 @@ class ApplyRun:
 
     # -- the steps ------------------------------------------------------------------------------
     def verify(self) -> None:
-        """Check checksums, signature and manifest of the patch folder (read-only)."""
+        """Check checksums, signature and manifest of the patch folder (read-only). A version
+        already installed stops here (after finishing the clean-up a killed run left)."""
+        paths = self.ctx.paths
+        if (
+            not self.options.force
+            and Journal.load(paths.journal) is None
+            and installed_version(paths) == str(self.version)
+        ):
+            self.cleaned = [] if self.options.dry_run else self._finish_leftovers()
+            raise StopPipeline(f"version {self.version} is already installed")
         folder = self.ctx.paths.patch_dir(self.version)
         self.ctx.log(f"-> verify {folder}")
         self.report = verify_patch(folder, self.version, verify_key=self.ctx.settings.verify_key)
@@ -519,25 +559,37 @@ class ApplyRun:
             self.confirm(self.plan)
 
     def take_lock(self) -> None:
-        """Take the install's lock; finish or undo an interrupted run; start this run's journal."""
+        """Take the install's lock and the space reserve; finish or undo an interrupted run; clear
+        what killed runs left (staging, trash); start this run's journal (with this run's marker,
+        before any command runs)."""
         assert self.report is not None
         paths = self.ctx.paths
         self.lock = InstallLock(paths.lock, paths.lock_info)
         self.lock.acquire(action="apply", version=str(self.version), break_stale=self.options.break_lock)
         self.ctx.start_recording()
         interrupted = Journal.load(paths.journal)
+        take_reserve(paths.space_reserve, required=interrupted is None, log=self.ctx.log)
         if interrupted is not None:
-            self.recover(interrupted)
+            self.recovery = self.recover(interrupted)
             self.recovered = True
             self._check_versions()
             self.plan = make_plan(self.ctx, self.version, self.report, remove_unowned=self.options.remove_unowned)
+        self.cleaned = remove_leftovers(paths)
         assert self.plan is not None
         self.from_version = self.plan.from_version or ""
         self.journal = Journal(paths.journal, "apply", str(self.version), self.from_version)
+        if self.ctx.run_marker:
+            self.journal.notes["runners"] = [self.ctx.run_marker]
         self.journal.start("lock")
 
     def stage(self) -> None:
-        """Extract the patch beside the tree, run install/build there, build compose images."""
+        """Extract the patch beside the tree, run install/build there, build compose images; then
+        check again that every filesystem has the bytes and inodes the rest of the apply needs.
+
+        Raises:
+            ApplyError: the install or build command failed.
+            BackupError: a filesystem is now short of room (nothing was stopped).
+        """
         assert self.report is not None
         ctx = self.ctx
         remove_tree(self.staging)
@@ -568,6 +620,12 @@ class ApplyRun:
                 ) from None
         if ctx.services.app_services():
             ctx.services.build(self.staging)
+        if self.plan is not None:
+            # again, before anything stops: the install and build may have used more than planned
+            check_space(
+                [n for n in self.plan.needs if n.label not in ("staging", "space reserve")],
+                int(ctx.settings.free_space_margin),
+            )
 
     def drop_staging(self) -> None:
         remove_tree(self.staging)
@@ -648,7 +706,14 @@ class ApplyRun:
             self._require_journal().note("removed_services", removed)
             ctx.log(f"   removing services the patch drops: {', '.join(removed)}")
             ctx.services.remove(removed)
-        switch_files(self.plan, self.staging, ctx.paths.root, self.version, ctx.paths.version_file)
+        switch_files(
+            self.plan,
+            self.staging,
+            ctx.paths.root,
+            self.version,
+            ctx.paths.version_file,
+            kill_point(ctx.settings.test_kill_at, "switch-file"),
+        )
         swapped = swap_build_outputs(backup, self.staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
         if swapped:
             ctx.log(f"   build outputs switched: {', '.join(swapped)}")
@@ -713,6 +778,8 @@ class ApplyRun:
         self._wait_healthy(str(self.version), since)
         if self.stopped_at is not None:
             self.stopped_seconds = time.monotonic() - self.stopped_at
+        elif self.journal is not None:  # finished by a recovery: the window began in the killed run
+            self.stopped_seconds = self.journal.seconds_since("stop") or 0.0
 
     def commit(self) -> None:
         """Point of no return: record the installed manifest and record, and the history."""
@@ -827,10 +894,19 @@ class ApplyRun:
                 )
                 if self.journal is not None:
                     self.journal.clear()
+                    checkpoint(self.ctx.settings.test_kill_at, "release", "before")
         except StopPipeline as stop:
             self._finish_quietly()
             self.ctx.log(str(stop))
-            return ApplyResult(str(self.version), self.from_version or None, None, noop=True, recovered=self.recovered)
+            return ApplyResult(
+                str(self.version),
+                self.from_version or None,
+                None,
+                noop=True,
+                recovered=self.recovered,
+                recovery=self.recovery,
+                cleaned=self.cleaned,
+            )
         except BaseException as exc:
             if self.journal is None or not self.journal.done("commit"):
                 self._fail(steps, exc)
@@ -838,6 +914,7 @@ class ApplyRun:
             self.ctx.log(f"   {describe_failure(exc)} after the commit: the apply is complete")
             self._complete_after_commit()
         finally:
+            deactivate_reserve()
             if self.lock is not None:
                 self.lock.release()
         if self.options.dry_run:
@@ -853,6 +930,8 @@ class ApplyRun:
             self.applied,
             recovered=self.recovered,
             cleanup=self._empty_trash,
+            recovery=self.recovery,
+            cleaned=self.cleaned,
         )
 
     def _complete_after_commit(self) -> None:
@@ -868,6 +947,7 @@ class ApplyRun:
             self.ctx.log(f"   {step.name} done in {seconds:.1f} s")
 
     def _empty_trash(self) -> None:
+        checkpoint(self.ctx.settings.test_kill_at, "empty-trash", "before")
         for folder in self.trash:
             remove_tree(folder)
 
@@ -875,8 +955,30 @@ class ApplyRun:
         """After recovery finished or undid this run: no staging folder or trash is left."""
         remove_tree(self.staging)
         self._empty_trash()
-        for folder in self.ctx.paths.state.glob("trash-*"):
-            remove_tree(folder)
+        remove_leftovers(self.ctx.paths)
+
+    def _finish_leftovers(self) -> list[str]:
+        """For a run with nothing to apply: when a killed run left its lock (stale) or clean-up
+        (staging, trash), take the lock (breaking a stale one only with ``--break-lock``) and
+        finish the clean-up. Returns the folders removed.
+
+        Raises:
+            LockError: another run holds the lock, or it is stale and ``--break-lock`` is missing.
+        """
+        paths = self.ctx.paths
+        if not leftovers(paths, reserve=True) and LockHolder.read(paths.lock_info) is None:
+            return []
+        lock = InstallLock(paths.lock, paths.lock_info)
+        lock.acquire(action="apply", version=str(self.version), break_stale=self.options.break_lock)
+        try:
+            if Journal.load(paths.journal) is not None:
+                return []  # a run was killed meanwhile: the real apply path recovers it
+            removed = remove_leftovers(paths, reserve=True)
+        finally:
+            lock.release()
+        for name in removed:
+            self.ctx.log(f"   removed {name}, left by a killed run")
+        return removed
 
     def _finish_quietly(self) -> None:
         if self.journal is not None:
@@ -904,7 +1006,7 @@ class ApplyRun:
         if not isinstance(exc, (PatchflowError, Interrupted, KeyboardInterrupt, StopPipeline)):
             self.ctx.record_exception(exc)
         journal = self.journal
-        failure = describe_failure(exc)
+        failure = describe_failure(exc).rstrip(".")
         failed_step = journal.current_step if journal else None
         if journal is None:
             if isinstance(exc, PatchflowError):
@@ -915,6 +1017,10 @@ class ApplyRun:
         where = f"at {failed_step}" if failed_step else ""
         names = undo_plan(steps, journal.steps)
         stopped = any(s.stopped and journal.reached(s.name) for s in steps)
+        try:
+            remove_tree(self.staging)  # room first (a run out of space): no undo needs the staged tree
+        except OSError:
+            pass
         if not stopped:
             try:
                 run_undo(steps, names, journal, log=lambda line: None, kill_at=self.ctx.settings.test_kill_at)

@@ -385,6 +385,10 @@ def apply_patch(
                 yes=yes,
             )
     result = run_apply(ctx, parsed, options, confirm=ask)
+    if result.recovery is not None:
+        console.print(f"[bold yellow]recovered[/]: {result.recovery.describe()}")
+    if result.cleaned:
+        console.print(f"cleaned up after a killed run: removed {', '.join(result.cleaned)}")
     if result.dry_run and result.plan is not None:
         _print_plan(result.plan)
         console.print("[bold]dry run[/]: nothing was changed")

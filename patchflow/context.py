@@ -3,11 +3,13 @@
 :class:`Context` bundles them so core functions take one explicit argument instead of globals.
 Progress lines go to ``log`` (the operator's terminal); with ``record=True`` they also go, with
 every command the runner starts and a UTC time, to ``.patchflow/logs/patchflow.log``.
+``run_marker`` is this process's mark on every command it runs (see :mod:`patchflow.runner`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +36,7 @@ class Context:
     database: Database | None
     log: Callable[[str], None] = field(default=_quiet)
     recorder: Recorder | None = None
+    run_marker: str = ""
 
     def record_exception(self, exc: BaseException) -> None:
         """Write the traceback of an unexpected exception to the operation log only (the operator
@@ -73,10 +76,11 @@ class Context:
             show(line)
             write(line)
 
-        run = runner or LocalRunner(base_env=settings.environ, log=write)
+        marker = f"{paths.root}::{secrets.token_hex(8)}"
+        run = runner or LocalRunner(base_env=settings.environ, log=write, marker=marker)
         services = make_manager(settings, paths, run)
         database = _database(settings, paths, run)
-        return cls(settings, paths, run, services, database, progress, recorder)
+        return cls(settings, paths, run, services, database, progress, recorder, marker if runner is None else "")
 
 
 def _database(settings: Settings, paths: ProjectPaths, runner: Runner) -> Database | None:

@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,13 +128,21 @@ def _inherited(dest: Path, entry: Entry) -> tuple[int, int, int]:
     return folder.uid, folder.gid, entry.mode
 
 
-def place_entry(entry: Entry, source_root: Path, root: Path, *, exact: Ownership | None = None) -> None:
+def place_entry(
+    entry: Entry,
+    source_root: Path,
+    root: Path,
+    *,
+    exact: Ownership | None = None,
+    written: Callable[[str], None] | None = None,
+) -> None:
     """Make ``root/entry.path`` equal ``entry``, taking file content from ``source_root/entry.path``.
 
     Files and links are written to :func:`temp_name` beside the destination, given their owner
     and mode, then renamed over it (atomic per file); a directory standing where a file or link
     goes must already be empty. ``exact`` (a restore) sets that owner, group and mode; otherwise
-    they are inherited as the module docstring says.
+    they are inherited as the module docstring says. ``written(path)`` is called between the write
+    of the temporary copy and its rename (the test suite's kill hook).
 
     Raises:
         BackupError: the destination's folder leads outside ``root`` through a symlink.
@@ -162,6 +171,8 @@ def place_entry(entry: Entry, source_root: Path, root: Path, *, exact: Ownership
         else:
             shutil.copyfile(source_root / entry.path, tmp, follow_symlinks=False)
             set_ownership(tmp, uid, gid, perm)
+        if written is not None:
+            written(entry.path)
         if dest.is_dir() and not dest.is_symlink():
             dest.rmdir()
         os.replace(tmp, dest)
@@ -170,12 +181,30 @@ def place_entry(entry: Entry, source_root: Path, root: Path, *, exact: Ownership
         raise
 
 
+def gone_name(path: Path) -> Path:
+    """The name beside ``path`` it is renamed to before it is deleted (``.pf-<16 hex>.gone``), so
+    a kill during the delete leaves either the whole of ``path`` or a name known to be rubbish."""
+    return temp_name(path).with_suffix(".gone")
+
+
+def remove_temporaries(path: Path) -> None:
+    """Remove what an interrupted write or move of ``path`` may have left beside it (its
+    :func:`temp_name` and :func:`gone_name`)."""
+    remove_tree(temp_name(path))
+    remove_tree(gone_name(path))
+
+
 def move(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target`` (absent): a rename, or a copy then delete when they are on
-    different filesystems (``EXDEV``), keeping links as links and modes and owners.
+    """Move ``source`` to ``target`` (absent): a rename, or, when they are on different filesystems
+    (``EXDEV``), a copy to :func:`temp_name` beside ``target`` renamed into place, then ``source``
+    renamed to :func:`gone_name` and deleted. Links stay links; modes and owners are kept.
+
+    A kill at any instant leaves ``source`` or ``target`` whole (possibly both), never a partial
+    copy under either name: what is left over carries a temporary name
+    (:func:`remove_temporaries`).
 
     Raises:
-        OSError: the move failed; a partial copy at ``target`` is removed.
+        OSError: the move failed; a partial copy is removed.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -184,16 +213,22 @@ def move(source: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
+    tmp = temp_name(target)
+    remove_tree(tmp)
     try:
         if source.is_dir() and not source.is_symlink():
-            shutil.copytree(source, target, symlinks=True, copy_function=_copy_with_owner)
-            _copy_owner(source, target)
+            shutil.copytree(source, tmp, symlinks=True, copy_function=_copy_with_owner)
+            _copy_owner(source, tmp)
         else:
-            _copy_with_owner(str(source), str(target))
+            _copy_with_owner(str(source), str(tmp))
+        os.replace(tmp, target)
     except BaseException:
-        remove_tree(target)
+        remove_tree(tmp)
         raise
-    remove_tree(source)
+    gone = gone_name(source)
+    remove_tree(gone)
+    os.replace(source, gone)
+    remove_tree(gone)
 
 
 def _copy_owner(source: Path, target: Path) -> None:

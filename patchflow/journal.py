@@ -7,10 +7,17 @@ operation did not finish; patch-status reports it and the next apply/rollback re
 ``history.jsonl`` gets one JSON object per finished apply, rollback or automatic rollback:
 ``action, from_version, to_version, started_at, duration_seconds, stopped_seconds, result,
 user, host, error, backup``.
+
+Out of space is a planned state: while a run holds the lock, a :class:`SpaceReserve` of
+``RESERVE_BYTES`` is allocated in the state folder. A state write that finds the filesystem full
+(``ENOSPC``, ``EDQUOT``, in bytes or inodes) deletes the reserve and writes again, so the journal
+can always record the failure and the rollback that follows has room; a forward step that needed
+the reserve fails with :class:`DiskFullError` (the run then rolls back instead of going on).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -20,8 +27,136 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from patchflow.errors import PatchflowError
+from patchflow.errors import BackupError, PatchflowError
 from patchflow.lock import _user
+
+RESERVE_BYTES = 4 * 1024 * 1024
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(BackupError):
+    """A filesystem the run writes is full (bytes or inodes): the run stops and rolls back."""
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """True when ``exc`` is an OSError for a full filesystem or quota (bytes or inodes)."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
+class SpaceReserve:
+    """``RESERVE_BYTES`` bytes (and one inode) held in a file while a run holds the lock; given
+    back with :meth:`release` the first time a state write finds the filesystem full.
+
+    One reserve is active per process (:func:`activate_reserve`); writes of the journal, the
+    history and the pidfiles use it through :func:`write_json_atomic` and :func:`append_line`.
+    """
+
+    def __init__(self, path: Path, size: int = RESERVE_BYTES) -> None:
+        self.path = path
+        self.size = size
+
+    def allocate(self) -> None:
+        """Create the file with its blocks allocated (``posix_fallocate``; zeros written where
+        the filesystem cannot allocate). An existing reserve (left by a killed run) is reused.
+
+        Raises:
+            OSError: the filesystem has not even that much room (the plan checks space first).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.path.stat().st_blocks * 512 >= self.size:
+                return
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, self.size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                os.ftruncate(fd, 0)
+                block = b"\0" * 65536
+                for _ in range(0, self.size, len(block)):
+                    os.write(fd, block)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+    def release(self) -> bool:
+        """Delete the reserve; True when it was there (room was given back)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+_reserve: SpaceReserve | None = None
+_reserve_used = False
+
+
+def activate_reserve(path: Path) -> SpaceReserve:
+    """Allocate the reserve at ``path`` and make it the one state writes fall back on.
+
+    Raises:
+        OSError: not even ``RESERVE_BYTES`` are free there.
+    """
+    global _reserve, _reserve_used
+    reserve = SpaceReserve(path)
+    reserve.allocate()
+    _reserve, _reserve_used = reserve, False
+    return reserve
+
+
+def take_reserve(path: Path, *, required: bool, log: Any) -> None:
+    """Allocate the run's space reserve at ``path`` (see :class:`SpaceReserve`). When there is no
+    room for it, a new run is refused; a recovery (``required=False``) goes on without it, since
+    it frees space before it writes (``log`` says so).
+
+    Raises:
+        DiskFullError: ``required`` and the reserve cannot be allocated; nothing was changed.
+    """
+    try:
+        activate_reserve(path)
+    except OSError as exc:
+        if not is_no_space(exc) or required:
+            raise DiskFullError(
+                f"No room for the {RESERVE_BYTES // (1024 * 1024)} MiB space reserve in {path.parent}: {exc.strerror}.",
+                "Free space on that filesystem (df -h, df -i) and run the command again. Nothing was changed.",
+            ) from None
+        log(f"   no room for the space reserve in {path.parent}: recovering without it")
+
+
+def deactivate_reserve() -> None:
+    """Delete the active reserve (the run gave back its lock)."""
+    global _reserve
+    if _reserve is not None:
+        _reserve.release()
+        _reserve = None
+
+
+def reserve_used() -> bool:
+    """True once a state write of this run needed the reserve (a filesystem is full)."""
+    return _reserve_used
+
+
+def _with_reserve(write: Any) -> bool:
+    """Run ``write()``; when it fails for space, release the reserve and run it once more.
+    Returns True when the reserve was needed."""
+    global _reserve_used
+    try:
+        write()
+        return False
+    except OSError as exc:
+        if not is_no_space(exc) or _reserve is None or not _reserve.release():
+            raise
+    _reserve_used = True
+    write()
+    return True
 
 
 def utc_now() -> str:
@@ -29,17 +164,50 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
-    """Write JSON to ``path`` atomically (temporary file, fsync, rename) with ``mode``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> bool:
+    """Write JSON to ``path`` atomically (temporary file, fsync, rename) with ``mode``; a full
+    filesystem is met with the run's :class:`SpaceReserve`. Returns True when the reserve was
+    needed (the filesystem is full).
+
+    Raises:
+        OSError: the write failed (and no reserve was left to give room); ``path`` is unchanged
+            and no temporary file is left.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    return _with_reserve(write)
+
+
+def append_line(path: Path, line: str) -> bool:
+    """Append ``line`` (with a newline) to ``path`` and fsync, falling back on the reserve like
+    :func:`write_json_atomic`. Returns True when the reserve was needed.
+
+    Raises:
+        OSError: the write failed.
+    """
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return _with_reserve(write)
 
 
 @dataclass
@@ -63,36 +231,67 @@ class Journal:
 
     def note(self, key: str, value: Any) -> None:
         """Record ``value`` under ``key`` (a name chosen before work that must be found again after
-        a kill: a temporary database, a timestamp) and save."""
-        self.notes[key] = value
-        self.save()
+        a kill: a temporary database, a timestamp) and save.
 
-    def save(self) -> None:
-        """Write the journal atomically (temporary file, fsync, rename)."""
+        Raises:
+            DiskFullError: forward phase, and the filesystem is full (recorded first).
+        """
+        self.notes[key] = value
+        self._save_going_on()
+
+    def save(self) -> bool:
+        """Write the journal atomically (temporary file, fsync, rename); True when the space
+        reserve was needed to do it."""
         data = asdict(self)
         data.pop("path")
-        write_json_atomic(self.path, data)
+        return write_json_atomic(self.path, data)
+
+    def _save_going_on(self) -> None:
+        """Save; in the forward phase a full filesystem ends the step (the run rolls back)."""
+        needed = self.save()
+        if (needed or reserve_used()) and self.phase == "forward":
+            raise DiskFullError(
+                f"The filesystem holding {self.path.parent} is full (no space or no inodes left).",
+                "The run stopped and rolled back using its reserved space. Free space (inv prune-backups, "
+                "df -h, df -i) and apply again.",
+            )
 
     def start(self, name: str) -> None:
+        """Record step ``name`` as started.
+
+        Raises:
+            DiskFullError: forward phase, and the filesystem is full (recorded first).
+        """
         self.steps.append({"name": name, "state": "started", "at": utc_now(), "phase": self.phase})
-        self.save()
+        self._save_going_on()
 
     def finish(self, name: str) -> None:
+        """Record step ``name`` as done.
+
+        Raises:
+            DiskFullError: forward phase, and the filesystem is full (recorded first).
+        """
         for step in reversed(self.steps):
             if step["name"] == name and step["state"] == "started":
                 step["state"] = "done"
                 step["done_at"] = utc_now()
                 break
-        self.save()
+        self._save_going_on()
 
     def fail(self, name: str, error: str) -> None:
+        """Record step ``name`` as failed with ``error``. On a full filesystem with no reserve left
+        the record stays ``started`` (recovery treats both alike) instead of hiding the error."""
         for step in reversed(self.steps):
             if step["name"] == name and step["state"] == "started":
                 step["state"] = "failed"
                 step["error"] = error
                 break
         self.error = error
-        self.save()
+        try:
+            self.save()
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
 
     def reached(self, name: str, phase: str = "forward") -> bool:
         """True when step ``name`` was started (whatever its outcome) in ``phase``."""
@@ -102,6 +301,18 @@ class Journal:
         return any(
             s["name"] == name and s["state"] == "done" and s.get("phase", "forward") == phase for s in self.steps
         )
+
+    def seconds_since(self, name: str, phase: str = "forward") -> float | None:
+        """Seconds (wall clock) from the first start of step ``name`` in ``phase`` until now: the
+        real stopped window of a run that a recovery finished or undid. None when not reached."""
+        for step in self.steps:
+            if step["name"] == name and step.get("phase", "forward") == phase:
+                try:
+                    began = datetime.strptime(str(step["at"]), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+                except (KeyError, ValueError):
+                    return None
+                return max(0.0, (datetime.now(UTC) - began).total_seconds())
+        return None
 
     @property
     def current_step(self) -> str | None:
@@ -164,19 +375,26 @@ def _damaged(path: Path, why: str) -> PatchflowError:
     )
 
 
-def append_history(path: Path, record: dict[str, Any]) -> None:
+def append_history(path: Path, record: dict[str, Any]) -> bool:
     """Append one record to ``history.jsonl`` (adds ``user`` and ``host`` when missing). A record
     whose ``run_id``, ``action`` and ``result`` are already there is not written twice (a
-    recovered commit runs this again)."""
+    recovered commit runs this again). Returns False when the filesystem was too full to write it
+    (the run's outcome does not depend on its history line).
+
+    Raises:
+        OSError: the write failed for another reason than space.
+    """
     record = {"user": _user(), "host": socket.gethostname(), **record}
     key = (record.get("run_id"), record.get("action"), record.get("result"))
     if key[0] and any((h.get("run_id"), h.get("action"), h.get("result")) == key for h in read_history(path, 50)):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+        return True
+    try:
+        append_line(path, json.dumps(record, ensure_ascii=False))
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        return False
+    return True
 
 
 def read_history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from patchflow.apply import ApplyOptions, ApplyResult, ApplyRun, Plan
 from patchflow.context import Context
 from patchflow.journal import Journal
+from patchflow.pipeline import Recovery
 from patchflow.recovery import recover_interrupted
 from patchflow.rollback import RollbackResult, RollbackRun
 from patchflow.version import PatchVersion
@@ -32,8 +33,8 @@ def apply_patch(
         RollbackError: the apply failed and the automatic rollback did not complete.
     """
 
-    def recover(journal: Journal) -> None:
-        recover_interrupted(ctx, journal)
+    def recover(journal: Journal) -> Recovery:
+        return recover_interrupted(ctx, journal)
 
     return ApplyRun(ctx, version, options, confirm=confirm, recover=recover).execute()
 
@@ -60,9 +61,8 @@ def rollback_patch(
         ConfirmationRefused: not confirmed.
     """
 
-    def recover(journal: Journal) -> bool:
-        recover_interrupted(ctx, journal)
-        return True
+    def recover(journal: Journal) -> Recovery:
+        return recover_interrupted(ctx, journal)
 
     run = RollbackRun(
         ctx,

@@ -177,6 +177,11 @@ class ProjectPaths:
         return self.state / "displaced-databases.json"
 
     @property
+    def space_reserve(self) -> Path:
+        """Room held while a run holds the lock, given back when a state write finds the disk full."""
+        return self.state / "space-reserve"
+
+    @property
     def verify_cache(self) -> Path:
         """patch-status' cache of verification results, keyed by each patch folder's file stats."""
         return self.state / "verify-cache.json"

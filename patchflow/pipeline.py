@@ -14,8 +14,10 @@ such a list:
 
 SIGTERM and SIGHUP do what SIGINT does (:func:`interruptible`): they raise :class:`Interrupted` in
 the running step, so the reached steps are undone and the run ends with its documented exit code.
-The test hook ``test_kill_at`` (``PATCHFLOW_TEST_KILL_AT=<step>[:after]``, or ``undo-<step>``)
-sends this process a real SIGKILL at a step boundary.
+The test hook ``test_kill_at`` (``PATCHFLOW_TEST_KILL_AT=<step>[:after][=SIGNAL]``, or
+``<undo name>``) sends this process a real signal (default SIGKILL) at a step boundary; a few
+points inside steps take it too (``switch-file#<n>``, ``switch-file@<path>``, ``spawn-<service>:after``, ``release``,
+``empty-trash``; see :func:`kill_point`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from types import FrameType
 from typing import Any, Literal
 
 from patchflow.errors import PatchflowError
-from patchflow.journal import Journal
+from patchflow.journal import Journal, is_no_space
 
 FORWARD = "forward"
 ROLLING_BACK = "rolling_back"
@@ -92,6 +94,24 @@ class Decision:
     steps: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What a recovery did: the interrupted ``action`` of ``version``, the ``decision`` carried
+    out, and ``stopped_seconds``, the real time the services were down from the killed run's stop
+    until now (None when it had not stopped them)."""
+
+    action: str
+    version: str
+    decision: Decision
+    stopped_seconds: float | None
+
+    def describe(self) -> str:
+        """One line for the operator: ``the interrupted apply of 2.3.0 was undone (...)``."""
+        done = {"finish": "finished", "undo": "undone", "nothing": "closed (nothing was left to do)"}
+        down = f"; services were down {self.stopped_seconds:.1f} s in all" if self.stopped_seconds else ""
+        return f"the interrupted {self.action} of {self.version} was {done[self.decision.kind]}{down}"
+
+
 def checkpoint(kill_at: str, step: str, when: str) -> None:
     """Test hook: send this process a signal at ``step`` ``before``/``after`` when ``kill_at``
     (``<step>[:after][=SIGNAL]``, e.g. ``migrate:after=SIGTERM``; default SIGKILL) asks."""
@@ -101,6 +121,22 @@ def checkpoint(kill_at: str, step: str, when: str) -> None:
     name, _, moment = where.partition(":")
     if name == step and (moment or "before") == when:
         os.kill(os.getpid(), signal.Signals[signame or "SIGKILL"])
+
+
+def kill_point(kill_at: str, name: str) -> Callable[[str], None]:
+    """Test hook inside a step: a callable whose ``n``-th call, with ``label``, does what
+    :func:`checkpoint` does for ``<name>#<n>`` and for ``<name>@<label>`` (e.g.
+    ``switch-file@public/a.js=SIGINT``: the switch is interrupted with the temporary copy of
+    ``public/a.js`` written and not yet renamed). Does nothing when ``kill_at`` is empty."""
+    count = 0
+
+    def hit(label: str) -> None:
+        nonlocal count
+        count += 1
+        checkpoint(kill_at, f"{name}#{count}", "before")
+        checkpoint(kill_at, f"{name}@{label}", "before")
+
+    return hit if kill_at else lambda label: None
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -145,6 +181,10 @@ def describe_failure(exc: BaseException) -> str:
     the exception's text."""
     if isinstance(exc, PatchflowError):
         return exc.message
+    if is_no_space(exc):
+        assert isinstance(exc, OSError)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"the filesystem is full{where} (no space or no inodes left)"
     if isinstance(exc, Interrupted):
         return f"interrupted by {exc.name}"
     if isinstance(exc, KeyboardInterrupt):

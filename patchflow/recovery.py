@@ -3,16 +3,48 @@
 
 Called with the lock held (by the lock step of the next apply or rollback). Ends on exactly the
 old or exactly the new version; a recovery that is itself killed is recovered again the same way.
+
+Before it changes anything, a recovery ends what the killed run left working: every command still
+carrying the marker of a run recorded in the journal (an orphaned ``psql``, ``pg_restore``,
+migrate command; see :mod:`patchflow.runner`) and the tool's database sessions. An undo frees the
+staging folder first (a run killed for space gets its room back before the rollback writes).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from patchflow.apply import ApplyRun
 from patchflow.context import Context
 from patchflow.errors import PatchflowError, RollbackError
+from patchflow.files import remove_tree
 from patchflow.journal import Journal, append_history
-from patchflow.pipeline import Decision, Step, decide_recovery, describe_failure, run_forward, run_undo
+from patchflow.pipeline import Decision, Recovery, Step, decide_recovery, describe_failure, run_forward, run_undo
 from patchflow.rollback import RollbackRun
+from patchflow.runner import end_marked
+from patchflow.version import parse_version
+
+DATABASE_STEPS = ("backup", "migrate", "restore-database")
+
+
+def end_leftovers(ctx: Context, journal: Journal) -> None:
+    """End the commands the killed runs of ``journal`` left running and the tool's database
+    sessions, then record this run's marker in the journal (so a kill of this recovery is
+    recovered the same way)."""
+    runners = [m for m in journal.notes.get("runners", []) if isinstance(m, str)]
+    for marker in runners:
+        if marker == ctx.run_marker:
+            continue
+        ended = end_marked(marker)
+        if ended:
+            ctx.log(f"   ended {len(ended)} command(s) the killed run left running (pid {', '.join(map(str, ended))})")
+    if ctx.database is not None and any(
+        journal.reached(n, p) for n in DATABASE_STEPS for p in ("forward", "rolling_back")
+    ):
+        ctx.database.terminate_sessions()
+    if ctx.run_marker and ctx.run_marker not in runners:
+        journal.notes["runners"] = [*runners, ctx.run_marker]
+        journal.save()
 
 
 def _run_of(ctx: Context, journal: Journal) -> tuple[list[Step], ApplyRun | RollbackRun]:
@@ -34,8 +66,8 @@ def plan_recovery(ctx: Context, journal: Journal) -> Decision:
     return decide_recovery(journal.action, steps, journal.steps, journal.phase)
 
 
-def recover_interrupted(ctx: Context, journal: Journal) -> Decision:
-    """Finish or undo the run recorded in ``journal``; returns the decision it carried out.
+def recover_interrupted(ctx: Context, journal: Journal) -> Recovery:
+    """Finish or undo the run recorded in ``journal``; returns what it did.
 
     Raises:
         RollbackError: the recovery could not complete (the journal stays for the next attempt,
@@ -50,10 +82,13 @@ def recover_interrupted(ctx: Context, journal: Journal) -> Decision:
     )
     kill_at = ctx.settings.test_kill_at
     try:
+        end_leftovers(ctx, journal)
         if decision.kind == "finish":
             wanted = set(decision.steps)
             run_forward([s for s in steps if s.name in wanted], lambda: journal, log=ctx.log, kill_at=kill_at)
         elif decision.kind == "undo":
+            if isinstance(run, ApplyRun):
+                remove_tree(run.staging)  # room first: the undos never need the staged tree
             run_undo(steps, decision.steps, journal, log=ctx.log, kill_at=kill_at)
     except Exception as exc:
         hint = exc.hint if isinstance(exc, PatchflowError) else ""
@@ -66,6 +101,7 @@ def recover_interrupted(ctx: Context, journal: Journal) -> Decision:
         ) from None
     if isinstance(run, ApplyRun):
         run.cleanup_after_recovery(decision)
+    stopped = journal.seconds_since("stop", "forward" if journal.action == "apply" else "rolling_back")
     journal.clear()
     if decision.kind == "undo" and journal.action == "apply":
         append_history(
@@ -79,6 +115,83 @@ def recover_interrupted(ctx: Context, journal: Journal) -> Decision:
                 "result": "rolled_back" if journal.reached("stop") else "interrupted",
                 "recovered": True,
                 "backup": journal.backup,
+                **({"stopped_seconds": round(stopped, 3)} if stopped is not None else {}),
             },
         )
-    return decision
+    recovery = Recovery(journal.action, journal.version, decision, stopped)
+    ctx.log(f"   {recovery.describe()}")
+    return recovery
+
+
+def recovery_advice(
+    journal: Journal | None,
+    damaged: str | None,
+    lock: dict[str, Any] | None,
+    installed: str | None,
+    left: list[str],
+) -> dict[str, Any] | None:
+    """The one command that recovers the install, for patch-status: ``{"command": "inv ...",
+    "args": [task and options, without --root], "does": what it will do}``; ``command`` is None
+    when no command can (a run is still active, the journal is damaged). None when nothing needs
+    recovering.
+
+    Args:
+        journal: the interrupted run's journal (None when there is none).
+        damaged: the error reading a damaged journal.
+        lock: :func:`patchflow.lock.lock_status` (``state`` held, held-too-long or stale).
+        installed: the installed version.
+        left: leftover names in the state folder (:func:`patchflow.leftovers.leftovers`).
+    """
+    if lock is not None and lock["state"] != "stale":
+        return {
+            "command": None,
+            "args": [],
+            "does": f"an {lock['action']} of {lock['version']} is running (pid {lock['pid']} on {lock['host']}): "
+            "wait for it, then run patch-status again",
+        }
+    if damaged:
+        return {"command": None, "args": [], "does": damaged}
+    breaking = ["--break-lock"] if lock is not None else []
+
+    def advice(args: list[str], does: str) -> dict[str, Any]:
+        return {"command": "inv " + " ".join(args), "args": args, "does": does}
+
+    if journal is not None:
+        version = parse_version(journal.version)
+        steps = RollbackRun.outline(version) if journal.action == "rollback" else ApplyRun.outline(version)
+        decision = decide_recovery(journal.action, steps, journal.steps, journal.phase)
+        base = ["--version", journal.version, *breaking, "--yes"]
+        if journal.action == "rollback":
+            return advice(
+                ["rollback-patch", *base],
+                f"finishes the interrupted rollback of {journal.version} from backup {journal.backup or '?'}",
+            )
+        if decision.kind != "finish":  # undo, or nothing changed yet: back to where it was
+            return advice(
+                ["rollback-patch", *base],
+                f"undoes the interrupted apply of {journal.version}: {journal.from_version or 'the previous version'} "
+                "runs again, exactly as before it",
+            )
+        return advice(
+            ["apply-patch", *base],
+            f"finishes the interrupted apply of {journal.version} (it had committed)",
+        )
+    if installed is None and (lock is not None or left):
+        return {
+            "command": None,
+            "args": [],
+            "does": "a killed run left its lock or clean-up and the installed version is unknown: check that no "
+            "apply or rollback runs, then remove .patchflow/apply.lock.json and the listed leftovers by hand",
+        }
+    if lock is not None:
+        return advice(
+            ["apply-patch", "--version", installed or "", "--break-lock", "--yes"],
+            f"takes over the stale lock and removes what the killed run left ({', '.join(left) or 'nothing else'}); "
+            f"{installed} stays installed",
+        )
+    if left:
+        return advice(
+            ["apply-patch", "--version", installed or "", "--yes"],
+            f"removes what a killed run left ({', '.join(left)}); {installed} stays installed",
+        )
+    return None

@@ -17,7 +17,16 @@ from patchflow.backup import Backup
 from patchflow.database import Database, verify_recorded_dump
 from patchflow.displaced import record_displaced
 from patchflow.errors import BackupError, DatabaseError
-from patchflow.files import check_inside, move, place_entry, remove_path, remove_tree, set_ownership, temp_name
+from patchflow.files import (
+    check_inside,
+    move,
+    place_entry,
+    remove_path,
+    remove_temporaries,
+    remove_tree,
+    set_ownership,
+    temp_name,
+)
 from patchflow.paths import ProjectPaths
 
 
@@ -33,6 +42,8 @@ def restore_build_outputs(backup: Backup, root: Path) -> None:
         rel = item["path"]
         saved = store / rel
         target = root / rel
+        remove_temporaries(saved)
+        remove_temporaries(target)
         if item["had_old"] and not saved.exists() and not saved.is_symlink():
             continue  # the old copy was never moved: the tree still holds it
         remove_tree(target)
@@ -61,6 +72,7 @@ def restore_code(backup: Backup, paths: ProjectPaths, *, log: Callable[[str], No
         for rel in touched:
             check_inside(root, root / rel)
             remove_path(temp_name(root / rel))
+        remove_path(paths.version_temp)
         for rel in sorted(backup.new_paths(), key=lambda p: p.count("/"), reverse=True):
             if rel in old:
                 continue

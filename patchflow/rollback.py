@@ -15,16 +15,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from patchflow.backup import Backup, latest_backup_for, list_backups, load_backup
 from patchflow.context import Context
 from patchflow.database import stamp_now
 from patchflow.errors import BackupError, PatchflowError, RollbackError, VersionError
 from patchflow.installed import installed_version, read_installed_record
-from patchflow.journal import Journal, append_history, utc_now
+from patchflow.journal import Journal, append_history, deactivate_reserve, take_reserve, utc_now
+from patchflow.leftovers import remove_leftovers
 from patchflow.lock import InstallLock
 from patchflow.pipeline import (
     ROLLING_BACK,
+    Recovery,
     Step,
     StopPipeline,
     describe_failure,
@@ -103,7 +106,7 @@ class RollbackRun:
     break_lock: bool = False
     restore_db: bool | None = None
     confirm: Callable[[str], None] = lambda text: None
-    recover: Callable[[Journal], bool] = lambda journal: False
+    recover: Callable[[Journal], Recovery | None] = lambda journal: None
     backup: Backup | None = None
     journal: Journal | None = None
     lock: InstallLock | None = None
@@ -125,6 +128,12 @@ class RollbackRun:
             Step("health", self.health, stopped=True),
             Step("commit", self.commit, no_return=True),
         ]
+
+    @classmethod
+    def outline(cls, version: PatchVersion) -> list[Step]:
+        """The step list of a rollback of ``version`` for decisions only (see
+        :meth:`patchflow.apply.ApplyRun.outline`)."""
+        return cls(cast(Context, None), version).steps()
 
     @classmethod
     def resume(cls, ctx: Context, journal: Journal) -> RollbackRun:
@@ -217,17 +226,26 @@ class RollbackRun:
         self.lock.acquire(action="rollback", version=str(self.version), break_stale=self.break_lock)
         self.ctx.start_recording()
         pending = Journal.load(ctx.paths.journal)
+        take_reserve(ctx.paths.space_reserve, required=pending is None, log=ctx.log)
+        remove_leftovers(ctx.paths)
         if pending is not None:
             same = pending.version == str(self.version)
-            self.recover(pending)
+            recovery = self.recover(pending)
+            remove_leftovers(ctx.paths)
             restored = installed_version(ctx.paths) or ""
             if same and restored != str(self.version):
                 # the interrupted operation on this version was undone: the version before it is
                 # back exactly; restoring an older backup of this version now would overwrite it
                 used = load_backup(ctx.paths.backups / pending.backup) if pending.backup else None
                 name = used.name if used is not None and used.complete else ""
+                down = recovery.stopped_seconds if recovery is not None else None
                 self.result = RollbackResult(
-                    name, str(self.version), restored, time.monotonic() - self.started, 0.0, undone_interrupted=True
+                    name,
+                    str(self.version),
+                    restored,
+                    time.monotonic() - self.started,
+                    down or 0.0,
+                    undone_interrupted=True,
                 )
                 raise StopPipeline(f"the interrupted {pending.action} of {self.version} was undone")
             self.current = restored
@@ -236,6 +254,8 @@ class RollbackRun:
             self._check_installed(self.backup)
         backup = self._backup()
         self.journal = Journal(ctx.paths.journal, "rollback", str(self.version), self.current, backup=backup.name)
+        if ctx.run_marker:
+            self.journal.notes["runners"] = [ctx.run_marker]
         self.journal.phase = ROLLING_BACK
         self.journal.notes["restore_database"] = self._must_restore_database(backup)
         self.journal.start("lock")
@@ -285,7 +305,10 @@ class RollbackRun:
         """Record the rollback as done (services are back and healthy)."""
         journal = self._journal()
         backup = self._backup()
-        stopped = time.monotonic() - self.stopped_at if self.stopped_at else 0.0
+        if self.stopped_at is not None:
+            stopped = time.monotonic() - self.stopped_at
+        else:  # finished by a recovery: the window began in the killed rollback
+            stopped = journal.seconds_since("stop", ROLLING_BACK) or 0.0
         displaced = str(journal.notes.get("displaced_database") or "")
         append_history(
             self.ctx.paths.history,
@@ -354,6 +377,7 @@ class RollbackRun:
                 raise
             self.journal.clear()  # interrupted once committed: the rollback is complete
         finally:
+            deactivate_reserve()
             if self.lock is not None:
                 self.lock.release()
         assert self.result is not None

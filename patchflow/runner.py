@@ -7,6 +7,13 @@ is logged the same way and a test can replace the runner. Commands are argument 
 Each child runs in its own process group (``start_new_session``): when patchflow is interrupted
 (SIGINT, SIGTERM, SIGHUP) or a deadline passes, the whole group is ended (SIGTERM, then SIGKILL),
 so no child keeps working for a parent that gave up.
+
+A parent killed outright (SIGKILL, power cut of the tool only, OOM killer) cannot do that. So every
+command (not the services, which have their own marker) carries ``PATCHFLOW_RUN=<marker>`` in
+its environment, the marker of the run that started it; the run records its marker in the journal
+before it starts anything, and recovery ends every process still carrying a dead run's marker
+(:func:`end_marked`) before it touches the install: no orphaned ``psql``, ``pg_restore`` or
+migrate command keeps working under the recovery.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from patchflow.errors import CommandError
 CHUNK = 1024 * 1024
 KILL_GRACE_SECONDS = 3.0
 DRAIN_SECONDS = 5.0
+RUN_MARKER = "PATCHFLOW_RUN"
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,61 @@ def end_group(pid: int, grace: float = KILL_GRACE_SECONDS, poll: Callable[[], ob
             time.sleep(0.02)
 
 
+def process_start_ticks(pid: int) -> str | None:
+    """The kernel start time of ``pid`` (``/proc/<pid>/stat`` field 22), None when it is gone or a
+    zombie. Together with the pid it names one process even after pid reuse."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def processes_with_env(key: str, value: str, *, prefix: bool = False) -> list[int]:
+    """Pids of live processes whose environment holds ``key=value`` (with ``prefix``: a value
+    starting with ``value``), read from ``/proc/<pid>/environ`` (processes of other users that
+    cannot be read are skipped); oldest first, by kernel start time."""
+    wanted = f"{key}={value}".encode()
+    found: list[tuple[int, int]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        variables = environ.split(b"\0")
+        hit = any(v.startswith(wanted) for v in variables) if prefix else wanted in variables
+        if not hit:
+            continue
+        ticks = process_start_ticks(int(entry))
+        if ticks is not None:
+            found.append((int(ticks), int(entry)))
+    return [pid for _, pid in sorted(found)]
+
+
+def end_marked(marker: str, grace: float = KILL_GRACE_SECONDS) -> list[int]:
+    """End every process still carrying ``PATCHFLOW_RUN=<marker>`` (the commands of a run that was
+    killed), each with its whole process group: SIGTERM, then SIGKILL after ``grace`` seconds.
+    Returns the pids found (empty when none was left)."""
+    if not marker:
+        return []
+    pids = processes_with_env(RUN_MARKER, marker)
+    for pid in pids:
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if group == os.getpgrp():
+            os.kill(pid, signal.SIGKILL)  # never end our own group
+            continue
+        end_group(group, grace=grace)
+    return pids
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of the live processes in process group ``pgid`` (``/proc/<pid>/stat`` field 5);
     zombies do not count (they have exited and wait only to be reaped)."""
@@ -136,14 +199,21 @@ class LocalRunner:
             to :meth:`run` is added on top.
         log: receives one line per command (``$ <command>``, secrets masked as ``***``) and, for a
             failed command, its output; the operation's log file is fed from here.
+        marker: given to every command (not to services) as ``PATCHFLOW_RUN`` so a recovery can
+            end the commands of a run that was killed (see the module docstring).
     """
 
     base_env: Mapping[str, str] = field(default_factory=dict)
     log: Callable[[str], None] | None = None
+    marker: str = ""
 
-    def _env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+    def _env(self, env: Mapping[str, str] | None, *, service: bool = False) -> dict[str, str]:
         full = dict(self.base_env)
         full.update(env or {})
+        if self.marker and not service:
+            full[RUN_MARKER] = self.marker
+        else:
+            full.pop(RUN_MARKER, None)
         return full
 
     def _note(self, line: str) -> None:
@@ -254,7 +324,7 @@ class LocalRunner:
                 proc = subprocess.Popen(
                     [str(a) for a in args],
                     cwd=cwd,
-                    env=self._env(env),
+                    env=self._env(env, service=True),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ from patchflow.displaced import read_displaced
 from patchflow.errors import PatchflowError
 from patchflow.installed import installed_version_or_error, read_installed_record
 from patchflow.journal import Journal, read_history
+from patchflow.leftovers import leftovers
 from patchflow.lock import lock_status
 from patchflow.paths import ProjectPaths
 from patchflow.version import PatchVersion, parse_version
@@ -147,7 +148,10 @@ def collect_status(
         problems, created_at, files, installed, delta_base, verified: ``"deep"``/``"checksums"``),
         ``backups`` (name, version, restores_version, created_at, size_bytes, age_seconds,
         database), ``history`` (last records), ``last_apply`` (with ``stopped_seconds``),
-        ``interrupted`` (journal or None), ``lock`` (or None).
+        ``interrupted`` (journal or None), ``lock`` (or None), ``leftovers`` (names of what killed
+        runs left in the state folder), ``recovery`` (``command``, ``args``, ``does``: the one
+        command that recovers the install, see :func:`patchflow.recovery.recovery_advice`; None
+        when nothing needs recovering).
     """
     paths = ProjectPaths.from_settings(settings)
     parsed, version_error = installed_version_or_error(paths)
@@ -207,10 +211,12 @@ def collect_status(
     history = read_history(paths.history, history_limit)
     applies = [h for h in history if h.get("action") == "apply" and h.get("result") == "success"]
     interrupted: dict[str, Any] | None = None
+    damaged: str | None = None
     try:
         journal = Journal.load(paths.journal)
     except PatchflowError as exc:
         journal = None
+        damaged = f"{exc.message} {exc.hint}"
         interrupted = {
             "action": "?",
             "version": "?",
@@ -244,6 +250,16 @@ def collect_status(
             "started_at": journal.started_at,
             "backup": journal.backup,
         }
+    lock = lock_status(paths.lock, paths.lock_info, settings.lock_stale_seconds)
+    left = [p.name for p in leftovers(paths)]
+    recovery: dict[str, Any] | None = None
+    if journal is not None or damaged or lock or left:
+        from patchflow.recovery import recovery_advice  # the step lists: only when needed
+
+        try:
+            recovery = recovery_advice(journal, damaged, lock, installed, left)
+        except PatchflowError as exc:  # a journal naming an invalid version
+            recovery = {"command": None, "args": [], "does": exc.message}
     return {
         "root": str(paths.root),
         "installed_version": installed,
@@ -253,7 +269,9 @@ def collect_status(
         "history": history,
         "last_apply": applies[-1] if applies else None,
         "interrupted": interrupted,
-        "lock": lock_status(paths.lock, paths.lock_info, settings.lock_stale_seconds),
+        "lock": lock,
+        "leftovers": left,
+        "recovery": recovery,
         "installed_record": record.to_json() if record else None,
         "displaced_databases": read_displaced(paths),
     }
@@ -298,16 +316,20 @@ def render_status(status: dict[str, Any], console: Console) -> None:
             )
             + f"; started {_utc(interrupted['started_at'])} by pid {interrupted['pid']} on {interrupted['host']}."
         )
-        console.print(
-            f"  finish or undo it: inv apply-patch --version {interrupted['version']} --break-lock, "
-            f"or inv rollback-patch --version {interrupted['version']} --break-lock"
-        )
     lock = status["lock"]
     if lock:
         console.print(
             f"[yellow]lock {lock['state']}[/]: {lock['action']} of {lock['version']} by "
             f"{lock['user']}@{lock['host']} pid {lock['pid']} since {_utc(lock['started_at'])}"
         )
+    if status["leftovers"]:
+        console.print(f"[yellow]left by a killed run[/]: {', '.join(status['leftovers'])}")
+    recovery = status["recovery"]
+    if recovery:
+        if recovery["command"]:
+            console.print(f"[bold]recover with[/]: {recovery['command']}  [dim]({recovery['does']})[/]")
+        else:
+            console.print(f"[bold]to recover[/]: {recovery['does']}")
     last = status["last_apply"]
     if last:
         console.print(

@@ -28,7 +28,8 @@ from patchflow.config import Settings
 from patchflow.errors import CommandError, ConfigError, ServiceError
 from patchflow.journal import write_json_atomic
 from patchflow.paths import ProjectPaths
-from patchflow.runner import Runner, end_group, group_members
+from patchflow.pipeline import checkpoint
+from patchflow.runner import Runner, end_group, group_members, process_start_ticks, processes_with_env
 from patchflow.services import ServiceState
 
 SERVICE_MARKER = "PF_SERVICE_ID"
@@ -40,36 +41,11 @@ _CAUSE = re.compile(
 )
 
 
-def process_start_ticks(pid: int) -> str | None:
-    """The kernel start time of ``pid`` (``/proc/<pid>/stat`` field 22), None when it is gone or a
-    zombie. Together with the pid it names one process even after pid reuse."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Pids of live processes whose environment carries ``PF_SERVICE_ID=<marker>`` (read from
-    ``/proc/<pid>/environ``; processes of other users that cannot be read are skipped), oldest
+def marked_processes(marker: str, *, any_start: bool = False) -> list[int]:
+    """Pids of live processes whose environment carries ``PF_SERVICE_ID=<marker>`` (with
+    ``any_start``, any start of the service: ``marker`` is then ``<root>::<name>::``), oldest
     first (by kernel start time)."""
-    wanted = f"{SERVICE_MARKER}={marker}".encode()
-    found: list[tuple[int, int]] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read()
-        except OSError:
-            continue
-        ticks = process_start_ticks(int(entry))
-        if wanted in environ.split(b"\0") and ticks is not None:
-            found.append((int(ticks), int(entry)))
-    return [pid for _, pid in sorted(found)]
+    return processes_with_env(SERVICE_MARKER, marker, prefix=any_start)
 
 
 def listening_ports(pids: list[int]) -> set[int]:
@@ -175,11 +151,10 @@ class CommandManager:
         return None
 
     def _members(self, name: str) -> list[int]:
-        """Every live process of the current start of ``name``: its pid and whatever carries its nonce
-        (children that left its process group)."""
-        record = self._record(name)
-        nonce = record.get("nonce")
-        pids = set(marked_processes(self.marker(name, nonce))) if isinstance(nonce, str) and nonce else set()
+        """Every live process of service ``name`` of this install: its recorded pid and whatever
+        carries its marker from any start (children that left its process group, an orphan of a
+        start whose pidfile was lost or overwritten)."""
+        pids = set(marked_processes(self.marker(name, ""), any_start=True))
         leader = self.running(name)
         if leader is not None:
             pids.add(leader)
@@ -229,8 +204,13 @@ class CommandManager:
         self.paths.pids.mkdir(parents=True, exist_ok=True)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         for name in self._select(services):
-            if self.running(name) is not None:
+            pid = self.running(name)
+            if pid is not None:
+                if self._record(name).get("state") == "starting":
+                    self._adopt(name, pid)  # spawned by a run killed before it wrote the pid
                 continue
+            if self._members(name):
+                self.stop([name])  # an untracked process of an earlier start: never run two
             command = self.commands[name]
             pidfile = self._pidfile(name)
             nonce = secrets.token_hex(8)
@@ -247,19 +227,26 @@ class CommandManager:
                 raise ServiceError(
                     f"Cannot start {name} ({command!r}): {exc.message}", "Fix the command in the commands setting."
                 ) from None
-            write_json_atomic(
-                pidfile,
-                {
-                    "state": "running",
-                    "nonce": nonce,
-                    "pid": pid,
-                    "start_ticks": process_start_ticks(pid),
-                    "command": command,
-                },
-                mode=0o644,
-            )
-            self._started.append(name)
+            checkpoint(self.settings.test_kill_at, f"spawn-{name}", "after")
+            self._adopt(name, pid)
         self.check_running()
+
+    def _adopt(self, name: str, pid: int) -> None:
+        """Record ``pid`` (with its kernel start time) as the running process of ``name``."""
+        record = self._record(name)
+        write_json_atomic(
+            self._pidfile(name),
+            {
+                "state": "running",
+                "nonce": record.get("nonce", ""),
+                "pid": pid,
+                "start_ticks": process_start_ticks(pid),
+                "command": self.commands[name],
+            },
+            mode=0o644,
+        )
+        if name not in self._started:
+            self._started.append(name)
 
     def check_running(self) -> None:
         """Raise if a service this manager started has exited since.

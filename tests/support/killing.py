@@ -1,0 +1,126 @@
+"""Kill a running ``inv`` at an instant of the test's choosing, and fill a filesystem.
+
+Two ways to die, as an operator's machine does it:
+
+* ``main``: SIGKILL to the ``inv`` process only (``kill -9 <pid>``, the OOM killer): its commands
+  (``psql``, ``pg_restore``, ``pg_dump``) run on as orphans;
+* ``tree``: SIGKILL to ``inv`` and every command below it at the same instant (a stopped
+  container, a cgroup kill), except the application services it started, which live on as a
+  service manager's processes would.
+
+A filesystem is filled with one big file (bytes) or many empty ones (inodes) in a folder of the
+test's choosing, leaving a chosen amount free.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+SERVICE_MARKER = b"PF_SERVICE_ID="
+
+
+def _stat_fields(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren...), from ``/proc``."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and fields[0] not in ("Z", "X"):
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def is_service(pid: int) -> bool:
+    """True for a process of the install's services (it carries the service marker)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return any(var.startswith(SERVICE_MARKER) for var in environ.split(b"\0"))
+
+
+def kill(pid: int, how: str) -> list[int]:
+    """SIGKILL ``pid`` (``main``) or ``pid`` and its non-service descendants (``tree``): the
+    descendants are stopped first so none of them acts after the parent died. Returns the pids
+    killed."""
+    victims = [pid]
+    if how == "tree":
+        below = [p for p in descendants(pid) if not is_service(p)]
+        for child in below:
+            try:
+                os.kill(child, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        victims += below
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return victims
+
+
+def wait_stopped(pid: int, timeout: float = 120) -> None:
+    """Wait until ``pid`` is stopped by a signal (state ``T``, e.g. the kill hook's SIGSTOP).
+
+    Raises:
+        AssertionError: it exited or did not stop within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = _stat_fields(pid)
+        if not fields or fields[0] in ("Z", "X"):
+            raise AssertionError(f"process {pid} exited before it reached the stop point")
+        if fields[0] in ("T", "t"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
+def fill_bytes(folder: Path, leave: int) -> None:
+    """Write one file in ``folder`` until the filesystem has about ``leave`` bytes free."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(folder)
+    want = stats.f_bavail * stats.f_frsize - leave
+    block = b"\0" * (1 << 20)
+    with open(folder / f"fill-{time.monotonic_ns()}", "wb") as handle:
+        while want > 0:
+            chunk = block[: min(len(block), want)]
+            try:
+                handle.write(chunk)
+                handle.flush()
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+            want -= len(chunk)
+
+
+def fill_inodes(folder: Path, leave: int) -> None:
+    """Create empty files in ``folder`` until the filesystem has about ``leave`` inodes free."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = os.statvfs(folder).f_favail - leave
+    for index in range(max(0, count)):
+        try:
+            (folder / f"i{index}").touch()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            break
