@@ -11,7 +11,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from support.missing import missing_service
@@ -140,3 +140,20 @@ def install(tmp_path: Path, pg_cluster: PostgresCluster, install_template: objec
         rows = pg_cluster.psql("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{running.dbname}%';\n")
         for name in rows.split():
             pg_cluster.drop_database(name)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the ``summary`` property tests record (the kill matrix's counts), also under xdist,
+    which carries ``user_properties`` back from the workers."""
+    lines = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", "") == "call"
+        for key, value in getattr(report, "user_properties", [])
+        if key == "summary"
+    ]
+    if lines:
+        terminalreporter.section("recorded summaries")
+        for line in lines:
+            terminalreporter.write_line(line)
