@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -518,6 +519,25 @@ class SshServer:
             *command,
         ]
 
+    def drop(self) -> None:
+        """Kill this sshd and every process serving its connections (SIGKILL), as a crashed or
+        unplugged server would: clients see their connections break. Processes that left those
+        sessions (``setsid``, reparented) keep running. :meth:`restart` starts sshd again."""
+        if self._proc is None:
+            return
+        doomed = _descendants(self._proc.pid)
+        self._proc.kill()
+        self._proc.wait(timeout=10)
+        self._proc = None
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Start sshd again on the same port with the same host key (after :meth:`drop`)."""
+        if self._proc is None:
+            self._launch()
+
     def connect_kwargs(self) -> dict[str, object]:
         """``connect_kwargs`` for ``fabric.Connection`` (this key only, no agent)."""
         return {"key_filename": str(self.client_key), "look_for_keys": False, "allow_agent": False}
@@ -549,6 +569,26 @@ class SshServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found first), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
 
 
 def docker_available() -> str | None:
