@@ -50,6 +50,7 @@ import dataclasses
 import getpass
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -77,6 +78,8 @@ from patchflow.serverside import upload_dir_name
 from patchflow.version import PatchVersion
 
 Log = Callable[[str], None]
+# Paramiko logs a dead peer's traceback from its transport thread; our errors say it in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -357,9 +360,14 @@ class HostSession:
                 "to the deploy user's authorized_keys there, or set IdentityFile in the ssh config.",
             ) from None
         except (*_NETWORK_ERRORS, ValueError) as exc:
+            transport = conn.client.get_transport()
+            cause = (transport.get_exception() if transport is not None else None) or exc
+            why = _describe(cause)
+            if str(cause) == "No existing session":  # Paramiko's words for a handshake that never finished
+                why = "it accepted the TCP connection but did not complete the SSH handshake"
             conn.close()
             raise ConnectionLost(
-                f"{self.name}: cannot reach {self.address} within {timeout:.0f} s ({_describe(exc)}).",
+                f"{self.name}: cannot reach {self.address} within {timeout:.0f} s ({why}).",
                 "Check the host name, port, network and that sshd runs there (ssh -v gives details).",
             ) from None
         if conn.transport is not None:
@@ -984,8 +992,8 @@ def follow_run(session: HostSession, record: RunRecord, *, log: Log, offset: int
         except ConnectionLost as exc:
             wait = settings.ssh_reconnect_timeout
             log(
-                f"[{session.name}] {exc.message} The {record.action} goes on there by itself; "
-                f"reconnecting for up to {wait:.0f} s"
+                f"[{session.name}] {exc.message.removeprefix(session.name + ': ')} The {record.action} goes on "
+                f"there by itself; reconnecting for up to {wait:.0f} s"
             )
             if not session.reconnect(wait):
                 emitter.flush()

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -198,6 +199,35 @@ def test_a_dropped_connection_mid_apply_then_attach_reports_the_true_outcome(fle
     assert web1.version() == RELEASE and web1.health_version() == RELEASE
     assert [a["result"] for a in applies(web1)] == ["success"]
     assert not (web1.root / ".patchflow" / "journal.json").exists()
+
+
+@fleet_group
+def test_a_host_that_stops_answering_is_reported_unknown_never_done(fleet: HostFleet) -> None:
+    web2 = fleet.host("web2")
+    web2.set_env(PATCHFLOW_INSTALL_COMMAND="sleep 3")
+    quick = {"PATCHFLOW_SSH_COMMAND_TIMEOUT": "5", "PATCHFLOW_SSH_RECONNECT_TIMEOUT": "2"}
+    first = fleet.popen("deploy", "--host", "web2", "--version", RELEASE, "--skip-staging", "--yes", env=quick)
+    try:
+        journal = web2.root / ".patchflow" / "journal.json"
+        wait_until(lambda: journal.exists() or first.poll() is not None, 60, "the remote apply to take its lock")
+        web2.server.freeze()  # web2 stops answering; its TCP connections stay open (C20 b)
+        frozen_at = time.monotonic()
+        status = fleet.inv("patch-status", "--hosts", "web1,web2", env=quick)
+        assert status.returncode == 6, output(status)
+        [web1_row] = [line for line in status.stdout.splitlines() if "web1" in line]
+        assert BASE in web1_row and "healthy" in web1_row
+        assert any("web2" in line and "unknown" in line for line in status.stdout.splitlines()), status.stdout
+        text, _ = first.communicate(timeout=90)
+        assert first.returncode == 6, text
+        assert "unknown" in text and "updated" not in text
+        assert time.monotonic() - frozen_at < 60, "bounded by the command, connect and reconnect timeouts"
+    finally:
+        web2.server.thaw()
+        if first.poll() is None:
+            first.kill()
+    attached = fleet.inv("deploy", "--attach", "--host", "web2")
+    assert attached.returncode == 0, output(attached)
+    assert web2.version() == RELEASE and web2.health_version() == RELEASE
 
 
 @fleet_group

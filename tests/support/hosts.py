@@ -189,6 +189,7 @@ class HostFleet:
         test dropped); returns the names recreated."""
         recreated = []
         for host in self.hosts:
+            host.server.thaw()
             host.server.restart()
             if host.fingerprint() == host.pristine:
                 continue

@@ -533,6 +533,22 @@ class SshServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """Stop (SIGSTOP) this sshd and every process serving its connections: the host stops
+        answering while its TCP connections stay open, like a host behind a firewall that drops
+        packets (field failure C20). :meth:`thaw` lets them go on."""
+        if self._proc is not None:
+            for pid in (self._proc.pid, *_descendants(self._proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        if self._proc is not None:
+            for pid in (self._proc.pid, *_descendants(self._proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def restart(self) -> None:
         """Start sshd again on the same port with the same host key (after :meth:`drop`)."""
         if self._proc is None:
