@@ -46,6 +46,10 @@ NOXFILE_PY = '''"""nox sessions of this PrimeFlow checkout: patchflow's (`nox --
 from patchflow.nox_sessions import *  # noqa: F403 - importing registers the sessions
 '''
 GITIGNORE_LINES = ("/patches/", "/backups/", "/.patchflow/")
+PF_HOST = "".join(
+    f"$(if $(filter command line,$(origin {var})), {flag} $({var}),)"
+    for var, flag in (("HOST", "--host"), ("HOSTS", "--hosts"), ("ROLE", "--role"))
+)
 # (target, inv command line, help); $(PF_ARGS) carries the pass-through variables
 TARGETS: tuple[tuple[str, str, str], ...] = (
     (
@@ -138,7 +142,8 @@ def makefile_block(inv: str, *, with_help: bool) -> str:
         "PF_YES = $(if $(YES),--yes,)",
         "PF_DRY_RUN = $(if $(DRY_RUN),--dry-run,)",
         "PF_FORCE = $(if $(FORCE),--force,)",
-        "PF_HOST = $(if $(HOST),--host $(HOST),)$(if $(HOSTS), --hosts $(HOSTS),)$(if $(ROLE), --role $(ROLE),)",
+        # only from the make command line: an app's HOST=0.0.0.0 in .env or the environment is not a server
+        "PF_HOST = " + PF_HOST,
         "PF_SERVICE = $(if $(SERVICE),--service $(SERVICE),)",
         "PF_TAIL = $(if $(TAIL),--tail $(TAIL),)",
         "",
