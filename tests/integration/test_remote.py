@@ -9,6 +9,7 @@ between tests: a host a test changed is tidied or recreated from the session's t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -297,6 +298,27 @@ def test_an_unknown_or_changed_host_key_is_refused_with_nothing_changed(fleet: H
     assert accepted.returncode == 0, output(accepted)
     assert f"[{web3.server.host}]:{web3.server.port} ssh-ed25519" in unknown.read_text()
     assert (web3.root / "patches" / f"v{RELEASE}").is_dir() and web3.version() == BASE
+
+
+@fleet_group
+def test_a_tool_missing_in_the_hosts_non_interactive_environment_stops_the_deploy_first(
+    fleet: HostFleet, tmp_path: Path
+) -> None:
+    """C22: pnpm found by the operator's shell (like nvm from ~/.bashrc) but not by the SSH session."""
+    shell_only = tmp_path / "nvm-bin"
+    shell_only.mkdir()
+    (shell_only / "pnpm").write_text("#!/bin/sh\nexit 0\n")
+    (shell_only / "pnpm").chmod(0o755)
+    web1 = fleet.host("web1")
+    history = web1.history()
+    web1.set_env(PATCHFLOW_INSTALL_COMMAND="pnpm install --frozen-lockfile")
+    path = f"{shell_only}:{os.environ['PATH']}"
+    done = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes", env={"PATH": path})
+    assert done.returncode == 6, output(done)
+    assert "pnpm (needed by install_command (pnpm install --frozen-lockfile))" in done.stderr
+    assert "non-interactive SSH environment" in done.stderr
+    assert not (web1.root / "patches" / f"v{RELEASE}").exists(), "refused before the upload"
+    assert web1.version() == BASE and web1.history() == history and web1.health_version() == BASE
 
 
 @fleet_group
