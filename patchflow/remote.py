@@ -472,7 +472,10 @@ class HostSession:
             transport = self._conn.transport if self._conn is not None else None
             alive = transport is not None and transport.is_active()
             if alive and isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
-                raise RemoteError(f"{self.name}: {what} failed there: {exc}.") from None
+                raise RemoteError(
+                    f"{self.name}: {what} failed there: {exc}.",
+                    "Check that the deploy user owns the checkout there and that its disk has room.",
+                ) from None
             raise self._lost(what, exc) from None
 
     def read_from(self, path: str, offset: int, limit: int) -> bytes:
@@ -607,7 +610,7 @@ def fetch_facts(
     if "No idea what 'host-facts' is" in done.stderr:
         raise RemoteError(f"{target.name}: the patchflow there is too old for deploy (no host-facts task).", setup)
     if done.exited != 0:
-        raise RemoteError(f"{target.name}: host-facts failed there: {done.last_error()}", setup)
+        raise RemoteError(f"{target.name}: host-facts failed there: {done.last_error()}", setup)  # e.g. bad settings
     try:
         data = json.loads(done.stdout)
     except ValueError:
@@ -886,7 +889,10 @@ def start_run(session: HostSession, facts: HostFacts, action: str, version: str,
     done = session.run(script, what=f"starting {action}")
     pid = next((line[4:] for line in done.stdout.splitlines() if line.startswith("pid=")), "")
     if done.exited != 0 or not pid.isdigit():
-        raise RemoteError(f"{session.name}: could not start {action} there: {done.last_error()}")
+        raise RemoteError(
+            f"{session.name}: could not start {action} there: {done.last_error()}",
+            f"The host needs sh, setsid and nohup on its PATH; `inv setup-host --host {session.name}` checks them.",
+        )
     return dataclasses.replace(record, launch_pid=int(pid))
 
 
@@ -961,10 +967,26 @@ def follow_run(session: HostSession, record: RunRecord, *, log: Log, offset: int
     last ``error:`` line seen in the log.
 
     Raises:
-        RemoteError: a reconnect found the host key unknown or changed.
+        RemoteError: a reconnect found the host key unknown or changed; or this process was
+            interrupted (exit code 130; the run goes on there, ``deploy --attach`` follows it again).
     """
-    settings = session.settings
     emitter = _LineEmitter(session.name, log)
+    try:
+        return _follow(session, record, emitter, offset, log)
+    except KeyboardInterrupt:
+        emitter.flush()
+        raise RemoteError(
+            f"{session.name}: stopped following the {record.action} (interrupted here); it goes on there by "
+            "itself, detached from this connection.",
+            f"`inv deploy --attach --host {session.name}` follows it again and reports its outcome.",
+            exit_code=130,
+        ) from None
+
+
+def _follow(
+    session: HostSession, record: RunRecord, emitter: _LineEmitter, offset: int, log: Log
+) -> tuple[RunOutcome, str]:
+    settings = session.settings
     deadline = time.monotonic() + settings.deploy_timeout
     next_check = 0.0
     while True:
@@ -1204,13 +1226,16 @@ def _combined(problems: Sequence[PatchflowError], after: str) -> PatchflowError:
     )
 
 
-def _check_ready(facts: dict[str, HostFacts], me: str, version: str | None) -> dict[str, dict[str, Any]]:
+def _check_ready(
+    facts: dict[str, HostFacts], me: str, version: str | None, *, break_lock: bool = False
+) -> dict[str, dict[str, Any]]:
     """Refuse hosts missing a tool or locked by someone else; return, per host, a run of ``version``
     that this operator started and that still runs (to attach to instead of starting another).
 
     Raises:
         RemoteError: tools missing (named, with the environment they were looked up in).
-        LockError: another apply or rollback holds a host's lock (its holder named).
+        LockError: another apply or rollback holds a host's lock (its holder named), or a dead one
+            left it (stale) and ``break_lock`` is not given.
     """
     problems: list[PatchflowError] = []
     running: dict[str, dict[str, Any]] = {}
@@ -1246,6 +1271,15 @@ def _check_ready(facts: dict[str, HostFacts], me: str, version: str | None) -> d
                     f"since {lock.get('started_at')}{by}.",
                     f"Wait for it to finish (`inv patch-status --host {name}`); "
                     f"`inv deploy --attach --host {name}` follows a run deploy started.",
+                )
+            )
+        elif lock and lock.get("state") == "stale" and not break_lock:
+            problems.append(
+                LockError(
+                    f"{name}: a {lock.get('action')} of {lock.get('version')} by {lock.get('user')}@{lock.get('host')} "
+                    f"(pid {lock.get('pid')}) did not finish there (stale lock).",
+                    f"`inv patch-status --host {name}` shows what it left; repeat with --break-lock to have the "
+                    "remote task finish or undo it first.",
                 )
             )
     if problems:
@@ -1382,7 +1416,7 @@ def deploy(
         log(f"connecting to {', '.join(t.name for t in ordered)}")
         fleet.connect_all()
         facts = fleet.facts(version=options.version)
-        running = _check_ready(facts, me, version)
+        running = _check_ready(facts, me, version, break_lock=options.break_lock)
         for target in ordered:
             host = facts[target.name]
             result = report.get(target.name)
@@ -1548,7 +1582,7 @@ def rollback(
     with Fleet(settings, targets, accept_new_key=options.accept_new_key, log=log) as fleet:
         fleet.connect_all()
         facts = fleet.facts()
-        _check_ready(facts, "", None)
+        _check_ready(facts, "", None, break_lock=options.break_lock)
         for target in targets:
             report.get(target.name).before = facts[target.name].installed
         confirm(
@@ -1740,7 +1774,11 @@ def _build_wheel(log: Log) -> Path:
     )
     wheels = sorted(out.glob("patchflow-*.whl"))
     if done.returncode != 0 or not wheels:
-        raise RemoteError(f"Building patchflow's wheel failed: {done.stderr.strip()[-500:]}", "", exit_code=1)
+        raise RemoteError(
+            f"Building patchflow's wheel failed: {done.stderr.strip()[-500:]}",
+            "Pass --wheel with a wheel built elsewhere (pip wheel --no-deps <patchflow source>).",
+            exit_code=1,
+        )
     return wheels[-1]
 
 

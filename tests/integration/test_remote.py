@@ -74,14 +74,17 @@ def unchanged(fleet: HostFleet) -> list[str]:
 
 @fleet_group
 def test_rolling_deploy_with_a_canary_updates_all_three_then_status_and_rollback_work(fleet: HostFleet) -> None:
+    c_locale = {"LC_ALL": "C", "LANG": ""}  # here and on the hosts (sshd passes no locale): field failure C07
     done = fleet.inv(
-        "deploy", "--hosts", "web1,web2,web3", "--canary", "web1", "--version", RELEASE, "--parallel", "3", "--yes"
-    )
+        "deploy", "--hosts", "web1,web2,web3", "--canary", "web1", "--version", RELEASE, "--parallel", "3", "--yes",
+        env=c_locale,
+    )  # fmt: skip
     text = output(done)
     assert done.returncode == 0, text
     for host in fleet.hosts:
         assert host.version() == RELEASE, host.name
         assert host.health_version() == RELEASE, host.name
+        assert (host.root / "docs" / "説明.md").is_file(), "non-ASCII names through the remote apply (C07)"
         assert [a["result"] for a in applies(host)] == ["success"], host.name
         assert not (host.root / ".patchflow" / "journal.json").exists()
     assert f"[web1] canary healthy on {RELEASE}" in text
