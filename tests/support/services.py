@@ -28,6 +28,7 @@ __all__ = [
     "LOCAL_BASE_IMAGE",
     "PostgresCluster",
     "SshServer",
+    "children_by_parent",
     "docker_available",
     "find_pg_bindir",
     "free_port",
@@ -587,8 +588,8 @@ class SshServer:
         self.stop()
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first found first), from /proc."""
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's direct children, keyed by parent pid (from /proc, right now)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -598,6 +599,12 @@ def _descendants(pid: int) -> list[int]:
         except (OSError, IndexError):
             continue
         parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    return parents
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found first), from /proc."""
+    parents = children_by_parent()
     found: list[int] = []
     queue = [pid]
     while queue:
