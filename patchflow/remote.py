@@ -71,6 +71,7 @@ from fabric import Config as FabricConfig
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut, ThreadException
 
+from patchflow import __version__
 from patchflow.config import Settings
 from patchflow.errors import LockError, PatchflowError, RemoteError, VerifyError
 from patchflow.paths import SHA256SUMS, ProjectPaths
@@ -824,17 +825,10 @@ class RunRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "action": self.action,
-            "version": self.version,
-            "log": self.log,
-            "pid_file": self.pid_file,
-            "exit_file": self.exit_file,
-            "operator": self.operator,
-            "started_at": self.started_at,
-            "argv": list(self.argv),
-        }
+        """The record as written on the host (the launch pid is only known afterwards)."""
+        data = dataclasses.asdict(self)
+        del data["launch_pid"]
+        return data
 
 
 def start_run(session: HostSession, facts: HostFacts, action: str, version: str, task_args: Sequence[str]) -> RunRecord:
@@ -1421,10 +1415,10 @@ def deploy(
             host = facts[target.name]
             result = report.get(target.name)
             result.before = host.installed
-            if host.data.get("patchflow_version") != _local_version():
+            if host.data.get("patchflow_version") != __version__:
                 log(
                     f"[{target.name}] note: patchflow {host.data.get('patchflow_version')} there, "
-                    f"{_local_version()} here"
+                    f"{__version__} here"
                 )
         if not options.skip_staging and not options.upload_only:
             _staging_gate(settings, ordered, version, accept_new_key=options.accept_new_key, log=fleet.locked_log)
@@ -1667,12 +1661,6 @@ def fleet_status(
         HostStatus(t, o, None) if isinstance(o, HostFacts) else HostStatus(t, None, o)
         for t, o in zip(targets, outcomes, strict=True)
     ]
-
-
-def _local_version() -> str:
-    from patchflow import __version__
-
-    return __version__
 
 
 # -- setting up a host ----------------------------------------------------------------------------
