@@ -7,13 +7,15 @@ PF_VERSION = $(if $(VERSION),--version $(VERSION),)
 PF_YES = $(if $(YES),--yes,)
 PF_DRY_RUN = $(if $(DRY_RUN),--dry-run,)
 PF_FORCE = $(if $(FORCE),--force,)
+# HOST/HOSTS/ROLE count only on the make command line (an app's HOST=0.0.0.0 in the environment is no server)
+PF_HOST = $(if $(filter command line,$(origin HOST)), --host $(HOST),)$(if $(filter command line,$(origin HOSTS)), --hosts $(HOSTS),)$(if $(filter command line,$(origin ROLE)), --role $(ROLE),)
 PF_SERVICE = $(if $(SERVICE),--service $(SERVICE),)
 PF_TAIL = $(if $(TAIL),--tail $(TAIL),)
 
 .DEFAULT_GOAL := help
 .PHONY: help patch-status create-patch verify-patch apply-patch rollback-patch prune-backups preflight init \
         baseline-migrations \
-        demo demo-compose test logs ps up down restart
+        deploy demo demo-compose test logs ps up down restart
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 	@scripts/bootstrap.sh
@@ -22,9 +24,10 @@ help: $(VENV)/.installed ## list the commands and the variables
 	@$(INV) --list
 	@echo 'Variables: ROOT=path of a PrimeFlow checkout (required here: this repository is the tool, not a project)'
 	@echo '           VERSION=x.y.z  YES=1 (no prompt)  DRY_RUN=1  FORCE=1  SERVICE=api  TAIL=100  FOLLOW=1'
+	@echo '           HOST=name (or HOSTS=a,b or ROLE=production): deploy, and patch-status / rollback-patch over SSH'
 
-patch-status: $(VENV)/.installed ## installed version, patches, backups, history, interrupted applies (ROOT= JSON=1)
-	@$(INV) patch-status $(PF_ROOT) $(if $(JSON),--json,)
+patch-status: $(VENV)/.installed ## installed version, patches, backups, history, interrupted applies (ROOT= HOST= JSON=1)
+	@$(INV) patch-status $(PF_ROOT) $(PF_HOST) $(if $(JSON),--json,)
 
 create-patch: $(VENV)/.installed ## build patches/vX.Y.Z/ (ROOT= VERSION=x.y.z, default: the VERSION file)
 	@$(INV) create-patch $(PF_ROOT) $(PF_VERSION) $(PF_FORCE)
@@ -35,8 +38,11 @@ verify-patch: $(VENV)/.installed ## check a patch's checksums and manifest (ROOT
 apply-patch: $(VENV)/.installed ## apply a patch with backup, health check and automatic rollback (ROOT= VERSION= YES=1)
 	@$(INV) apply-patch $(PF_ROOT) $(PF_VERSION) $(PF_YES) $(PF_DRY_RUN) $(PF_FORCE)
 
-rollback-patch: $(VENV)/.installed ## restore code, database and VERSION from before a patch (ROOT= VERSION= YES=1)
-	@$(INV) rollback-patch $(PF_ROOT) $(PF_VERSION) $(PF_YES) $(PF_FORCE)
+rollback-patch: $(VENV)/.installed ## restore code, database and VERSION from before a patch (ROOT= VERSION= YES=1 HOST=)
+	@$(INV) rollback-patch $(PF_ROOT) $(PF_HOST) $(PF_VERSION) $(PF_YES) $(PF_FORCE)
+
+deploy: $(VENV)/.installed ## upload a patch over SSH and apply it on hosts, rolling (ROOT= HOST=/HOSTS=/ROLE= VERSION= YES=1)
+	@$(INV) deploy $(PF_ROOT) $(PF_HOST) $(PF_VERSION) $(PF_YES)
 
 prune-backups: $(VENV)/.installed ## delete old backups (retention; ROOT= DRY_RUN=1)
 	@$(INV) prune-backups $(PF_ROOT) $(PF_DRY_RUN)

@@ -43,7 +43,9 @@ def bench(session: nox.Session) -> None:
     """Benchmark patchflow against tar/sha256sum/pg_dump on generated trees (ratios, medians, one run).
 
     Options after --: --small-only, --repeat N, --keep DIR (reuse the generated trees), --workdir DIR,
-    --skip-db. The database row starts a throwaway PostgreSQL cluster (Debian's postgresql binaries).
+    --skip-db, --skip-upload. The database row starts a throwaway PostgreSQL cluster (Debian's postgresql
+    binaries); the upload row (one patch to three hosts with --parallel 3, as a ratio to one host) three
+    private sshd on 127.0.0.1 (Debian's openssh-server).
     """
     session.install("-e", ".[dev]")
     session.run("python", "scripts/bench.py", *session.posargs)

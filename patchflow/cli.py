@@ -37,6 +37,11 @@ from patchflow.version import parse_version
 F = TypeVar("F", bound=Callable[..., Any])
 ROOT_HELP = "the PrimeFlow checkout to act on (default: the checkout holding tasks.py, found from here upwards)"
 YES_HELP = "do not ask for confirmation (required without a terminal)"
+REMOTE_HELP = {
+    "host": "run it on this host over SSH (inventory name, ssh alias or user@host[:port]; see deploy)",
+    "hosts": "run it on these hosts over SSH, comma separated",
+    "role": "run it on every inventory host with this role",
+}
 UNSET = -1
 
 
@@ -186,14 +191,27 @@ def create_signing_key(c: Context, out: str | None = None) -> None:
         "json": "print machine-readable JSON instead of tables",
         "history": "INT: number of history entries to show",
         "verify": "verify every patch fully now (archive members too) instead of using cached checksum results",
+        **REMOTE_HELP,
     }
 )
 def patch_status(
-    c: Context, root: str | None = None, json_: bool = False, history: int = 10, verify: bool = False
+    c: Context,
+    root: str | None = None,
+    json_: bool = False,
+    history: int = 10,
+    verify: bool = False,
+    host: str | None = None,
+    hosts: str | None = None,
+    role: str | None = None,
 ) -> None:
     """Show the installed version, patches, backups, apply history and any interrupted apply."""
     from patchflow.status import collect_status, render_status
 
+    if host or hosts or role:
+        from patchflow.cli_remote import remote_status
+
+        remote_status(c, root, host, hosts, role, json_=json_, history=history)
+        return
     settings = settings_for(c, root)
     status = collect_status(settings, history_limit=history, verify_archives=verify)
     if json_:
@@ -416,6 +434,7 @@ def apply_patch(
         "backup": "name of the backup folder to restore (default: the one the apply of VERSION took)",
         "break_lock": "take over a stale lock left by a dead apply/rollback",
         "restore_database": "restore the database even if the apply ran no migration",
+        **REMOTE_HELP,
     }
 )
 def rollback_patch(
@@ -427,12 +446,32 @@ def rollback_patch(
     backup: str | None = None,
     break_lock: bool = False,
     restore_database: bool = False,
+    host: str | None = None,
+    hosts: str | None = None,
+    role: str | None = None,
 ) -> None:
     """Roll back a patch: restore code, database and VERSION from the backup taken before it."""
     from patchflow.console import confirm
     from patchflow.installed import installed_version_or_error
     from patchflow.operations import rollback_patch as run_rollback
 
+    if host or hosts or role:
+        from patchflow.cli_remote import remote_rollback
+
+        remote_rollback(
+            c,
+            root,
+            host,
+            hosts,
+            role,
+            version=version,
+            yes=yes,
+            force=force,
+            backup=backup,
+            break_lock=break_lock,
+            restore_database=restore_database,
+        )
+        return
     ctx = context_for(c, root, record=True)
     if version:
         parsed = parse_version(version, source="--version")
@@ -607,3 +646,9 @@ ns = Collection(
     logs,
 )
 ns.configure({"run": {"echo": False}})
+
+# remote deploy (patchflow.cli_remote imports this module; it is complete by now)
+from patchflow import cli_remote  # noqa: E402
+
+for _remote_task in ("deploy", "setup_host", "host_facts", "receive_patch"):
+    ns.add_task(getattr(cli_remote, _remote_task))

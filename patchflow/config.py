@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,6 +117,71 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
         return text
 
     return convert
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """One host of the deploy inventory, ``[tool.patchflow.hosts.<name>]``: ``host`` is an
+    ``~/.ssh/config`` alias or ``user@host[:port]`` (default: the name), ``path`` the PrimeFlow
+    checkout there (empty: ``remote_path``, else the local checkout's path), ``role`` e.g.
+    ``staging`` or ``production``, ``python`` the interpreter that runs patchflow there (empty:
+    ``remote_python``, else ``<path>/.patchflow/venv/bin/python`` when present, else ``python3``)."""
+
+    name: str
+    host: str
+    path: str = ""
+    role: str = ""
+    python: str = ""
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST_KEYS = ("host", "path", "role", "python")
+
+
+def _to_remote_path(value: Any) -> str:
+    """An absolute POSIX path on a remote host (empty: not set)."""
+    text = _to_str(value).strip()
+    if text and (not text.startswith("/") or "\0" in text or "\n" in text):
+        raise ValueError("expected an absolute path (e.g. /srv/primeflow)")
+    return text.rstrip("/") or ("/" if text else "")
+
+
+def _to_hosts(value: Any) -> tuple[HostEntry, ...]:
+    """A table of tables (``[tool.patchflow.hosts.web1]`` with host, path, role, python; a plain
+    string value is the host), or the same as a JSON object (environment, ``.env``)."""
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError('expected a JSON object such as {"web1": {"host": "deploy@10.0.0.5"}}') from None
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of hosts: [tool.patchflow.hosts.<name>] with host, path, role")
+    entries = []
+    for name, spec in value.items():
+        if not _HOST_NAME.match(str(name)):
+            raise ValueError(f"host name {name!r} may hold only letters, digits, '.', '-' and '_'")
+        if isinstance(spec, str):
+            spec = {"host": spec}
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"hosts.{name} must be a table with host, path, role, python")
+        unknown = sorted(set(spec) - set(_HOST_KEYS))
+        if unknown:
+            raise ValueError(f"hosts.{name}: unknown key(s) {', '.join(unknown)} (known: {', '.join(_HOST_KEYS)})")
+        host = _to_str(spec.get("host", name)).strip()
+        if not host or host.startswith("-") or any(ch.isspace() for ch in host):
+            raise ValueError(f"hosts.{name}: host must be an ssh alias or user@host[:port] without spaces")
+        role = _to_str(spec.get("role", "")).strip()
+        if role and not _HOST_NAME.match(role):
+            raise ValueError(f"hosts.{name}: role {role!r} may hold only letters, digits, '.', '-' and '_'")
+        try:
+            path = _to_remote_path(spec.get("path", ""))
+        except ValueError as exc:
+            raise ValueError(f"hosts.{name}: path: {exc}") from None
+        python = _to_str(spec.get("python", "")).strip()
+        entries.append(HostEntry(str(name), host, path, role, python))
+    return tuple(entries)
 
 
 def _setting(default: Any, convert: Callable[[Any], Any], doc: str, *, hidden: bool = False) -> Any:
@@ -243,6 +310,47 @@ class Settings:
     )
     test_kill_at: str = _setting(
         "", _to_str, "tests only: SIGKILL this process at <step>[:after] (crash-safety tests)", hidden=True
+    )
+    hosts: tuple[HostEntry, ...] = _setting(
+        (),
+        _to_hosts,
+        "deploy inventory: [tool.patchflow.hosts.<name>] tables with host (ssh alias or user@host[:port]), "
+        "path (checkout there), role (staging, production...), python; a JSON object in the environment",
+    )
+    remote_path: str = _setting(
+        "", _to_remote_path, "checkout path on hosts whose entry has no path (default: this checkout's own path)"
+    )
+    remote_python: str = _setting(
+        "",
+        _to_str,
+        "python running patchflow on hosts whose entry has none (default: <path>/.patchflow/venv/bin/python "
+        "when present, else python3)",
+    )
+    ssh_config: str = _setting(
+        "", _to_str, "ssh config file for host aliases (default: ~/.ssh/config and /etc/ssh/ssh_config)"
+    )
+    ssh_known_hosts: str = _setting(
+        "~/.ssh/known_hosts",
+        _to_str,
+        "known_hosts file checked before anything is sent (default: the ssh config's UserKnownHostsFile, "
+        "else ~/.ssh/known_hosts); --accept-new-host-key appends to it",
+    )
+    ssh_connect_timeout: float = _setting(
+        10.0, _to_float, "seconds for the TCP connect, SSH handshake and key authentication of a host"
+    )
+    ssh_command_timeout: float = _setting(
+        60.0,
+        _to_float,
+        "seconds each remote command or transfer step may take; a host silent for longer is reported unknown",
+    )
+    ssh_reconnect_timeout: float = _setting(
+        30.0, _to_float, "seconds deploy keeps reconnecting to a host that dropped while its apply runs"
+    )
+    deploy_timeout: float = _setting(
+        3600.0, _to_float, "seconds deploy follows one remote apply or rollback before reporting it still running"
+    )
+    test_upload_cut: int = _setting(
+        0, _to_int, "tests only: drop the SSH connection after this many bytes of an upload", hidden=True
     )
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, metadata={"setting": False})
     dotenv: Mapping[str, str] = field(default_factory=dict, compare=False, metadata={"setting": False})

@@ -105,3 +105,16 @@ class ConfirmationRefused(PatchflowError):
     """The operator declined, or no terminal was there to ask and ``--yes`` was missing."""
 
     exit_code = 5
+
+
+class RemoteError(PatchflowError):
+    """A remote host could not be used as asked: unreachable, a host key unknown or changed, patchflow
+    or a tool missing there, a dropped connection, or an outcome that could not be read (unknown,
+    never assumed done). ``exit_code`` is 6 unless the error carries the remote command's own code."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, hint: str = "", *, exit_code: int | None = None) -> None:
+        super().__init__(message, hint)
+        if exit_code is not None:
+            self.exit_code = exit_code

@@ -46,9 +46,17 @@ NOXFILE_PY = '''"""nox sessions of this PrimeFlow checkout: patchflow's (`nox --
 from patchflow.nox_sessions import *  # noqa: F403 - importing registers the sessions
 '''
 GITIGNORE_LINES = ("/patches/", "/backups/", "/.patchflow/")
+PF_HOST = "".join(
+    f"$(if $(filter command line,$(origin {var})), {flag} $({var}),)"
+    for var, flag in (("HOST", "--host"), ("HOSTS", "--hosts"), ("ROLE", "--role"))
+)
 # (target, inv command line, help); $(PF_ARGS) carries the pass-through variables
 TARGETS: tuple[tuple[str, str, str], ...] = (
-    ("patch-status", "patch-status $(PF_ROOT) $(if $(JSON),--json,)", "installed version, patches, backups, history"),
+    (
+        "patch-status",
+        "patch-status $(PF_ROOT) $(PF_HOST) $(if $(JSON),--json,)",
+        "installed version, patches, backups, history (HOST= ROLE= over SSH)",
+    ),
     ("create-patch", "create-patch $(PF_ROOT) $(PF_VERSION) $(PF_FORCE)", "build patches/vX.Y.Z/ (VERSION=x.y.z)"),
     ("verify-patch", "verify-patch $(PF_ROOT) $(PF_VERSION)", "check a patch's checksums and manifest (VERSION=)"),
     (
@@ -58,8 +66,13 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "rollback-patch",
-        "rollback-patch $(PF_ROOT) $(PF_VERSION) $(PF_YES) $(PF_FORCE)",
-        "restore code, database and VERSION from before a patch (VERSION= YES=1)",
+        "rollback-patch $(PF_ROOT) $(PF_HOST) $(PF_VERSION) $(PF_YES) $(PF_FORCE)",
+        "restore code, database and VERSION from before a patch (VERSION= YES=1; HOST= ROLE= over SSH)",
+    ),
+    (
+        "deploy",
+        "deploy $(PF_ROOT) $(PF_HOST) $(PF_VERSION) $(PF_YES)",
+        "upload a patch over SSH and apply it there, rolling (HOST=/HOSTS=/ROLE= VERSION= YES=1)",
     ),
     ("prune-backups", "prune-backups $(PF_ROOT) $(PF_DRY_RUN)", "delete old backups (retention; DRY_RUN=1)"),
     ("preflight", "preflight $(PF_ROOT)", "pnpm lint/typecheck, prisma validate"),
@@ -79,7 +92,7 @@ VARIABLES = (
     ("YES", "YES=1 confirms without a prompt (required without a terminal)"),
     ("DRY_RUN", "DRY_RUN=1 prints the plan and changes nothing"),
     ("FORCE", "FORCE=1 applies an installed version again / replaces a patch folder"),
-    ("HOST", "HOST=prod-server for deploy"),
+    ("HOST", "HOST=prod-server (or HOSTS=a,b, ROLE=production) for deploy, patch-status, rollback-patch"),
     ("ROOT", "ROOT=path of another checkout"),
     ("SERVICE", "SERVICE=api for logs and restart"),
 )
@@ -134,7 +147,8 @@ def makefile_block(inv: str, *, with_help: bool) -> str:
         "PF_YES = $(if $(YES),--yes,)",
         "PF_DRY_RUN = $(if $(DRY_RUN),--dry-run,)",
         "PF_FORCE = $(if $(FORCE),--force,)",
-        "PF_HOST = $(if $(HOST),--host $(HOST),)",
+        # only from the make command line: an app's HOST=0.0.0.0 in .env or the environment is not a server
+        "PF_HOST = " + PF_HOST,
         "PF_SERVICE = $(if $(SERVICE),--service $(SERVICE),)",
         "PF_TAIL = $(if $(TAIL),--tail $(TAIL),)",
         "",

@@ -65,9 +65,8 @@ def find_root(start: Path, tasks_dir: Path | None = None) -> Path:
     home = next((f for f in (start.resolve(), *start.resolve().parents) if is_tool_home(f)), None)
     if tasks_dir is not None:
         folder = tasks_dir.resolve()
-        inside = next((f for f in (folder, *folder.parents) if is_tool_home(f)), None)
-        if inside is not None:
-            raise _refuse_tool_home(inside)
+        if is_tool_home(folder):  # patchflow's own tasks.py; a checkout with its own (.demo/...) is a project
+            raise _refuse_tool_home(folder)
         return folder
     for folder in (start.resolve(), *start.resolve().parents):
         if (folder / "tasks.py").is_file() or (folder / "VERSION").is_file():

@@ -14,8 +14,9 @@ Each row runs patchflow and its baseline interleaved in the same run (the order 
   database dump / restore    patchflow Database.dump / restore  vs  pg_dump -Fc / pg_restore --clean
   peak RSS                   create and extraction, small and large (does it grow with the tree?)
   delta size                 full patch vs delta patch (--base) for a one-file change
+  upload, small patch        inv deploy --upload-only to 3 hosts --parallel 3  vs  to 1 host (3 local sshd)
 
-Usage: python scripts/bench.py [--small-only] [--repeat N] [--keep DIR] [--workdir DIR] [--skip-db]
+Usage: python scripts/bench.py [--small-only] [--repeat N] [--keep DIR] [--workdir DIR] [--skip-db] [--skip-upload]
 """
 
 from __future__ import annotations
@@ -295,6 +296,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="generate the trees in this folder and keep them for reuse")
     parser.add_argument("--workdir", type=Path, help="folder for temporary files (default: the system temp)")
     parser.add_argument("--skip-db", action="store_true", help="skip the database dump/restore row")
+    parser.add_argument("--skip-upload", action="store_true", help="skip the upload row (three local sshd)")
     options = parser.parse_args()
 
     load_start = os.getloadavg()
@@ -315,6 +317,15 @@ def main() -> int:
         for kind in ("small",) if options.small_only else ("small", "large"):
             root = ensure_tree(trees, kind)
             bench_tree(kind, root, work, options.repeat, rows, extra)
+            if kind == "small" and not options.skip_upload:
+                from bench_upload import measure_upload
+
+                patch = root / "patches" / "v1.0.0"
+                size = sum(p.stat().st_size for p in patch.iterdir())
+                three, one = measure_upload(patch, work / "upload", options.repeat, INV, run_isolated)
+                upload = Row(f"upload {size / 1e6:.1f} MB patch: 3 hosts, --parallel 3", "1 host", 1.5)
+                upload.ours, upload.theirs = three, one
+                rows.append(upload)
             shutil.rmtree(root / "patches", ignore_errors=True)
 
         startup = Row("inv start-up alone (inv --list)", "—", None, "info")

