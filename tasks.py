@@ -37,8 +37,9 @@ def demo(c: Context, compose: bool = False) -> None:
 def test(c: Context, pytest_args: str = "") -> None:
     """Install and start what the tests need, then run the unit and integration tests (make test)."""
     c.run(f"{TOOL_ROOT}/scripts/ensure-system.sh --for test --venv {TOOL_ROOT}/.venv", pty=False)
-    # two workers (a 2-core machine): tests that share a compose stack stay on one worker
-    workers = os.environ.get("TEST_WORKERS", "2")
+    # three workers on a 2-core machine: the tests wait on services (PostgreSQL, node, docker, sshd)
+    # more than they compute (about 55% CPU with two); tests sharing a compose stack stay on one worker
+    workers = os.environ.get("TEST_WORKERS", "3")
     result = c.run(
         f"cd {TOOL_ROOT} && {sys.executable} -m pytest -n {workers} --dist loadgroup {pytest_args}",
         warn=True,

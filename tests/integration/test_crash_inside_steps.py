@@ -184,6 +184,7 @@ def test_a_service_spawned_by_a_killed_rollback_is_not_started_twice(install: In
 
 def test_a_service_that_cannot_take_its_port_says_eaddrinuse(install: Install, tmp_path: Path) -> None:
     install.release(tmp_path, NEW)
+    set_dotenv(install, "PATCHFLOW_START_RETRIES", "1")  # one attempt each way is enough to see the cause
     tree_before, db_before = install.state(), install.pg_dump()
     proc = inv_popen(install, "apply-patch", "--version", NEW, "--yes", env={HOOK: "switch=SIGSTOP"})
     thief = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
