@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.exact import app_processes
 from support.installs import REPO, get, run_inv
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -241,3 +242,55 @@ def test_rollback_without_version_rolls_back_the_installed_one(
     assert "rolling back the installed version 3.1.0" in done.stdout
     assert "rolled back 3.1.0 -> 3.0.0 from backup pre-patch-v3.1.0_" in " ".join(done.stdout.split())
     assert (root / "VERSION").read_text() == "3.0.0\n"
+
+
+def _pg_dump(url: str) -> str:
+    from support.services import find_pg_bindir
+
+    return subprocess.run(
+        [str(find_pg_bindir() / "pg_dump"), "--restrict-key=patchflowtest", "--dbname", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.parametrize("kill_at", ["spawn-api:after", "switch-file#5", "release"])
+def test_a_killed_apply_in_the_checkout_is_recovered_by_the_command_patch_status_names(
+    running_checkout: tuple[Path, str], tmp_path: Path, kill_at: str
+) -> None:
+    """Issue 13 on the PrimeFlow-shaped checkout (its /health reports no version): killed with the
+    new api spawned but not recorded, mid-switch, or after the commit; ``make patch-status JSON=1``
+    names the command; run from inside the checkout it ends exactly old (or, after the commit,
+    exactly new) with one api answering."""
+    root, health_url = running_checkout
+    url = next(
+        line.split("=", 1)[1] for line in (root / ".env").read_text().splitlines() if line.startswith("DATABASE_URL=")
+    )
+    url = url.split("?", 1)[0]
+    _release(root, tmp_path, "3.1.0")
+    before, db_before = snapshot(root), _pg_dump(url)
+    killed = inv_in(root, "apply-patch", "--version", "3.1.0", "--yes", env={"PATCHFLOW_TEST_KILL_AT": kill_at})
+    assert killed.returncode in (-9, 137), killed.stdout + killed.stderr
+
+    shown = make_in(root, "patch-status", "JSON=1")
+    assert shown.returncode == 0, shown.stderr
+    advice = json.loads(shown.stdout)["recovery"]
+    assert advice and advice["command"], advice
+    assert "--break-lock" in advice["args"]
+    done = inv_in(root, *advice["args"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads(make_in(root, "patch-status", "JSON=1").stdout)
+    assert status["recovery"] is None and status["lock"] is None and status["interrupted"] is None
+    if kill_at == "release":  # committed: the apply is complete, the lock and staging cleared
+        assert status["installed_version"] == "3.1.0"
+        assert get(health_url.replace("/health", "/audit"))[0] == 200
+    else:
+        assert status["installed_version"] == "3.0.0"
+        assert snapshot(root) == before
+        assert _pg_dump(url) == db_before
+        assert get(health_url.replace("/health", "/audit"))[0] == 404, "the old api answers, not an orphan"
+    tracked = {json.loads(p.read_text())["pid"] for p in (root / ".patchflow" / "run").glob("*.pid")}
+    assert len(tracked) == 2
+    assert app_processes(root) == tracked, "no service process runs untracked"
+    assert get(health_url)[0] == 200
