@@ -33,6 +33,7 @@ from support.exact import (
 )
 from support.installs import Install, build_release, health, inv_popen, set_dotenv, wait_until
 from support.killing import wait_stopped
+from support.pgbin import wrapped_pg_bindir
 
 pytestmark = pytest.mark.integration
 
@@ -210,22 +211,18 @@ def _slow_pg_restore(folder: Path, real_bindir: Path, gate: Path) -> Path:
     """A pg_bindir whose pg_restore into a database (``--dbname=``) waits while ``gate`` holds
     ``all`` or the run marker (``PATCHFLOW_RUN``) it was started with, then runs the real one; the
     other pg_restore calls (listing, reading to the end) run at once."""
-    folder.mkdir()
-    for program in ("psql", "pg_dump"):
-        os.symlink(real_bindir / program, folder / program)
-    script = folder / "pg_restore"
-    script.write_text(
-        "#!/bin/sh\n"
+    return wrapped_pg_bindir(
+        folder,
+        real_bindir,
+        "pg_restore",
         f'gate="{gate}"\n'
         'case "$*" in *--dbname=*)\n'
         '  while [ -e "$gate" ] && { [ "$(cat "$gate")" = all ] || [ "$(cat "$gate")" = "$PATCHFLOW_RUN" ]; }; do\n'
         "    sleep 0.05\n"
         "  done ;;\n"
         "esac\n"
-        f'exec "{real_bindir / "pg_restore"}" "$@"\n'
+        'exec "$REAL" "$@"\n',
     )
-    script.chmod(0o755)
-    return folder
 
 
 def _marked_processes(marker_prefix: str) -> list[int]:
@@ -243,8 +240,8 @@ def _marked_processes(marker_prefix: str) -> list[int]:
 
 
 def _waiting_restores(install: Install) -> list[int]:
-    """The waiting pg_restore wrappers of this install's runs (not the short-lived subshells they
-    fork to read the gate, which carry the same command line)."""
+    """The waiting pg_restore wrappers of this install's runs: restores into a database, not the
+    short-lived listings nor the subshells a wrapper forks to read the gate (same command line)."""
     found = []
     for pid in _marked_processes(str(install.root)):
         try:
@@ -253,7 +250,7 @@ def _waiting_restores(install: Install) -> list[int]:
             parent_cmdline = Path(f"/proc/{parent}/cmdline").read_text(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
-        if "pg_restore" in cmdline and "pg_restore" not in parent_cmdline:
+        if "pg_restore" in cmdline and "--dbname=" in cmdline and "pg_restore" not in parent_cmdline:
             found.append(pid)
     return found
 

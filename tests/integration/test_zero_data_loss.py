@@ -30,6 +30,7 @@ from support.exact import (
     status_json,
 )
 from support.installs import Install, backup_names, build_release, health, history, inv_popen, set_dotenv, wait_until
+from support.pgbin import wrapped_pg_bindir
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +49,13 @@ def _ok(done: subprocess.CompletedProcess[str]) -> None:
 def _short_pg_dump(folder: Path, real_bindir: Path) -> Path:
     """A pg_bindir whose pg_dump writes only the first half of the real dump and exits 0 (a faulty
     disk or wrapper); psql and pg_restore are the real ones."""
-    folder.mkdir()
-    for program in ("psql", "pg_restore"):
-        os.symlink(real_bindir / program, folder / program)
-    script = folder / "pg_dump"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'full=$(mktemp)\n"{real_bindir / "pg_dump"}" "$@" > "$full" || exit $?\n'
-        'size=$(stat -c %s "$full")\nhead -c $((size / 2)) "$full"\nrm -f "$full"\nexit 0\n'
+    return wrapped_pg_bindir(
+        folder,
+        real_bindir,
+        "pg_dump",
+        'full=$(mktemp)\n"$REAL" "$@" > "$full" || exit $?\n'
+        'size=$(stat -c %s "$full")\nhead -c $((size / 2)) "$full"\nrm -f "$full"\nexit 0\n',
     )
-    script.chmod(0o755)
-    return folder
 
 
 def test_a_short_dump_never_counts_as_a_backup(install: Install, tmp_path: Path) -> None:
