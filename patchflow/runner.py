@@ -9,7 +9,7 @@ Each child runs in its own process group (``start_new_session``): when patchflow
 so no child keeps working for a parent that gave up.
 
 A parent killed outright (SIGKILL, power cut of the tool only, OOM killer) cannot do that. So every
-command (not the services, which have their own marker) carries ``PATCHFLOW_RUN=<marker>`` in
+command (not the services, which have their own marker) carries ``PF_RUN_ID=<marker>`` in
 its environment, the marker of the run that started it; the run records its marker in the journal
 before it starts anything, and recovery ends every process still carrying a dead run's marker
 (:func:`end_marked`) before it touches the install: no orphaned ``psql``, ``pg_restore`` or
@@ -35,7 +35,7 @@ from patchflow.errors import CommandError
 CHUNK = 1024 * 1024
 KILL_GRACE_SECONDS = 3.0
 DRAIN_SECONDS = 5.0
-RUN_MARKER = "PATCHFLOW_RUN"
+RUN_MARKER = "PF_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def processes_with_env(key: str, value: str, *, prefix: bool = False) -> list[in
 
 
 def end_marked(marker: str, grace: float = KILL_GRACE_SECONDS) -> list[int]:
-    """End every process still carrying ``PATCHFLOW_RUN=<marker>`` (the commands of a run that was
+    """End every process still carrying ``PF_RUN_ID=<marker>`` (the commands of a run that was
     killed), each with its whole process group: SIGTERM, then SIGKILL after ``grace`` seconds.
     Returns the pids found (empty when none was left)."""
     if not marker:
@@ -199,7 +199,7 @@ class LocalRunner:
             to :meth:`run` is added on top.
         log: receives one line per command (``$ <command>``, secrets masked as ``***``) and, for a
             failed command, its output; the operation's log file is fed from here.
-        marker: given to every command (not to services) as ``PATCHFLOW_RUN`` so a recovery can
+        marker: given to every command (not to services) as ``PF_RUN_ID`` so a recovery can
             end the commands of a run that was killed (see the module docstring).
     """
 

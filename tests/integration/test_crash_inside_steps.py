@@ -209,7 +209,7 @@ def test_a_service_that_cannot_take_its_port_says_eaddrinuse(install: Install, t
 
 def _slow_pg_restore(folder: Path, real_bindir: Path, gate: Path) -> Path:
     """A pg_bindir whose pg_restore into a database (``--dbname=``) waits while ``gate`` holds
-    ``all`` or the run marker (``PATCHFLOW_RUN``) it was started with, then runs the real one; the
+    ``all`` or the run marker (``PF_RUN_ID``) it was started with, then runs the real one; the
     other pg_restore calls (listing, reading to the end) run at once."""
     return wrapped_pg_bindir(
         folder,
@@ -217,7 +217,7 @@ def _slow_pg_restore(folder: Path, real_bindir: Path, gate: Path) -> Path:
         "pg_restore",
         f'gate="{gate}"\n'
         'case "$*" in *--dbname=*)\n'
-        '  while [ -e "$gate" ] && { [ "$(cat "$gate")" = all ] || [ "$(cat "$gate")" = "$PATCHFLOW_RUN" ]; }; do\n'
+        '  while [ -e "$gate" ] && { [ "$(cat "$gate")" = all ] || [ "$(cat "$gate")" = "$PF_RUN_ID" ]; }; do\n'
         "    sleep 0.05\n"
         "  done ;;\n"
         "esac\n"
@@ -234,7 +234,7 @@ def _marked_processes(marker_prefix: str) -> list[int]:
             environ = Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue
-        if any(v.startswith(f"PATCHFLOW_RUN={marker_prefix}".encode()) for v in environ.split(b"\0")):
+        if any(v.startswith(f"PF_RUN_ID={marker_prefix}".encode()) for v in environ.split(b"\0")):
             found.append(int(entry))
     return found
 
@@ -273,7 +273,7 @@ def test_killed_during_the_database_restore_the_live_database_stays_and_the_orph
     assert install.pg_dump() == db_new, "the live database is untouched"
     assert all(Path(f"/proc/{p}").exists() for p in orphans)
     environ = Path(f"/proc/{orphans[0]}/environ").read_bytes().split(b"\0")
-    marker = next(v for v in environ if v.startswith(b"PATCHFLOW_RUN=")).split(b"=", 1)[1]
+    marker = next(v for v in environ if v.startswith(b"PF_RUN_ID=")).split(b"=", 1)[1]
     gate.write_bytes(marker)  # the orphan keeps waiting (only an end from outside stops it); others pass
     _recover(install)
     assert not any(
