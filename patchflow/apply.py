@@ -572,9 +572,11 @@ class ApplyRun:
         if interrupted is not None:
             self.recovery = self.recover(interrupted)
             self.recovered = True
+        # after the recovery (it ends the killed run's commands first), before any early stop
+        self.cleaned = remove_leftovers(paths)
+        if interrupted is not None:
             self._check_versions()
             self.plan = make_plan(self.ctx, self.version, self.report, remove_unowned=self.options.remove_unowned)
-        self.cleaned = remove_leftovers(paths)
         assert self.plan is not None
         self.from_version = self.plan.from_version or ""
         self.journal = Journal(paths.journal, "apply", str(self.version), self.from_version)

@@ -227,9 +227,12 @@ class RollbackRun:
         self.ctx.start_recording()
         pending = Journal.load(ctx.paths.journal)
         take_reserve(ctx.paths.space_reserve, required=pending is None, log=ctx.log)
+        recovery = self.recover(pending) if pending is not None else None
+        # after any recovery (which ends the killed run's commands first) and before any early stop:
+        # what killed runs left in the state folder (staging, trash, temporary files of atomic writes)
+        remove_leftovers(ctx.paths)
         if pending is not None:
             same = pending.version == str(self.version)
-            recovery = self.recover(pending)
             restored = installed_version(ctx.paths) or ""
             if same and restored != str(self.version):
                 # the interrupted operation on this version was undone: the version before it is
@@ -250,7 +253,6 @@ class RollbackRun:
             if self.backup is None:
                 self.backup = choose_backup(ctx, self.version, self.backup_id)
             self._check_installed(self.backup)
-        remove_leftovers(ctx.paths)  # after any recovery: what killed runs left in the state folder
         backup = self._backup()
         self.journal = Journal(ctx.paths.journal, "rollback", str(self.version), self.current, backup=backup.name)
         if ctx.run_marker:

@@ -106,6 +106,49 @@ def test_a_rollback_clears_what_a_killed_run_left(install: Install, tmp_path: Pa
     assert_exactly_old(install, tree_before, db_before)
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize(
+    ("action", "kill_at", "recovery", "ends"),
+    [
+        ("apply", "health:after", "rollback-patch", OLD),  # not committed: undone
+        ("apply", "commit:after", "apply-patch", NEW),  # committed: finished
+        ("rollback", "health:after", "rollback-patch", OLD),  # finished
+    ],
+)
+def test_a_recovery_that_ends_the_killed_run_early_clears_its_temporary_files(
+    install: Install, tmp_path: Path, action: str, kill_at: str, recovery: str, ends: str
+) -> None:
+    """Killed late with a state write half done (its temporary file left): the recovery finishes
+    or undoes the run and then stops early (nothing more to do), and still clears the files."""
+    install.release(tmp_path, NEW)
+    tree_before, db_before = install.state(), install.pg_dump()
+    old, new = read_manifest(install, OLD), read_manifest(install, NEW)
+    if action == "apply":
+        args: tuple[str, ...] = ("apply-patch", "--version", NEW, "--yes")
+    else:
+        assert install.inv("apply-patch", "--version", NEW, "--yes").returncode == 0
+        args = ("rollback-patch", "--yes")
+    done = install.inv(*args, env={HOOK: kill_at})
+    assert done.returncode in KILLED, _out(done)
+    assert status_json(install)["recovery"]["command"].split()[1] == recovery
+    state = install.root / ".patchflow"
+    stray = [state / f".journal.json.tmp-{_dead_pid()}", state / f".history.jsonl.tmp-{_dead_pid()}"]
+    for path in stray:
+        path.write_text("{half a rec")
+    assert {p.name for p in stray} <= set(status_json(install)["leftovers"])
+    _recover(install)
+    assert not [p for p in stray if p.exists()]
+    if ends == NEW:
+        assert_exactly_new(install, tree_before, old, new)
+    else:
+        assert_exactly_old(install, tree_before, db_before)
+
+
 # -- fault 2: killed between a switched file's temporary copy and its rename ------------------------------
 
 

@@ -81,6 +81,8 @@ def assert_clean_after(install: Install) -> dict[str, Any]:
     state = install.root / ".patchflow"
     assert not list(state.glob("staging-*")), list(state.glob("staging-*"))
     assert not list(state.glob("trash-*")), list(state.glob("trash-*"))
+    assert not list(state.glob(".*.tmp-*")), list(state.glob(".*.tmp-*"))
+    assert status["leftovers"] == [], status["leftovers"]
     tracked = {json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.pid")}
     assert len(tracked) == 2
     assert app_processes(install.root) == tracked
