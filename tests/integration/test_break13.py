@@ -1,0 +1,183 @@
+"""break13: hostile probes of crash safety (kills and signals at random instants inside steps and
+undos not covered by the kill matrix; full disks; damaged journals). See the report of branch
+break13."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.break13 import NEW, check_exact, drop_displaced, measure, recover, run_and_hit, snapshot
+from support.installs import Install, build_release, set_dotenv
+
+pytestmark = pytest.mark.integration
+
+# the sample's migration with fixed times, so the new version's dump is the same after every apply
+FIXED_AUDIT_MIGRATION = """CREATE TABLE "AuditLog" (
+    "id" SERIAL NOT NULL,
+    "action" TEXT NOT NULL,
+    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT "AuditLog_pkey" PRIMARY KEY ("id")
+);
+INSERT INTO "AuditLog" ("action", "createdAt") VALUES ('upgrade to 2.3.0', '2025-03-01 09:00:00');
+"""
+
+TRIALS = int(os.environ.get("BREAK13_TRIALS", "6"))
+SEED = int(os.environ.get("BREAK13_SEED", "1313"))
+
+# node_modules with ~1500 files in nested folders, links, executables and an empty folder, and dist/
+MAKE_MODULES = """import os, sys
+tag = sys.argv[1]
+for p in range(30):
+    d = f"node_modules/.pnpm/pkg{p}@1.0.0/node_modules/pkg{p}/lib"
+    os.makedirs(d, exist_ok=True)
+    for f in range(50):
+        with open(f"{d}/f{f}.js", "w") as h:
+            h.write(tag * 200 + str(f))
+    os.makedirs("node_modules/.bin", exist_ok=True)
+    b = f"node_modules/.bin/pkg{p}"
+    with open(b, "w") as h:
+        h.write("#!/bin/sh\\n" + tag)
+    os.chmod(b, 0o755)
+    link = f"node_modules/pkg{p}"
+    if not os.path.lexists(link):
+        os.symlink(f".pnpm/pkg{p}@1.0.0/node_modules/pkg{p}", link)
+os.makedirs("node_modules/.cache/empty", exist_ok=True)
+os.makedirs("dist", exist_ok=True)
+with open("dist/bundle.js", "w") as h:
+    h.write(tag)
+"""
+
+
+@pytest.fixture
+def outputs_install(install: Install, tmp_path: Path) -> Iterator[Install]:
+    """An install whose old node_modules/ and dist/ are big, whose install command builds new ones
+    in staging, and whose backups/ is a tmpfs (build outputs move across filesystems)."""
+    script = tmp_path / "make_modules.py"
+    script.write_text(MAKE_MODULES)
+    subprocess.run(["python3", str(script), "old"], cwd=install.root, check=True)
+    backups = install.root / "backups"
+    kept = install.root.parent / "backups-before-mount"
+    shutil.move(str(backups), kept)
+    backups.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs", str(backups)], check=True)
+    try:
+        for child in kept.iterdir():
+            shutil.copytree(child, backups / child.name, symlinks=True)
+        set_dotenv(install, "PATCHFLOW_INSTALL_COMMAND", f"python3 {script} new")
+        yield install
+    finally:
+        subprocess.run(["umount", "-l", str(backups)], check=False)
+
+
+APPLY = ("apply-patch", "--version", NEW, "--yes")
+ROLLBACK = ("rollback-patch", "--version", NEW, "--yes")
+
+
+def _to(install: Install, want: str, current: str) -> None:
+    if want == current:
+        return
+    done = install.inv(*(APPLY if want == "new" else ROLLBACK))
+    assert done.returncode == 0, done.stdout + done.stderr
+    drop_displaced(install)
+
+
+def test_random_kills_while_build_outputs_move_across_filesystems(
+    outputs_install: Install, tmp_path: Path, record_property: Any
+) -> None:
+    install = outputs_install
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    switch_span, done = measure(install, APPLY, "switch", "forward")
+    assert done[0] == 0, done[1]
+    versions["new"] = snapshot(install)
+    restore_span, done = measure(install, ROLLBACK, "restore-code", "rolling_back")
+    assert done[0] == 0, done[1]
+    drop_displaced(install)
+    assert check_exact(install, versions) == "old"
+    rng = random.Random(SEED)
+    current = "old"
+    landed: Counter[str] = Counter()
+    for trial in range(TRIALS):
+        how = ("main", "tree")[trial % 2]
+        if trial % 4 < 2:
+            _to(install, "old", current)
+            args, label, span = APPLY, "switch", switch_span
+        else:
+            _to(install, "new", current)
+            args, label, span = ROLLBACK, "restore-code", restore_span
+        delay = rng.uniform(0, span)
+        where, _code, out = run_and_hit(
+            install, args, label, "forward" if label == "switch" else "rolling_back", delay, how
+        )
+        ran = recover(install, rng, kills=trial % 3 == 2, span=3.0, how=how)
+        try:
+            current = check_exact(install, versions)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"trial {trial}: {args[0]} killed ({how}) {delay:.3f}s into {label} (span {span:.3f}), "
+                f"landed {where}; recovery {ran}: {exc}\n{out[-3000:]}"
+            ) from None
+        landed[f"{args[0]} {how} {where} -> {current}"] += 1
+        drop_displaced(install)
+    summary = f"break13 outputs across filesystems: spans {switch_span:.2f} / {restore_span:.2f} s; {dict(landed)}"
+    record_property("summary", summary)
+    print(summary)
+
+
+def _wait_journal_state(install: Install, proc: subprocess.Popen[str], name: str, state: str) -> None:
+    import time
+
+    from support.break13 import journal
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        data = journal(install)
+        if data and any(s["name"] == name and s["state"] == state for s in data.get("steps", [])):
+            return
+        if proc.poll() is not None:
+            raise AssertionError("ended first: " + "".join(proc.communicate()))
+        time.sleep(0.001)
+    raise AssertionError(f"{name} never {state}")
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_second_signal_while_the_apply_turns_to_its_rollback_still_rolls_back(
+    outputs_install: Install, tmp_path: Path, signame: str
+) -> None:
+    """An operator presses Ctrl+C twice (or a supervisor repeats SIGTERM): the first signal
+    interrupts the backup step (services stopped); the second arrives 20-50 ms later, while the
+    apply turns to its automatic rollback (it first removes its staging folder, big with
+    node_modules). Further signals must be held back: the rollback happens, exit 2, the old version
+    runs. (Before the fix: exit 130 "interrupted" for SIGINT, death by the signal for SIGTERM and
+    SIGHUP, services left stopped until the recovery patch-status names is run.)"""
+    import signal
+    import time
+
+    from support.installs import inv_popen
+
+    install = outputs_install
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    results = []
+    for gap in (0.02, 0.05):
+        proc = inv_popen(install, *APPLY)
+        _wait_journal_state(install, proc, "backup", "started")
+        os.kill(proc.pid, signal.Signals[signame])
+        time.sleep(gap)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.Signals[signame])
+        _out, err = proc.communicate(timeout=300)
+        results.append((gap, proc.returncode, err.strip().splitlines()[-2:]))
+        if proc.returncode != 2:
+            recover(install)  # the recovery patch-status names still ends exactly old
+        assert check_exact(install, versions) == "old"
+        drop_displaced(install)
+    assert [code for _, code, _ in results] == [2, 2], results
