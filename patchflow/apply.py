@@ -908,11 +908,15 @@ class ApplyRun:
                 cleaned=self.cleaned,
             )
         except BaseException as exc:
-            if self.journal is None or not self.journal.done("commit"):
-                self._fail(steps, exc)
-            # interrupted once committed: the apply is complete; what is left is clean-up
-            self.ctx.log(f"   {describe_failure(exc)} after the commit: the apply is complete")
-            self._complete_after_commit()
+            # from here on a further signal (a second Ctrl+C, a repeated SIGTERM) must not cut the
+            # automatic rollback short before run_undo holds signals back: removing a big staging
+            # folder first takes long enough for one to land
+            with held_back(self.ctx.log):
+                if self.journal is None or not self.journal.done("commit"):
+                    self._fail(steps, exc)
+                # interrupted once committed: the apply is complete; what is left is clean-up
+                self.ctx.log(f"   {describe_failure(exc)} after the commit: the apply is complete")
+                self._complete_after_commit()
         finally:
             deactivate_reserve()
             if self.lock is not None:
