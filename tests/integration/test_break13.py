@@ -181,3 +181,68 @@ def test_a_second_signal_while_the_apply_turns_to_its_rollback_still_rolls_back(
         assert check_exact(install, versions) == "old"
         drop_displaced(install)
     assert [code for _, code, _ in results] == [2, 2], results
+
+
+def test_random_kills_of_the_automatic_rollback_and_of_its_recoveries(
+    outputs_install: Install, tmp_path: Path, record_property: Any
+) -> None:
+    """A migration fails, so the apply rolls back by itself (restore-database, restore-code with
+    build outputs moving back across filesystems, drop-backup, start-old); the kill lands at a
+    random instant of one of those undos; the recovery patch-status names is itself killed up to
+    three times at random instants before one runs to the end. Exactly old every time."""
+    install = outputs_install
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION + "SELECT 1/0;\n")
+    versions = {"old": snapshot(install)}
+    labels = ("restore-database", "restore-code", "drop-backup", "start-old")
+    spans = {}
+    for label in labels:
+        spans[label], done = measure(install, APPLY, label, "rolling_back")
+        assert done[0] == 2, done[1]
+        drop_displaced(install)
+    assert check_exact(install, versions) == "old"
+    rng = random.Random(SEED + 1)
+    landed: Counter[str] = Counter()
+    for trial in range(TRIALS):
+        how = ("main", "tree")[trial % 2]
+        label = labels[trial % len(labels)]
+        delay = rng.uniform(0, spans[label])
+        where, code, out = run_and_hit(install, APPLY, label, "rolling_back", delay, how)
+        kills = trial % 4
+        ran = recover(install, rng, kills=kills, span=4.0, how=how)
+        try:
+            check_exact(install, versions)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"trial {trial}: apply killed ({how}) {delay:.3f}s into {label} (span {spans[label]:.3f}), "
+                f"landed {where} (exit {code}); recovery {ran}: {exc}\n{out[-3000:]}"
+            ) from None
+        landed[f"{how} {where} / {len(ran)} recoveries"] += 1
+        drop_displaced(install)
+    summary = f"break13 automatic rollback kills: spans { {k: round(v, 2) for k, v in spans.items()} }; {dict(landed)}"
+    record_property("summary", summary)
+    print(summary)
+
+
+def test_a_kill_just_after_the_backup_folder_is_made_leaves_no_orphan_backup(install: Install, tmp_path: Path) -> None:
+    """SIGKILL the apply the moment its new backup folder appears (before the journal names it).
+    The recovery patch-status names must end exactly old and leave backups/ as it was: no
+    incomplete backup folder nobody will ever remove."""
+    from support.installs import backup_names, inv_popen
+    from support.killing import kill
+
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    before = backup_names(install)
+    folder = install.root / "backups"
+    proc = inv_popen(install, *APPLY)
+    while proc.poll() is None:
+        if len(os.listdir(folder)) > len(before):
+            kill(proc.pid, "main")
+            break
+    proc.communicate()
+    from support.break13 import journal
+
+    named = (journal(install) or {}).get("backup")
+    recover(install)
+    assert check_exact(install, versions) == "old"
+    assert backup_names(install) == before, f"journal named {named!r}; backups now {backup_names(install)}"
