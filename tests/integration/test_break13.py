@@ -204,7 +204,7 @@ def test_random_kills_of_the_automatic_rollback_and_of_its_recoveries(
     landed: Counter[str] = Counter()
     for trial in range(TRIALS):
         how = ("main", "tree")[trial % 2]
-        label = labels[trial % len(labels)]
+        label = labels[(trial // 2) % len(labels)]
         delay = rng.uniform(0, spans[label])
         where, code, out = run_and_hit(install, APPLY, label, "rolling_back", delay, how)
         kills = trial % 4
@@ -246,3 +246,156 @@ def test_a_kill_just_after_the_backup_folder_is_made_leaves_no_orphan_backup(ins
     recover(install)
     assert check_exact(install, versions) == "old"
     assert backup_names(install) == before, f"journal named {named!r}; backups now {backup_names(install)}"
+
+
+APPLY_STEPS = ("stage", "stop", "backup", "switch", "migrate", "start", "health", "commit", "cleanup")
+
+
+def _step_spans(output: str, steps: tuple[str, ...]) -> dict[str, float]:
+    import re
+
+    spans = {}
+    for step in steps:
+        found = re.search(rf"^\s+{re.escape(step)} done in ([0-9.]+) s", output, re.M)
+        spans[step] = float(found.group(1)) if found else 0.05
+    return spans
+
+
+def test_signals_at_random_instants_roll_back_or_complete(
+    outputs_install: Install, tmp_path: Path, record_property: Any
+) -> None:
+    """SIGINT, SIGTERM or SIGHUP (to the main process) at a random instant of a random step of an
+    apply: before the commit it rolls back by itself (exit 2, exactly old); from the commit on it
+    completes (exit 0, exactly new). A rollback-patch interrupted the same way ends with the
+    journal kept (exit 4) and the recovery patch-status names finishes it (exactly old)."""
+    install = outputs_install
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    done = install.inv(*APPLY)
+    assert done.returncode == 0, done.stdout + done.stderr
+    apply_spans = _step_spans(done.stdout, APPLY_STEPS)
+    versions["new"] = snapshot(install)
+    done = install.inv(*ROLLBACK)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rollback_steps = ("stop", "restore-code", "restore-database", "start", "health", "commit")
+    rollback_spans = _step_spans(done.stdout, rollback_steps)
+    drop_displaced(install)
+    rng = random.Random(SEED + 2)
+    current = "old"
+    landed: Counter[str] = Counter()
+    for trial in range(TRIALS):
+        signame = ("SIGINT", "SIGTERM", "SIGHUP")[trial % 3]
+        if trial % 4 != 3:
+            _to(install, "old", current)
+            step = rng.choice(APPLY_STEPS)
+            args, phase, spans = APPLY, "forward", apply_spans
+        else:
+            _to(install, "new", current)
+            step = rng.choice(rollback_steps)
+            args, phase, spans = ROLLBACK, "rolling_back", rollback_spans
+        delay = rng.uniform(0, spans[step])
+        where, code, out = run_and_hit(install, args, step, phase, delay, signame)
+        ran = recover(install) if code != 0 else []
+        try:
+            current = check_exact(install, versions)
+            if args is APPLY:
+                assert code in (0, 2), f"exit {code}"
+                assert (code == 0) == (current == "new"), f"exit {code} but {current}"
+            else:
+                assert code in (0, 4), f"exit {code}"
+            assert "Traceback" not in out
+        except AssertionError as exc:
+            raise AssertionError(
+                f"trial {trial}: {args[0]} got {signame} {delay:.3f}s into {step}, landed {where}, exit {code}; "
+                f"recovery {ran}: {exc}\n{out[-3000:]}"
+            ) from None
+        landed[f"{args[0]} {signame} {where} exit {code} -> {current}"] += 1
+        drop_displaced(install)
+    summary = f"break13 random signals: {dict(sorted(landed.items()))}"
+    record_property("summary", summary)
+    print(summary)
+
+
+def _killed_at(install: Install, point: str) -> None:
+    done = install.inv(*APPLY, env={"PATCHFLOW_TEST_KILL_AT": point})
+    assert done.returncode == -9, done.stdout + done.stderr
+
+
+def test_a_truncated_journal_is_reported_and_its_hint_can_be_followed(install: Install, tmp_path: Path) -> None:
+    """A journal cut short (a disk fault, a hand edit): patch-status reports it without a
+    traceback, apply and rollback refuse, and the hint's own steps bring the install back."""
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    _killed_at(install, "migrate")
+    path = install.root / ".patchflow" / "journal.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    from support.installs import status_json
+
+    status = status_json(install)
+    assert status["recovery"]["command"] is None, status["recovery"]
+    assert "damaged" in status["recovery"]["does"]
+    for args in (APPLY, ROLLBACK):
+        done = install.inv(*args)
+        assert done.returncode != 0 and "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+        assert "damaged" in done.stderr, done.stderr
+    hint = status["recovery"]["does"]
+    backup = next(p.name for p in (install.root / "backups").iterdir() if p.name.startswith("pre-patch-v2.3.0"))
+    restore = ("rollback-patch", "--version", NEW, "--backup", backup, "--force", "--break-lock", "--yes")
+    if hint.index("move the journal away") > hint.index("rollback-patch --backup"):
+        # the hint's order: restore first, then move the journal away
+        done = install.inv(*restore)
+        assert done.returncode == 0, f"the hint's order cannot be followed: {hint}\n{done.stdout}\n{done.stderr}"
+        path.rename(tmp_path / "journal.json")
+    else:
+        path.rename(tmp_path / "journal.json")
+        done = install.inv(*restore)
+        assert done.returncode == 0, f"{hint}\n{done.stdout}\n{done.stderr}"
+    check_exact(install, versions)
+
+
+def test_a_journal_naming_a_deleted_backup(install: Install, tmp_path: Path) -> None:
+    """The backup an interrupted apply named is deleted (by hand, by a disk cleaner). Killed before
+    the switch, it is not needed: the recovery ends exactly old. Killed after the switch, the
+    recovery cannot restore: it must say so clearly (no traceback) and change nothing more."""
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    from support.break13 import journal
+
+    _killed_at(install, "backup:after")
+    shutil.rmtree(install.root / "backups" / journal(install)["backup"])
+    recover(install)
+    check_exact(install, versions)
+
+    _killed_at(install, "migrate")
+    shutil.rmtree(install.root / "backups" / journal(install)["backup"])
+    from support.installs import status_json
+
+    advice = status_json(install)["recovery"]
+    done = install.inv(*advice["args"])
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in out, out
+    assert "missing" in done.stderr or "backup" in done.stderr, out
+    print(out[-1500:])
+
+
+def test_two_recoveries_started_at_once(install: Install, tmp_path: Path) -> None:
+    """Two operators run the recovery patch-status names at the same instant: one recovers, the
+    other is refused (or finds nothing left to do); exactly old after both."""
+    from support.installs import inv_popen, status_json
+
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    for point in ("switch-file#2", "migrate", "restore-database"):
+        if point == "restore-database":
+            build_release(install, tmp_path / "failing", NEW, migration=FIXED_AUDIT_MIGRATION + "SELECT 1/0;\n")
+        _killed_at(install, point)
+        args = status_json(install)["recovery"]["args"]
+        procs = [inv_popen(install, *args) for _ in range(2)]
+        results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        codes = sorted(code for code, _, _ in results)
+        assert codes[0] == 0, results
+        assert all("Traceback" not in o + e for _, o, e in results), results
+        check_exact(install, versions)
+        drop_displaced(install)
+        print(point, [(c, e.strip().splitlines()[-2:]) for c, _, e in results])
