@@ -559,3 +559,58 @@ def test_a_full_backups_filesystem_while_build_outputs_move_into_it(
     done = install.inv(*APPLY)
     assert done.returncode == 0, done.stdout + done.stderr
     print(err)
+
+
+SLOW_WRITER = """import os, sys, time
+os.makedirs("node_modules/.slow", exist_ok=True)
+if sys.argv[1:] == ["daemon"]:
+    if os.fork():
+        sys.exit(0)
+    os.setsid()
+for i in range(100000):
+    with open(f"node_modules/.slow/f{i}", "w") as h:
+        h.write("x" * 100)
+    time.sleep(0.002)
+"""
+
+
+@pytest.mark.parametrize(("how", "mode"), [("main", "plain"), ("main", "daemon"), ("tree", "daemon")])
+def test_a_kill_during_stage_with_an_install_command_still_writing(
+    install: Install, tmp_path: Path, how: str, mode: str
+) -> None:
+    """The install command keeps writing into staging (an orphan after a kill of the main process,
+    or a daemon it left in its own session). The recovery ends it before it removes staging:
+    exactly old, no process of the killed run left."""
+    import time
+
+    from support.installs import inv_popen
+    from support.killing import kill
+
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_WRITER)
+    set_dotenv(install, "PATCHFLOW_INSTALL_COMMAND", f"python3 {script} {mode}")
+    set_dotenv(install, "PATCHFLOW_BUILD_COMMAND", "sleep 30")
+    build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
+    versions = {"old": snapshot(install)}
+    proc = inv_popen(install, *APPLY)
+    _wait_journal_state(install, proc, "stage", "started")
+    time.sleep(1.5)
+    kill(proc.pid, how)
+    proc.communicate()
+
+    def writers() -> list[str]:
+        found = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if str(script).encode() in cmd:
+                    found.append(pid)
+        return found
+
+    alive_before = writers()
+    ran = recover(install)
+    assert writers() == [], f"still writing after the recovery {ran} (before: {alive_before})"
+    check_exact(install, versions)
