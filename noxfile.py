@@ -1,4 +1,5 @@
-"""nox sessions: tests, lint (ruff), typecheck (mypy strict on patchflow/), preflight, bench."""
+"""nox sessions: tests, lint (ruff), typecheck (mypy strict on patchflow/), preflight, bench, stress
+(the long random-instant crash probes)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (unit, cases, integration, e2e); extra args go to pytest."""
     session.install("-e", ".[dev]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def stress(session: nox.Session) -> None:
+    """The long random-instant crash probes (marked ``stress``; ~2 min with 2 workers and the
+    default 6 trials each): ``PROBE_TRIALS`` and ``PROBE_SEED`` change their trials and seed."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "stress", "-n", "2", *session.posargs)
 
 
 @nox.session(python=PYTHON)

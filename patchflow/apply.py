@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from patchflow.archive import extract_archive
-from patchflow.backup import Backup, load_backup, new_backup, save_files, swap_build_outputs
+from patchflow.backup import Backup, backup_name, load_backup, new_backup, save_files, swap_build_outputs
 from patchflow.baseline import history_missing
 from patchflow.commands import split_command
 from patchflow.context import Context
@@ -659,16 +659,19 @@ class ApplyRun:
         """Back up what the switch replaces or deletes, VERSION, and the database (proven dump)."""
         assert self.plan is not None and self.journal is not None
         ctx = self.ctx
+        # named in the journal before the folder exists: a kill right after it is made leaves a
+        # folder that the undo (drop-backup) finds and removes
+        self.journal.backup = backup_name(self.version)
+        self.journal.save()
         backup = new_backup(
             ctx.paths,
             self.version,
             self.from_version,
             old_entries=list(self.plan.old_entries.values()),
             new_paths=self.plan.diff.added,
+            name=self.journal.backup,
         )
         self.backup = backup
-        self.journal.backup = backup.name
-        self.journal.save()
         save_files(backup, ctx.paths.root, [ctx.paths.installed_manifest, ctx.paths.installed_record])
         if ctx.database is not None:
             ctx.log("   database dump")
@@ -694,6 +697,11 @@ class ApplyRun:
         backup = self._backup()
         if backup is not None and not backup.complete:
             remove_tree(backup.folder)
+        elif backup is None and self.journal is not None and self.journal.backup:
+            # killed before its backup.json was written: the folder is an empty start
+            folder = self.ctx.paths.backups / self.journal.backup
+            if "/" not in self.journal.backup and folder.parent == self.ctx.paths.backups:
+                remove_tree(folder)
 
     def switch(self) -> None:
         """Make the tree the patch's: delete, replace, add files; switch build outputs; VERSION."""
@@ -910,11 +918,15 @@ class ApplyRun:
                 cleaned=self.cleaned,
             )
         except BaseException as exc:
-            if self.journal is None or not self.journal.done("commit"):
-                self._fail(steps, exc)
-            # interrupted once committed: the apply is complete; what is left is clean-up
-            self.ctx.log(f"   {describe_failure(exc)} after the commit: the apply is complete")
-            self._complete_after_commit()
+            # from here on a further signal (a second Ctrl+C, a repeated SIGTERM) must not cut the
+            # automatic rollback short before run_undo holds signals back: removing a big staging
+            # folder first takes long enough for one to land
+            with held_back(self.ctx.log):
+                if self.journal is None or not self.journal.done("commit"):
+                    self._fail(steps, exc)
+                # interrupted once committed: the apply is complete; what is left is clean-up
+                self.ctx.log(f"   {describe_failure(exc)} after the commit: the apply is complete")
+                self._complete_after_commit()
         finally:
             deactivate_reserve()
             if self.lock is not None:

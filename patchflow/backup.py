@@ -219,6 +219,12 @@ def next_sequence(paths: ProjectPaths) -> int:
     return number
 
 
+def backup_name(version: PatchVersion, now: datetime | None = None) -> str:
+    """A new backup folder name: ``pre-patch-vX.Y.Z_<UTC stamp>Z_<random>`` (``now``: the clock)."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{BACKUP_PREFIX}{version.tag}_{stamp}_{secrets.token_hex(3)}"
+
+
 def new_backup(
     paths: ProjectPaths,
     version: PatchVersion,
@@ -227,6 +233,7 @@ def new_backup(
     old_entries: list[Entry],
     new_paths: list[str],
     now: datetime | None = None,
+    name: str | None = None,
 ) -> Backup:
     """Create an empty backup folder (0700) with an incomplete backup.json describing the plan.
 
@@ -234,21 +241,25 @@ def new_backup(
         old_entries: the entries the apply replaces or deletes (saved by :func:`save_files`).
         new_paths: paths the apply creates that did not exist (removed on restore).
         now: creation time (default: the clock); used only for the name and ``created_at``.
+        name: the folder name (from :func:`backup_name`, recorded by the caller before the folder
+            exists, so a kill right after its creation leaves a folder its undo can find);
+            default: a new one.
 
     Raises:
-        BackupError: the folder cannot be created.
+        BackupError: the folder cannot be created (or ``name`` exists already).
     """
     moment = now or datetime.now(UTC)
-    stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         sequence = next_sequence(paths)
         paths.backups.mkdir(parents=True, exist_ok=True)
         while True:
-            folder = paths.backups / f"{BACKUP_PREFIX}{version.tag}_{stamp}_{secrets.token_hex(3)}"
+            folder = paths.backups / (name or backup_name(version, moment))
             try:
                 folder.mkdir(mode=0o700)
                 break
             except FileExistsError:
+                if name:
+                    raise
                 continue
         os.chmod(folder, 0o700)
     except OSError as exc:

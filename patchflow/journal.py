@@ -370,8 +370,8 @@ def _damaged(path: Path, why: str) -> PatchflowError:
     return PatchflowError(
         f"The journal {path} of an interrupted apply or rollback is damaged ({why}).",
         "Nothing was changed. Check the install by hand (VERSION, files, database, the newest backup in "
-        "backups/), restore it with `inv rollback-patch --backup NAME --force` if needed, then move the "
-        "journal away.",
+        "backups/); move the journal away (no command runs while it is there), then, if needed, restore with "
+        "`inv rollback-patch --version X --backup NAME --force --break-lock`.",
     )
 
 

@@ -31,6 +31,7 @@ from patchflow.pipeline import (
     Step,
     StopPipeline,
     describe_failure,
+    held_back,
     interruptible,
     run_forward,
 )
@@ -373,10 +374,11 @@ class RollbackRun:
             assert self.result is not None
             return self.result
         except BaseException as exc:
-            if self.journal is None or not self.journal.done("commit", ROLLING_BACK) or self.result is None:
-                self._fail(exc)
-                raise
-            self.journal.clear()  # interrupted once committed: the rollback is complete
+            with held_back(self.ctx.log):  # a further signal must not cut the failure's record short
+                if self.journal is None or not self.journal.done("commit", ROLLING_BACK) or self.result is None:
+                    self._fail(exc)
+                    raise
+                self.journal.clear()  # interrupted once committed: the rollback is complete
         finally:
             deactivate_reserve()
             if self.lock is not None:
