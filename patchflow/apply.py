@@ -583,6 +583,7 @@ class ApplyRun:
         if self.ctx.run_marker:
             self.journal.notes["runners"] = [self.ctx.run_marker]
         self.journal.start("lock")
+        checkpoint(self.ctx.settings.test_kill_at, "journal-opened", "before")  # lock not yet marked done
 
     def stage(self) -> None:
         """Extract the patch beside the tree, run install/build there, build compose images; then

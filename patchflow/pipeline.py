@@ -301,7 +301,8 @@ def decide_recovery(action: str, steps: Sequence[Step], records: Sequence[dict[s
     """Decide how to end a run killed with the journal ``records`` (``phase`` its phase).
 
     * ``rollback``: always *finish* (a rollback is completed, never undone): run every journaled
-      step from the first one not done.
+      step from the first one not done (the first journaled step, lock, counts as done: it wrote
+      the journal).
     * ``apply`` rolling back: *undo* the rest of the automatic rollback.
     * ``apply`` forward that reached a ``no_return`` step (commit): *finish* from the first step
       not done at or after it.
@@ -315,6 +316,10 @@ def decide_recovery(action: str, steps: Sequence[Step], records: Sequence[dict[s
         if r.get("state") == "done" and (action == "rollback" or r.get("phase", FORWARD) == FORWARD)
     }
     journaled = [s for s in steps if s.journaled]
+    if journaled:
+        # the first journaled step (lock) writes the journal as its last act, so a journal means it
+        # is done; it is never run again (the recovering run holds the lock itself)
+        done.add(journaled[0].name)
     reached = set(reached_steps(steps, records))
 
     def finish_from(start: int) -> Decision:

@@ -30,6 +30,7 @@ from patchflow.pipeline import (
     Recovery,
     Step,
     StopPipeline,
+    checkpoint,
     describe_failure,
     held_back,
     interruptible,
@@ -261,6 +262,7 @@ class RollbackRun:
         self.journal.phase = ROLLING_BACK
         self.journal.notes["restore_database"] = self._must_restore_database(backup)
         self.journal.start("lock")
+        checkpoint(ctx.settings.test_kill_at, "journal-opened", "before")  # lock not yet marked done
 
     def stop(self) -> None:
         self.stopped_at = time.monotonic()

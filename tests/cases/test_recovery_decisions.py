@@ -62,9 +62,11 @@ ROLLBACK_ORDER = ("lock", "stop", "restore-code", "restore-database", "start", "
 
 
 def rollback_expected(step: str, moment: str) -> Decision:
-    """A rollback is always finished: from the step that was not done."""
+    """A rollback is always finished: from the step that was not done; never from lock (its last
+    act writes the journal, and the recovering run holds the lock: running it again would find
+    the lock held, a failure the kill matrix found)."""
     index = ROLLBACK_ORDER.index(step)
-    start = index + 1 if moment == "after" else index
+    start = max(1, index + 1 if moment == "after" else index)
     rest = ROLLBACK_ORDER[start:]
     return Decision("finish", rest) if rest else Decision("nothing")
 

@@ -149,6 +149,31 @@ def test_a_recovery_that_ends_the_killed_run_early_clears_its_temporary_files(
         assert_exactly_old(install, tree_before, db_before)
 
 
+@pytest.mark.parametrize("action", ["apply", "rollback"])
+def test_killed_with_the_journal_just_opened_the_recovery_does_not_take_the_lock_twice(
+    install: Install, tmp_path: Path, action: str
+) -> None:
+    """Killed after the lock step wrote the journal but before it was marked done (found by the
+    kill matrix): the recovery holds the lock itself and must not run the lock step again."""
+    install.release(tmp_path, NEW)
+    tree_before, db_before = install.state(), install.pg_dump()
+    old, new = read_manifest(install, OLD), read_manifest(install, NEW)
+    if action == "rollback":
+        assert install.inv("apply-patch", "--version", NEW, "--yes").returncode == 0
+        args: tuple[str, ...] = ("rollback-patch", "--yes")
+    else:
+        args = ("apply-patch", "--version", NEW, "--yes")
+    done = install.inv(*args, env={HOOK: "journal-opened"})
+    assert done.returncode in KILLED, _out(done)
+    interrupted = status_json(install)["interrupted"]
+    assert (interrupted["step"], interrupted["step_state"]) == ("lock", "started"), interrupted
+    _recover(install)
+    assert_exactly_old(install, tree_before, db_before)
+    if action == "apply":  # and the apply works after it
+        assert install.inv("apply-patch", "--version", NEW, "--yes").returncode == 0
+        assert_exactly_new(install, tree_before, old, new)
+
+
 # -- fault 2: killed between a switched file's temporary copy and its rename ------------------------------
 
 
