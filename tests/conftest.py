@@ -43,6 +43,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         if groups and "@" not in item.nodeid:
             item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")  # type: ignore[attr-defined]
+    # the scheduler hands out work in this order: the long groups (each bound to one worker) first,
+    # the many short unit and table tests last to fill the gaps, so no worker runs a long group
+    # alone at the end (the same order on every worker: a stable sort)
+    items.sort(key=_schedule_rank)
+
+
+LONG_GROUPS = ("kill-matrix", "fleet", "compose")  # longest first
+
+
+def _schedule_rank(item: pytest.Item) -> int:
+    group = item.nodeid.rpartition("@")[2] if "@" in item.nodeid else ""
+    if group in LONG_GROUPS:
+        return LONG_GROUPS.index(group)
+    if item.nodeid.startswith(("tests/unit/", "tests/cases/")):
+        return len(LONG_GROUPS) + 1
+    return len(LONG_GROUPS)
 
 
 def _missing(reason: str) -> NoReturn:

@@ -4,9 +4,10 @@ journal naming a deleted backup, two recoveries at once, full disks during rollb
 build outputs move into a backups filesystem, an install command still writing after a kill.
 
 The three random-instant probes (kills while build outputs move across filesystems, kills of the
-automatic rollback and of its recoveries, signals at random instants) are marked ``stress``: they
-run with ``nox -s stress`` (``PROBE_TRIALS``, ``PROBE_SEED``), not in ``make test``, which keeps the
-seeded kill matrix (tests/integration/test_kill_matrix.py) as its random-instant test.
+automatic rollback and of its recoveries, signals at random instants) and the second and third
+variants of some probes are marked ``stress``: they run with ``nox -s stress`` (``PROBE_TRIALS``,
+``PROBE_SEED``), not in ``make test``, which keeps the seeded kill matrix
+(tests/integration/test_kill_matrix.py) as its random-instant test and stays under 8 minutes.
 """
 
 from __future__ import annotations
@@ -20,12 +21,22 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.installs import Install, backup_names, build_release, health, inv_popen, set_dotenv, status_json
-from support.killing import fill_bytes, fill_inodes, kill, wait_stopped
+from support.installs import (
+    Install,
+    InstallTemplate,
+    backup_names,
+    build_release,
+    health,
+    inv_popen,
+    set_dotenv,
+    status_json,
+)
+from support.killing import fill_bytes, fill_inodes, install_on, kill, mounted_tmpfs, wait_stopped
 from support.trials import (
     FIXED_AUDIT_MIGRATION,
     NEW,
@@ -67,25 +78,29 @@ with open("dist/bundle.js", "w") as h:
 """
 
 
-@pytest.fixture
-def outputs_install(install: Install, tmp_path: Path) -> Iterator[Install]:
-    """An install whose old node_modules/ and dist/ are big, whose install command builds new ones
-    in staging, and whose backups/ is a tmpfs (build outputs move across filesystems)."""
+@contextmanager
+def _outputs_install(install: Install, tmp_path: Path, size: str, inodes: int) -> Iterator[Install]:
+    """``install`` with big old node_modules/ and dist/, an install command that builds new ones in
+    staging, and backups/ on a tmpfs of ``size`` and ``inodes`` (build outputs move across
+    filesystems); the backups already there are copied onto it."""
     script = tmp_path / "make_modules.py"
     script.write_text(MAKE_MODULES)
     subprocess.run(["python3", str(script), "old"], cwd=install.root, check=True)
     backups = install.root / "backups"
     kept = install.root.parent / "backups-before-mount"
     shutil.move(str(backups), kept)
-    backups.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs", str(backups)], check=True)
-    try:
+    with mounted_tmpfs(backups, size, inodes):
         for child in kept.iterdir():
             shutil.copytree(child, backups / child.name, symlinks=True)
         set_dotenv(install, "PATCHFLOW_INSTALL_COMMAND", f"python3 {script} new")
         yield install
-    finally:
-        subprocess.run(["umount", "-l", str(backups)], check=False)
+
+
+@pytest.fixture
+def outputs_install(install: Install, tmp_path: Path) -> Iterator[Install]:
+    """Build outputs moving across filesystems: backups/ on a 256 MiB tmpfs."""
+    with _outputs_install(install, tmp_path, "256m", 200_000) as ready:
+        yield ready
 
 
 APPLY = ("apply-patch", "--version", NEW, "--yes")
@@ -157,7 +172,9 @@ def _wait_journal_state(install: Install, proc: subprocess.Popen[str], name: str
     raise AssertionError(f"{name} never {state}")
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGHUP"])  # SIGTERM: the same handler, in stress
+@pytest.mark.parametrize(
+    "signame", ["SIGINT", *(pytest.param(name, marks=pytest.mark.stress) for name in ("SIGTERM", "SIGHUP"))]
+)
 def test_a_second_signal_while_the_apply_turns_to_its_rollback_still_rolls_back(
     outputs_install: Install, tmp_path: Path, signame: str
 ) -> None:
@@ -403,26 +420,15 @@ def test_two_recoveries_started_at_once(install: Install, tmp_path: Path) -> Non
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 40 MiB tmpfs with 4000 inodes, mounted for this test."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m,nr_inodes=4000,mode=0755", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "40m", 4000) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture
-def full_install(small_fs: Path, install_template: Any, pg_cluster: Any) -> Iterator[Install]:
-    install = install_template.new_install(small_fs / "install", {"PATCHFLOW_FREE_SPACE_MARGIN": str(1024 * 1024)})
-    try:
+def full_install(small_fs: Path, install_template: InstallTemplate, pg_cluster: object) -> Iterator[Install]:
+    """A running 2.2.0 install on the small filesystem."""
+    with install_on(install_template, small_fs) as install:
         yield install
-    finally:
-        install.inv("down")
-        for name in install.cluster.psql(
-            "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{install.dbname}%';\n"
-        ).split():
-            install.cluster.drop_database(name)
 
 
 def _media_release(install: Install, workdir: Path, migration: str = FIXED_AUDIT_MIGRATION) -> None:
@@ -503,27 +509,15 @@ def test_a_full_disk_during_the_automatic_rollback(
 @pytest.fixture
 def outputs_small_backups(install: Install, tmp_path: Path) -> Iterator[Install]:
     """Like ``outputs_install``, with backups/ on a 64 MiB tmpfs of 20000 inodes."""
-    script = tmp_path / "make_modules.py"
-    script.write_text(MAKE_MODULES)
-    subprocess.run(["python3", str(script), "old"], cwd=install.root, check=True)
-    backups = install.root / "backups"
-    kept = install.root.parent / "backups-before-mount"
-    shutil.move(str(backups), kept)
-    backups.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=20000,mode=0755", "tmpfs", str(backups)], check=True
-    )
-    try:
-        for child in kept.iterdir():
-            shutil.copytree(child, backups / child.name, symlinks=True)
-        set_dotenv(install, "PATCHFLOW_INSTALL_COMMAND", f"python3 {script} new")
-        set_dotenv(install, "PATCHFLOW_FREE_SPACE_MARGIN", str(1024 * 1024))
-        yield install
-    finally:
-        subprocess.run(["umount", "-l", str(backups)], check=False)
+    with _outputs_install(install, tmp_path, "64m", 20_000) as ready:
+        set_dotenv(ready, "PATCHFLOW_FREE_SPACE_MARGIN", str(1024 * 1024))
+        yield ready
 
 
-@pytest.mark.parametrize(("point", "fill"), [("switch", "bytes"), ("switch", "inodes")])
+@pytest.mark.parametrize(
+    ("point", "fill"),
+    [("switch", "bytes"), pytest.param("switch", "inodes", marks=pytest.mark.stress)],
+)
 def test_a_full_backups_filesystem_while_build_outputs_move_into_it(
     outputs_small_backups: Install, tmp_path: Path, point: str, fill: str
 ) -> None:
@@ -559,7 +553,7 @@ for i in range(100000):
 """
 
 
-@pytest.mark.parametrize(("how", "mode"), [("main", "plain"), ("tree", "daemon")])
+@pytest.mark.parametrize(("how", "mode"), [("tree", "daemon"), pytest.param("main", "plain", marks=pytest.mark.stress)])
 def test_a_kill_during_stage_with_an_install_command_still_writing(
     install: Install, tmp_path: Path, how: str, mode: str
 ) -> None:

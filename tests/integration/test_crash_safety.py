@@ -47,6 +47,14 @@ UNDO_STEPS = ("stop-new", "restore-database", "restore-code", "drop-backup", "st
 AUTO_ROLLBACK_BOUNDARIES = (UNDO_STEPS[0], *(f"{step}:after" for step in UNDO_STEPS))
 
 
+def boundaries(points: tuple[str, ...], *in_make_test: str) -> list[Any]:
+    """Every boundary as a parameter; those not in ``in_make_test`` are marked ``stress`` (run by
+    ``nox -s stress``): make test keeps a spread of them, and the kill matrix
+    (tests/integration/test_kill_matrix.py) kills at random instants of every step."""
+    assert set(in_make_test) <= set(points), set(in_make_test) - set(points)
+    return [p if p in in_make_test else pytest.param(p, marks=pytest.mark.stress) for p in points]
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -129,7 +137,9 @@ def test_expected_tree_matches_a_clean_apply(install: Install, tmp_path: Path) -
     assert_exactly_new(install, before, read_manifest(install, OLD), read_manifest(install, NEW))
 
 
-@pytest.mark.parametrize("boundary", APPLY_BOUNDARIES)
+@pytest.mark.parametrize(
+    "boundary", boundaries(APPLY_BOUNDARIES, "stage", "switch:after", "migrate:after", "commit:after")
+)
 def test_kill_during_apply_then_apply_finishes_it(install: Install, tmp_path: Path, boundary: str) -> None:
     """Killed at ``boundary``; apply-patch --break-lock then ends on exactly 2.3.0 (the
     interrupted apply is finished when it reached commit, otherwise undone and applied again)."""
@@ -153,7 +163,7 @@ def test_kill_during_apply_then_apply_finishes_it(install: Install, tmp_path: Pa
     assert_exactly_new(install, before, read_manifest(install, OLD), read_manifest(install, NEW))
 
 
-@pytest.mark.parametrize("boundary", APPLY_BOUNDARIES)
+@pytest.mark.parametrize("boundary", boundaries(APPLY_BOUNDARIES, "stage:after", "backup:after", "health:after"))
 def test_kill_during_apply_then_rollback_undoes_it(install: Install, tmp_path: Path, boundary: str) -> None:
     """Killed at ``boundary``; rollback-patch --break-lock then ends on exactly 2.2.0.
 
@@ -178,7 +188,9 @@ def test_kill_during_apply_then_rollback_undoes_it(install: Install, tmp_path: P
     assert_exactly_old(install, tree_before, db_before)
 
 
-@pytest.mark.parametrize("boundary", AUTO_ROLLBACK_BOUNDARIES)
+@pytest.mark.parametrize(
+    "boundary", boundaries(AUTO_ROLLBACK_BOUNDARIES, "stop-new", "restore-database:after", "start-old:after")
+)
 def test_kill_during_automatic_rollback_then_rollback_finishes_it(
     install: Install, tmp_path: Path, boundary: str
 ) -> None:
@@ -205,7 +217,7 @@ def test_kill_during_automatic_rollback_then_rollback_finishes_it(
     assert_exactly_old(install, tree_before, db_before)
 
 
-@pytest.mark.parametrize("boundary", ROLLBACK_BOUNDARIES)
+@pytest.mark.parametrize("boundary", boundaries(ROLLBACK_BOUNDARIES, "stop", "restore-code:after", "health:after"))
 def test_kill_during_rollback_patch_then_rollback_finishes_it(install: Install, tmp_path: Path, boundary: str) -> None:
     """2.3.0 applied cleanly; rollback-patch is killed at ``boundary``; a second rollback-patch
     --break-lock ends on exactly 2.2.0."""

@@ -13,15 +13,13 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.exact import NEW, OLD, assert_exactly_old
 from support.installs import Install, InstallTemplate, build_release, health, inv_popen, set_dotenv
-from support.killing import fill_bytes, fill_inodes, wait_stopped
-from support.missing import missing_service
+from support.killing import fill_bytes, fill_inodes, install_on, mounted_tmpfs, wait_stopped
 
 pytestmark = pytest.mark.integration
 
@@ -32,30 +30,15 @@ MEDIA_FILES = 60
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 32 MiB tmpfs with 3000 inodes, mounted for this test."""
-    if os.geteuid() != 0:
-        missing_service("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,nr_inodes=3000,mode=0755", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "32m", 3000) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture
 def full_install(small_fs: Path, install_template: InstallTemplate, pg_cluster: object) -> Iterator[Install]:
     """A running 2.2.0 install on the small filesystem."""
-    install = install_template.new_install(small_fs / "install", {"PATCHFLOW_FREE_SPACE_MARGIN": str(1024 * 1024)})
-    try:
+    with install_on(install_template, small_fs) as install:
         yield install
-    finally:
-        install.inv("down")
-        rows = install.cluster.psql(
-            "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{install.dbname}%';\n"
-        )
-        for name in rows.split():
-            install.cluster.drop_database(name)
 
 
 def _release(install: Install, workdir: Path) -> None:

@@ -14,17 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from support.installs import Install, get
+from support.installs import status_json as status_json  # re-exported for the crash tests
 
 NEW = "2.3.0"
 OLD = "2.2.0"
 StateMap = dict[str, tuple[str, int, str]]
-
-
-def status_json(install: Install) -> dict[str, Any]:
-    done = install.inv("patch-status", "--json")
-    assert done.returncode == 0, done.stderr + done.stdout
-    data: dict[str, Any] = json.loads(done.stdout)
-    return data
 
 
 def entry_state(entry: dict[str, Any]) -> tuple[str, int, str]:

@@ -9,7 +9,8 @@ Two ways to die, as an operator's machine does it:
   service manager's processes would.
 
 A filesystem is filled with one big file (bytes) or many empty ones (inodes) in a folder of the
-test's choosing, leaving a chosen amount free.
+test's choosing, leaving a chosen amount free; :func:`mounted_tmpfs` gives a real one with a size
+and an inode limit, and :func:`install_on` an install living on it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from support.installs import Install, InstallTemplate
+from support.missing import missing_service
 
 SERVICE_MARKER = b"PF_SERVICE_ID="
 
@@ -124,3 +131,34 @@ def fill_inodes(folder: Path, leave: int) -> None:
             if exc.errno != errno.ENOSPC:
                 raise
             break
+
+
+@contextmanager
+def mounted_tmpfs(mount: Path, size: str, inodes: int) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (``32m``) and ``inodes`` at ``mount`` (made if missing) for the
+    block; unmounted after it (lazily: a process of the test may still hold a file there)."""
+    if os.geteuid() != 0:
+        missing_service("mounting a tmpfs needs root (CI runs as root)")
+    mount.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},nr_inodes={inodes},mode=0755"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@contextmanager
+def install_on(template: InstallTemplate, folder: Path) -> Iterator[Install]:
+    """A running 2.2.0 install in ``folder`` (on a small filesystem: a free-space margin of 1 MiB);
+    its services are stopped and its databases dropped after the block."""
+    install = template.new_install(folder / "install", {"PATCHFLOW_FREE_SPACE_MARGIN": str(1024 * 1024)})
+    try:
+        yield install
+    finally:
+        install.inv("down")
+        rows = install.cluster.psql(
+            "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{install.dbname}%';\n"
+        )
+        for name in rows.split():
+            install.cluster.drop_database(name)
