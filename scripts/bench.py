@@ -11,7 +11,7 @@ Each row runs patchflow and its baseline interleaved in the same run (the order 
   staging extraction         extract_archive (fresh Python process, against the manifest)  vs  tar -xzf
   patch-status               inv patch-status, 50 patches + 50 backups (cached and first run)
   inv start-up               inv --list: the fixed cost inside every inv row (Python, invoke, tasks.py)
-  database dump / restore    patchflow Database.dump / restore  vs  pg_dump -Fc / pg_restore --clean
+  database dump / restore    patchflow Database.dump / restore_beside  vs  pg_dump -Fc / createdb + pg_restore
   peak RSS                   create and extraction, small and large (does it grow with the tree?)
   delta size                 full patch vs delta patch (--base) for a one-file change
   upload, small patch        inv deploy --upload-only to 3 hosts --parallel 3  vs  to 1 host (3 local sshd)
@@ -175,9 +175,9 @@ def make_status_root(root: Path) -> Path:
 
     shutil.rmtree(root, ignore_errors=True)
     (root / "src").mkdir(parents=True)
-    (root / "VERSION").write_text("1.0.49\n")
     settings = load_settings(root, environ={})
     for index in range(50):
+        (root / "VERSION").write_text(f"1.0.{index}\n")  # create-patch refuses a VERSION naming another
         (root / "src/index.js").write_text(f"console.log({index});\n" * 500)
         (root / f"src/feature{index}.js").write_text(f"export const feature{index} = true;\n" * 100)
         create_patch(settings, parse_version(f"1.0.{index}"))
@@ -269,11 +269,14 @@ def bench_tree(kind: str, root: Path, work: Path, repeat: int, rows: list[Row], 
         if not label:
             rss[f"extract {kind}"] = (max(extract.rss_ours), max(extract.rss_theirs))
 
-    # delta: one source file changed
+    # delta: one source file changed (and VERSION, which create-patch requires to name the patch)
     target = next(p for p in sorted((root / "src").rglob("*.tsx")))
     original = target.read_bytes()
+    version_file = root / "VERSION"
+    original_version = version_file.read_bytes()
     try:
         target.write_bytes(original + b"\n// changed in 1.0.1\n")
+        version_file.write_text("1.0.1\n")
         seconds, _ = run_isolated([*INV, "create-patch", "--root", str(root), "--version", "1.0.1", "--base", "1.0.0"])
         delta = root / "patches" / "v1.0.1"
         rss[f"delta {kind}"] = {
@@ -286,6 +289,7 @@ def bench_tree(kind: str, root: Path, work: Path, repeat: int, rows: list[Row], 
         }
     finally:
         target.write_bytes(original)
+        version_file.write_bytes(original_version)
         shutil.rmtree(root / "patches" / "v1.0.1", ignore_errors=True)
 
 
@@ -355,7 +359,7 @@ def main() -> int:
             samples = result["samples"]
             dump = Row("database dump", "pg_dump -Fc", 1.2)
             dump.ours, dump.theirs = samples["ours_dump"], samples["pg_dump"]
-            restore = Row("database restore", "pg_restore --clean", 1.2)
+            restore = Row("database restore (beside, swap)", "createdb + pg_restore", 1.2)
             restore.ours, restore.theirs = samples["ours_restore"], samples["pg_restore"]
             rows += [dump, restore]
             print(

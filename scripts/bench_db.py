@@ -75,22 +75,29 @@ def measure_database(repeat: int, timed: Callable[[Callable[[], Any]], float], r
             pairs = [("ours_dump", ours_dump), ("pg_dump", pg_dump)]
             for name, action in pairs if index % 2 == 0 else reversed(pairs):
                 samples[name].append(timed(action))
-            info = database.dump(work / f"props-{index}.dump")  # the properties restore needs
-            dump_size = info.size
+            dump_size = ours_file.stat().st_size
 
-            def ours_restore(path: Path = ours_file, properties: dict[str, Any] = info.properties) -> None:
-                database.restore(path, properties)
+            displaced: list[str] = []
 
-            def pg_restore(path: Path = theirs_file) -> None:
-                subprocess.run(
-                    [str(cluster.bin("pg_restore")), "--clean", "--if-exists", "-d", DBNAME, str(path)],
-                    env=env,
-                    check=True,
-                )
+            def ours_restore(
+                path: Path = ours_file, stamp: str = f"20250101T0000{index:02}Z", displaced: list[str] = displaced
+            ) -> None:
+                # what a rollback does: restore into a new database beside the live one, swap names
+                displaced.append(database.restore_beside(path, stamp))
+
+            def pg_restore(
+                path: Path = theirs_file, name: str = f"{DBNAME}_theirs_{index}", displaced: list[str] = displaced
+            ) -> None:
+                # the same work by hand: a new database, pg_restore into it
+                subprocess.run([str(cluster.bin("createdb")), name], env=env, check=True)
+                subprocess.run([str(cluster.bin("pg_restore")), "-d", name, str(path)], env=env, check=True)
+                displaced.append(name)
 
             pairs = [("ours_restore", ours_restore), ("pg_restore", pg_restore)]
             for name, action in pairs if index % 2 == 0 else reversed(pairs):
                 samples[name].append(timed(action))
+            for name in displaced:  # not timed: a rollback keeps the displaced database for the operator
+                cluster.drop_database(name)
         return {"samples": samples, "database_bytes": size, "dump_bytes": dump_size}
     finally:
         cluster.stop()

@@ -97,7 +97,7 @@ TEXT_KINDS = (
     ("packages/shared/src", ".ts"),
     ("packages/ui/src", ".tsx"),
     ("docs", ".md"),
-    ("prisma/migrations", ".sql"),
+    ("packages/db/queries", ".sql"),  # not under prisma/migrations: those folders hold one migration.sql each
 )
 ASSET_KINDS = (
     ("public/assets/img", ".png"),
@@ -164,6 +164,8 @@ def make_tree(root: Path, kind: str = "large", seed: int = SEED) -> dict[str, in
     root.mkdir(parents=True, exist_ok=True)
     write("VERSION", b"1.0.0\n")
     write("package.json", json.dumps({"name": "primeflow", "private": True, "version": "1.0.0"}).encode())
+    for index in range(12):  # Prisma's layout: <timestamp>_<name>/migration.sql
+        write(f"prisma/migrations/20250101{index:02}0000_step{index}/migration.sql", text(2048))
     for index in range(spec.text):
         folder, suffix = TEXT_KINDS[index % len(TEXT_KINDS)]
         write(f"{folder}/mod{index % 97}/part{index % 13}/file{index}{suffix}", text(_size(rng, spec.text_mean)))
