@@ -125,7 +125,10 @@ def deploy(
     if not version:
         raise ConfigError("No --version given.", "Pass --version X.Y.Z (patches/vX.Y.Z of this checkout is deployed).")
     if parallel < 1:
-        raise ConfigError("--parallel must be 1 or more.", "")
+        raise ConfigError(
+            f"--parallel {parallel} is not a number of hosts: it must be 1 or more.",
+            "Pass --parallel N, N hosts uploaded to at the same time (default 1); nothing was changed.",
+        )
     options = DeployOptions(
         parse_version(version, source="--version"),
         canary=canary,

@@ -155,6 +155,17 @@ def test_unsafe_or_invalid_versions_are_refused_before_anything_runs(tmp_path: P
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("parallel", ["0", "-2"])
+def test_deploy_refuses_a_parallel_below_one_before_any_connection(tmp_path: Path, parallel: str) -> None:
+    root = _primeflow_checkout(tmp_path / "primeflow")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    done = run_inv("deploy", "--root", str(root), "--host", "web1", "--version", "3.0.0", "--parallel", parallel)
+    assert done.returncode != 0
+    assert f"--parallel {parallel} is not a number of hosts" in done.stderr, done.stderr
+    assert "Pass --parallel N" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
 def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:
     root = _primeflow_checkout(tmp_path / "primeflow")
     assert run_inv("create-patch", "--root", str(root)).returncode == 0

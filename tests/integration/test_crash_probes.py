@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 from support.installs import (
     Install,
-    InstallTemplate,
     backup_names,
     build_release,
     health,
@@ -36,7 +35,7 @@ from support.installs import (
     set_dotenv,
     status_json,
 )
-from support.killing import fill_bytes, fill_inodes, install_on, kill, mounted_tmpfs, wait_stopped
+from support.killing import held_then_filled, kill, mounted_tmpfs
 from support.trials import (
     FIXED_AUDIT_MIGRATION,
     NEW,
@@ -417,20 +416,6 @@ def test_two_recoveries_started_at_once(install: Install, tmp_path: Path) -> Non
 # -- full disks ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 40 MiB tmpfs with 4000 inodes, mounted for this test."""
-    with mounted_tmpfs(tmp_path / "fs", "40m", 4000) as mount:
-        yield mount
-
-
-@pytest.fixture
-def full_install(small_fs: Path, install_template: InstallTemplate, pg_cluster: object) -> Iterator[Install]:
-    """A running 2.2.0 install on the small filesystem."""
-    with install_on(install_template, small_fs) as install:
-        yield install
-
-
 def _media_release(install: Install, workdir: Path, migration: str = FIXED_AUDIT_MIGRATION) -> None:
     def edit(source: Path) -> None:
         rng = random.Random(5)
@@ -440,24 +425,6 @@ def _media_release(install: Install, workdir: Path, migration: str = FIXED_AUDIT
             (folder / f"m{index:03}.bin").write_bytes(rng.randbytes(24 * 1024))
 
     build_release(install, workdir, NEW, edit=edit, migration=migration)
-
-
-def _held_then_filled(
-    install: Install, args: tuple[str, ...], point: str, filler: Path, fill: str, leave: int
-) -> tuple[int, str, str]:
-
-    proc = inv_popen(install, *args, env={"PATCHFLOW_TEST_KILL_AT": f"{point}=SIGSTOP"})
-    try:
-        try:
-            wait_stopped(proc.pid)
-        except AssertionError as exc:
-            out, err = proc.communicate(timeout=300)
-            raise AssertionError(f"{exc}:\n{out}\n{err}") from None
-        (fill_bytes if fill == "bytes" else fill_inodes)(filler, leave)
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, err
 
 
 @pytest.mark.parametrize("fill", ["inodes"])  # bytes: tests/integration/test_disk_full.py
@@ -472,7 +439,7 @@ def test_a_full_disk_during_rollback_patch_restore_code(
     versions = {"old": snapshot(install)}
     done = install.inv(*APPLY)
     assert done.returncode == 0, done.stdout + done.stderr
-    code, out, err = _held_then_filled(install, ROLLBACK, "restore-code", small_fs / "filler", fill, 0)
+    code, out, err = held_then_filled(install, ROLLBACK, "restore-code", small_fs / "filler", fill, 0)
     assert "Traceback" not in out + err, out + err
 
     state = health(install)
@@ -492,7 +459,7 @@ def test_a_full_disk_during_the_automatic_rollback(
     install = full_install
     _media_release(install, tmp_path / "bad", migration=FIXED_AUDIT_MIGRATION + "SELECT 1/0;\n")
     versions = {"old": snapshot(install)}
-    code, out, err = _held_then_filled(install, APPLY, "restore-code", small_fs / "filler", fill, 0)
+    code, out, err = held_then_filled(install, APPLY, "restore-code", small_fs / "filler", fill, 0)
     assert "Traceback" not in out + err, out + err
 
     state = health(install)
@@ -528,7 +495,7 @@ def test_a_full_backups_filesystem_while_build_outputs_move_into_it(
     build_release(install, tmp_path, NEW, migration=FIXED_AUDIT_MIGRATION)
     versions = {"old": snapshot(install)}
     filler = install.root / "backups" / "filler"
-    code, out, err = _held_then_filled(install, APPLY, point, filler, fill, 64 * 1024 if fill == "bytes" else 20)
+    code, out, err = held_then_filled(install, APPLY, point, filler, fill, 64 * 1024 if fill == "bytes" else 20)
     assert "Traceback" not in out + err, out + err
     shutil.rmtree(filler)
     ran = recover(install)

@@ -9,36 +9,19 @@ the install, then lets the apply go on.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.exact import NEW, OLD, assert_exactly_old
-from support.installs import Install, InstallTemplate, build_release, health, inv_popen, set_dotenv
-from support.killing import fill_bytes, fill_inodes, install_on, mounted_tmpfs, wait_stopped
+from support.installs import Install, build_release, health, set_dotenv
+from support.killing import fill_bytes, fill_inodes, held_then_filled
 
 pytestmark = pytest.mark.integration
 
 HOOK = "PATCHFLOW_TEST_KILL_AT"
 MEDIA_FILES = 60
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB tmpfs with 3000 inodes, mounted for this test."""
-    with mounted_tmpfs(tmp_path / "fs", "32m", 3000) as mount:
-        yield mount
-
-
-@pytest.fixture
-def full_install(small_fs: Path, install_template: InstallTemplate, pg_cluster: object) -> Iterator[Install]:
-    """A running 2.2.0 install on the small filesystem."""
-    with install_on(install_template, small_fs) as install:
-        yield install
 
 
 def _release(install: Install, workdir: Path) -> None:
@@ -55,21 +38,7 @@ def _release(install: Install, workdir: Path) -> None:
 
 
 def _apply_with_full_disk(install: Install, filler: Path, step: str, fill: str, leave: int) -> tuple[int, str, str]:
-    proc = inv_popen(install, "apply-patch", "--version", NEW, "--yes", env={HOOK: f"{step}=SIGSTOP"})
-    try:
-        try:
-            wait_stopped(proc.pid)
-        except AssertionError as exc:
-            out, err = proc.communicate(timeout=300)
-            raise AssertionError(f"{exc}:\n{out}\n{err}") from None
-        if fill == "bytes":
-            fill_bytes(filler, leave)
-        else:
-            fill_inodes(filler, leave)
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, err
+    return held_then_filled(install, ("apply-patch", "--version", NEW, "--yes"), step, filler, fill, leave)
 
 
 @pytest.mark.parametrize(
@@ -156,13 +125,9 @@ def test_a_rollback_on_a_full_disk_finishes_within_its_reserved_space(
     tree_before, db_before = install.state(), install.pg_dump()
     done = install.inv("apply-patch", "--version", NEW, "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
-    proc = inv_popen(install, "rollback-patch", "--yes", env={HOOK: "restore-database=SIGSTOP"})
-    try:
-        wait_stopped(proc.pid)
-        fill_bytes(small_fs / "filler", 0)
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out + err
+    code, out, err = held_then_filled(
+        install, ("rollback-patch", "--yes"), "restore-database", small_fs / "filler", "bytes", 0
+    )
+    assert code == 0, out + err
     shutil.rmtree(small_fs / "filler")
     assert_exactly_old(install, tree_before, db_before)

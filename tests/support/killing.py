@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from support.installs import Install, InstallTemplate
+from support.installs import Install, InstallTemplate, inv_popen
 from support.missing import missing_service
 
 SERVICE_MARKER = b"PF_SERVICE_ID="
@@ -162,3 +162,23 @@ def install_on(template: InstallTemplate, folder: Path) -> Iterator[Install]:
         )
         for name in rows.split():
             install.cluster.drop_database(name)
+
+
+def held_then_filled(
+    install: Install, args: tuple[str, ...], point: str, filler: Path, fill: str, leave: int
+) -> tuple[int, str, str]:
+    """Run ``inv <args>`` held by the kill hook with SIGSTOP at ``point``; while it is held, fill
+    the filesystem of ``filler`` (``fill``: ``bytes`` or ``inodes``) leaving about ``leave``;
+    let it go on and return ``(exit code, stdout, stderr)``."""
+    proc = inv_popen(install, *args, env={"PATCHFLOW_TEST_KILL_AT": f"{point}=SIGSTOP"})
+    try:
+        try:
+            wait_stopped(proc.pid)
+        except AssertionError as exc:
+            out, err = proc.communicate(timeout=300)
+            raise AssertionError(f"{exc}:\n{out}\n{err}") from None
+        (fill_bytes if fill == "bytes" else fill_inodes)(filler, leave)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
