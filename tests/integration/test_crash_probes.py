@@ -35,7 +35,7 @@ from support.installs import (
     set_dotenv,
     status_json,
 )
-from support.killing import held_then_filled, kill, mounted_tmpfs
+from support.killing import backups_on_tmpfs, held_then_filled, kill
 from support.trials import (
     FIXED_AUDIT_MIGRATION,
     NEW,
@@ -85,12 +85,7 @@ def _outputs_install(install: Install, tmp_path: Path, size: str, inodes: int) -
     script = tmp_path / "make_modules.py"
     script.write_text(MAKE_MODULES)
     subprocess.run(["python3", str(script), "old"], cwd=install.root, check=True)
-    backups = install.root / "backups"
-    kept = install.root.parent / "backups-before-mount"
-    shutil.move(str(backups), kept)
-    with mounted_tmpfs(backups, size, inodes):
-        for child in kept.iterdir():
-            shutil.copytree(child, backups / child.name, symlinks=True)
+    with backups_on_tmpfs(install, size, inodes):
         set_dotenv(install, "PATCHFLOW_INSTALL_COMMAND", f"python3 {script} new")
         yield install
 

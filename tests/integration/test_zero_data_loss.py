@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ from support.exact import (
     status_json,
 )
 from support.installs import Install, backup_names, build_release, health, history, inv_popen, set_dotenv, wait_until
+from support.killing import backups_on_tmpfs as on_tmpfs
+from support.missing import missing_service
 from support.pgbin import wrapped_pg_bindir
 
 pytestmark = pytest.mark.integration
@@ -245,22 +248,11 @@ def test_a_migration_past_migrate_timeout_is_cancelled_on_the_server_and_rolled_
 
 
 @pytest.fixture
-def backups_on_tmpfs(install: Install) -> object:
+def backups_on_tmpfs(install: Install) -> Iterator[Path]:
     """Mount a 48 MiB tmpfs on the install's backups/ (its existing backups moved onto it)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    backups = install.root / "backups"
-    kept = install.root.parent / "backups-before-mount"
-    shutil.move(str(backups), kept)
-    backups.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(backups)], check=True)
-    set_dotenv(install, "PATCHFLOW_FREE_SPACE_MARGIN", str(1024 * 1024))
-    try:
-        for child in kept.iterdir():
-            shutil.copytree(child, backups / child.name, symlinks=True)
+    with on_tmpfs(install, "48m") as backups:
+        set_dotenv(install, "PATCHFLOW_FREE_SPACE_MARGIN", str(1024 * 1024))
         yield backups
-    finally:
-        subprocess.run(["umount", "-l", str(backups)], check=False)
 
 
 BUILD = "sh -c 'mkdir -p dist && echo built-for-2.3.0 > dist/bundle.js'"
@@ -323,7 +315,7 @@ def _owners(root: Path) -> dict[str, tuple[int, int, int]]:
 
 def test_owners_and_exact_modes_survive_apply_and_rollback(install: Install, tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("changing owners needs root (CI runs as root)")
+        missing_service("changing owners needs root (CI runs as root)")
     root = install.root
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root:

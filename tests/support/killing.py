@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -134,18 +135,32 @@ def fill_inodes(folder: Path, leave: int) -> None:
 
 
 @contextmanager
-def mounted_tmpfs(mount: Path, size: str, inodes: int) -> Iterator[Path]:
-    """Mount a tmpfs of ``size`` (``32m``) and ``inodes`` at ``mount`` (made if missing) for the
-    block; unmounted after it (lazily: a process of the test may still hold a file there)."""
+def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (``32m``) and ``inodes`` (default: the kernel's) at ``mount``
+    (made if missing) for the block; unmounted after it (lazily: a process of the test may still
+    hold a file there)."""
     if os.geteuid() != 0:
         missing_service("mounting a tmpfs needs root (CI runs as root)")
     mount.mkdir(parents=True, exist_ok=True)
-    options = f"size={size},nr_inodes={inodes},mode=0755"
+    options = f"size={size},mode=0755" + (f",nr_inodes={inodes}" if inodes is not None else "")
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@contextmanager
+def backups_on_tmpfs(install: Install, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """The install's backups/ on a tmpfs of ``size`` and ``inodes`` for the block (another
+    filesystem than the install's), with the backups already there copied onto it."""
+    backups = install.root / "backups"
+    kept = install.root.parent / "backups-before-mount"
+    shutil.move(str(backups), kept)
+    with mounted_tmpfs(backups, size, inodes):
+        for child in kept.iterdir():
+            shutil.copytree(child, backups / child.name, symlinks=True)
+        yield backups
 
 
 @contextmanager
