@@ -191,12 +191,14 @@ def _read_installed_stats(ctx: Context) -> dict[str, tuple[int, int, str]]:
         return {}
 
 
-def check_delta(ctx: Context, report: VerifyReport, diff: TreeDiff, new_entries: dict[str, Entry]) -> None:
-    """Refuse a delta patch that cannot end on the full patch's tree: its base is not the installed
-    version, or a file it must place is not in its archive (the install drifted from the base).
+def check_delta_base(ctx: Context, report: VerifyReport) -> None:
+    """Refuse a delta patch whose base is not the installed version (naming both), then rebuild its
+    whole tree from the install's record of its tree (:meth:`VerifyReport.expand`).
 
     Raises:
-        VerifyError: names both versions, or the paths; nothing was changed.
+        VerifyError: another version is installed, or the install's tree is not the delta's base
+            tree (another build, no record), or the delta does not rebuild its own tree. Nothing
+            was changed.
     """
     delta = report.delta
     if not delta:
@@ -208,12 +210,24 @@ def check_delta(ctx: Context, report: VerifyReport, diff: TreeDiff, new_entries:
             f"Patch {report.version} is a delta built on {base}, but {installed or 'an unknown version'} is installed.",
             f"Apply the full patch of {report.version}, or bring the install to {base} first. Nothing was changed.",
         )
-    members = set(delta.get("members", []))
+    report.expand([ctx.paths.installed_manifest])
+
+
+def check_delta(report: VerifyReport, diff: TreeDiff, new_entries: dict[str, Entry]) -> None:
+    """Refuse a delta patch that cannot end on its tree because a file it must place is not in its
+    archive (the install drifted from the base: a file edited or removed by hand).
+
+    Raises:
+        VerifyError: names the paths; nothing was changed.
+    """
+    if not report.delta:
+        return
+    members = set(report.archive_entries())
     missing = [p for p in diff.added + diff.changed if new_entries[p].type == "file" and p not in members]
     if missing:
         raise VerifyError(
-            f"The delta patch {report.version} lacks files this install needs (it differs from {base}): "
-            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.",
+            f"The delta patch {report.version} lacks files this install needs (it differs from "
+            f"{report.delta.get('base_version')}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.",
             f"Apply the full patch of {report.version}. Nothing was changed.",
         )
 
@@ -300,7 +314,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
     deleted = [p for p in full.deleted if remove_unowned or p in owned]
     unowned = [p for p in full.deleted if p not in set(deleted)]
     diff = TreeDiff(full.added, full.changed, deleted)
-    check_delta(ctx, report, diff, new_entries)
+    check_delta(report, diff, new_entries)
     old_entries = {p: current.entries[p] for p in diff.changed + diff.deleted}
     drift = []
     if installed:
@@ -519,6 +533,19 @@ class ApplyRun:
         folder = self.ctx.paths.patch_dir(self.version)
         self.ctx.log(f"-> verify {folder}")
         self.report = verify_patch(folder, self.version, verify_key=self.ctx.settings.verify_key)
+        interrupted = Journal.load(paths.journal)
+        if interrupted is None:
+            check_delta_base(self.ctx, self.report)
+        elif self.report.delta is not None:  # VERSION may be mid-switch: the records tell the tree
+            self.report.expand(self._tree_records(interrupted))
+
+    def _tree_records(self, journal: Journal | None) -> list[Path]:
+        """Where a delta's base tree may be recorded: the install's record, then the copy of it in
+        this run's backup (or the backup of the interrupted run ``journal``)."""
+        backup = self.backup
+        if backup is None and journal is not None and journal.backup:
+            backup = load_backup(self.ctx.paths.backups / journal.backup)
+        return [self.ctx.paths.installed_manifest] + ([backup.paths.installed_manifest] if backup else [])
 
     def _check_versions(self) -> None:
         parsed, why = installed_version_or_error(self.ctx.paths)
@@ -576,6 +603,7 @@ class ApplyRun:
         self.cleaned = remove_leftovers(paths)
         if interrupted is not None:
             self._check_versions()
+            check_delta_base(self.ctx, self.report)  # the recovery may have ended on another version
             self.plan = make_plan(self.ctx, self.version, self.report, remove_unowned=self.options.remove_unowned)
         assert self.plan is not None
         self.from_version = self.plan.from_version or ""
@@ -800,7 +828,10 @@ class ApplyRun:
             ctx.paths.patch_dir(self.version), self.version, verify_key=ctx.settings.verify_key
         )
         backup = self._backup()
-        write_json_atomic(ctx.paths.installed_manifest, report.manifest, mode=0o644)
+        # a delta's whole tree: from the record of the base, or (a killed apply's record) its own
+        report.expand(self._tree_records(None))
+        write_json_atomic(ctx.paths.installed_manifest, report.tree_manifest(), mode=0o644)
+        checkpoint(ctx.settings.test_kill_at, "manifest-recorded", "before")  # inside the commit
         if self.plan is not None:
             write_json_atomic(ctx.paths.installed_stats, self._stats_after_switch(self.plan), mode=0o644)
         InstalledRecord(

@@ -157,16 +157,17 @@ def verify_patch(c: Context, version: str | None = None, root: str | None = None
         ProjectPaths.from_settings(settings).patch_dir(parsed), parsed, verify_key=settings.verify_key, deep=deep
     )
     signed = " and signature" if settings.verify_key else ""
-    count = len(report.manifest.get("files", []))
+    listed = len(report.manifest.get("files", []))
+    base = f", a delta on {report.delta['base_version']}" if report.delta else ""  # a delta lists only its members
+    what = f"{listed} entries{base}"
     if deep:
-        members = len(report.delta["members"]) if report.delta else count
         console.print(
             f"[green]ok[/] patch {parsed.tag}: checksums{signed} match; "
-            f"{members} archive members match the manifest ({count} entries)"
+            f"{listed} archive members match the manifest ({what})"
         )
     else:
         console.print(
-            f"[green]ok[/] patch {parsed.tag}: checksums{signed} and manifest match ({count} entries; "
+            f"[green]ok[/] patch {parsed.tag}: checksums{signed} and manifest match ({what}; "
             "archive members are checked when it is applied, or with --deep)"
         )
 

@@ -9,19 +9,12 @@ packed (its sha256 comes from that read), the archive is hashed (sha256 and md5)
 written, and ``manifest.json`` is written after the archive from those digests; the checksum
 files are computed from the digests and the bytes written, never by reading files again.
 
-**Delta patches** (``base=``): only the entries added or changed since the base patch's manifest
-are packed. The manifest still lists every entry of the full tree in ``"files"`` (so an apply
-plans against the full tree) and adds::
-
-    "delta": {
-        "base_version": "2.3.0",
-        "base_manifest_sha256": "<sha256 of the base patch's manifest.json bytes>",
-        "members": ["<sorted paths packed in the archive>", ...]
-    }
-
-``"deleted"`` lists the paths of the base that the new tree no longer has. A full patch has no
-``"delta"`` key. Applying a delta needs the base version installed: the unchanged entries come
-from the install, the members from the archive.
+**Delta patches** (``base=``): only the entries added or changed since the base patch's tree are
+packed, and the manifest (format 2) lists only those, the deleted paths and the sha256 of the
+base's and the new whole tree (see :mod:`patchflow.delta`), so a one-file delta is a few
+kilobytes whatever the size of the tree. Its README lists the changes, not the tree; its
+``schema.sql`` is written only when it changes migrations. The base may itself be a delta: its
+tree is rebuilt through its own base, each link verified.
 """
 
 from __future__ import annotations
@@ -42,13 +35,13 @@ from typing import Any
 from patchflow import __version__
 from patchflow.archive import ArchiveResult, build_archive
 from patchflow.config import Settings
+from patchflow.delta import DELTA_FORMAT, FULL_FORMAT, manifest_entries, rebuild_tree, tree_sha256
 from patchflow.errors import CreatePatchError, PatchflowError
 from patchflow.manifest import Entry, Tree, TreeDiff, diff_trees, load_rules, scan_tree
 from patchflow.migrations import Migration, combined_sql, find_migrations, migration_problems
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
 from patchflow.version import PatchVersion, parse_version, read_version_file
 
-MANIFEST_FORMAT = 1
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
@@ -176,25 +169,26 @@ def _schema_sql(root: Path, migrations: list[Migration]) -> str:
 
 
 def _find_base(paths: ProjectPaths, version: PatchVersion) -> tuple[PatchVersion, dict[str, Entry]] | None:
-    """The newest earlier patch in ``patches/`` with a readable manifest (for the delta summary)."""
+    """The newest earlier patch in ``patches/`` whose whole tree can be read (for the summary of
+    changes in a full patch's README and ``deleted``); not verified, None when there is none."""
     if not paths.patches.is_dir():
         return None
-    best: tuple[PatchVersion, Path] | None = None
+    candidates: list[PatchVersion] = []
     for child in paths.patches.iterdir():
         if not child.name.startswith("v") or not (child / MANIFEST).is_file():
             continue
         try:
             candidate = parse_version(child.name)
-        except Exception:
+        except PatchflowError:
             continue
-        if candidate < version and (best is None or candidate > best[0]):
-            best = (candidate, child)
-    if best is None:
+        if candidate < version:
+            candidates.append(candidate)
+    if not candidates:
         return None
+    best = max(candidates)
     try:
-        data = json.loads((best[1] / MANIFEST).read_text(encoding="utf-8"))
-        return best[0], {e["path"]: Entry.from_json(e) for e in data["files"]}
-    except (OSError, ValueError, KeyError):
+        return best, patch_tree(paths, best, verify_key=None)[0]
+    except CreatePatchError:
         return None
 
 
@@ -205,8 +199,12 @@ def _readme(
     sha256: str,
     md5: str,
     migrations: list[Migration],
-    delta: dict[str, list[str]] | None,
+    changes: dict[str, list[str]] | None,
+    *,
+    delta: bool = False,
 ) -> str:
+    """The patch folder's README.md: what it holds, its checksums, how to apply it, the changes
+    since ``changes``' base and, for a full patch, the files (a delta lists only its changes)."""
     files = tree.files()
     lines = [
         f"# PrimeFlow patch {version.tag}",
@@ -233,14 +231,18 @@ def _readme(
         "migrations, restarts the services, checks health, and rolls back by itself on failure.",
         "",
     ]
-    if delta is not None:
+    if changes is not None:
         lines += ["## Changes since the previous patch", ""]
         for label in ("added", "changed", "deleted"):
-            lines.append(f"- {label}: {len(delta[label])}")
-            lines += [f"  - `{p}`" for p in delta[label][:50]]
+            lines.append(f"- {label}: {len(changes[label])}")
+            lines += [f"  - `{p}`" for p in changes[label][:50]]
+            if len(changes[label]) > 50:
+                lines.append(f"  - ... and {len(changes[label]) - 50} more (see manifest.json)")
         lines.append("")
     if migrations:
         lines += ["## Migrations", ""] + [f"- `{m.name}`" for m in migrations] + [""]
+    if delta:
+        return "\n".join(lines) + "\n"
     lines += ["## Files", ""] + [f"- `{e.path}` ({e.size} bytes, mode {e.mode:04o})" for e in files[:500]]
     if len(files) > 500:
         lines.append(f"- ... and {len(files) - 500} more (see manifest.json)")
@@ -274,43 +276,83 @@ class _Git:
 
 @dataclass(frozen=True)
 class _Base:
-    """The base patch of a delta: its version, entries and the sha256 of its manifest bytes."""
+    """The base patch of a delta: its version, whole tree and the sha256 of its manifest bytes."""
 
     version: PatchVersion
     entries: dict[str, Entry]
     manifest_sha256: str
 
 
+def patch_tree(paths: ProjectPaths, version: PatchVersion, *, verify_key: str | None) -> tuple[dict[str, Entry], str]:
+    """The whole tree of the patch ``patches/v<version>/`` and the sha256 of its manifest bytes. A
+    delta patch's tree is rebuilt through its base (recursively; each base is older, so the chain
+    ends) and checked against its ``tree_sha256``.
+
+    Args:
+        verify_key: verify every patch of the chain (checksums, signature with this key if not
+            empty, manifest) before trusting it; None reads the manifests without verifying.
+
+    Raises:
+        CreatePatchError: a patch of the chain is missing, does not verify or its tree does not
+            hash as its manifest says.
+    """
+    from patchflow.verify import verify_patch_folder
+
+    folder = paths.patch_dir(version)
+    hint = f"A delta is built against {folder}/{MANIFEST}: copy or rebuild that patch first; nothing was written."
+    if verify_key is not None:
+        report = verify_patch_folder(folder, version, verify_key=verify_key)
+        if not report.ok:
+            raise CreatePatchError(
+                f"The base patch {version.tag} cannot be used: it is {report.state} "
+                f"({'; '.join(report.problems[:5])}).",
+                hint,
+            )
+    try:
+        data = (folder / MANIFEST).read_bytes()
+        manifest = json.loads(data.decode("utf-8"))
+        entries = manifest_entries(manifest)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CreatePatchError(f"The base patch {version.tag} cannot be read: {exc}.", hint) from None
+    if verify_key is not None and manifest != report.manifest:  # changed since it was verified
+        raise CreatePatchError(
+            f"{folder / MANIFEST} changed while it was being read.", "Run create-patch again; nothing was written."
+        )
+    delta = manifest.get("delta")
+    if isinstance(delta, dict):
+        try:
+            below = parse_version(str(delta.get("base_version")))
+        except PatchflowError:
+            raise CreatePatchError(f"The base patch {version.tag} names an invalid base.", hint) from None
+        if not below < version:
+            raise CreatePatchError(f"The base patch {version.tag} names a base that is not older: {below}.", hint)
+        base_entries, _ = patch_tree(paths, below, verify_key=verify_key)
+        if tree_sha256(base_entries.values()) != delta.get("base_tree_sha256"):
+            raise CreatePatchError(
+                f"The base patch {version.tag} is a delta on {below}, but patches/{below.tag} is another build "
+                f"of {below}.",
+                hint,
+            )
+        entries = rebuild_tree(base_entries, entries.values(), manifest.get("deleted", []))
+        if tree_sha256(entries.values()) != delta.get("tree_sha256"):
+            raise CreatePatchError(f"The base patch {version.tag} does not rebuild its own tree.", hint)
+    return entries, hashlib.sha256(data).hexdigest()
+
+
 def _load_base(paths: ProjectPaths, settings: Settings, base: PatchVersion, version: PatchVersion) -> _Base:
-    """Read and verify (checksums, signature, manifest) the base patch of a delta.
+    """Read and verify (checksums, signature, manifest) the base patch of a delta and rebuild its
+    whole tree (through its own base when it is a delta too).
 
     Raises:
         CreatePatchError: the base is not older than ``version``, missing, or does not verify.
     """
-    from patchflow.verify import verify_patch_folder
-
     if not base < version:
         raise CreatePatchError(
             f"The base {base} of a delta patch must be older than {version}.",
             "Pass --base with the version the installs are on now; nothing was written.",
         )
-    folder = paths.patch_dir(base)
-    report = verify_patch_folder(folder, base, verify_key=settings.verify_key)
-    if not report.ok:
-        raise CreatePatchError(
-            f"The base patch {base.tag} cannot be used: it is {report.state} ({'; '.join(report.problems[:5])}).",
-            f"A delta is built against {folder}/{MANIFEST}: copy or rebuild that patch first; nothing was written.",
-        )
-    data = (folder / MANIFEST).read_bytes()
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        manifest = None
-    if manifest != report.manifest:  # changed since it was verified
-        raise CreatePatchError(
-            f"{folder / MANIFEST} changed while it was being read.", "Run create-patch again; nothing was written."
-        )
-    return _Base(base, report.entries(), hashlib.sha256(data).hexdigest())
+    entries, manifest_sha256 = patch_tree(paths, base, verify_key=settings.verify_key)
+    return _Base(base, entries, manifest_sha256)
 
 
 def manifest_chunks(manifest: dict[str, Any]) -> Iterator[str]:
@@ -482,16 +524,22 @@ def create_patch(
         write(MANIFEST, _buffered(manifest_chunks(manifest)))
         changelog, changelog_note = changelog_text(paths.changelog, version)
         write("CHANGELOG.md", changelog)
-        write("schema.sql", _schema_sql(root, migrations))
+        schema_note = ""
+        if delta_base is None or any(e.path.startswith("prisma/") for e in packed):
+            write("schema.sql", _schema_sql(root, migrations))
+        else:
+            schema_note = f" The database schema is unchanged: see `schema.sql` of {delta_base.version.tag}."
         changes = None
         if summary is not None:
             changes = {"added": summary[1].added, "changed": summary[1].changed, "deleted": summary[1].deleted}
-        readme = _readme(version, tree, archive.name, result.sha256, result.md5, migrations, changes)
+        readme = _readme(
+            version, tree, archive.name, result.sha256, result.md5, migrations, changes, delta=delta_base is not None
+        )
         if delta_base is not None:
             readme = readme.replace(
                 "\n## Checksums\n",
                 f"\nThis is a **delta patch** against {delta_base.version}: the archive holds only the {len(packed)} "
-                f"entries added or changed since then. Apply it on an install at {delta_base.version}.\n\n"
+                f"entries added or changed since then. Apply it on an install at {delta_base.version}.{schema_note}\n\n"
                 "## Checksums\n",
                 1,
             )
@@ -555,11 +603,12 @@ def _manifest(
     now: datetime | None,
 ) -> dict[str, Any]:
     """The manifest.json data; ``base_version``/``deleted`` describe ``summary``: the delta's base,
-    or for a full patch the newest earlier patch in ``patches/``."""
+    or for a full patch the newest earlier patch in ``patches/``. A full patch lists the whole
+    ``tree`` in ``files``; a delta (format 2) only the archive's members (:mod:`patchflow.delta`)."""
     base_version = str(summary[0]) if summary else None
     deleted = summary[1].deleted if summary else []
     manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
+        "format": FULL_FORMAT,
         "version": str(version),
         "base_version": base_version,
         "created_at": _created_at(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -574,9 +623,12 @@ def _manifest(
         "migrations": [m.to_json() for m in migrations],
     }
     if delta_base is not None:
+        manifest["format"] = DELTA_FORMAT
+        manifest["files"] = sorted(result.entries, key=lambda e: e.path)  # exactly the archive's members
         manifest["delta"] = {
             "base_version": str(delta_base.version),
             "base_manifest_sha256": delta_base.manifest_sha256,
-            "members": sorted(e.path for e in result.entries),
+            "base_tree_sha256": tree_sha256(delta_base.entries.values()),
+            "tree_sha256": tree_sha256(tree.entries.values()),
         }
     return manifest

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from patchflow.delta import DELTA_FORMAT, FULL_FORMAT, expand_delta, full_manifest, manifest_entries
 from patchflow.errors import ArchiveError, VerifyError
 from patchflow.manifest import Entry, file_digests
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, SIGNATURE
@@ -45,30 +46,51 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     deep: bool = False
+    tree: dict[str, Entry] | None = None  # a delta's whole tree, once expanded
 
     @property
     def ok(self) -> bool:
         return self.state == "ok"
 
     def entries(self) -> dict[str, Entry]:
-        """The manifest's files as path -> :class:`Entry` (the whole target tree, also for a delta)."""
-        return {e["path"]: Entry.from_json(e) for e in self.manifest.get("files", [])}
+        """The whole tree the patch ends on, path -> :class:`Entry`: the manifest's files for a full
+        patch; for a delta patch the tree :meth:`expand` rebuilt (RuntimeError before that)."""
+        if self.delta is None:
+            return manifest_entries(self.manifest)
+        if self.tree is None:
+            raise RuntimeError(f"the delta patch {self.version} must be expanded against an install first")
+        return self.tree
 
     @property
     def delta(self) -> dict[str, Any] | None:
         """The manifest's ``delta`` object (``base_version``, ``base_manifest_sha256``,
-        ``members``) for a delta patch, None for a full patch."""
+        ``base_tree_sha256``, ``tree_sha256``; see :mod:`patchflow.delta`) for a delta patch,
+        None for a full patch."""
         value = self.manifest.get("delta")
         return value if isinstance(value, dict) else None
 
     def archive_entries(self) -> dict[str, Entry]:
-        """The entries the archive holds: every entry of a full patch, or the ``delta.members``
-        of a delta patch. Pass this to :func:`patchflow.archive.extract_archive`."""
-        entries = self.entries()
-        delta = self.delta
-        if delta is None:
-            return entries
-        return {path: entries[path] for path in delta["members"]}
+        """The entries the archive holds (the manifest's files: the whole tree of a full patch, the
+        added and changed entries of a delta). Pass this to :func:`patchflow.archive.extract_archive`."""
+        return manifest_entries(self.manifest)
+
+    def expand(self, records: Sequence[Path]) -> None:
+        """For a delta patch, rebuild the whole tree from the first of ``records`` (whole-tree
+        manifests: the install's record, its backup's copy) that holds the base tree; nothing to do
+        for a full patch.
+
+        Raises:
+            VerifyError: see :func:`patchflow.delta.expand_delta`.
+        """
+        if self.delta is not None and self.tree is None:
+            self.tree = expand_delta(self.manifest, records)
+
+    def tree_manifest(self) -> dict[str, Any]:
+        """The manifest an install records after applying this patch: always a whole tree (a delta's
+        rebuilt tree, see :func:`patchflow.delta.full_manifest`)."""
+        if self.delta is None:
+            return self.manifest
+        return full_manifest(self.manifest, self.entries())
 
     def raise_for_problems(self) -> None:
         """Raise :class:`VerifyError` listing the problems unless the patch is ok."""
@@ -163,23 +185,28 @@ def _check_shapes(manifest: dict[str, Any]) -> None:
             raise ValueError(f"the mode of {item['path']!r} is not an octal number")
         if not isinstance(item.get("sha256", ""), str) or not isinstance(item.get("target", ""), str):
             raise ValueError(f"the sha256 and target of {item['path']!r} must be strings")
+    paths = [item["path"] for item in manifest["files"]]
+    if len(set(paths)) != len(paths):
+        raise ValueError("a path is listed twice in 'files'")
+    form = manifest.get("format", FULL_FORMAT)
+    if form not in (FULL_FORMAT, DELTA_FORMAT) or isinstance(form, bool):
+        raise ValueError(f"format {form!r} is not one this patchflow reads (1, 2): it was made by a newer patchflow")
+    if (form == DELTA_FORMAT) != ("delta" in manifest):
+        raise ValueError("a delta patch has format 2 and a 'delta' object; a full patch neither")
     if "delta" in manifest:
         delta = manifest["delta"]
+        keys = ("base_manifest_sha256", "base_tree_sha256", "tree_sha256")
         if (
             not isinstance(delta, dict)
             or not isinstance(delta.get("base_version"), str)
-            or not isinstance(delta.get("base_manifest_sha256"), str)
-            or not _HEX64.match(delta["base_manifest_sha256"])
-            or not isinstance(delta.get("members"), list)
-            or not all(isinstance(item, str) for item in delta["members"])
+            or not all(isinstance(delta.get(key), str) and _HEX64.match(delta[key]) for key in keys)
         ):
-            raise ValueError("'delta' must hold base_version, base_manifest_sha256 (sha256 hex) and members (paths)")
-        paths = {item["path"] for item in manifest["files"]}
-        unknown = [p for p in delta["members"] if p not in paths]
-        if unknown:
-            raise ValueError(f"delta members not listed in 'files': {', '.join(unknown[:5])}")
-        if len(set(delta["members"])) != len(delta["members"]):
-            raise ValueError("delta members are listed twice")
+            raise ValueError(
+                "'delta' must hold base_version and base_manifest_sha256, base_tree_sha256, tree_sha256 (sha256 hex)"
+            )
+        both = sorted(set(paths) & set(manifest.get("deleted", [])))
+        if both:
+            raise ValueError(f"paths both changed and deleted: {', '.join(both[:5])}")
 
 
 def _load_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
@@ -219,8 +246,11 @@ class _Background:
 
 def _migration_folder_problems(manifest: dict[str, Any]) -> list[str]:
     """Folders of ``prisma/migrations/`` in the manifest without a ``migration.sql`` (Prisma refuses
-    them; skipping one silently would leave its tables missing)."""
+    them; skipping one silently would leave its tables missing). A delta lists only changed
+    entries: a folder whose ``migration.sql`` it leaves as it is, is one of its ``migrations``."""
     paths = {str(item.get("path")): item.get("type") for item in manifest.get("files", []) if isinstance(item, dict)}
+    if "delta" in manifest:
+        paths |= {str(m.get("path")): "file" for m in manifest.get("migrations", []) if isinstance(m, dict)}
     prefix = "prisma/migrations/"
     folders = [p for p, kind in paths.items() if kind == "dir" and p.startswith(prefix) and "/" not in p[len(prefix) :]]
     return [f"migration folder {p}/ has no migration.sql" for p in sorted(folders) if f"{p}/migration.sql" not in paths]

@@ -54,9 +54,7 @@ from pathlib import Path
 from patchflow.archive import extract_archive
 from patchflow.manifest import Entry
 manifest = json.loads(Path(sys.argv[2]).read_text(encoding="utf-8"))
-entries = {e["path"]: Entry.from_json(e) for e in manifest["files"]}
-if "delta" in manifest:
-    entries = {p: entries[p] for p in manifest["delta"]["members"]}
+entries = {e["path"]: Entry.from_json(e) for e in manifest["files"]}  # a delta lists its members only
 del manifest
 extract_archive(Path(sys.argv[1]), Path(sys.argv[3]), entries)
 """
@@ -382,7 +380,8 @@ def main() -> int:
                 f"{key}: one-file change: delta archive {value['delta archive']} B vs full archive "
                 f"{value['full archive']} B ({100 * value['delta archive'] / value['full archive']:.4f}%); "
                 f"delta folder {value['delta folder']} B vs full folder {value['full folder']} B "
-                f"({100 * value['delta folder'] / value['full folder']:.2f}%, the manifest lists the full tree: "
+                f"({100 * value['delta folder'] / value['full folder']:.3f}%, goal < 1%: "
+                f"{'holds' if value['delta folder'] < 0.01 * value['full folder'] else 'NO'}; manifest "
                 f"{value['manifest']} B); delta created in {value['seconds']:.2f} s"
             )
     load_end = os.getloadavg()

@@ -294,3 +294,50 @@ def test_a_killed_apply_in_the_checkout_is_recovered_by_the_command_patch_status
     assert len(tracked) == 2
     assert app_processes(root) == tracked, "no service process runs untracked"
     assert get(health_url)[0] == 200
+
+
+@pytest.mark.parametrize("kill_at", ["commit", "manifest-recorded"])
+def test_a_killed_delta_apply_in_the_checkout_ends_old_or_new_with_its_whole_tree_recorded(
+    running_checkout: tuple[Path, str], tmp_path: Path, kill_at: str
+) -> None:
+    """Issue 12 on the PrimeFlow-shaped checkout: a delta on the installed 3.0.0 lists only its
+    changes. Killed just before its commit, the recovery the status names undoes it and the
+    install's record of its tree is 3.0.0's again (the delta applies after it); killed inside the
+    commit, after the record was written, the recovery finishes it. Either way the record is a whole
+    tree, so the next delta can apply on it."""
+    import shutil
+
+    from patchflow.delta import tree_sha256
+    from patchflow.manifest import Entry
+
+    root, health_url = running_checkout
+    source = make_checkout_release(root, tmp_path / "release-3.1.0", "3.1.0")
+    shutil.copytree(root / "patches" / "v3.0.0", source / "patches" / "v3.0.0")
+    made = inv_in(source, "create-patch", "--base", "3.0.0")
+    assert made.returncode == 0, made.stdout + made.stderr
+    shutil.copytree(source / "patches" / "v3.1.0", root / "patches" / "v3.1.0")
+    manifest = json.loads((root / "patches/v3.1.0/manifest.json").read_text())
+    full = json.loads((root / "patches/v3.0.0/manifest.json").read_text())
+    assert manifest["format"] == 2 and len(manifest["files"]) < len(full["files"]) / 3
+
+    def recorded_tree() -> str:
+        recorded = json.loads((root / ".patchflow/installed-manifest.json").read_text())
+        return tree_sha256(Entry.from_json(item) for item in recorded["files"])
+
+    assert recorded_tree() == manifest["delta"]["base_tree_sha256"]
+    killed = inv_in(root, "apply-patch", "--version", "3.1.0", "--yes", env={"PATCHFLOW_TEST_KILL_AT": kill_at})
+    assert killed.returncode in (-9, 137), killed.stdout + killed.stderr
+    advice = json.loads(make_in(root, "patch-status", "JSON=1").stdout)["recovery"]
+    assert advice and advice["command"], advice
+    done = inv_in(root, *advice["args"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads(make_in(root, "patch-status", "JSON=1").stdout)
+    assert status["recovery"] is None and status["interrupted"] is None
+    if kill_at == "commit":  # not reached: undone, the record is 3.0.0's again
+        assert status["installed_version"] == "3.0.0"
+        assert recorded_tree() == manifest["delta"]["base_tree_sha256"]
+        again = inv_in(root, "apply-patch", "--version", "3.1.0", "--yes")
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(make_in(root, "patch-status", "JSON=1").stdout)["installed_version"] == "3.1.0"
+    assert recorded_tree() == manifest["delta"]["tree_sha256"], "the whole tree is recorded"
+    assert get(health_url.replace("/health", "/audit"))[0] == 200

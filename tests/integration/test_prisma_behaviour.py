@@ -278,7 +278,8 @@ def test_a_delta_patch_ends_on_the_same_tree_as_the_full_patch(install: Install,
     _ok(made)
     assert "delta from 2.2.0" in made.stdout
     manifest = json.loads((source / "patches/v2.3.0/manifest.json").read_text())
-    assert manifest["delta"]["base_version"] == "2.2.0" and len(manifest["delta"]["members"]) < 15
+    assert manifest["delta"]["base_version"] == "2.2.0" and manifest["format"] == 2
+    assert len(manifest["files"]) < 15, "a delta lists only what it changes"
 
     full = tmp_path / "full"
     shutil.copytree(install.root, full, symlinks=True)
@@ -290,11 +291,31 @@ def test_a_delta_patch_ends_on_the_same_tree_as_the_full_patch(install: Install,
     install.release(tmp_path / "full-release", "2.3.0")
     _ok(_apply(install))
     assert install.state() == delta_tree, "delta and full patch give the same tree"
+    recorded = json.loads((install.root / ".patchflow/installed-manifest.json").read_text())
+    assert len(recorded["files"]) > 3 * len(manifest["files"]), "an install records its whole tree"
+
+    # a delta on the delta applies on this install, whose 2.3.0 came from another build of the same tree
+    (source / "VERSION").write_text("2.3.1\n")
+    (source / "apps/api/health.txt").write_text("one more file\n")
+    _ok(run_inv("create-patch", "--root", str(source), "--base", "2.3.0"))
+    copy_patch(source, install.root, "2.3.1")
+    verified = install.inv("verify-patch", "--version", "2.3.1", "--deep")
+    _ok(verified)
+    assert "a delta on 2.3.0" in verified.stdout
+    _ok(_apply(install, "2.3.1"))
+    assert health(install) == (200, "2.3.1") and (install.root / "apps/api/health.txt").is_file()
 
     other = bare_install(tmp_path / "other", "2.1.0")
     copy_patch(source, other, "2.3.0")
     refused = run_inv("apply-patch", "--root", str(other), "--version", "2.3.0", "--yes")
     assert refused.returncode == 1 and "delta built on 2.2.0, but 2.1.0 is installed" in refused.stderr
+    unrecorded = bare_install(tmp_path / "unrecorded", "2.2.0")  # at 2.2.0, but not through a patch
+    copy_patch(source, unrecorded, "2.3.0")
+    before = sorted(str(p.relative_to(unrecorded)) for p in unrecorded.rglob("*"))
+    refused = run_inv("apply-patch", "--root", str(unrecorded), "--version", "2.3.0", "--yes")
+    assert refused.returncode == 1 and "has no record of its tree" in refused.stderr, _out(refused)
+    assert "Apply the full patch of 2.3.0" in " ".join(refused.stderr.split())
+    assert sorted(str(p.relative_to(unrecorded)) for p in unrecorded.rglob("*")) == before, "nothing changed"
     assert history(install)[-1]["result"] == "success"
     assert REPO.is_dir()
 
