@@ -7,7 +7,8 @@ starts those tasks so that they survive the SSH connection, follows them and rea
 
 Lifecycle of :func:`deploy` (one host or a fleet):
 
-1. **Local patch**: ``patches/vX`` of this checkout verifies (checksums, signature, manifest).
+1. **Local patch**: ``patches/vX`` of this checkout verifies (checksums, signature, manifest). A
+   delta patch is refused, before anything is sent, when a host to update is not on its base.
 2. **Connect every host first** (:class:`HostSession`; key or agent authentication only, never a
    password; connect, handshake and authentication bounded by ``ssh_connect_timeout``). Host keys
    are checked as OpenSSH checks them: a key missing from ``known_hosts`` is refused unless
@@ -635,6 +636,7 @@ class LocalPatch:
     folder: Path
     files: dict[str, tuple[int, str]]
     sums_sha256: str
+    delta_base: str | None = None  # the version a delta patch is built on; None for a full patch
 
     @property
     def upload_name(self) -> str:
@@ -659,7 +661,7 @@ def local_patch(settings: Settings, version: PatchVersion) -> LocalPatch:
         raise VerifyError(
             f"No patch folder {folder} in this checkout.", f"Build it first: inv create-patch --version {version}."
         )
-    verify_patch(folder, version, verify_key=settings.verify_key)
+    report = verify_patch(folder, version, verify_key=settings.verify_key)
     files: dict[str, tuple[int, str]] = {}
     sums_bytes = (folder / SHA256SUMS).read_bytes()
     for line in sums_bytes.decode("utf-8").splitlines():
@@ -669,7 +671,28 @@ def local_patch(settings: Settings, version: PatchVersion) -> LocalPatch:
             files[name] = ((folder / name).stat().st_size, digest.lower())
     sums_sha256 = hashlib.sha256(sums_bytes).hexdigest()
     files[SHA256SUMS] = (len(sums_bytes), sums_sha256)
-    return LocalPatch(version, folder, files, sums_sha256)
+    base = report.delta.get("base_version") if report.delta else None
+    return LocalPatch(version, folder, files, sums_sha256, str(base) if base else None)
+
+
+def check_delta_bases(patch: LocalPatch, hosts: Sequence[tuple[str, str | None]]) -> None:
+    """Refuse a delta patch for a fleet where some host to update is not on its base version, before
+    anything is sent anywhere (each apply would refuse it too, but a rolling deploy would then stop
+    half-way with the first hosts updated). ``hosts``: (name, installed version or None).
+
+    Raises:
+        RemoteError: names every host that is not on the base, with its version.
+    """
+    if patch.delta_base is None:
+        return
+    off = [f"{name} ({installed or 'version unknown'})" for name, installed in hosts if installed != patch.delta_base]
+    if off:
+        raise RemoteError(
+            f"Patch {patch.version} is a delta built on {patch.delta_base}, and not every host is on "
+            f"{patch.delta_base}: {', '.join(off)}.",
+            f"Deploy the full patch of {patch.version} (create-patch without --base), or bring those hosts to "
+            f"{patch.delta_base} first. Nothing was sent to any host.",
+        )
 
 
 @dataclass
@@ -1427,6 +1450,8 @@ def deploy(
             for t in ordered
             if t.name not in running and (options.force or options.upload_only or facts[t.name].installed != version)
         ]
+        if not options.upload_only:
+            check_delta_bases(patch, [(t.name, facts[t.name].installed) for t in todo if t.name not in running])
         for target in ordered:
             if target.name in running:
                 log(f"[{target.name}] a deploy of {version} you started is still running there: attaching to it")

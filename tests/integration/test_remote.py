@@ -340,6 +340,40 @@ def test_production_refuses_a_version_staging_never_passed(fleet: HostFleet) -> 
     assert fleet.host("web2").version() == BASE and fleet.host("web3").version() == BASE
 
 
+@fleet_group
+def test_a_delta_deploys_to_a_host_on_its_base_and_is_refused_before_any_upload_elsewhere(
+    fleet: HostFleet, tmp_path: Path
+) -> None:
+    """Issue 12 over SSH: a delta of the release on the hosts' 2.2.0 deploys like a full patch;
+    a delta on 2.3.0 (a delta on that delta) is refused for hosts at 2.2.0 before anything is sent."""
+    release = fleet.template.release_patch(RELEASE)
+    source = tmp_path / "source"
+    shutil.copytree(release.parent.parent, source, symlinks=True, ignore=shutil.ignore_patterns("patches"))
+    shutil.copytree(fleet.template.root / "patches" / f"v{BASE}", source / "patches" / f"v{BASE}")
+    made = run_inv("create-patch", "--root", str(source), "--base", BASE)
+    assert made.returncode == 0, output(made)
+    (source / "VERSION").write_text("2.3.1\n")
+    (source / "apps/api/notes.txt").write_text("2.3.1\n")
+    made = run_inv("create-patch", "--root", str(source), "--base", RELEASE)
+    assert made.returncode == 0, output(made)
+    operator = tmp_path / "operator"
+    shutil.copytree(fleet.operator, operator, ignore=shutil.ignore_patterns("patches"))
+    for version in (RELEASE, "2.3.1"):
+        shutil.copytree(source / "patches" / f"v{version}", operator / "patches" / f"v{version}")
+
+    refused = run_inv("deploy", "--root", str(operator), "--role", "staging", "--version", "2.3.1", "--yes")
+    assert refused.returncode == 6, output(refused)  # a host refused before anything changed
+    assert "delta built on 2.3.0" in refused.stderr and "web1 (2.2.0)" in refused.stderr
+    assert not (fleet.host("web1").root / "patches" / "v2.3.1").exists(), "nothing was sent"
+    assert unchanged(fleet) == []
+
+    done = run_inv("deploy", "--root", str(operator), "--role", "staging", "--version", RELEASE, "--yes")
+    assert done.returncode == 0, output(done)
+    web1 = fleet.host("web1")
+    assert web1.version() == RELEASE and web1.health_version() == RELEASE
+    assert json.loads((web1.root / "patches" / f"v{RELEASE}" / "manifest.json").read_text())["format"] == 2
+
+
 def test_setup_host_installs_patchflow_where_deploy_found_none(ssh_server: SshServer, tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     from sample_workspace import prepare_workspace

@@ -10,7 +10,18 @@ import pytest
 
 from patchflow.config import HostEntry, load_settings
 from patchflow.errors import ConfigError, RemoteError
-from patchflow.remote import FleetReport, HostFacts, HostResult, RunOutcome, RunRecord, judge_run, resolve_targets
+from patchflow.remote import (
+    FleetReport,
+    HostFacts,
+    HostResult,
+    LocalPatch,
+    RunOutcome,
+    RunRecord,
+    check_delta_bases,
+    judge_run,
+    resolve_targets,
+)
+from patchflow.version import parse_version
 
 INVENTORY = """
 [tool.patchflow]
@@ -158,3 +169,14 @@ def test_a_fleet_exits_with_its_first_failing_hosts_code() -> None:
     assert report.exit_code == 0
     report.results += [HostResult("c", result="unknown", exit_code=6), HostResult("d", result="failed", exit_code=2)]
     assert report.exit_code == 6
+
+
+def test_a_delta_is_refused_for_a_fleet_with_a_host_off_its_base(tmp_path: Path) -> None:
+    delta = LocalPatch(parse_version("2.3.1"), tmp_path, {}, "0" * 64, delta_base="2.3.0")
+    check_delta_bases(delta, [("web1", "2.3.0"), ("web2", "2.3.0")])
+    with pytest.raises(RemoteError, match=r"delta built on 2\.3\.0") as caught:
+        check_delta_bases(delta, [("web1", "2.3.0"), ("web2", "2.2.0"), ("web3", None)])
+    assert "web2 (2.2.0), web3 (version unknown)" in caught.value.message and "web1" not in caught.value.message
+    assert "Nothing was sent" in caught.value.hint and "create-patch without --base" in caught.value.hint
+    full = LocalPatch(parse_version("2.3.1"), tmp_path, {}, "0" * 64)
+    check_delta_bases(full, [("web2", "2.2.0"), ("web3", None)])
