@@ -35,7 +35,7 @@ from patchflow.version import PatchVersion, parse_version
 if TYPE_CHECKING:
     from rich.console import Console
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bumped whenever what verify checks changes (2: delta manifests list only changes)
 
 
 def _folder_key(folder: Path) -> list[list[Any]]:

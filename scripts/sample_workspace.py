@@ -20,11 +20,76 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "examples" / "primeflow-sample"
 
 
+_SERVICE_PORTS = (20000, 32000)  # below Linux's default ephemeral range (32768-60999)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 for a service to listen on later: free now, outside the kernel's
+    ephemeral range (an outgoing connection never takes it meanwhile, which a bind-to-0 port may
+    suffer), and, under pytest-xdist, never handed to another worker of the same run (a file of
+    handed-out ports in the temp folder, named by ``PYTEST_XDIST_TESTRUNUID``, under a file lock).
+    A service is stopped and started again many times during a test; only a port nobody else was
+    given stays its own meanwhile.
+
+    Raises:
+        RuntimeError: no free port in the range (20000-32000 minus the ephemeral range).
+    """
+    import random
+    import tempfile
+
+    from filelock import FileLock
+
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(*_SERVICE_PORTS) if not low <= p <= high]
+    random.SystemRandom().shuffle(candidates)
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    registry = Path(tempfile.gettempdir()) / f"patchflow-ports-{run}" if run else None
+    lock = FileLock(f"{registry}.lock") if registry else None
+    with lock or _nothing():
+        if registry is not None and not registry.exists():
+            _remove_old_registries(registry.parent)
+        given = set(registry.read_text().split()) if registry and registry.exists() else set()
+        for port in candidates:
+            if str(port) in given:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: in TIME_WAIT counts as taken
+                except OSError:
+                    continue
+            if registry is not None:
+                with open(registry, "a") as handle:
+                    handle.write(f"{port}\n")
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {_SERVICE_PORTS[0]}-{_SERVICE_PORTS[1]}")
+
+
+def _remove_old_registries(folder: Path, age: float = 86400.0) -> None:
+    """Remove port registries (and their locks) of test runs that ended over ``age`` seconds ago."""
+    import time
+
+    for path in folder.glob("patchflow-ports-*"):
+        try:
+            if time.time() - path.stat().st_mtime > age:
+                path.unlink()
+        except OSError:
+            pass
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def prepare_workspace(

@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,10 +48,13 @@ _SOCKET_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes; keep room for ".s.P
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the usual bind-to-0 trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 no other test of this run is given (``sample_workspace.free_port``)."""
+    scripts = str(Path(__file__).resolve().parents[2] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from sample_workspace import free_port as reserve
+
+    return reserve()
 
 
 @contextlib.contextmanager
