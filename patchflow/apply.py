@@ -205,7 +205,7 @@ def check_delta_base(ctx: Context, report: VerifyReport) -> None:
         return
     base = str(delta.get("base_version", ""))
     installed = installed_version(ctx.paths)
-    if base != installed:
+    if base != installed and installed != str(report.version):  # a forced re-apply: its record is its tree
         raise VerifyError(
             f"Patch {report.version} is a delta built on {base}, but {installed or 'an unknown version'} is installed.",
             f"Apply the full patch of {report.version}, or bring the install to {base} first. Nothing was changed.",
@@ -229,6 +229,36 @@ def check_delta(report: VerifyReport, diff: TreeDiff, new_entries: dict[str, Ent
             f"The delta patch {report.version} lacks files this install needs (it differs from "
             f"{report.delta.get('base_version')}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}.",
             f"Apply the full patch of {report.version}. Nothing was changed.",
+        )
+
+
+def check_unowned_inside_replaced(unowned: list[str], new_entries: dict[str, Entry]) -> None:
+    """Refuse a patch that turns a folder into a file or link while the host keeps its own files in
+    that folder (they could be neither kept nor removed: the switch would fail with the services
+    stopped).
+
+    Raises:
+        VerifyError: names the folders and the host's files; nothing was changed.
+    """
+    blocked: dict[str, list[str]] = {}
+    for path in unowned:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            entry = new_entries.get(folder)
+            if entry is not None and entry.type != "dir":
+                blocked.setdefault(folder, []).append(path)
+                break
+    if blocked:
+        listed = "; ".join(
+            f"{folder} (a {new_entries[folder].type} in the patch) holds {', '.join(paths[:5])}"
+            + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+            for folder, paths in sorted(blocked.items())
+        )
+        raise VerifyError(
+            f"The patch replaces folders with a file or link, but this host keeps its own files in them: {listed}.",
+            "Move those files out of the folder (they are not part of any patch), or pass --remove-unowned to "
+            "delete them with it. Nothing was changed.",
         )
 
 
@@ -313,6 +343,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
     owned = set(installed) | set(report.manifest.get("deleted", []))
     deleted = [p for p in full.deleted if remove_unowned or p in owned]
     unowned = [p for p in full.deleted if p not in set(deleted)]
+    check_unowned_inside_replaced(unowned, new_entries)
     diff = TreeDiff(full.added, full.changed, deleted)
     check_delta(report, diff, new_entries)
     old_entries = {p: current.entries[p] for p in diff.changed + diff.deleted}
@@ -537,7 +568,15 @@ class ApplyRun:
         if interrupted is None:
             check_delta_base(self.ctx, self.report)
         elif self.report.delta is not None:  # VERSION may be mid-switch: the records tell the tree
-            self.report.expand(self._tree_records(interrupted))
+            try:
+                self.report.expand(self._tree_records(interrupted))
+            except VerifyError as exc:
+                raise VerifyError(
+                    f"{exc.message} An interrupted {interrupted.action} of {interrupted.version} is not finished "
+                    "or undone yet, so the install's tree is not settled.",
+                    f"Recover it first (`inv patch-status` names the command), then apply {self.version}. "
+                    "Nothing was changed.",
+                ) from None
 
     def _tree_records(self, journal: Journal | None) -> list[Path]:
         """Where a delta's base tree may be recorded: the install's record, then the copy of it in

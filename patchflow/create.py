@@ -283,7 +283,9 @@ class _Base:
     manifest_sha256: str
 
 
-def patch_tree(paths: ProjectPaths, version: PatchVersion, *, verify_key: str | None) -> tuple[dict[str, Entry], str]:
+def patch_tree(
+    paths: ProjectPaths, version: PatchVersion, *, verify_key: str | None, via: tuple[PatchVersion, ...] = ()
+) -> tuple[dict[str, Entry], str]:
     """The whole tree of the patch ``patches/v<version>/`` and the sha256 of its manifest bytes. A
     delta patch's tree is rebuilt through its base (recursively; each base is older, so the chain
     ends) and checked against its ``tree_sha256``.
@@ -291,6 +293,7 @@ def patch_tree(paths: ProjectPaths, version: PatchVersion, *, verify_key: str | 
     Args:
         verify_key: verify every patch of the chain (checksums, signature with this key if not
             empty, manifest) before trusting it; None reads the manifests without verifying.
+        via: the deltas through which ``version`` was reached (named in errors).
 
     Raises:
         CreatePatchError: a patch of the chain is missing, does not verify or its tree does not
@@ -300,11 +303,12 @@ def patch_tree(paths: ProjectPaths, version: PatchVersion, *, verify_key: str | 
 
     folder = paths.patch_dir(version)
     hint = f"A delta is built against {folder}/{MANIFEST}: copy or rebuild that patch first; nothing was written."
+    reached = f" (reached through {' -> '.join(v.tag for v in (*via, version))})" if via else ""
     if verify_key is not None:
         report = verify_patch_folder(folder, version, verify_key=verify_key)
         if not report.ok:
             raise CreatePatchError(
-                f"The base patch {version.tag} cannot be used: it is {report.state} "
+                f"The base patch {version.tag}{reached} cannot be used: it is {report.state} "
                 f"({'; '.join(report.problems[:5])}).",
                 hint,
             )
@@ -313,7 +317,7 @@ def patch_tree(paths: ProjectPaths, version: PatchVersion, *, verify_key: str | 
         manifest = json.loads(data.decode("utf-8"))
         entries = manifest_entries(manifest)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CreatePatchError(f"The base patch {version.tag} cannot be read: {exc}.", hint) from None
+        raise CreatePatchError(f"The base patch {version.tag}{reached} cannot be read: {exc}.", hint) from None
     if verify_key is not None and manifest != report.manifest:  # changed since it was verified
         raise CreatePatchError(
             f"{folder / MANIFEST} changed while it was being read.", "Run create-patch again; nothing was written."
@@ -323,19 +327,26 @@ def patch_tree(paths: ProjectPaths, version: PatchVersion, *, verify_key: str | 
         try:
             below = parse_version(str(delta.get("base_version")))
         except PatchflowError:
-            raise CreatePatchError(f"The base patch {version.tag} names an invalid base.", hint) from None
+            raise CreatePatchError(f"The base patch {version.tag}{reached} names an invalid base.", hint) from None
         if not below < version:
-            raise CreatePatchError(f"The base patch {version.tag} names a base that is not older: {below}.", hint)
-        base_entries, _ = patch_tree(paths, below, verify_key=verify_key)
+            raise CreatePatchError(
+                f"The base patch {version.tag}{reached} names a base that is not older: {below}.", hint
+            )
+        base_entries, _ = patch_tree(paths, below, verify_key=verify_key, via=(*via, version))
         if tree_sha256(base_entries.values()) != delta.get("base_tree_sha256"):
             raise CreatePatchError(
-                f"The base patch {version.tag} is a delta on {below}, but patches/{below.tag} is another build "
-                f"of {below}.",
+                f"The base patch {version.tag}{reached} is a delta on {below}, but patches/{below.tag} is "
+                f"another build of {below}.",
                 hint,
             )
-        entries = rebuild_tree(base_entries, entries.values(), manifest.get("deleted", []))
+        try:
+            entries = rebuild_tree(base_entries, entries.values(), manifest.get("deleted", []))
+        except ValueError as exc:
+            raise CreatePatchError(
+                f"The base patch {version.tag}{reached} does not fit {below}: {exc}.", hint
+            ) from None
         if tree_sha256(entries.values()) != delta.get("tree_sha256"):
-            raise CreatePatchError(f"The base patch {version.tag} does not rebuild its own tree.", hint)
+            raise CreatePatchError(f"The base patch {version.tag}{reached} does not rebuild its own tree.", hint)
     return entries, hashlib.sha256(data).hexdigest()
 
 

@@ -56,10 +56,18 @@ def manifest_entries(manifest: Mapping[str, Any]) -> dict[str, Entry]:
 
 def rebuild_tree(base: Mapping[str, Entry], changed: Iterable[Entry], deleted: Iterable[str]) -> dict[str, Entry]:
     """``base`` without the ``deleted`` paths, with every entry of ``changed`` put in (path ->
-    :class:`Entry`). Pure; the caller checks the result against the delta's ``tree_sha256``."""
+    :class:`Entry`). Pure; the caller checks the result against the delta's ``tree_sha256``.
+
+    Raises:
+        ValueError: ``deleted`` names paths ``base`` does not have (a delete the tree hash cannot
+            vouch for: it would remove a file the host added).
+    """
     tree = dict(base)
+    stray = [path for path in deleted if path not in tree]
+    if stray:
+        raise ValueError(f"it deletes paths its base does not have: {', '.join(stray[:10])}")
     for path in deleted:
-        tree.pop(path, None)
+        del tree[path]
     for entry in changed:
         tree[entry.path] = entry
     return tree
@@ -85,12 +93,19 @@ def expand_delta(manifest: dict[str, Any], records: Sequence[Path]) -> dict[str,
     """
     delta = manifest["delta"]
     version, base = manifest.get("version", "?"), delta["base_version"]
+    damaged = (
+        f"Do not apply it: rebuild it with `inv create-patch --version {version} --base {base}`, or apply "
+        f"the full patch of {version}. Nothing was changed."
+    )
     seen: list[str] = []
     for record in records:
         try:
             data = json.loads(record.read_text(encoding="utf-8"))
             entries = manifest_entries(data)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            seen.append(f"{record} cannot be read ({type(exc).__name__}: {exc})")
             continue
         found = tree_sha256(entries.values())
         if found == delta["tree_sha256"]:
@@ -98,15 +113,21 @@ def expand_delta(manifest: dict[str, Any], records: Sequence[Path]) -> dict[str,
         if found != delta["base_tree_sha256"]:
             seen.append(f"{record} holds {data.get('version', 'an unknown version')} (tree sha256 {found[:12]})")
             continue
-        tree = rebuild_tree(entries, manifest_entries(manifest).values(), manifest.get("deleted", []))
+        try:
+            tree = rebuild_tree(entries, manifest_entries(manifest).values(), manifest.get("deleted", []))
+        except ValueError as exc:
+            raise VerifyError(
+                f"The delta patch {version} does not fit the tree of {base}: {exc} (its manifest is damaged or was "
+                "edited).",
+                damaged,
+            ) from None
         rebuilt = tree_sha256(tree.values())
         if rebuilt != delta["tree_sha256"]:
             raise VerifyError(
                 f"The delta patch {version} does not rebuild its own tree: {base}'s tree plus its changes hash "
                 f"to {rebuilt[:12]}, the patch says {delta['tree_sha256'][:12]} (its manifest is damaged or was "
                 "edited).",
-                f"Do not apply it: rebuild it with `inv create-patch --version {version} --base {base}`, or apply "
-                f"the full patch of {version}. Nothing was changed.",
+                damaged,
             )
         return tree
     why = "; ".join(seen) if seen else "the install has no record of its tree (.patchflow/installed-manifest.json)"

@@ -637,6 +637,7 @@ class LocalPatch:
     files: dict[str, tuple[int, str]]
     sums_sha256: str
     delta_base: str | None = None  # the version a delta patch is built on; None for a full patch
+    base_tree_sha256: str | None = None  # the delta's base tree (patchflow.delta.tree_sha256)
 
     @property
     def upload_name(self) -> str:
@@ -671,25 +672,35 @@ def local_patch(settings: Settings, version: PatchVersion) -> LocalPatch:
             files[name] = ((folder / name).stat().st_size, digest.lower())
     sums_sha256 = hashlib.sha256(sums_bytes).hexdigest()
     files[SHA256SUMS] = (len(sums_bytes), sums_sha256)
-    base = report.delta.get("base_version") if report.delta else None
-    return LocalPatch(version, folder, files, sums_sha256, str(base) if base else None)
+    delta = report.delta or {}
+    base = str(delta["base_version"]) if delta else None
+    return LocalPatch(version, folder, files, sums_sha256, base, str(delta.get("base_tree_sha256") or "") or None)
 
 
-def check_delta_bases(patch: LocalPatch, hosts: Sequence[tuple[str, str | None]]) -> None:
-    """Refuse a delta patch for a fleet where some host to update is not on its base version, before
+def check_delta_bases(patch: LocalPatch, hosts: Sequence[tuple[str, HostFacts]]) -> None:
+    """Refuse a delta patch for a fleet where some host to update is not on its base, before
     anything is sent anywhere (each apply would refuse it too, but a rolling deploy would then stop
-    half-way with the first hosts updated). ``hosts``: (name, installed version or None).
+    half-way with the first hosts updated): the host's version must be the base version and its
+    record of its tree must hash to the delta's ``base_tree_sha256`` (not another build of that
+    version, not an install without a record). ``hosts``: (name, its host-facts).
 
     Raises:
-        RemoteError: names every host that is not on the base, with its version.
+        RemoteError: names every host that is not on the base, with its version and why.
     """
     if patch.delta_base is None:
         return
-    off = [f"{name} ({installed or 'version unknown'})" for name, installed in hosts if installed != patch.delta_base]
+    off = []
+    for name, host in hosts:
+        installed, tree = host.installed, host.data.get("installed_tree_sha256")
+        if installed != patch.delta_base:
+            off.append(f"{name} ({installed or 'version unknown'})")
+        elif tree != patch.base_tree_sha256:
+            why = "no record of its tree" if not tree else "another build of it"
+            off.append(f"{name} ({installed}, but {why})")
     if off:
         raise RemoteError(
-            f"Patch {patch.version} is a delta built on {patch.delta_base}, and not every host is on "
-            f"{patch.delta_base}: {', '.join(off)}.",
+            f"Patch {patch.version} is a delta built on {patch.delta_base}, and not every host is on that "
+            f"tree: {', '.join(off)}.",
             f"Deploy the full patch of {patch.version} (create-patch without --base), or bring those hosts to "
             f"{patch.delta_base} first. Nothing was sent to any host.",
         )
@@ -1451,7 +1462,7 @@ def deploy(
             if t.name not in running and (options.force or options.upload_only or facts[t.name].installed != version)
         ]
         if not options.upload_only:
-            check_delta_bases(patch, [(t.name, facts[t.name].installed) for t in todo if t.name not in running])
+            check_delta_bases(patch, [(t.name, facts[t.name]) for t in todo if t.name not in running])
         for target in ordered:
             if target.name in running:
                 log(f"[{target.name}] a deploy of {version} you started is still running there: attaching to it")

@@ -253,7 +253,8 @@ def host_facts(
         Keys ``format``, ``patchflow_version``, ``python``, ``host``, ``user``, ``now`` (UTC),
         ``paths`` (root, patches, state, logs, deploys: absolute), ``settings`` (service_manager,
         database_mode, verify_key: bool, health_url), ``tools`` and ``missing`` (see
-        :func:`required_tools`), ``status`` (collect_status), ``health``, ``runs``, ``upload``.
+        :func:`required_tools`), ``status`` (collect_status), ``health``, ``runs``, ``upload``,
+        ``installed_tree_sha256`` (with ``version``: :func:`installed_tree_sha256`).
     """
     from patchflow import __version__
     from patchflow.status import collect_status
@@ -287,7 +288,23 @@ def host_facts(
         "health": _health(settings, status["installed_version"]) if health else None,
         "runs": _runs(paths),
         "upload": _upload_state(paths, version) if version is not None else None,
+        "installed_tree_sha256": installed_tree_sha256(paths) if version is not None else None,
     }
+
+
+def installed_tree_sha256(paths: ProjectPaths) -> str | None:
+    """:func:`patchflow.delta.tree_sha256` of the install's record of its tree
+    (``.patchflow/installed-manifest.json``), None when there is no readable record. Deploy compares
+    it with a delta patch's ``base_tree_sha256`` before sending anything."""
+    import json
+
+    from patchflow.delta import manifest_entries, tree_sha256
+
+    try:
+        data = json.loads(paths.installed_manifest.read_text(encoding="utf-8"))
+        return tree_sha256(manifest_entries(data).values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def receive_upload(settings: Settings, version: PatchVersion, name: str) -> str:

@@ -219,7 +219,7 @@ def test_a_delta_refuses_a_tree_that_is_not_its_base(project: Path, tmp_path: Pa
         ([], "has no record of its tree"),
         ([tmp_path / "missing.json"], "has no record of its tree"),
         ([_as_installed(tmp_path, other_build)], "holds 1.0.0 (tree sha256"),
-        ([_as_installed(tmp_path, {"files": "not a list"}, "broken.json")], "has no record of its tree"),
+        ([_as_installed(tmp_path, {"files": "not a list"}, "broken.json")], "broken.json cannot be read"),
     ):
         report = verify_patch(delta.folder, version)
         with pytest.raises(VerifyError, match="is not known to be that one") as caught:
@@ -240,6 +240,34 @@ def test_a_delta_whose_tree_hash_was_edited_refuses_to_rebuild(project: Path) ->
     report = verify_patch(created.folder, parse_version("1.1.0"))
     with pytest.raises(VerifyError, match="does not rebuild its own tree"):
         report.expand([project / "patches/v1.0.0/manifest.json"])
+
+
+def test_a_delta_that_deletes_what_its_base_does_not_have_refuses_to_rebuild(project: Path) -> None:
+    """The tree hash cannot vouch for a delete of a path outside the base (the host's own file)."""
+    created = create(project, "1.1.0", base="1.0.0")
+    manifest_path = created.folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["deleted"].append("storage/user-upload.bin")
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    _regenerate_sums(created.folder)
+    report = verify_patch(created.folder, parse_version("1.1.0"))
+    with pytest.raises(VerifyError, match=r"deletes paths its base does not have: storage/user-upload\.bin"):
+        report.expand([project / "patches/v1.0.0/manifest.json"])
+    (project / "VERSION").write_bytes(b"1.2.0\n")
+    with pytest.raises(CreatePatchError, match=r"v1\.1\.0 does not fit 1\.0\.0: it deletes paths"):
+        create(project, "1.2.0", base="1.1.0")
+
+
+def test_a_missing_link_of_a_chain_is_named_with_the_chain(project: Path) -> None:
+    create(project, "1.1.0", base="1.0.0")
+    (project / "VERSION").write_bytes(b"1.2.0\n")
+    create(project, "1.2.0", base="1.1.0")
+    shutil.rmtree(project / "patches/v1.0.0")
+    (project / "VERSION").write_bytes(b"1.3.0\n")
+    with pytest.raises(CreatePatchError) as caught:
+        create(project, "1.3.0", base="1.2.0")
+    assert "v1.0.0 (reached through v1.2.0 -> v1.1.0 -> v1.0.0) cannot be used" in caught.value.message
+    assert not (project / "patches/v1.3.0").exists()
 
 
 def test_a_delta_on_another_build_of_its_base_is_not_created(project: Path, tmp_path: Path) -> None:

@@ -171,12 +171,29 @@ def test_a_fleet_exits_with_its_first_failing_hosts_code() -> None:
     assert report.exit_code == 6
 
 
-def test_a_delta_is_refused_for_a_fleet_with_a_host_off_its_base(tmp_path: Path) -> None:
-    delta = LocalPatch(parse_version("2.3.1"), tmp_path, {}, "0" * 64, delta_base="2.3.0")
-    check_delta_bases(delta, [("web1", "2.3.0"), ("web2", "2.3.0")])
+def test_a_delta_is_refused_for_a_fleet_with_a_host_off_its_base_tree(tmp_path: Path) -> None:
+    base_tree = "a" * 64
+    delta = LocalPatch(parse_version("2.3.1"), tmp_path, {}, "0" * 64, delta_base="2.3.0", base_tree_sha256=base_tree)
+
+    def host(installed: str | None, tree: str | None) -> HostFacts:
+        status = {"installed_version": installed, "history": [], "interrupted": None, "lock": None}
+        return HostFacts({"paths": {}, "status": status, "installed_tree_sha256": tree})
+
+    check_delta_bases(delta, [("web1", host("2.3.0", base_tree)), ("web2", host("2.3.0", base_tree))])
     with pytest.raises(RemoteError, match=r"delta built on 2\.3\.0") as caught:
-        check_delta_bases(delta, [("web1", "2.3.0"), ("web2", "2.2.0"), ("web3", None)])
-    assert "web2 (2.2.0), web3 (version unknown)" in caught.value.message and "web1" not in caught.value.message
+        check_delta_bases(
+            delta,
+            [
+                ("web1", host("2.3.0", base_tree)),
+                ("web2", host("2.2.0", base_tree)),
+                ("web3", host(None, None)),
+                ("web4", host("2.3.0", "b" * 64)),
+                ("web5", host("2.3.0", None)),  # no record there, or a patchflow too old to report it
+            ],
+        )
+    message = caught.value.message
+    assert "web2 (2.2.0), web3 (version unknown), web4 (2.3.0, but another build of it)" in message
+    assert "web5 (2.3.0, but no record of its tree)" in message and "web1" not in message
     assert "Nothing was sent" in caught.value.hint and "create-patch without --base" in caught.value.hint
     full = LocalPatch(parse_version("2.3.1"), tmp_path, {}, "0" * 64)
-    check_delta_bases(full, [("web2", "2.2.0"), ("web3", None)])
+    check_delta_bases(full, [("web2", host("2.2.0", None)), ("web3", host(None, None))])
