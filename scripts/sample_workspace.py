@@ -21,6 +21,7 @@ SAMPLE = REPO / "examples" / "primeflow-sample"
 
 
 _SERVICE_PORTS = (20000, 32000)  # below Linux's default ephemeral range (32768-60999)
+_GIVEN: set[int] = set()  # ports this process handed out (also without pytest-xdist)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -34,8 +35,9 @@ def _ephemeral_range() -> tuple[int, int]:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 for a service to listen on later: free now, outside the kernel's
     ephemeral range (an outgoing connection never takes it meanwhile, which a bind-to-0 port may
-    suffer), and, under pytest-xdist, never handed to another worker of the same run (a file of
-    handed-out ports in the temp folder, named by ``PYTEST_XDIST_TESTRUNUID``, under a file lock).
+    suffer), never handed out twice by this process and, under pytest-xdist, never handed to another
+    worker of the same run (a file of handed-out ports in the temp folder, named by
+    ``PYTEST_XDIST_TESTRUNUID``, under a file lock).
     A service is stopped and started again many times during a test; only a port nobody else was
     given stays its own meanwhile.
 
@@ -57,6 +59,7 @@ def free_port() -> int:
         if registry is not None and not registry.exists():
             _remove_old_registries(registry.parent)
         given = set(registry.read_text().split()) if registry and registry.exists() else set()
+        given |= {str(port) for port in _GIVEN}
         for port in candidates:
             if str(port) in given:
                 continue
@@ -68,6 +71,7 @@ def free_port() -> int:
             if registry is not None:
                 with open(registry, "a") as handle:
                     handle.write(f"{port}\n")
+            _GIVEN.add(port)
             return port
     raise RuntimeError(f"no free TCP port on 127.0.0.1 in {_SERVICE_PORTS[0]}-{_SERVICE_PORTS[1]}")
 
