@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
-
-import pathspec
+from typing import TYPE_CHECKING, Any, Literal
 
 from patchflow.errors import CreatePatchError
+
+if TYPE_CHECKING:
+    import pathspec
 
 EntryType = Literal["file", "dir", "symlink"]
 ProgressCallback = Callable[[int], None]
@@ -151,6 +152,13 @@ def _name_glob_regex(globs: Iterable[str], *, anywhere: bool = False) -> re.Patt
     return re.compile(f"(?:^|/){alternatives}(?=/|\\Z)" if anywhere else f"{alternatives}\\Z")
 
 
+def _gitignore_spec(lines: Iterable[str]) -> pathspec.GitIgnoreSpec:
+    """``pathspec``'s gitignore matcher, imported only when a pattern needs it (13 ms of start-up)."""
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
 class ExcludeRules:
     """Decide whether a project-relative path belongs to a patch.
 
@@ -170,7 +178,6 @@ class ExcludeRules:
         self._protected_tops = frozenset(self.protected)
         self._protected_nested = tuple(p + "/" for p in self.protected if "/" in p)
         self._secrets_spec: pathspec.GitIgnoreSpec | None = None
-        self._always = pathspec.GitIgnoreSpec.from_lines(ALWAYS_INCLUDED)
         simple: list[str] = []
         others = list(self.patterns)
         if not any(p.startswith("!") for p in self.patterns):
@@ -179,7 +186,7 @@ class ExcludeRules:
         self._any_name = _name_glob_regex(p.rstrip("/") for p in simple)
         self._in_folder = _name_glob_regex((p.rstrip("/") for p in simple), anywhere=True)
         self._file_name = _name_glob_regex(p for p in simple if not p.endswith("/"))
-        self._spec = pathspec.GitIgnoreSpec.from_lines(others) if others else None
+        self._spec = _gitignore_spec(others) if others else None
 
     def is_secret(self, rel: str) -> bool:
         # every secret pattern holds one of these literal pieces: a path without any of them
@@ -187,7 +194,7 @@ class ExcludeRules:
         if _SECRET_HINT.search(rel) is None:
             return False
         if self._secrets_spec is None:
-            self._secrets_spec = pathspec.GitIgnoreSpec.from_lines(SECRET_PATTERNS)
+            self._secrets_spec = _gitignore_spec(SECRET_PATTERNS)
         return self._secrets_spec.match_file(rel)
 
     def excluded(self, rel: str, is_dir: bool) -> bool:
@@ -199,7 +206,7 @@ class ExcludeRules:
         probe = rel + "/" if is_dir else rel
         if not is_dir and self.is_secret(rel):
             return True
-        if rel.startswith(_ALWAYS_PREFIX) and self._always.match_file(probe):
+        if rel.startswith(_ALWAYS_PREFIX):  # what ALWAYS_INCLUDED ("prisma/migrations/**") matches
             return False
         if rel == "prisma/migrations" or rel == "prisma":
             return False
