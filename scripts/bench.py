@@ -324,10 +324,11 @@ def main() -> int:
 
                 patch = root / "patches" / "v1.0.0"
                 size = sum(p.stat().st_size for p in patch.iterdir())
-                three, one = measure_upload(patch, work / "upload", options.repeat, INV, run_isolated)
+                three, one, cpu_one = measure_upload(patch, work / "upload", options.repeat, INV, run_isolated)
                 upload = Row(f"upload {size / 1e6:.1f} MB patch: 3 hosts, --parallel 3", "1 host", 1.5)
                 upload.ours, upload.theirs = three, one
                 rows.append(upload)
+                extra["upload floor"] = (statistics.median(cpu_one), statistics.median(one), os.cpu_count() or 1)
             shutil.rmtree(root / "patches", ignore_errors=True)
 
         startup = Row("inv start-up alone (inv --list)", "—", None, "info")
@@ -374,6 +375,13 @@ def main() -> int:
     for key, value in extra.items():
         if key.startswith(("create", "extract")):
             print(f"  {key:<16} {value[0] / 1024:7.1f} / {value[1] / 1024:6.1f}")
+    if "upload floor" in extra:
+        cpu, wall, cores = extra["upload floor"]
+        print(
+            f"upload floor: one host keeps the machine busy {cpu:.2f} CPU-s in {wall:.2f} s (client, sshd and the "
+            f"host's own checks all run here); three hosts need about 3 x {cpu:.2f} CPU-s on {cores} cores: "
+            f"at least {3 * cpu / cores:.2f} s = {3 * cpu / cores / wall:.2f}x the one-host time"
+        )
     for key, value in extra.items():
         if key.startswith("delta"):
             print(

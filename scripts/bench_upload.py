@@ -10,6 +10,7 @@ ratio is an upper bound of what separate servers would show.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -51,12 +52,21 @@ def _operator(work: Path, servers: list[SshServer], patch: Path) -> Path:
     return operator
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds spent by the whole machine so far (every process: the client, the sshd
+    processes, the Python runs on the "hosts"), from ``/proc/stat`` (all but idle and iowait)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_upload(
     patch: Path, work: Path, repeat: int, inv: list[str], run: Callable[[list[str]], tuple[float, int]]
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     """Seconds of ``inv deploy --upload-only`` to three hosts (``--parallel 3``) and to one host,
-    ``repeat`` samples each, interleaved; ``run`` runs a command in a fresh process and returns
-    (seconds, peak RSS)."""
+    ``repeat`` samples each, interleaved, and the CPU seconds the whole machine spent on each
+    one-host sample (:func:`busy_cpu_seconds`); ``run`` runs a command in a fresh process and
+    returns (seconds, peak RSS)."""
     servers: list[SshServer] = []
     try:
         for _ in HOSTS:
@@ -76,11 +86,15 @@ def measure_upload(
         deploy(*HOSTS)  # warm-up: host keys, caches, the first host-facts
         three: list[float] = []
         one: list[float] = []
+        cpu_one: list[float] = []
         for index in range(repeat):
             order = [(three, HOSTS), (one, HOSTS[:1])]
             for samples, hosts in order if index % 2 == 0 else reversed(order):
+                before = busy_cpu_seconds()
                 samples.append(deploy(*hosts)[0])
-        return three, one
+                if len(hosts) == 1:
+                    cpu_one.append(busy_cpu_seconds() - before)
+        return three, one, cpu_one
     finally:
         for server in servers:
             server.stop()

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.crafted import bare_install
+from support.crafted import bare_install, regenerate_sums
 from support.installs import run_inv
 
 pytestmark = pytest.mark.e2e
@@ -66,16 +66,6 @@ def apply(
     install: Path, version: str, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return run_inv("apply-patch", "--root", str(install), "--version", version, "--yes", *extra, env=env)
-
-
-def regenerate_sums(folder: Path) -> None:
-    def digest(name: str, algorithm: str) -> str:
-        return hashlib.new(algorithm, (folder / name).read_bytes()).hexdigest()
-
-    payload = sorted(p.name for p in folder.iterdir() if p.name not in ("checksum.md5", "SHA256SUMS"))
-    (folder / "checksum.md5").write_text("".join(f"{digest(n, 'md5')}  {n}\n" for n in payload))
-    covered = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
-    (folder / "SHA256SUMS").write_text("".join(f"{digest(n, 'sha256')}  {n}\n" for n in covered))
 
 
 @pytest.fixture

@@ -76,3 +76,16 @@ def bare_install(root: Path, version: str = "1.0.0", files: dict[str, bytes] | N
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     return root
+
+
+def regenerate_sums(folder: Path) -> None:
+    """Rewrite ``checksum.md5`` and ``SHA256SUMS`` of a patch folder to match its files as they
+    are now (what someone who edits a patch by hand does, so only the manifest checks remain)."""
+
+    def digest(name: str, algorithm: str) -> str:
+        return hashlib.new(algorithm, (folder / name).read_bytes()).hexdigest()
+
+    payload = sorted(p.name for p in folder.iterdir() if p.name not in ("checksum.md5", "SHA256SUMS"))
+    (folder / "checksum.md5").write_text("".join(f"{digest(n, 'md5')}  {n}\n" for n in payload))
+    covered = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
+    (folder / "SHA256SUMS").write_text("".join(f"{digest(n, 'sha256')}  {n}\n" for n in covered))

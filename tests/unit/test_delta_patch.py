@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support.crafted import regenerate_sums
 
 from patchflow.archive import extract_archive
 from patchflow.config import load_settings
@@ -236,7 +237,7 @@ def test_a_delta_whose_tree_hash_was_edited_refuses_to_rebuild(project: Path) ->
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest["deleted"] = manifest["deleted"][1:]  # src/gone.js would stay on the install
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    _regenerate_sums(created.folder)
+    regenerate_sums(created.folder)
     report = verify_patch(created.folder, parse_version("1.1.0"))
     with pytest.raises(VerifyError, match="does not rebuild its own tree"):
         report.expand([project / "patches/v1.0.0/manifest.json"])
@@ -249,7 +250,7 @@ def test_a_delta_that_deletes_what_its_base_does_not_have_refuses_to_rebuild(pro
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest["deleted"].append("storage/user-upload.bin")
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    _regenerate_sums(created.folder)
+    regenerate_sums(created.folder)
     report = verify_patch(created.folder, parse_version("1.1.0"))
     with pytest.raises(VerifyError, match=r"deletes paths its base does not have: storage/user-upload\.bin"):
         report.expand([project / "patches/v1.0.0/manifest.json"])
@@ -300,7 +301,7 @@ def test_a_malformed_delta_manifest_is_corrupt(project: Path, edit: object, why:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     edit(manifest)  # type: ignore[operator]
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    _regenerate_sums(created.folder)
+    regenerate_sums(created.folder)
     report = verify_patch_folder(created.folder, parse_version("1.1.0"))
     assert report.state == "corrupt" and "not a valid manifest" in report.problems[0], report.problems
     assert why in report.problems[0], report.problems
@@ -335,16 +336,6 @@ def test_delta_needs_a_verified_older_base(project: Path) -> None:
     assert sorted(p.name for p in (project / "patches").iterdir()) == ["v1.0.0"]
 
 
-def _regenerate_sums(folder: Path) -> None:
-    def digest(name: str, algorithm: str) -> str:
-        return hashlib.new(algorithm, (folder / name).read_bytes()).hexdigest()
-
-    payload = sorted(p.name for p in folder.iterdir() if p.name not in ("checksum.md5", "SHA256SUMS"))
-    (folder / "checksum.md5").write_text("".join(f"{digest(n, 'md5')}  {n}\n" for n in payload))
-    covered = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
-    (folder / "SHA256SUMS").write_text("".join(f"{digest(n, 'sha256')}  {n}\n" for n in covered))
-
-
 def test_shallow_verify_does_not_open_the_archive_deep_does(project: Path) -> None:
     """A consistent folder whose archive is not even gzip: checksums and manifest agree, so the
     shallow check passes; the deep check (and extraction) refuses it."""
@@ -354,7 +345,7 @@ def test_shallow_verify_does_not_open_the_archive_deep_does(project: Path) -> No
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest["archive"]["sha256"] = hashlib.sha256(created.archive.read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    _regenerate_sums(created.folder)
+    regenerate_sums(created.folder)
     version = parse_version("1.1.0")
     shallow = verify_patch(created.folder, version)
     assert shallow.ok and not shallow.deep
