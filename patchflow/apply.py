@@ -118,6 +118,7 @@ class Plan:
     new_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     old_entries: dict[str, Entry] = field(repr=False, default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    delta: str = ""  # for a delta patch: its base and how its whole tree was rebuilt and checked
 
     def bytes_of(self, paths: list[str], side: str) -> int:
         """Bytes of ``paths`` as the patch has them (``new``) or as the install has them (``old``)."""
@@ -417,6 +418,12 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
         old_entries,
         list(current.warnings),
     )
+    if report.delta:
+        plan.delta = (
+            f"a delta on {report.delta['base_version']}: {len(report.archive_entries())} entries in its archive; the "
+            f"whole tree ({len(report.entries())} entries) rebuilt from this install's record of its tree and "
+            f"checked (tree sha256 {str(report.delta['tree_sha256'])[:12]})"
+        )
     if findings and ctx.settings.migration_lint == "refuse":
         raise MigrationError(
             "The pending migrations take heavy locks or rewrite tables: "

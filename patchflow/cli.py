@@ -296,6 +296,8 @@ def _print_plan(plan: Any) -> None:
 
     d = plan.diff
     console.print(f"[bold]Plan[/] {plan.from_version or '(unknown)'} -> {plan.version}")
+    if plan.delta:
+        console.print(f"  patch          {plan.delta}", markup=False)
     console.print(f"  files added    {len(d.added):>6}  {hb(plan.bytes_of(d.added, 'new'))}")
     console.print(f"  files changed  {len(d.changed):>6}  {hb(plan.bytes_of(d.changed, 'new'))}")
     console.print(f"  files deleted  {len(d.deleted):>6}  {hb(plan.bytes_of(d.deleted, 'old'))}")

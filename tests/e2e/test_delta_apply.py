@@ -171,6 +171,12 @@ def test_a_delta_after_an_interrupted_apply_names_the_interrupted_run(pair: tupl
 def test_a_forced_reapply_of_an_installed_delta_works(pair: tuple[Path, Path]) -> None:
     source, install = pair
     copy_patch(source, install, "1.1.0")
+    before = snapshot(install)
+    dry = apply(install, "1.1.0", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    flat = _flat(dry.stdout)
+    assert "patch a delta on 1.0.0: 2 entries in its archive; the whole tree (" in flat, flat
+    assert snapshot(install) == before, "a dry run changes nothing"
     assert apply(install, "1.1.0").returncode == 0
     (install / "src/index.js").write_text("edited by hand\n")
     done = apply(install, "1.1.0", "--force")
