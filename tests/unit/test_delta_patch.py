@@ -381,3 +381,30 @@ def test_the_git_commit_is_recorded_while_packing(tmp_path: Path) -> None:
     (root / "VERSION").write_bytes(b"1.0.1\n")
     again = create(root, "1.0.1")
     assert json.loads((again.folder / "manifest.json").read_text(encoding="utf-8"))["source"]["dirty"] is True
+
+
+def test_a_signed_delta_needs_every_link_of_its_chain_signed(tmp_path: Path) -> None:
+    """With a verify key, the base of a delta is trusted only when its signature checks, at every
+    link of a chain; the delta itself is signed like a full patch."""
+    from patchflow.signing import generate_key
+
+    key_file = tmp_path / "signing.key"
+    verify_key = generate_key(key_file)
+    root = write_tree(tmp_path / "project", BASE)
+    environ = {"PATCHFLOW_SIGNING_KEY": str(key_file), "PATCHFLOW_VERIFY_KEY": verify_key}
+
+    def signed(version: str, base: str | None = None) -> CreatedPatch:
+        (root / "VERSION").write_bytes(f"{version}\n".encode())
+        settings = load_settings(root, environ=environ)
+        return create_patch(settings, parse_version(version), now=NOW, base=parse_version(base) if base else None)
+
+    signed("1.0.0")
+    (root / "src/index.js").write_bytes(b"console.log('1.1.0');\n")
+    delta = signed("1.1.0", base="1.0.0")
+    assert (delta.folder / "SHA256SUMS.sig").is_file()
+    assert verify_patch(delta.folder, parse_version("1.1.0"), verify_key=verify_key).ok
+    (root / "patches/v1.0.0/SHA256SUMS.sig").unlink()  # the chain's full patch loses its signature
+    (root / "src/index.js").write_bytes(b"console.log('1.2.0');\n")
+    with pytest.raises(CreatePatchError, match=r"v1\.0\.0 \(reached through v1\.1\.0 -> v1\.0\.0\) cannot be used"):
+        signed("1.2.0", base="1.1.0")
+    assert not (root / "patches/v1.2.0").exists()
