@@ -365,6 +365,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
     db_bytes = 0
     description = "none"
     problems: list[str] = []
+    server_folder: Path | None = None
     if ctx.database is not None:
         description = ctx.database.target.location()
         waited = ctx.database.wait_ready(ctx.settings.db_wait_timeout)
@@ -383,6 +384,7 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
             )
         if pending:
             problems = ctx.database.restore_problems()
+            server_folder = ctx.database.server_folder()
     runner = migrate_command(ctx.settings, ctx.paths.root, from_manifest(report.manifest))
     findings = lint_pending(ctx, report, pending or [])
     proof = ctx.services.proof_available(ctx.settings.health_url) if ctx.services.app_services() else ""
@@ -397,6 +399,8 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
         Need(ctx.paths.backups, "database dump", db_bytes, 1),
         Need(ctx.paths.state, "space reserve", RESERVE_BYTES, 1),
     ]
+    if server_folder is not None:  # a failed migration is undone by a restore beside the live database
+        needs.append(Need(server_folder, "a database restore beside the live one (database server)", db_bytes, 0))
     plan = Plan(
         str(version),
         installed_version(ctx.paths),

@@ -462,8 +462,8 @@ class Database:
 
     # -- information ----------------------------------------------------------------------
     def properties(self, *, admin: bool = False) -> dict[str, Any]:
-        """Owner, encoding, collation, ctype, size (bytes) of the database, and the connecting
-        role's rights (``superuser``, ``createdb``, ``owner``: member of the owning role).
+        """Owner, encoding, collation, ctype, size (bytes), tablespace of the database, and the
+        connecting role's rights (``superuser``, ``createdb``, ``owner``: member of the owning role).
 
         Raises:
             DatabaseError: the database cannot be queried.
@@ -471,14 +471,16 @@ class Database:
         rows = self.query(
             "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, "
             "pg_database_size(d.datname), r.rolsuper, r.rolcreatedb, pg_has_role(current_user, d.datdba, 'MEMBER'), "
-            "current_user "
-            "FROM pg_database d, pg_roles r WHERE d.datname = current_database() AND r.rolname = current_user",
+            "current_user, t.spcname "
+            "FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace, pg_roles r "
+            "WHERE d.datname = current_database() AND r.rolname = current_user",
             admin=admin,
         )
-        if not rows or len(rows[0]) < 9:
+        if not rows or len(rows[0]) < 10:
             raise DatabaseError(f"Cannot read the properties of the {self.target.describe()}.", "")
-        owner, encoding, collate, ctype, size, superuser, createdb, member, role = rows[0][:9]
+        owner, encoding, collate, ctype, size, superuser, createdb, member, role, tablespace = rows[0][:10]
         return {
+            "tablespace": tablespace,
             "name": self.target.dbname,
             "owner": owner,
             "encoding": encoding,
@@ -530,6 +532,30 @@ class Database:
                     "and template1 does not have them"
                 )
         return problems
+
+    def server_folder(self) -> Path | None:
+        """The folder holding this database's files on the server (its tablespace, else the data
+        directory), when the server runs on this machine and the folder is reachable here, so a
+        restore beside the live database can be checked for room; None when that cannot be known:
+        the server is elsewhere or in a container (its backend is not a ``postgres`` process here),
+        compose mode, or the role may not read ``data_directory`` (superuser or
+        ``pg_read_all_settings`` may)."""
+        if self.admin.mode != "url":
+            return None
+        try:
+            rows = self.query(
+                "SELECT pg_backend_pid(), current_setting('data_directory'), pg_tablespace_location(d.dattablespace) "
+                "FROM pg_database d WHERE d.datname = current_database()",
+                admin=True,
+            )
+            pid, data_directory, location = rows[0][:3]
+            process = Path(f"/proc/{int(pid)}/comm").read_text(encoding="utf-8").strip()
+        except (DatabaseError, OSError, ValueError, IndexError):
+            return None
+        folder = Path(location or data_directory)
+        if process != "postgres" or not folder.is_absolute() or not folder.is_dir():
+            return None
+        return folder
 
     def _untrusted_extensions(self) -> list[str]:
         rows = self.query(
@@ -649,9 +675,11 @@ class Database:
             else ""
         )
         owner = f" OWNER {pg.quote_ident(props['owner'])}" if superuser else ""
+        # in the live database's tablespace: a rollback must not move the database to pg_default
+        tablespace = f" TABLESPACE {pg.quote_ident(props['tablespace'])}" if props["tablespace"] != "pg_default" else ""
         log(f"   restoring the dump into {restoring} (beside {live})")
         self.execute(
-            f"CREATE DATABASE {pg.quote_ident(restoring)}{owner} TEMPLATE {template}{locale}",
+            f"CREATE DATABASE {pg.quote_ident(restoring)}{owner} TEMPLATE {template}{locale}{tablespace}",
             database="postgres",
             admin=True,
             what="create database",

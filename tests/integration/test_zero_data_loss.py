@@ -296,6 +296,85 @@ def test_a_full_backups_filesystem_is_refused_before_stop(
     assert_clean_after(install)
 
 
+# -- the database server's disk: a restore beside the live database needs room there too ---------------------------
+
+
+@pytest.fixture
+def database_on_tmpfs(install: Install) -> Iterator[Path]:
+    """The install's database moved into a tablespace on a 64 MiB tmpfs (the database server's disk
+    for this test); its services are stopped for the move and started again. Never fill it: the
+    test cluster is shared, and a tablespace without room fails its checkpoints."""
+    from support.killing import mounted_tmpfs
+    from support.services import PG_OS_USER, shared_tempdir
+
+    base = shared_tempdir("pf-tablespace-")
+    mount = base / "disk"
+    space = f"pf_ts_{install.dbname[-12:]}"
+    cluster = install.cluster
+    with mounted_tmpfs(mount, "64m"):
+        import pwd
+
+        owner = pwd.getpwnam(PG_OS_USER)
+        os.chown(mount, owner.pw_uid, owner.pw_gid)
+        _ok(install.inv("down"))
+        cluster.psql("postgres", f"CREATE TABLESPACE {space} LOCATION '{mount}';\n")
+        cluster.psql("postgres", f'ALTER DATABASE "{install.dbname}" SET TABLESPACE {space};\n')
+        _ok(install.inv("up"))
+        set_dotenv(install, "PATCHFLOW_FREE_SPACE_MARGIN", str(1024 * 1024))
+        try:
+            yield mount
+        finally:
+            install.inv("down")
+            rows = cluster.psql(
+                "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{install.dbname}%';\n"
+            )
+            for name in rows.split():
+                cluster.drop_database(name)
+            cluster.psql("postgres", f"DROP TABLESPACE IF EXISTS {space};\n")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _tablespaces(install: Install) -> dict[str, str]:
+    rows = install.cluster.psql(
+        "postgres",
+        "SELECT d.datname || '=' || t.spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+        f"WHERE d.datname LIKE '{install.dbname}%';\n",
+    )
+    return dict(line.split("=", 1) for line in rows.split())
+
+
+def test_a_rollback_keeps_the_database_in_its_tablespace_and_the_servers_disk_is_checked(
+    install: Install, tmp_path: Path, database_on_tmpfs: Path
+) -> None:
+    """The restore beside the live database is made in the live one's tablespace (a rollback does
+    not move the database to pg_default); and an apply whose rollback could not restore there for
+    lack of room on the database server's disk is refused before anything stops."""
+    space = _tablespaces(install)[install.dbname]
+    assert space != "pg_default"
+    db_before = install.pg_dump()
+    build_release(install, tmp_path, NEW, health_status=503)
+    failed = install.inv("apply-patch", "--version", NEW, "--yes")
+    assert failed.returncode == 2 and "rolled back automatically" in failed.stderr, _out(failed)
+    assert install.pg_dump() == db_before
+    spaces = _tablespaces(install)
+    assert spaces[install.dbname] == space, spaces
+    assert health(install) == (200, OLD)
+
+    # the server's disk has less room than the database plus the reserve: the reserve is raised to
+    # its whole size, rather than filling it (a full tablespace would fail the shared test cluster's
+    # checkpoints while it lasts; and its free bytes still grow once PostgreSQL unlinks the files
+    # of relations the rollback dropped, at a checkpoint)
+    margin = shutil.disk_usage(database_on_tmpfs).total
+    tree_before, db_before = install.state(), install.pg_dump()
+    refused = install.inv("apply-patch", "--version", NEW, "--yes", env={"PATCHFLOW_FREE_SPACE_MARGIN": str(margin)})
+    assert refused.returncode == 1, _out(refused)
+    flat = " ".join(refused.stderr.split())
+    assert f"{database_on_tmpfs} has" in flat and "a database restore beside the live one (database server)" in flat
+    assert "-> stop" not in refused.stdout
+    assert install.state() == tree_before and install.pg_dump() == db_before
+    assert health(install) == (200, OLD)
+
+
 # -- owners and modes (fault 8.7) -----------------------------------------------------------------------------
 
 APP_UID = 1000
