@@ -38,6 +38,7 @@ from patchflow.pipeline import (
 )
 from patchflow.restore import restore_code, restore_database
 from patchflow.services import health_now, start_with_retries, wait_services_healthy
+from patchflow.space import Need, check_space
 from patchflow.version import PatchVersion, parse_version
 
 
@@ -211,6 +212,11 @@ class RollbackRun:
                     "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser). "
                     "Nothing was changed.",
                 )
+            server_folder = ctx.database.server_folder()
+            if server_folder is not None:  # the copy is restored beside the live database
+                size = int(ctx.database.properties()["size"])
+                need = Need(server_folder, "a database restore beside the live one (database server)", size, 0)
+                check_space([need], int(ctx.settings.free_space_margin), action="roll back")
             what = (
                 f"restores code and database (rows written since {backup.created_at[:19]}Z are moved aside "
                 f"with the current database, kept as {ctx.database.target.dbname}_before_rollback_<time>)"

@@ -51,9 +51,10 @@ def room_of(folder: Path) -> tuple[int, Room]:
     return os.stat(probe).st_dev, Room(probe, stats.f_bavail * stats.f_frsize, inodes)
 
 
-def check_space(needs: list[Need], margin: int) -> dict[int, tuple[Room, int, int]]:
+def check_space(needs: list[Need], margin: int, *, action: str = "apply") -> dict[int, tuple[Room, int, int]]:
     """Check that every filesystem has the bytes and inodes its needs add up to, plus ``margin``
-    bytes; returns ``{device: (room, bytes needed, inodes needed)}``.
+    bytes; returns ``{device: (room, bytes needed, inodes needed)}``. ``action`` names the command
+    to run again in the hint (``apply``, ``roll back``).
 
     Raises:
         BackupError: a filesystem is short of bytes or inodes (names it, with the numbers and
@@ -76,6 +77,6 @@ def check_space(needs: list[Need], margin: int) -> dict[int, tuple[Room, int, in
     if problems:
         raise BackupError(
             f"Not enough free space: {'; '.join(problems)}.",
-            "Free space (e.g. inv prune-backups) and apply again; nothing was stopped or changed.",
+            f"Free space (e.g. inv prune-backups) and {action} again; nothing was stopped or changed.",
         )
     return {device: (room, size, inodes) for device, (room, size, inodes, _) in totals.items()}

@@ -374,6 +374,18 @@ def test_a_rollback_keeps_the_database_in_its_tablespace_and_the_servers_disk_is
     assert install.state() == tree_before and install.pg_dump() == db_before
     assert health(install) == (200, OLD)
 
+    # rollback-patch restores beside the live database as well: checked the same way before it stops
+    build_release(install, tmp_path / "healthy", NEW)
+    _ok(install.inv("apply-patch", "--version", NEW, "--yes"))
+    tree_new, db_new = install.state(), install.pg_dump()
+    refused = install.inv("rollback-patch", "--version", NEW, "--yes", env={"PATCHFLOW_FREE_SPACE_MARGIN": str(margin)})
+    assert refused.returncode == 1, _out(refused)
+    flat = " ".join(refused.stderr.split())
+    assert f"{database_on_tmpfs} has" in flat and "and roll back again" in flat, flat
+    assert install.state() == tree_new and install.pg_dump() == db_new and health(install) == (200, NEW)
+    _ok(install.inv("rollback-patch", "--version", NEW, "--yes"))
+    assert install.pg_dump() == db_before and _tablespaces(install)[install.dbname] == space
+
 
 # -- owners and modes (fault 8.7) -----------------------------------------------------------------------------
 
