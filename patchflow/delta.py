@@ -12,7 +12,9 @@ only the entries added or changed since the base, which are exactly the archive'
         "tree_sha256": "<tree_sha256 of the whole new tree>"
     }
 
-``file_count``, ``total_bytes`` and ``migrations`` describe the whole new tree. A one-file delta
+``base_manifest_sha256`` names the exact base patch folder it was built from (for people: a
+rebuilt base with the same tree is as good, so only the tree hashes are checked). ``file_count``,
+``total_bytes`` and ``migrations`` describe the whole new tree. A one-file delta
 of a 40,000-file tree is therefore a few kilobytes, not a manifest of the whole tree.
 
 The whole tree is rebuilt as base entries - ``deleted`` + ``files`` and must hash to
