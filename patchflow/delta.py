@@ -143,9 +143,10 @@ def expand_delta(manifest: dict[str, Any], records: Sequence[Path]) -> dict[str,
 
 def full_manifest(manifest: dict[str, Any], tree: Mapping[str, Entry]) -> dict[str, Any]:
     """A copy of the delta ``manifest`` that lists the whole ``tree`` in ``files`` (format 1, what
-    an install records as its tree), with ``delta.members`` naming the paths its archive held."""
-    whole = dict(manifest)
+    an install records as its tree); its ``delta`` object is kept as ``applied_delta``, with
+    ``members`` naming the paths the delta's archive held."""
+    whole = {key: value for key, value in manifest.items() if key != "delta"}
     whole["format"] = FULL_FORMAT
-    whole["delta"] = {**manifest["delta"], "members": sorted(item["path"] for item in manifest["files"])}
     whole["files"] = [tree[path].to_json() for path in sorted(tree)]
+    whole["applied_delta"] = {**manifest["delta"], "members": sorted(item["path"] for item in manifest["files"])}
     return whole

@@ -138,7 +138,8 @@ def test_base_tree_plus_delta_members_equals_the_full_patch(project: Path, tmp_p
     assert recorded["format"] == 1 and recorded["files"] == [
         e.to_json() for _, e in sorted(full_report.entries().items())
     ]
-    assert recorded["delta"]["members"] == sorted(delta_report.archive_entries())
+    assert recorded["applied_delta"]["members"] == sorted(delta_report.archive_entries())
+    assert "delta" not in recorded, "a whole tree is a format-1 manifest"
 
     installed = tmp_path / "installed"  # the base version, as an install holds it
     extract_archive(project / "patches/v1.0.0/patch-v1.0.0.tar.gz", installed, base_report.entries())
