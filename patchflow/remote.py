@@ -695,7 +695,10 @@ def check_delta_bases(patch: LocalPatch, hosts: Sequence[tuple[str, HostFacts]])
         if installed != patch.delta_base:
             off.append(f"{name} ({installed or 'version unknown'})")
         elif tree != patch.base_tree_sha256:
-            why = "no record of its tree" if not tree else "another build of it"
+            if "installed_tree_sha256" not in host.data:
+                why = f"patchflow {host.data.get('patchflow_version', '?')} there cannot read delta patches"
+            else:
+                why = "no record of its tree" if not tree else "another build of it"
             off.append(f"{name} ({installed}, but {why})")
     if off:
         raise RemoteError(

@@ -188,12 +188,17 @@ def test_a_delta_is_refused_for_a_fleet_with_a_host_off_its_base_tree(tmp_path: 
                 ("web2", host("2.2.0", base_tree)),
                 ("web3", host(None, None)),
                 ("web4", host("2.3.0", "b" * 64)),
-                ("web5", host("2.3.0", None)),  # no record there, or a patchflow too old to report it
+                ("web5", host("2.3.0", None)),  # no record there
+                (
+                    "web6",
+                    HostFacts({"paths": {}, "status": {"installed_version": "2.3.0"}, "patchflow_version": "0.0.9"}),
+                ),
             ],
         )
     message = caught.value.message
     assert "web2 (2.2.0), web3 (version unknown), web4 (2.3.0, but another build of it)" in message
     assert "web5 (2.3.0, but no record of its tree)" in message and "web1" not in message
+    assert "web6 (2.3.0, but patchflow 0.0.9 there cannot read delta patches)" in message
     assert "Nothing was sent" in caught.value.hint and "create-patch without --base" in caught.value.hint
     full = LocalPatch(parse_version("2.3.1"), tmp_path, {}, "0" * 64)
     check_delta_bases(full, [("web2", host("2.2.0", None)), ("web3", host(None, None))])
