@@ -322,10 +322,10 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
     """Compare the install with the patch; list migrations pending, check that a database restore
     would be possible, and that every filesystem written has the bytes and inodes needed.
 
-    Only paths a patch owns are deleted: those of the installed patch's manifest, and those the new
-    patch lists as deleted since its predecessor. Anything else missing from the patch (files the
-    host added: ``storage/``, an override file, generated files) is kept and listed as unowned,
-    unless ``remove_unowned``.
+    Only paths a patch owns are deleted: those of the installed patch's manifest (the install's
+    record), or, on an install without a record, those the new patch lists as deleted since its
+    predecessor. Anything else missing from the patch (files the host added: ``storage/``, an
+    override file, generated files) is kept and listed as unowned, unless ``remove_unowned``.
 
     Raises:
         VerifyError: the patch would write where it may not, or a delta does not fit the install.
@@ -341,7 +341,9 @@ def make_plan(ctx: Context, version: PatchVersion, report: VerifyReport, *, remo
     installed = _read_installed_manifest(ctx)
     installed.pop(VERSION_FILE, None)
     full = diff_trees(current.entries, new_entries)
-    owned = set(installed) | set(report.manifest.get("deleted", []))
+    # the install's record says what the patches own here; a patch's own ``deleted`` list (relative
+    # to the patch before it, which this install may never have had) only when there is no record
+    owned = set(installed) if installed else set(report.manifest.get("deleted", []))
     deleted = [p for p in full.deleted if remove_unowned or p in owned]
     unowned = [p for p in full.deleted if p not in set(deleted)]
     check_unowned_inside_replaced(unowned, new_entries)

@@ -1,5 +1,6 @@
 """Delta patches applied with ``inv`` on installs without services or database (issue 12): what a
-delta may not do to a host (delete the host's own files, replace a folder the host keeps files in),
+delta (or a full patch) may not do to a host (delete the host's own files, replace a folder the
+host keeps files in),
 what it says when it cannot apply (an unreadable record, an interrupted apply first), and a forced
 re-apply. Each refusal leaves the install exactly as it was.
 """
@@ -104,6 +105,25 @@ def test_a_delta_edited_to_delete_a_host_file_is_refused(pair: tuple[Path, Path]
     assert "does not fit the tree of 1.0.0: it deletes paths its base does not have: storage/user-upload.bin" in flat
     assert "Nothing was changed" in flat
     assert snapshot(install) == before
+
+
+def test_a_full_patch_edited_to_delete_a_host_file_keeps_it(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    """A full patch's ``deleted`` is relative to the patch before it; on an install that records
+    its tree, only the record says what a patch owns, so a host file listed there stays."""
+    source, install = pair
+    full = tmp_path / "full-source"
+    shutil.copytree(source, full, symlinks=True, ignore=shutil.ignore_patterns("patches"))
+    create(full, "1.1.0")
+    write(install, {"storage/user-upload.bin": b"precious"})
+    folder = copy_patch(full, install, "1.1.0")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["deleted"] = [*manifest["deleted"], "storage/user-upload.bin"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    regenerate_sums(folder)
+    done = apply(install, "1.1.0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (install / "storage/user-upload.bin").read_bytes() == b"precious"
+    assert "storage/user-upload.bin" in _flat(done.stdout), "listed as unowned"
 
 
 def test_a_folder_the_host_keeps_files_in_is_not_replaced_by_a_file(pair: tuple[Path, Path]) -> None:
