@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -543,8 +544,11 @@ class Database:
         if self.admin.mode != "url":
             return None
         try:
+            # the checkpointer lives as long as the server (this session's backend is gone by the
+            # time /proc is read); every server process runs in the data directory
             rows = self.query(
-                "SELECT pg_backend_pid(), current_setting('data_directory'), pg_tablespace_location(d.dattablespace) "
+                "SELECT (SELECT min(pid) FROM pg_stat_activity WHERE backend_type = 'checkpointer'), "
+                "current_setting('data_directory'), pg_tablespace_location(d.dattablespace) "
                 "FROM pg_database d WHERE d.datname = current_database()",
                 admin=True,
             )
@@ -552,10 +556,15 @@ class Database:
             process = Path(f"/proc/{int(pid)}/comm").read_text(encoding="utf-8").strip()
         except (DatabaseError, OSError, ValueError, IndexError):
             return None
-        folder = Path(location or data_directory)
-        if process != "postgres" or not folder.is_absolute() or not folder.is_dir():
+        try:
+            cwd: str | None = os.readlink(f"/proc/{int(pid)}/cwd")
+        except OSError:
+            cwd = None  # another user's process: only root may read where it runs
+        data = Path(data_directory)
+        if process != "postgres" or not data.is_absolute() or (cwd is not None and Path(cwd) != data.resolve()):
             return None
-        return folder
+        folder = Path(location) if location else data
+        return folder if folder.is_dir() else None
 
     def _untrusted_extensions(self) -> list[str]:
         rows = self.query(
