@@ -474,6 +474,12 @@ class SshServer:
                     "MaxStartups 100:30:200",
                     "MaxSessions 100",
                     "Subsystem sftp internal-sftp",
+                    # bash sources ~/.bashrc for a command run by sshd only as a top-level shell
+                    # (SHLVL unset): with SHLVL=1 it does not, like a server whose .bashrc returns
+                    # early for non-interactive shells. This machine's root .bashrc runs
+                    # `pyenv init`, whose rehash lock, left by a session killed in a test, made
+                    # every later session wait 60 s.
+                    "SetEnv SHLVL=1",
                     "",
                 ]
             ),
