@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.crafted import regenerate_sums
 from support.installs import (
     REPO,
     Install,
@@ -62,16 +63,6 @@ def _apply(install: Install, version: str = "2.3.0", *extra: str, env: dict[str,
     return _refused(install.inv("apply-patch", "--version", version, "--yes", *extra, env=env))
 
 
-def _write_sums(folder: Path) -> None:
-    """Regenerate checksum.md5 and SHA256SUMS the way create-patch writes them."""
-    payload = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ("checksum.md5", "SHA256SUMS"))
-    md5 = "".join(f"{hashlib.md5((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in payload)
-    (folder / "checksum.md5").write_text(md5)
-    covered = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "SHA256SUMS")
-    sha = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in covered)
-    (folder / "SHA256SUMS").write_text(sha)
-
-
 def test_missing_patch(install: Install) -> None:
     before = _snapshot(install)
     err = _apply(install, "9.9.9")
@@ -101,7 +92,7 @@ def test_truncated_archive_with_regenerated_checksums(install: Install, tmp_path
     manifest["archive"]["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
     manifest["archive"]["size"] = archive.stat().st_size
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _write_sums(folder)
+    regenerate_sums(folder)
     assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True).returncode == 0
     err = _apply(install)
     assert "corrupt or truncated" in err

@@ -53,14 +53,7 @@ def craft_patch(
     }
     manifest.update(manifest_extra or {})
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    names = sorted(p.name for p in folder.iterdir())
-    (folder / "checksum.md5").write_text(
-        "".join(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in map(folder.joinpath, names))
-    )
-    names = sorted(p.name for p in folder.iterdir())
-    (folder / "SHA256SUMS").write_text(
-        "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in map(folder.joinpath, names))
-    )
+    regenerate_sums(folder)
     import shutil
 
     shutil.rmtree(source)
@@ -80,12 +73,13 @@ def bare_install(root: Path, version: str = "1.0.0", files: dict[str, bytes] | N
 
 def regenerate_sums(folder: Path) -> None:
     """Rewrite ``checksum.md5`` and ``SHA256SUMS`` of a patch folder to match its files as they
-    are now (what someone who edits a patch by hand does, so only the manifest checks remain)."""
+    are now, the way create-patch writes them (what someone who edits a patch by hand, or a
+    careless copy script, does: only the manifest and signature checks remain)."""
 
     def digest(name: str, algorithm: str) -> str:
         return hashlib.new(algorithm, (folder / name).read_bytes()).hexdigest()
 
-    payload = sorted(p.name for p in folder.iterdir() if p.name not in ("checksum.md5", "SHA256SUMS"))
+    payload = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ("checksum.md5", "SHA256SUMS"))
     (folder / "checksum.md5").write_text("".join(f"{digest(n, 'md5')}  {n}\n" for n in payload))
-    covered = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
+    covered = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "SHA256SUMS")
     (folder / "SHA256SUMS").write_text("".join(f"{digest(n, 'sha256')}  {n}\n" for n in covered))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support.crafted import regenerate_sums
 
 from patchflow.archive import extract_archive
 from patchflow.config import load_settings
@@ -62,14 +63,6 @@ def patch(good_patch: Path, tmp_path: Path) -> Path:
 
 def _hex(path: Path, algorithm: str) -> str:
     return hashlib.new(algorithm, path.read_bytes()).hexdigest()
-
-
-def regenerate_sums(folder: Path) -> None:
-    """Rewrite checksum.md5 and SHA256SUMS as an attacker (or a careless copy script) would."""
-    payload = sorted(p.name for p in folder.iterdir() if p.name not in ("checksum.md5", "SHA256SUMS"))
-    (folder / "checksum.md5").write_text("".join(f"{_hex(folder / n, 'md5')}  {n}\n" for n in payload))
-    covered = sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS")
-    (folder / "SHA256SUMS").write_text("".join(f"{_hex(folder / n, 'sha256')}  {n}\n" for n in covered))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
