@@ -47,6 +47,8 @@ class VerifyReport:
     manifest: dict[str, Any] = field(default_factory=dict)
     deep: bool = False
     tree: dict[str, Entry] | None = None  # a delta's whole tree, once expanded
+    # (manifest, its files as entries): parsed once per manifest, read by every step of an apply
+    _parsed: tuple[dict[str, Any], dict[str, Entry]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -56,7 +58,7 @@ class VerifyReport:
         """The whole tree the patch ends on, path -> :class:`Entry`: the manifest's files for a full
         patch; for a delta patch the tree :meth:`expand` rebuilt (RuntimeError before that)."""
         if self.delta is None:
-            return manifest_entries(self.manifest)
+            return self.archive_entries()
         if self.tree is None:
             raise RuntimeError(f"the delta patch {self.version} must be expanded against an install first")
         return self.tree
@@ -71,8 +73,11 @@ class VerifyReport:
 
     def archive_entries(self) -> dict[str, Entry]:
         """The entries the archive holds (the manifest's files: the whole tree of a full patch, the
-        added and changed entries of a delta). Pass this to :func:`patchflow.archive.extract_archive`."""
-        return manifest_entries(self.manifest)
+        added and changed entries of a delta). Pass this to :func:`patchflow.archive.extract_archive`.
+        Parsed once per manifest; callers must not change the mapping."""
+        if self._parsed is None or self._parsed[0] is not self.manifest:
+            self._parsed = (self.manifest, manifest_entries(self.manifest))
+        return self._parsed[1]
 
     def expand(self, records: Sequence[Path]) -> None:
         """For a delta patch, rebuild the whole tree from the first of ``records`` (whole-tree
