@@ -27,6 +27,7 @@ from patchflow.baseline import history_missing
 from patchflow.commands import split_command
 from patchflow.context import Context
 from patchflow.database import stamp_now
+from patchflow.delta import manifest_entries
 from patchflow.errors import (
     ApplyError,
     BackupError,
@@ -155,8 +156,7 @@ def install_rules(ctx: Context, manifest: dict[str, Any]) -> ExcludeRules:
 
 def _read_installed_manifest(ctx: Context) -> dict[str, Entry]:
     try:
-        data = json.loads(ctx.paths.installed_manifest.read_text(encoding="utf-8"))
-        return {e["path"]: Entry.from_json(e) for e in data.get("files", [])}
+        return manifest_entries(json.loads(ctx.paths.installed_manifest.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError):
         return {}
 
