@@ -44,6 +44,7 @@ def free_port() -> int:
     Raises:
         RuntimeError: no free port in the range (20000-32000 minus the ephemeral range).
     """
+    import contextlib
     import random
     import tempfile
 
@@ -55,7 +56,7 @@ def free_port() -> int:
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
     registry = Path(tempfile.gettempdir()) / f"patchflow-ports-{run}" if run else None
     lock = FileLock(f"{registry}.lock") if registry else None
-    with lock or _nothing():
+    with lock or contextlib.nullcontext():
         if registry is not None and not registry.exists():
             _remove_old_registries(registry.parent)
         given = set(registry.read_text().split()) if registry and registry.exists() else set()
@@ -86,14 +87,6 @@ def _remove_old_registries(folder: Path, age: float = 86400.0) -> None:
                 path.unlink()
         except OSError:
             pass
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def prepare_workspace(
