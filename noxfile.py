@@ -21,7 +21,9 @@ def tests(session: nox.Session) -> None:
 def stress(session: nox.Session) -> None:
     """The crash tests make test leaves out to stay under 8 minutes (marked ``stress``; ~4 min
     with 2 workers): the long random-instant probes (``PROBE_TRIALS`` and ``PROBE_SEED`` change
-    their trials and seed, default 6 each) and the rest of the step-boundary kills."""
+    their trials and seed, default 6 each), the rest of the step-boundary kills, and signal
+    repetitions (SIGTERM/SIGHUP where the same boundary already has SIGINT/SIGTERM: one handler).
+    More kill-matrix trials: ``KILL_MATRIX_TRIALS=48 nox -s tests -- tests/integration/test_kill_matrix.py``."""
     session.install("-e", ".[dev]")
     session.run("pytest", "-m", "stress", "-n", "2", *session.posargs)
 
@@ -53,9 +55,12 @@ def bench(session: nox.Session) -> None:
     """Benchmark patchflow against tar/sha256sum/pg_dump on generated trees (ratios, medians, one run).
 
     Options after --: --small-only, --repeat N, --keep DIR (reuse the generated trees), --workdir DIR,
-    --skip-db, --skip-upload. The database row starts a throwaway PostgreSQL cluster (Debian's postgresql
-    binaries); the upload row (one patch to three hosts with --parallel 3, as a ratio to one host) three
-    private sshd on 127.0.0.1 (Debian's openssh-server).
+    --skip-db, --skip-upload, --skip-rehearse, --skip-window. The database row starts a throwaway PostgreSQL
+    cluster (Debian's postgresql binaries); the upload row (one patch to three hosts with --parallel 3, as a
+    ratio to one host) three private sshd on 127.0.0.1 (Debian's openssh-server); the rehearsal row (inv
+    rehearse against the apply's migrate step, within 2x both ways) the sample with node and a ~100 MB
+    database; the stopped-window rows (an apply without migrations against the floor: the same services
+    stopped, started and healthy) a sample install with a ~100 MB database in another throwaway cluster.
     """
     session.install("-e", ".[dev]")
     session.run("python", "scripts/bench.py", *session.posargs)

@@ -15,7 +15,7 @@ from invoke import Context, Exit, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from patchflow.cli import ns
+from patchflow.tasks import ns
 
 TOOL_ROOT = Path(__file__).resolve().parent
 
@@ -38,10 +38,14 @@ def test(c: Context, pytest_args: str = "") -> None:
     """Install and start what the tests need, then run the unit and integration tests (make test)."""
     c.run(f"{TOOL_ROOT}/scripts/ensure-system.sh --for test --venv {TOOL_ROOT}/.venv", pty=False)
     # three workers on a 2-core machine: the tests wait on services (PostgreSQL, node, docker, sshd)
-    # more than they compute (about 55% CPU with two); tests sharing a compose stack stay on one worker
+    # more than they compute (about 55% CPU with two); tests sharing a compose stack stay on one worker.
+    # --no-loadscope-reorder: hand out work in the order tests/conftest.py sorts it (the long groups
+    # first, one per worker, the short tests after to fill the gaps), not biggest group first
+    # (which queues the kill matrix's slices behind each other on one worker)
     workers = os.environ.get("TEST_WORKERS", "3")
     result = c.run(
-        f"cd {TOOL_ROOT} && {sys.executable} -m pytest -n {workers} --dist loadgroup {pytest_args}",
+        f"cd {TOOL_ROOT} && {sys.executable} -m pytest -n {workers} --dist loadgroup --no-loadscope-reorder "
+        f"{pytest_args}",
         warn=True,
         pty=False,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from invoke.program import Program
 
 from patchflow import __version__
-from patchflow.cli import ns
+from patchflow.tasks import ns
 
 program = Program(namespace=ns, version=__version__, name="patchflow", binary="patchflow")
 

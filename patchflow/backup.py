@@ -26,19 +26,36 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
+from patchflow.digests import file_digest
 from patchflow.errors import BackupError
 from patchflow.files import Ownership, move, remove_tree
-from patchflow.journal import write_json_atomic
-from patchflow.manifest import Entry, file_digest
+from patchflow.lifecycle.journal import write_json_atomic
+from patchflow.manifest import Entry
 from patchflow.paths import BACKUP_PREFIX, BackupPaths, ProjectPaths
 from patchflow.version import PatchVersion
 
+if TYPE_CHECKING:
+    from patchflow.database import DatabaseProperties
+
 FORMAT = 2
+
+
+class DumpRecord(TypedDict, total=False):
+    """A backup's database dump as ``backup.json`` records it (``database``): ``file`` (its name in
+    the backup folder), ``size`` (bytes), ``sha256`` (hex) and the database's ``properties``. Read
+    from disk, so a key may be missing; :func:`patchflow.database.verify_recorded_dump` checks the
+    dump against it."""
+
+    file: str
+    size: int
+    sha256: str
+    properties: DatabaseProperties
 
 
 @dataclass
@@ -104,10 +121,11 @@ class Backup:
         return total
 
     @property
-    def database(self) -> dict[str, Any] | None:
+    def database(self) -> DumpRecord | None:
         """The dump record (``file``, ``size``, ``sha256``, ``properties``), None without one."""
         db = self.data.get("database")
-        return db if isinstance(db, dict) else None
+        # read from backup.json: its ``file`` was checked when the backup was listed (_well_formed)
+        return cast("DumpRecord", db) if isinstance(db, dict) else None
 
     @property
     def dump_path(self) -> Path | None:
@@ -183,11 +201,14 @@ def _well_formed(data: dict[str, Any]) -> bool:
 
 
 def list_backups(paths: ProjectPaths, *, include_incomplete: bool = False) -> list[Backup]:
-    """Every backup under ``backups/``, oldest first by sequence number (never by clock)."""
-    if not paths.backups.is_dir():
+    """Every backup under ``backups/`` this user can read, oldest first by sequence number (never
+    by clock); :func:`unreadable_backups` names the others."""
+    try:
+        children = list(paths.backups.iterdir())
+    except OSError:
         return []
     found = []
-    for child in paths.backups.iterdir():
+    for child in children:
         if not child.is_dir() or not child.name.startswith(BACKUP_PREFIX):
             continue
         backup = load_backup(child)
@@ -195,6 +216,49 @@ def list_backups(paths: ProjectPaths, *, include_incomplete: bool = False) -> li
             continue
         found.append(backup)
     return sorted(found, key=lambda b: (b.sequence, b.created_at, b.name))
+
+
+def unreadable_backups(paths: ProjectPaths, folders: list[Path] | None = None) -> list[Path]:
+    """The backup folders (``folders``, default: every ``pre-patch-*`` under ``backups/``) that
+    exist but whose ``backup.json`` this user cannot read; ``[backups/]`` itself when it cannot be
+    listed."""
+    if folders is None:
+        try:
+            folders = [c for c in paths.backups.iterdir() if c.name.startswith(BACKUP_PREFIX)]
+        except FileNotFoundError:
+            return []
+        except OSError:
+            return [paths.backups]
+    unreadable = []
+    for folder in folders:
+        try:
+            with open(folder / "backup.json", "rb"):
+                pass
+        except FileNotFoundError:
+            continue
+        except OSError:
+            if os.path.lexists(folder) or not os.access(folder.parent, os.X_OK):
+                unreadable.append(folder)
+    return unreadable
+
+
+def unreadable_error(paths: ProjectPaths, folders: list[Path]) -> BackupError:
+    """The error for backups that exist but cannot be read by this user: who cannot, who owns
+    them, and what to do."""
+    from patchflow.files import current_user, describe_owner, user_name
+
+    listed = ", ".join(f"{f.name} ({describe_owner(f)})" for f in folders[:5])
+    more = f" and {len(folders) - 5} more" if len(folders) > 5 else ""
+    user = current_user()
+    try:
+        owner = user_name(os.lstat(folders[0]).st_uid)
+    except OSError:
+        owner = "the user who took them"
+    return BackupError(
+        f"Backups exist in {paths.backups} but user {user} cannot read them: {listed}{more}.",
+        f"Run rollback-patch as {owner} (who owns them), or give {user.split(' ')[0]} read access "
+        f"(e.g. chown -R {user.split(' ')[0]} {paths.backups}). Nothing was changed.",
+    )
 
 
 def latest_backup_for(paths: ProjectPaths, version: PatchVersion) -> Backup | None:
@@ -287,10 +351,16 @@ def new_backup(
     return backup
 
 
-def save_files(backup: Backup, root: Path, installed_files: list[Path]) -> int:
+def save_files(
+    backup: Backup,
+    root: Path,
+    installed_files: list[Path],
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> int:
     """Copy every old entry of ``backup`` from ``root`` into ``files/`` and record its exact owner,
     group and mode; keep ``VERSION`` (bytes as they are) and ``installed_files`` (the installed
-    manifest and record). Returns the bytes copied.
+    manifest and record). Returns the bytes copied. ``progress(done, total)`` is called after
+    each entry.
 
     Raises:
         BackupError: a file cannot be read or written (disk full, permissions), or changed while
@@ -299,9 +369,11 @@ def save_files(backup: Backup, root: Path, installed_files: list[Path]) -> int:
     target = backup.paths.files
     copied = 0
     records = []
+    items = backup.data.get("old_entries", [])
     try:
         target.mkdir(mode=0o700, exist_ok=True)
-        for item in backup.data.get("old_entries", []):
+        for done, item in enumerate(items, 1):
+            progress(done, len(items))
             entry = Entry.from_json(item)
             source = root / entry.path
             dest = target / entry.path

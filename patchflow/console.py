@@ -32,8 +32,13 @@ def stdin_is_terminal() -> bool:
 def confirm(question: str, *, yes: bool, is_terminal: Callable[[], bool] = stdin_is_terminal) -> None:
     """Ask ``question`` on a terminal; return if the operator agrees.
 
+    Every answer but yes means one thing, not confirmed: "n", Ctrl+C (SIGINT), the end of input
+    (Ctrl+D, a closed stdin) and SIGTERM or SIGHUP (the terminal went away) while the prompt waits.
+    Nothing has been changed at a prompt, so none of them reads as a failed or interrupted run.
+
     Raises:
-        ConfirmationRefused: the operator said no, or there is no terminal and ``yes`` is False.
+        ConfirmationRefused: the operator did not say yes, or there is no terminal and ``yes`` is
+            False.
     """
     if yes:
         return
@@ -44,7 +49,20 @@ def confirm(question: str, *, yes: bool, is_terminal: Callable[[], bool] = stdin
         )
     from rich.prompt import Confirm
 
-    if not Confirm.ask(question, console=console, default=False):
+    from patchflow.lifecycle.steps import Interrupted
+
+    try:
+        agreed = Confirm.ask(question, console=console, default=False)
+    except (KeyboardInterrupt, Interrupted, EOFError) as exc:
+        console.print()  # end the prompt's line
+        if isinstance(exc, EOFError):
+            how = "the input ended (Ctrl+D or a closed stdin)"
+        elif isinstance(exc, Interrupted) and exc.name != "SIGINT":
+            how = f"{exc.name} arrived"
+        else:
+            how = "interrupted (Ctrl+C)"
+        raise ConfirmationRefused(f"Not confirmed: {how} at the prompt; nothing was changed.", "") from None
+    if not agreed:
         raise ConfirmationRefused("Cancelled by the operator; nothing was changed.", "")
 
 
@@ -82,27 +100,3 @@ def byte_progress(enabled: bool = True) -> Iterator[Callable[[str, int], Callabl
 
     with progress:
         yield start
-
-
-def human_bytes(size: float) -> str:
-    """``1536`` -> ``1.5 KiB`` (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover
-
-
-def human_age(seconds: float) -> str:
-    """``3900`` -> ``1h 5m``."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"

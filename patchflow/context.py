@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from patchflow.config import Settings
-from patchflow.database import Database, target_from_settings
+from patchflow.database import Database
 from patchflow.paths import ProjectPaths
+from patchflow.pg_target import target_from_settings
+from patchflow.progress import QUIET, Reporter
 from patchflow.runner import LocalRunner, Runner
 from patchflow.services import ServiceManager, make_manager
 
@@ -27,7 +29,8 @@ def _quiet(line: str) -> None:
 
 @dataclass
 class Context:
-    """Everything one operation needs; ``log`` receives progress lines for the operator."""
+    """Everything one operation needs; ``log`` receives progress lines for the operator and
+    ``progress`` how far a long step is (see :mod:`patchflow.progress`)."""
 
     settings: Settings
     paths: ProjectPaths
@@ -37,6 +40,7 @@ class Context:
     log: Callable[[str], None] = field(default=_quiet)
     recorder: Recorder | None = None
     run_marker: str = ""
+    progress: Reporter = QUIET
 
     def record_exception(self, exc: BaseException) -> None:
         """Write the traceback of an unexpected exception to the operation log only (the operator
@@ -61,6 +65,7 @@ class Context:
         runner: Runner | None = None,
         log: Callable[[str], None] | None = None,
         record: bool = False,
+        progress: Reporter = QUIET,
     ) -> Context:
         """Build the context of ``settings``: service manager and database from the settings.
 
@@ -72,7 +77,7 @@ class Context:
         recorder = Recorder(paths) if record else None
         write = recorder.write if recorder else _quiet
 
-        def progress(line: str) -> None:
+        def lines(line: str) -> None:
             show(line)
             write(line)
 
@@ -80,7 +85,9 @@ class Context:
         run = runner or LocalRunner(base_env=settings.environ, log=write, marker=marker)
         services = make_manager(settings, paths, run)
         database = _database(settings, paths, run)
-        return cls(settings, paths, run, services, database, progress, recorder, marker if runner is None else "")
+        return cls(
+            settings, paths, run, services, database, lines, recorder, marker if runner is None else "", progress
+        )
 
 
 def _database(settings: Settings, paths: ProjectPaths, runner: Runner) -> Database | None:

@@ -1,17 +1,6 @@
-"""PostgreSQL: wait until ready, dump and prove the dump, restore beside the live database.
+"""PostgreSQL operations on one database: readiness, proven dumps, restore beside the live one.
 
-Two targets share one implementation (:class:`PgTarget`):
-
-* ``url`` mode: local client programs (``pg_bindir``, the newest ``/usr/lib/postgresql/*/bin``,
-  or PATH) connect with the parts of ``DATABASE_URL`` passed as ``PG*`` environment variables
-  (the password never appears in a process list). Parameters only Prisma understands
-  (``?schema=public``, ``connection_limit``, ``pgbouncer``...) are removed before libpq sees the
-  URL; ``schema`` is kept as :attr:`PgTarget.schema` (where ``_prisma_migrations`` lives);
-* ``compose`` mode: the same programs run inside the database service through
-  ``docker compose exec -T`` as the service's superuser.
-
-Every session patchflow opens carries ``application_name=patchflow`` (``patchflow-migrate`` for
-migrations), so an interrupted run can end them on the server (:meth:`Database.terminate_sessions`).
+Where and how the programs run is :mod:`patchflow.pg_target`.
 
 Dumps (``pg_dump --format=custom``, file mode 0600) count only when proven
 (:meth:`Database.dump`): the bytes streamed are hashed, the file read back matches, and
@@ -24,270 +13,46 @@ transaction; the displaced database is kept as ``<name>_before_rollback_<UTC sta
 
 from __future__ import annotations
 
-import glob
+import dataclasses
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from patchflow.commands import postgres as pg
-from patchflow.config import Settings, mask_url
-from patchflow.errors import BackupError, CommandError, ConfigError, DatabaseError
-from patchflow.manifest import file_digest
+from patchflow.digests import file_digest
+from patchflow.errors import BackupError, CommandError, DatabaseError
+from patchflow.pg_target import APP_NAME, PgTarget
 from patchflow.runner import Runner
 
-APP_NAME = "patchflow"
-MIGRATE_APP_NAME = "patchflow-migrate"
 DISPLACED_MARK = "_before_rollback_"
 RESTORING_MARK = "_restoring_"
 MAX_IDENT = 63
-# libpq's connection keywords (https://www.postgresql.org/docs/current/libpq-connect.html); any
-# other URL parameter (Prisma's schema, connection_limit, pgbouncer, ...) is not libpq's
-LIBPQ_PARAMS = frozenset(
-    [
-        "host",
-        "hostaddr",
-        "port",
-        "dbname",
-        "user",
-        "password",
-        "passfile",
-        "require_auth",
-        "channel_binding",
-        "connect_timeout",
-        "client_encoding",
-        "options",
-        "application_name",
-        "fallback_application_name",
-        "keepalives",
-        "keepalives_idle",
-        "keepalives_interval",
-        "keepalives_count",
-        "tcp_user_timeout",
-        "replication",
-        "gssencmode",
-        "sslmode",
-        "requiressl",
-        "sslcompression",
-        "sslcert",
-        "sslkey",
-        "sslpassword",
-        "sslcertmode",
-        "sslrootcert",
-        "sslcrl",
-        "sslcrldir",
-        "sslsni",
-        "requirepeer",
-        "ssl_min_protocol_version",
-        "ssl_max_protocol_version",
-        "krbsrvname",
-        "gsslib",
-        "gssdelegation",
-        "service",
-        "target_session_attrs",
-        "load_balance_hosts",
-    ]
-)
-_ENV_OF_KEYWORD = {
-    "host": "PGHOST",
-    "hostaddr": "PGHOSTADDR",
-    "port": "PGPORT",
-    "user": "PGUSER",
-    "password": "PGPASSWORD",
-    "passfile": "PGPASSFILE",
-    "sslmode": "PGSSLMODE",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcrl": "PGSSLCRL",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-    "options": "PGOPTIONS",
-    "target_session_attrs": "PGTARGETSESSIONATTRS",
-    "service": "PGSERVICE",
-    "channel_binding": "PGCHANNELBINDING",
-    "gssencmode": "PGGSSENCMODE",
-    "client_encoding": "PGCLIENTENCODING",
-}
 
 
-def find_pg_bindir(configured: str = "", path: str | None = None) -> Path | None:
-    """Folder of the PostgreSQL client programs: the setting, then the newest
-    ``/usr/lib/postgresql/<ver>/bin`` (a client at least as new as the server), then ``path``
-    (PATH); None when no ``pg_dump`` is found."""
-    if configured:
-        return Path(configured)
-    candidates = sorted(
-        (Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if Path(p, "pg_dump").exists()),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    if candidates:
-        return candidates[0]
-    on_path = shutil.which("pg_dump", path=path)
-    return Path(on_path).parent if on_path else None
+class DatabaseProperties(TypedDict):
+    """What :meth:`Database.properties` reads (a backup records it as its dump's ``properties``):
+    the database's ``name``, ``owner``, ``encoding``, ``collate``, ``ctype``, ``tablespace`` and
+    ``size`` (bytes), and the connecting ``role``'s rights: ``superuser``, ``createdb``,
+    ``owner_member`` (member of the owning role)."""
 
-
-@dataclass(frozen=True)
-class DatabaseUrl:
-    """A ``DATABASE_URL`` split for libpq: ``conninfo`` (the URL without non-libpq parameters),
-    ``dbname``, ``env`` (``PG*`` variables), ``schema`` (Prisma's ``?schema=``, default public),
-    ``dropped`` (the parameters removed)."""
-
-    conninfo: str
-    dbname: str
-    env: dict[str, str]
-    schema: str
-    dropped: tuple[str, ...]
-
-
-def parse_database_url(url: str, *, source: str = "DATABASE_URL") -> DatabaseUrl:
-    """Split ``url`` (``postgresql://user:pw@host:5432/db?schema=public``) for libpq.
-
-    Raises:
-        ConfigError: not a PostgreSQL URL, or no database name (the message names ``source``).
-    """
-    from psycopg.conninfo import conninfo_to_dict
-
-    parts = urllib.parse.urlsplit(url.strip())
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(
-            f"{source} is not a PostgreSQL URL (scheme {parts.scheme or 'missing'!r}).",
-            "Set it like postgresql://user:password@host:5432/dbname in .env or the environment.",
-        )
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in query if k in LIBPQ_PARAMS]
-    dropped = tuple(sorted({k for k, _ in query if k not in LIBPQ_PARAMS}))
-    schema = next((v for k, v in query if k == "schema" and v), "public")
-    cleaned = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
-    try:
-        values = conninfo_to_dict(cleaned)
-    except Exception as exc:
-        raise ConfigError(
-            f"{source} is not a valid PostgreSQL URL ({str(exc).strip()}).",
-            "Set it like postgresql://user:password@host:5432/dbname in .env or the environment.",
-        ) from None
-    env = {var: str(values[key]) for key, var in _ENV_OF_KEYWORD.items() if values.get(key) not in (None, "")}
-    dbname = str(values.get("dbname") or values.get("user") or "")
-    if not dbname:
-        raise ConfigError(f"{source} names no database.", "Add the database name: postgresql://user@host:5432/dbname.")
-    return DatabaseUrl(cleaned, dbname, env, schema, dropped)
-
-
-@dataclass(frozen=True)
-class PgTarget:
-    """Where and how PostgreSQL programs run; :meth:`command` returns ``(argv base, env)``."""
-
-    mode: str
-    dbname: str
-    local_env: Mapping[str, str] = field(default_factory=dict)
-    bindir: Path | None = None
-    compose_prefix: tuple[str, ...] = ()
-    service: str = "postgres"
-    user: str = ""
-    conninfo: str = ""
-    schema: str = "public"
-
-    def command(
-        self, program: str, *, database: str | None = None, app: str = APP_NAME
-    ) -> tuple[list[str], dict[str, str]]:
-        """The invocation of ``program`` against ``database`` (default: this target's database)."""
-        db = database or self.dbname
-        if self.mode == "compose":
-            prefix = [*self.compose_prefix, "exec", "-T", "-e", f"PGDATABASE={db}", "-e", f"PGAPPNAME={app}"]
-            if self.user:
-                prefix += ["-e", f"PGUSER={self.user}"]
-            return [*prefix, self.service, program], {}
-        if self.bindir is None:
-            raise DatabaseError(
-                "The PostgreSQL client programs (pg_dump, pg_restore, psql) were not found.",
-                "Install postgresql-client (Debian: apt-get install postgresql-client) or set PATCHFLOW_PG_BINDIR.",
-            )
-        env = dict(self.local_env)
-        env["PGDATABASE"] = db
-        env["PGAPPNAME"] = app
-        return [str(self.bindir / program)], env
-
-    def location(self) -> str:
-        """Where the database is, password masked: the URL, or the name in its compose service."""
-        if self.mode == "compose":
-            return f"{self.dbname!r} in compose service {self.service!r}"
-        return mask_url(self.conninfo)
-
-    def describe(self) -> str:
-        """Human description for sentences: ``database <location>``."""
-        return f"database {self.location()}"
-
-
-def target_from_settings(
-    settings: Settings,
-    compose_prefix: Sequence[str] = (),
-    service_env: Mapping[str, str] | None = None,
-    *,
-    url: str | None = None,
-) -> PgTarget | None:
-    """Build the database target of ``settings`` (None when ``database_mode`` is ``none``).
-
-    In compose mode the database and its superuser come from the settings (``database_name``,
-    ``database_user``), else from ``service_env`` (the database service's environment as compose
-    resolves it: ``POSTGRES_DB``, ``POSTGRES_USER``), else from the project's ``.env``; the user
-    defaults to ``postgres`` and the database to the user. ``url`` replaces ``database_url`` (the
-    admin URL).
-
-    Raises:
-        ConfigError: url mode without ``DATABASE_URL``, or an invalid URL.
-    """
-    mode = settings.database_mode
-    if mode == "none":
-        return None
-    schema = "public"
-    if settings.database_url:
-        schema = parse_database_url(settings.database_url).schema
-    if mode == "compose":
-        service = service_env or {}
-        dbname = (
-            settings.database_name
-            or service.get("POSTGRES_DB", "")
-            or settings.dotenv.get("POSTGRES_DB", "")
-            or settings.environ.get("POSTGRES_DB", "")
-        )
-        user = (
-            settings.database_user
-            or service.get("POSTGRES_USER", "")
-            or settings.dotenv.get("POSTGRES_USER", "")
-            or "postgres"
-        )
-        return PgTarget(
-            "compose",
-            dbname or user,
-            compose_prefix=tuple(compose_prefix),
-            service=settings.database_service,
-            user=user,
-            schema=schema,
-        )
-    chosen = url or settings.database_url
-    if not chosen:
-        raise ConfigError(
-            "No database configured: DATABASE_URL is not set.",
-            "Set DATABASE_URL in the project's .env or the environment, or set PATCHFLOW_DATABASE_MODE=none "
-            "for an install without a database.",
-        )
-    parsed = parse_database_url(chosen, source="database_admin_url" if url else "DATABASE_URL")
-    return PgTarget(
-        "url",
-        parsed.dbname,
-        parsed.env,
-        bindir=find_pg_bindir(settings.pg_bindir, settings.environ.get("PATH")),
-        conninfo=parsed.conninfo,
-        schema=schema,
-    )
+    tablespace: str
+    name: str
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    size: int
+    superuser: bool
+    createdb: bool
+    owner_member: bool
+    role: str
 
 
 @dataclass(frozen=True)
@@ -297,7 +62,7 @@ class DumpInfo:
     path: Path
     size: int
     sha256: str
-    properties: dict[str, Any]
+    properties: DatabaseProperties
 
 
 def stamp_now() -> str:
@@ -329,6 +94,12 @@ class Database:
         self.runner = runner
         self.admin = admin or target
 
+    def beside(self, name: str) -> Database:
+        """This server and roles on the database ``name`` (a copy or scratch database beside this one)."""
+        return Database(
+            dataclasses.replace(self.target, dbname=name), self.runner, dataclasses.replace(self.admin, dbname=name)
+        )
+
     # -- plumbing -------------------------------------------------------------------------
     def _run(
         self,
@@ -342,6 +113,7 @@ class Database:
         what: str = "",
         input_file: Path | None = None,
         output_file: Path | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> tuple[str, int, str]:
         target = self.admin if admin else self.target
         base, env = target.command(program, database=database, app=app)
@@ -353,6 +125,7 @@ class Database:
                 what=what or program,
                 input_file=input_file,
                 output_file=output_file,
+                progress=progress,
             )
         except CommandError as exc:
             raise DatabaseError(exc.message, f"Target: {target.describe()}.") from None
@@ -416,40 +189,32 @@ class Database:
             script.unlink(missing_ok=True)
 
     # -- readiness ------------------------------------------------------------------------
-    def wait_ready(self, timeout: float, sleep: Callable[[float], None] = time.sleep) -> float:
-        """Wait until the database accepts a real connection and answers ``SELECT 1`` (C14).
-
-        Polls with backoff (0.1 s doubling to 2 s) until ``timeout`` seconds. Returns the seconds waited.
+    def wait_ready(self, timeout: float, log: Callable[[str], None] = lambda line: None) -> float:
+        """Wait until the database accepts a real connection and answers ``SELECT 1`` (C14), at
+        most ``timeout`` seconds, saying so on ``log`` (:func:`patchflow.dbwait.wait_for_server`).
+        Returns the seconds waited.
 
         Raises:
-            DatabaseError: not ready before the deadline (names the target and the last error).
+            DatabaseError: credentials refused or database unknown (at once), or not ready before
+                the deadline (names the target and the last error).
         """
-        start = time.monotonic()
-        delay = 0.1
-        last = ""
-        while True:
-            try:
-                self._ping()
-                return time.monotonic() - start
-            except (DatabaseError, OSError) as exc:
-                last = str(exc)
-            except Exception as exc:  # psycopg's OperationalError and friends
-                last = str(exc).strip()
-            if time.monotonic() - start + delay > timeout:
-                raise DatabaseError(
-                    f"The {self.target.describe()} does not accept connections "
-                    f"(waited {timeout:.0f} s): {last.splitlines()[-1] if last else 'no answer'}.",
-                    "Start PostgreSQL or fix DATABASE_URL; nothing was changed by this step.",
-                )
-            sleep(delay)
-            delay = min(delay * 2, 2.0)
+        from patchflow.dbwait import wait_for_server
 
-    def _ping(self) -> None:
-        if self.target.mode == "url":
+        return wait_for_server(self, timeout, log)
+
+    def ping(self, *, admin: bool = False) -> None:
+        """Connect (5 s connect timeout) and run ``SELECT 1``, as the admin role with ``admin``.
+
+        Raises:
+            DatabaseError: compose mode, the command failed (its error in the message).
+            psycopg.OperationalError: url mode, the connection failed.
+        """
+        target = self.admin if admin else self.target
+        if target.mode == "url":
             import psycopg
 
             with psycopg.connect(
-                self.target.conninfo, connect_timeout=5, autocommit=True, application_name=APP_NAME
+                target.conninfo, connect_timeout=5, autocommit=True, application_name=APP_NAME
             ) as conn:
                 conn.execute("SELECT 1")
         else:
@@ -459,10 +224,27 @@ class Database:
                 "psql",
                 timeout=15,
                 what="database ping",
+                admin=admin,
             )
 
     # -- information ----------------------------------------------------------------------
-    def properties(self, *, admin: bool = False) -> dict[str, Any]:
+    def create_empty_like(self, name: str, *, what: str) -> None:
+        """``CREATE DATABASE name`` from ``template0`` with the live database's encoding and locale
+        (a scratch or copy beside it), as the admin role; ``what`` names it in an error.
+
+        Raises:
+            DatabaseError: the server refused (no CREATEDB, the name taken...).
+        """
+        props = self.properties(admin=True)
+        self.execute(
+            f"CREATE DATABASE {pg.quote_ident(name)} TEMPLATE template0 ENCODING {pg.quote_literal(props['encoding'])} "
+            f"LC_COLLATE {pg.quote_literal(props['collate'])} LC_CTYPE {pg.quote_literal(props['ctype'])}",
+            database="postgres",
+            admin=True,
+            what=what,
+        )
+
+    def properties(self, *, admin: bool = False) -> DatabaseProperties:
         """Owner, encoding, collation, ctype, size (bytes), tablespace of the database, and the
         connecting role's rights (``superuser``, ``createdb``, ``owner``: member of the owning role).
 
@@ -608,8 +390,9 @@ class Database:
         return int(rows[0][0]) if rows and rows[0][0].isdigit() else 0
 
     # -- dump -----------------------------------------------------------------------------
-    def dump(self, path: Path) -> DumpInfo:
-        """Write a custom-format dump to ``path`` (mode 0600) and prove it (:meth:`prove_dump`).
+    def dump(self, path: Path, progress: Callable[[int], None] | None = None) -> DumpInfo:
+        """Write a custom-format dump to ``path`` (mode 0600) and prove it (:meth:`prove_dump`);
+        ``progress(bytes)`` is called as the dump streams to disk.
 
         Raises:
             DatabaseError: pg_dump failed, or the dump is not complete (short, unreadable to the
@@ -617,9 +400,11 @@ class Database:
         """
         properties = self.properties()
         try:
-            _, size, digest = self._run(pg.pg_dump, "pg_dump", admin=True, output_file=path, what="pg_dump")
+            _, size, digest = self._run(
+                pg.pg_dump, "pg_dump", admin=True, output_file=path, what="pg_dump", progress=progress
+            )
             self.prove_dump(path, size, digest)
-        except BaseException:
+        except BaseException:  # any exit, an interrupt too: a dump not proven is never left; re-raised
             path.unlink(missing_ok=True)
             raise
         return DumpInfo(path, size, digest, properties)
@@ -698,7 +483,7 @@ class Database:
             self._check_restored(dump, restoring)
             self._copy_database_settings(live, restoring)
             self._swap(live, restoring, displaced)
-        except BaseException:
+        except BaseException:  # any exit, an interrupt too: the half-restored copy is dropped; re-raised
             self.execute_quietly(f"DROP DATABASE IF EXISTS {pg.quote_ident(restoring)} WITH (FORCE)")
             raise
         log(f"   database {live} restored; the displaced one is kept as {displaced}")

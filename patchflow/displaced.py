@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from patchflow.journal import utc_now, write_json_atomic
+from patchflow.lifecycle.journal import utc_now, write_json_atomic
 from patchflow.paths import ProjectPaths
 
 

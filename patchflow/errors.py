@@ -5,6 +5,24 @@ Only ``tasks.py`` turns these into exit codes; library code raises and never exi
 
 from __future__ import annotations
 
+#: What each exit code of a patchflow command means (the README's "Exit codes" table). Through
+#: ``make`` every failing recipe is make's own exit 2; patchflow's last line names its own code.
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "bad input or refused; nothing was changed",
+    2: "the apply failed or was interrupted; the old version was kept or restored",
+    3: "another apply or rollback holds the lock",
+    4: "rollback incomplete; the install may be down, patch-status names the recovery",
+    5: "not confirmed; nothing was changed",
+    6: "a remote host was unreachable or refused, or its outcome is unknown",
+    130: "interrupted (Ctrl+C)",
+}
+
+
+def exit_line(code: int) -> str:
+    """The last line a failing command prints: ``patchflow: exit 4 (rollback incomplete; ...)``."""
+    return f"patchflow: exit {code} ({EXIT_CODES.get(code, 'failed')})"
+
 
 class PatchflowError(Exception):
     """Base error: ``message`` says what went wrong, ``hint`` what to do next.
@@ -68,6 +86,12 @@ class MigrationError(DatabaseError):
         self.code = code
 
 
+class PreconditionError(PatchflowError):
+    """Something an apply or rollback needs once the services are stopped is missing (a healthy
+    answer at the health URL, write access, a ``.env`` key, a service): refused before anything
+    stopped or changed."""
+
+
 class ServiceError(PatchflowError):
     """Services could not be stopped, started or inspected."""
 
@@ -105,6 +129,12 @@ class ConfirmationRefused(PatchflowError):
     """The operator declined, or no terminal was there to ask and ``--yes`` was missing."""
 
     exit_code = 5
+
+
+class PlanChanged(ConfirmationRefused):
+    """What the operator confirmed is no longer what the run would do: a decision taken before the
+    lock (installed version, backup, plan) came out differently under it, and nobody could confirm
+    the new one (``--yes``, no terminal) or it cannot be carried out. Nothing was changed."""
 
 
 class RemoteError(PatchflowError):

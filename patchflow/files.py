@@ -176,7 +176,7 @@ def place_entry(
         if dest.is_dir() and not dest.is_symlink():
             dest.rmdir()
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException:  # any exit, an interrupt too: no temporary file is left behind; re-raised
         remove_path(tmp)
         raise
 
@@ -222,7 +222,7 @@ def move(source: Path, target: Path) -> None:
         else:
             _copy_with_owner(str(source), str(tmp))
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException:  # any exit, an interrupt too: no temporary copy is left behind; re-raised
         remove_tree(tmp)
         raise
     gone = gone_name(source)
@@ -242,13 +242,37 @@ def _copy_with_owner(source: str, target: str) -> str:
     return target
 
 
-def same_filesystem(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` (or their nearest existing parents) are on one filesystem."""
+def user_name(uid: int) -> str:
+    """The login name of ``uid`` (``uid 1001`` when it has none)."""
+    import pwd
 
-    def device(path: Path) -> int:
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        return os.stat(probe).st_dev
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
-    return device(a) == device(b)
+
+def current_user() -> str:
+    """``deploy (uid 1001)``: who this process acts as (its effective uid)."""
+    uid = os.geteuid()
+    return f"{user_name(uid)} (uid {uid})"
+
+
+def describe_owner(path: Path) -> str:
+    """``owned by root, mode 0700`` for ``path`` (not following a final symlink); ``missing``
+    when it does not exist, ``cannot stat`` when a folder above it cannot be searched."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror}"
+    return f"owned by {user_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or the nearest folder above it that exists (where creating ``path`` writes)."""
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe

@@ -4,34 +4,40 @@ Writes, without destroying what is there:
 
 * ``tasks.py`` importing patchflow's invoke collection (``inv --list`` then works in the checkout);
 * ``noxfile.py`` importing patchflow's nox sessions;
-* the Makefile targets as thin ``inv`` aliases, in a marked block (``# >>> patchflow`` ...
-  ``# <<< patchflow``) added to the checkout's own Makefile; targets of the same name already
-  there (old ``create-patch``, ``apply-patch``... calling bash scripts) are removed from it only
-  with the operator's consent, and listed;
-* ``[tool.patchflow]`` in ``pyproject.toml`` with the settings detected from the compose file
-  (an existing section is kept as it is);
+* the Makefile targets (:mod:`patchflow.make_block`) in a marked block (``# >>> patchflow`` ...
+  ``# <<< patchflow <<<``) of the checkout's own Makefile, edited by GNU make's grammar
+  (:mod:`patchflow.makefile`): rules of the same name already there (old ``create-patch``,
+  ``apply-patch``... calling bash scripts) are removed only with the operator's consent, and
+  listed; every other byte stays, line endings included; the block's recipes use the recipe
+  prefix in effect where it goes;
+* settings (:mod:`patchflow.init_settings`): this host's into ``.patchflow/host.toml`` (mode
+  0600), the release's into ``[tool.patchflow]`` of ``pyproject.toml``; keys already there are kept;
 * ``.gitignore`` lines for ``patches/``, ``backups/`` and ``.patchflow/``.
 
-Every file it changes is first copied to ``.patchflow/init-backup-<UTC stamp>/``. Running it twice
-changes nothing the second time (:func:`plan_init` finds every file already as it would write it).
+Every file it changes is first copied to ``.patchflow/init-backup-<UTC stamp>/``; a file it edits
+keeps its owner, group and mode. Running it twice changes nothing the second time
+(:func:`plan_init` finds every file already as it would write it).
 """
 
 from __future__ import annotations
 
-import json
+import glob
 import os
-import re
 import shutil
+import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from patchflow.errors import ConfigError
-from patchflow.project import detect_settings, is_tool_home
+from patchflow.init_settings import parse_sets, plan_host_settings, plan_release_settings
+from patchflow.make_block import BLOCK_END, BLOCK_START_PREFIX, TARGETS, makefile_block
+from patchflow.makefile import COMMENT, INCLUDE, Makefile, MakefileError, parse_makefile
+from patchflow.makefile_edit import remove_targets
+from patchflow.project import DetectedSettings, detect_settings, is_tool_home
+from patchflow.settings_files import HOST_SETTINGS_FILE, release_section
 
-BLOCK_START = "# >>> patchflow: written by `inv init`; settings in pyproject.toml [tool.patchflow] >>>"
-BLOCK_END = "# <<< patchflow <<<"
 TASKS_PY = '''"""Tasks of this PrimeFlow checkout: patchflow's patch system (`inv --list`, `make patch-help`).
 
 Add the project's own tasks below with `ns.add_task(...)`.
@@ -46,66 +52,21 @@ NOXFILE_PY = '''"""nox sessions of this PrimeFlow checkout: patchflow's (`nox --
 from patchflow.nox_sessions import *  # noqa: F403 - importing registers the sessions
 '''
 GITIGNORE_LINES = ("/patches/", "/backups/", "/.patchflow/")
-PF_HOST = "".join(
-    f"$(if $(filter command line,$(origin {var})), {flag} $({var}),)"
-    for var, flag in (("HOST", "--host"), ("HOSTS", "--hosts"), ("ROLE", "--role"))
-)
-# (target, inv command line, help); $(PF_ARGS) carries the pass-through variables
-TARGETS: tuple[tuple[str, str, str], ...] = (
-    (
-        "patch-status",
-        "patch-status $(PF_ROOT) $(PF_HOST) $(if $(JSON),--json,)",
-        "installed version, patches, backups, history (HOST= ROLE= over SSH)",
-    ),
-    ("create-patch", "create-patch $(PF_ROOT) $(PF_VERSION) $(PF_FORCE)", "build patches/vX.Y.Z/ (VERSION=x.y.z)"),
-    ("verify-patch", "verify-patch $(PF_ROOT) $(PF_VERSION)", "check a patch's checksums and manifest (VERSION=)"),
-    (
-        "apply-patch",
-        "apply-patch $(PF_ROOT) $(PF_VERSION) $(PF_YES) $(PF_DRY_RUN) $(PF_FORCE)",
-        "apply a patch: backup, migrate, restart, health, automatic rollback (VERSION= YES=1)",
-    ),
-    (
-        "rollback-patch",
-        "rollback-patch $(PF_ROOT) $(PF_HOST) $(PF_VERSION) $(PF_YES) $(PF_FORCE)",
-        "restore code, database and VERSION from before a patch (VERSION= YES=1; HOST= ROLE= over SSH)",
-    ),
-    (
-        "deploy",
-        "deploy $(PF_ROOT) $(PF_HOST) $(PF_VERSION) $(PF_YES)",
-        "upload a patch over SSH and apply it there, rolling (HOST=/HOSTS=/ROLE= VERSION= YES=1)",
-    ),
-    ("prune-backups", "prune-backups $(PF_ROOT) $(PF_DRY_RUN)", "delete old backups (retention; DRY_RUN=1)"),
-    ("preflight", "preflight $(PF_ROOT)", "pnpm lint/typecheck, prisma validate"),
-    (
-        "baseline-migrations",
-        "baseline-migrations $(PF_ROOT) $(PF_YES)",
-        "record the installed migrations in a database without history (YES=1)",
-    ),
-    ("up", "up $(PF_ROOT)", "start the stack"),
-    ("down", "down $(PF_ROOT)", "stop the stack (volumes are kept)"),
-    ("ps", "ps $(PF_ROOT)", "service states"),
-    ("restart", "restart $(PF_ROOT) $(PF_SERVICE)", "restart services (SERVICE=api)"),
-    ("logs", "logs $(PF_ROOT) $(PF_SERVICE) $(PF_TAIL) $(if $(FOLLOW),--follow,)", "service logs (SERVICE= TAIL=)"),
-)
-VARIABLES = (
-    ("VERSION", "patch version, e.g. VERSION=2.3.0"),
-    ("YES", "YES=1 confirms without a prompt (required without a terminal)"),
-    ("DRY_RUN", "DRY_RUN=1 prints the plan and changes nothing"),
-    ("FORCE", "FORCE=1 applies an installed version again / replaces a patch folder"),
-    ("HOST", "HOST=prod-server (or HOSTS=a,b, ROLE=production) for deploy, patch-status, rollback-patch"),
-    ("ROOT", "ROOT=path of another checkout"),
-    ("SERVICE", "SERVICE=api for logs and restart"),
-)
+OUR_TARGETS = frozenset({name for name, _, _, _ in TARGETS} | {"patch-help"})
+#: Mode of the files init creates (the host settings file is 0600, its folder 0700).
+NEW_FILE_MODE = 0o644
 
 
 @dataclass
 class FileChange:
-    """One file init writes: ``action`` is create, update or unchanged; ``notes`` say what changes."""
+    """One file init writes: ``action`` is create, update or unchanged; ``notes`` say what changes;
+    ``mode`` is the mode of a file it creates."""
 
     path: Path
     action: str
     content: str
     notes: list[str] = field(default_factory=list)
+    mode: int = NEW_FILE_MODE
 
 
 @dataclass
@@ -115,7 +76,7 @@ class InitPlan:
     root: Path
     changes: list[FileChange]
     replaced_targets: list[str]
-    settings: dict[str, Any]
+    settings: DetectedSettings
     detection_notes: list[str]
 
     @property
@@ -128,112 +89,141 @@ class InitPlan:
         return [c for c in self.changes if c.action != "unchanged"]
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read {path}: {exc}.", "Fix the file (UTF-8, readable) and run init again.") from None
-
-
-def makefile_block(inv: str, *, with_help: bool) -> str:
-    """The Makefile block of patchflow's targets; ``inv`` is the invoke program to call."""
-    lines = [
-        BLOCK_START,
-        f"PF_INV ?= {inv}",
-        "PF_ROOT = $(if $(ROOT),--root $(ROOT),)",
-        "PF_VERSION = $(if $(VERSION),--version $(VERSION),)",
-        "PF_YES = $(if $(YES),--yes,)",
-        "PF_DRY_RUN = $(if $(DRY_RUN),--dry-run,)",
-        "PF_FORCE = $(if $(FORCE),--force,)",
-        # only from the make command line: an app's HOST=0.0.0.0 in .env or the environment is not a server
-        "PF_HOST = " + PF_HOST,
-        "PF_SERVICE = $(if $(SERVICE),--service $(SERVICE),)",
-        "PF_TAIL = $(if $(TAIL),--tail $(TAIL),)",
-        "",
-        ".PHONY: patch-help " + " ".join(name for name, _, _ in TARGETS) + (" help" if with_help else ""),
-        "",
-    ]
-    if with_help:
-        lines += ["help: patch-help ## list the commands", ""]
-    lines += ["patch-help: ## patchflow's targets and variables", "\t@$(PF_INV) --list"]
-    lines += [f"\t@echo '  {name:<9} {text}'" for name, text in VARIABLES]
-    lines.append("")
-    for name, command, text in TARGETS:
-        lines += [f"{name}: ## {text}", f"\t@$(PF_INV) {command}", ""]
-    lines.append(BLOCK_END)
-    return "\n".join(lines) + "\n"
-
-
-_RULE = re.compile(r"^([A-Za-z0-9_.%/-][^:=#\s]*(?:\s+[^:=#\s]+)*)\s*::?(?!=)")
-
-
-def _targets_of(text: str) -> set[str]:
-    names: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith(("\t", "#", " ")) or line.startswith("."):
-            continue
-        match = _RULE.match(line)
-        if match:
-            names.update(match.group(1).split())
-    return names
-
-
-def _strip_block(text: str) -> str:
-    """``text`` without patchflow's block (what an earlier init wrote)."""
-    start = text.find(BLOCK_START)
-    if start < 0:
-        return text
-    end = text.find(BLOCK_END, start)
-    end = len(text) if end < 0 else end + len(BLOCK_END)
-    before, after = text[:start].rstrip("\n"), text[end:].lstrip("\n")
-    return "\n".join(part for part in (before, after) if part) + "\n" if before or after else ""
-
-
-def _remove_rules(text: str, names: set[str]) -> str:
-    """``text`` without the rules of ``names`` (rule line and its recipe lines); a rule naming
-    several targets keeps the others."""
-    out: list[str] = []
-    skipping = False
-    for line in text.splitlines():
-        if skipping:
-            if line.startswith("\t"):
-                continue  # a recipe line of the removed rule
-            skipping = False
-        match = _RULE.match(line) if not line.startswith(("\t", "#", " ", ".")) else None
-        if match:
-            targets = match.group(1).split()
-            hit = [t for t in targets if t in names]
-            if hit:
-                kept = [t for t in targets if t not in names]
-                if not kept:
-                    skipping = True
-                    continue
-                line = line.replace(match.group(1), " ".join(kept), 1)
-        out.append(line)
-    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
-
-
-def _toml_value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def pyproject_section(settings: dict[str, Any]) -> str:
-    """The ``[tool.patchflow]`` section text for ``settings`` (TOML)."""
-    lines = [
-        "[tool.patchflow]",
-        "# detected by `inv init` from the compose file; see patchflow's README for all settings",
-    ]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-def plan_init(root: Path, *, inv: str) -> InitPlan:
-    """Work out what init would write into the checkout at ``root`` (nothing is written).
+def read_text(path: Path) -> str | None:
+    """The text of ``path`` exactly as stored (no newline translation; bytes that are not UTF-8
+    kept as surrogates so they are written back unchanged); None when it does not exist.
 
     Raises:
-        ConfigError: ``root`` is not a folder, is patchflow's own repository, or a file cannot be read.
+        ConfigError: the file cannot be read.
+    """
+    try:
+        return path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}.", "Make it readable and run init again.") from None
+
+
+def _block_range(mk: Makefile) -> range | None:
+    """The logical lines of patchflow's block in ``mk`` (an earlier init's), None when it has none.
+
+    Raises:
+        MakefileError: the block's start has no end.
+    """
+    start = next(
+        (i for i, ln in enumerate(mk.lines) if ln.kind == COMMENT and ln.text.startswith(BLOCK_START_PREFIX)), None
+    )
+    if start is None:
+        return None
+    ends = [i for i, ln in enumerate(mk.lines) if i > start and ln.kind == COMMENT and ln.text.strip() == BLOCK_END]
+    end = ends[0] if ends else None
+    if end is None:
+        raise MakefileError(
+            f"Makefile line {mk.lines[start].first + 1}: patchflow's block starts here but has no `{BLOCK_END}` line.",
+            "Remove the rest of the old block by hand (the backup of an earlier init has the file as it was), "
+            "then run init again.",
+        )
+    return range(start, end + 1)
+
+
+def _included_targets(root: Path, mk: Makefile, skip: range | None) -> tuple[dict[str, str], list[str]]:
+    """Targets of patchflow's (and ``help``) defined in files the Makefile includes: name ->
+    ``file line N``; and notes on included files that could not be read."""
+    found: dict[str, str] = {}
+    notes: list[str] = []
+    for index, line in enumerate(mk.lines):
+        if line.kind != INCLUDE or (skip is not None and index in skip):
+            continue
+        for name in line.names:
+            if "$" in name:
+                notes.append(f"Makefile line {line.first + 1} includes {name}: only make knows that file's targets")
+                continue
+            paths = sorted(glob.glob(str(root / name))) if any(c in name for c in "*?[") else [str(root / name)]
+            for path in map(Path, paths):
+                text = read_text(path) if path.is_file() else None
+                if text is None:
+                    continue
+                try:
+                    included = parse_makefile(text)
+                except MakefileError as exc:
+                    notes.append(f"{name} (included) could not be read as a Makefile: {exc.message}")
+                    continue
+                for target, where in included.targets().items():
+                    if target in OUR_TARGETS | {"help"}:
+                        found.setdefault(target, f"{name} line {included.line_number(where[0])}")
+    return found, notes
+
+
+def plan_makefile(root: Path, current: str | None) -> tuple[FileChange, list[str], list[str]]:
+    """The Makefile change: ``(change, replaced targets, notes)``.
+
+    Raises:
+        MakefileError: the Makefile cannot be edited safely (see :func:`patchflow.makefile_edit.remove_targets`),
+            or a file it includes defines one of patchflow's targets.
+    """
+    path = root / "Makefile"
+    if current is None:
+        return FileChange(path, "create", makefile_block(with_help=True), ["adds patchflow's targets"]), [], []
+    mk = parse_makefile(current)
+    block = _block_range(mk)
+    theirs = {name for name, where in mk.targets().items() if block is None or any(i not in block for i in where)}
+    included, notes = _included_targets(root, mk, block)
+    clash = {name: where for name, where in included.items() if name in OUR_TARGETS}
+    if clash:
+        listed = ", ".join(f"{name} ({where})" for name, where in sorted(clash.items()))
+        raise MakefileError(
+            f"A file the Makefile includes defines patchflow's targets: {listed}.",
+            "init edits only the Makefile: remove or rename those rules in the included file, then run init again.",
+        )
+    for index in mk.dynamic_rules():
+        if block is None or index not in block:
+            notes.append(
+                f"Makefile line {mk.line_number(index)} names its targets through a variable: if they include one "
+                "of patchflow's, make warns and uses the later recipe"
+            )
+    replaced = sorted(theirs & OUR_TARGETS)
+    with_help = "help" not in theirs and "help" not in included
+    removal = remove_targets(mk, set(replaced), keep=block)
+    edited = parse_makefile(removal.text) if replaced else mk
+    eol = mk.eol()
+    if block is not None:
+        at = _block_range(edited)
+        assert at is not None  # the block is kept by remove_targets
+        first, last = edited.lines[at.start].first, edited.lines[at.stop - 1].last
+        prefix = edited.lines[at.start].prefix
+        lines = edited.physical
+        new = makefile_block(prefix=prefix, eol=eol, with_help=with_help)
+        before = "".join(p.text + p.eol for p in lines[:first])
+        after = "".join(p.text + p.eol for p in lines[last + 1 :])
+        if lines[last].eol == "" and after == "":
+            new = new[: -len(eol)]  # the file ended without a newline after the block: keep it so
+        text = before + new + after
+    else:
+        text = removal.text
+        if text and not text.endswith("\n"):
+            text += eol
+        if text and not text.endswith(("\n\n", "\r\n\r\n")):
+            text += eol
+        prefix = edited.prefix
+        text += makefile_block(prefix=prefix, eol=eol, with_help=with_help)
+    if text == current:
+        return FileChange(path, "unchanged", current), [], notes
+    change_notes = [f"replaces the targets {', '.join(replaced)}"] if replaced else []
+    change_notes += removal.changes
+    if prefix != "\t":
+        change_notes.append(f"its recipes start with the recipe prefix in effect there, {prefix!r} (.RECIPEPREFIX)")
+    change_notes.append("updates patchflow's targets" if block is not None else "adds patchflow's targets")
+    return FileChange(path, "update", text, change_notes), replaced, notes
+
+
+def plan_init(root: Path, *, sets: Sequence[str] = ()) -> InitPlan:
+    """Work out what init would write into the checkout at ``root`` (nothing is written).
+    ``sets`` are ``KEY=VALUE`` host settings (``init --set``).
+
+    Raises:
+        ConfigError: ``root`` is not a folder, is patchflow's own repository, a file cannot be
+            read, a ``--set`` is invalid, ``pyproject.toml`` or the host file is not valid TOML,
+            or the Makefile cannot be edited safely (MakefileError, naming the line).
     """
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder.", "Pass --root PATH of a PrimeFlow checkout.")
@@ -241,15 +231,17 @@ def plan_init(root: Path, *, inv: str) -> InitPlan:
         raise ConfigError(
             f"{root} is patchflow's own repository, not a PrimeFlow checkout.", "Pass --root PATH of a checkout."
         )
+    host_values = parse_sets(sets)
     detected = detect_settings(root)
     changes: list[FileChange] = []
+    notes = list(detected.notes)
 
     for name, wanted, marker in (
         ("tasks.py", TASKS_PY, "patchflow.cli"),
         ("noxfile.py", NOXFILE_PY, "patchflow.nox"),
     ):
         path = root / name
-        current = _read(path)
+        current = read_text(path)
         if current is None:
             changes.append(FileChange(path, "create", wanted))
         elif marker in current:
@@ -257,69 +249,129 @@ def plan_init(root: Path, *, inv: str) -> InitPlan:
         else:
             changes.append(FileChange(path, "update", wanted, [f"replaces the checkout's own {name} (backed up)"]))
 
-    makefile = root / "Makefile"
-    current = _read(makefile)
-    base = _strip_block(current) if current is not None else ""
-    ours = {name for name, _, _ in TARGETS} | {"patch-help"}
-    theirs = _targets_of(base)
-    replaced = sorted(theirs & ours)
-    with_help = "help" not in theirs
-    if replaced:
-        base = _remove_rules(base, set(replaced))
-    block = makefile_block(inv, with_help=with_help)
-    new_makefile = (base.rstrip("\n") + "\n\n" + block) if base.strip() else block
-    if current is None:
-        changes.append(FileChange(makefile, "create", new_makefile))
-    elif current == new_makefile:
-        changes.append(FileChange(makefile, "unchanged", current))
-    else:
-        notes = [f"replaces the targets {', '.join(replaced)}"] if replaced else []
-        changes.append(FileChange(makefile, "update", new_makefile, [*notes, "adds patchflow's targets"]))
+    makefile, replaced, make_notes = plan_makefile(root, read_text(root / "Makefile"))
+    changes.append(makefile)
+    notes += make_notes
 
     pyproject = root / "pyproject.toml"
-    current = _read(pyproject)
-    section = pyproject_section(detected.settings)
-    if current is None:
-        changes.append(FileChange(pyproject, "create", section))
-    elif re.search(r"^\[tool\.patchflow\]", current, re.MULTILINE):
-        changes.append(FileChange(pyproject, "unchanged", current, ["keeps the existing [tool.patchflow]"]))
+    current = read_text(pyproject)
+    release = release_section(current, str(pyproject)) if current is not None else {}
+    edit = plan_release_settings(current, detected.settings, str(pyproject))
+    if edit.text is None:
+        if current is not None:  # a missing one stays missing when there is nothing to write
+            changes.append(FileChange(pyproject, "unchanged", current))
     else:
-        changes.append(
-            FileChange(pyproject, "update", current.rstrip("\n") + "\n\n" + section, ["adds [tool.patchflow]"])
-        )
+        changes.append(FileChange(pyproject, "create" if current is None else "update", edit.text, edit.notes))
+
+    host_file = root / HOST_SETTINGS_FILE
+    current = read_text(host_file)
+    host_edit = plan_host_settings(current, detected.settings, release, host_values)
+    if host_edit.text is None:
+        if current is not None:
+            changes.append(FileChange(host_file, "unchanged", current))
+    else:
+        action = "create" if current is None else "update"
+        changes.append(FileChange(host_file, action, host_edit.text, host_edit.notes, mode=0o600))
 
     gitignore = root / ".gitignore"
-    current = _read(gitignore) or ""
+    current = read_text(gitignore) or ""
     present = {line.strip() for line in current.splitlines()}
     missing = [line for line in GITIGNORE_LINES if line not in present and line.strip("/") + "/" not in present]
     if missing:
-        text = current.rstrip("\n") + ("\n\n" if current.strip() else "") + "# patchflow\n" + "\n".join(missing) + "\n"
+        eol = "\r\n" if current.count("\r\n") * 2 > current.count("\n") else "\n"
+        text = current
+        if text and not text.endswith("\n"):
+            text += eol
+        text += (eol if text.strip() else "") + "# patchflow" + eol + eol.join(missing) + eol
         changes.append(FileChange(gitignore, "update" if current else "create", text, [f"adds {', '.join(missing)}"]))
     else:
         changes.append(FileChange(gitignore, "unchanged", current))
-    return InitPlan(root, changes, replaced, detected.settings, detected.notes)
+    return InitPlan(root, changes, replaced, detected.settings, notes)
+
+
+def _owner_of(folder: Path) -> tuple[int, int] | None:
+    """The owner and group new files in ``folder`` get: its own, when patchflow runs as root and
+    they differ (a root ``init`` in a deploy user's checkout leaves no root-owned files); else None."""
+    if os.geteuid() != 0:
+        return None
+    st = folder.stat()
+    return (st.st_uid, st.st_gid) if (st.st_uid, st.st_gid) != (0, 0) else None
+
+
+def _make_dir(path: Path, owner: tuple[int, int] | None) -> None:
+    """Create ``path`` (and missing parents) with mode 0700 whatever the umask, owned like the checkout."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)
+        if owner is not None:
+            os.chown(folder, *owner)
+
+
+def write_keeping_owner(path: Path, content: str, *, new_mode: int, owner: tuple[int, int] | None) -> None:
+    """Write ``content`` (surrogate-escaped bytes kept) to ``path`` by rename; an existing file keeps
+    its owner, group and mode (written in place when its owner cannot be given to a new file, so
+    a non-root user editing another user's file does not take it over); a new file gets ``new_mode``
+    and ``owner``.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    data = content.encode("utf-8", errors="surrogateescape")
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
+    tmp = path.with_name(f".{path.name}.patchflow-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if st is None:
+            os.chmod(tmp, new_mode)
+            if owner is not None:
+                os.chown(tmp, *owner)
+        else:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.chown(tmp, st.st_uid, st.st_gid)
+                except PermissionError:
+                    tmp.unlink()
+                    with open(path, "r+b") as handle:  # keep the file (and its owner); it is backed up
+                        handle.write(data)
+                        handle.truncate()
+                    return
+        os.replace(tmp, path)
+    except BaseException:  # any exit, an interrupt too: no temporary file is left beside it; re-raised
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def apply_init(plan: InitPlan, state_dir: Path) -> Path | None:
     """Write the changes of ``plan``; every file replaced is first copied to
-    ``<state_dir>/init-backup-<UTC stamp>/``. Returns that folder (None when nothing existed).
+    ``<state_dir>/init-backup-<UTC stamp>/`` (0700). Returns that folder (None when nothing existed).
 
     Raises:
         ConfigError: a file cannot be written (the message names it).
     """
     backup_dir: Path | None = None
+    owner = _owner_of(plan.root)
     for change in plan.changed:
         try:
             if change.path.exists():
                 if backup_dir is None:
                     backup_dir = state_dir / f"init-backup-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-                    backup_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(change.path, backup_dir / change.path.name)
-            tmp = change.path.with_name(f".{change.path.name}.patchflow-tmp")
-            tmp.write_text(change.content, encoding="utf-8")
-            if change.path.exists():
-                shutil.copymode(change.path, tmp)
-            os.replace(tmp, change.path)
+                    _make_dir(backup_dir, owner)
+                kept = backup_dir / change.path.name
+                shutil.copy2(change.path, kept)
+                if owner is not None:
+                    os.chown(kept, *owner)
+            if not change.path.parent.exists():
+                _make_dir(change.path.parent, owner)
+            write_keeping_owner(change.path, change.content, new_mode=change.mode, owner=owner)
         except OSError as exc:
             raise ConfigError(f"Cannot write {change.path}: {exc}.", "Check permissions; run init again.") from None
     return backup_dir

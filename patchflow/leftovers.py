@@ -4,7 +4,8 @@ atomic writes, an unused space reserve.
 
 None of it is part of the install, and nothing reads it: any later run that holds the lock removes
 it (apply and rollback at their lock step; an apply of the installed version finishes just this
-clean-up), and patch-status lists it with that command.
+clean-up), and patch-status lists it with that command. A ``trash-*`` folder that the detached
+deleter of a committed apply is still deleting (:mod:`patchflow.trash`) is not a leftover.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from patchflow.files import remove_tree
 from patchflow.lock import pid_alive
 from patchflow.paths import ProjectPaths
+from patchflow.trash import being_deleted
 
 PATTERNS = ("staging-*", "trash-*", ".*.tmp-*")
 
@@ -22,7 +24,12 @@ def leftovers(paths: ProjectPaths, *, reserve: bool = False) -> list[Path]:
     """Leftover paths in the state folder (``reserve``: the space reserve too), sorted."""
     if not paths.state.is_dir():
         return []
-    found = {p for pattern in PATTERNS for p in paths.state.glob(pattern) if not _being_written(p)}
+    found = {
+        p
+        for pattern in PATTERNS
+        for p in paths.state.glob(pattern)
+        if not _being_written(p) and not (p.name.startswith("trash-") and being_deleted(p))
+    }
     if reserve and paths.space_reserve.exists():
         found.add(paths.space_reserve)
     return sorted(found)

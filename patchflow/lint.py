@@ -6,7 +6,8 @@ normal ``CREATE INDEX``, a volatile default, a constraint validated at once...) 
 migration's file and line and, when the plan can read it, the size of the tables the statement
 names. The ``migration_lint`` setting decides: ``warn`` (default: shown in the plan), ``refuse``
 (the apply stops before anything changes), ``off``. Style rules that say nothing about locks
-(``prefer-robust-stmts``, timeouts, ``prefer-bigint``...) are left out.
+(``prefer-robust-stmts``, timeouts, ``prefer-bigint``...) are left out; ``require-lock-timeout``
+only when the builtin runner sets ``lock_timeout`` (:mod:`patchflow.migration_locks`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Finding:
 def _size(value: int | None) -> str:
     if value is None:
         return "size unknown"
-    from patchflow.console import human_bytes
+    from patchflow.units import human_bytes
 
     return human_bytes(value)
 
@@ -75,11 +76,19 @@ def squawk_program(environ: Mapping[str, str]) -> str | None:
 
 
 def lint_sql(
-    files: Mapping[str, tuple[str, bytes]], runner: Runner, environ: Mapping[str, str], database: object = None
+    files: Mapping[str, tuple[str, bytes]],
+    runner: Runner,
+    environ: Mapping[str, str],
+    database: object = None,
+    *,
+    lock_timeout_set: bool = True,
 ) -> list[Finding] | None:
     """Lint migration SQL: ``files`` maps each migration's name to ``(path in the tree, SQL bytes)``.
     Returns the findings (None when squawk is not installed); ``database`` (a
-    :class:`~patchflow.database.Database`) adds table sizes.
+    :class:`~patchflow.database.Database`) adds table sizes. ``lock_timeout_set``: the runner sets
+    ``lock_timeout`` itself (patchflow's builtin runner); otherwise squawk's
+    ``require-lock-timeout`` is kept (a migration run by another command waits without limit
+    unless it sets one).
 
     Raises:
         CommandError: squawk failed for another reason than finding problems.
@@ -88,6 +97,7 @@ def lint_sql(
     if program is None or not files:
         return None if program is None else []
     findings: list[Finding] = []
+    excluded = [r for r in STYLE_RULES if lock_timeout_set or r != "require-lock-timeout"]
     with tempfile.TemporaryDirectory(prefix="patchflow-lint-") as work:
         by_file: dict[str, tuple[str, str, list[str]]] = {}
         for index, (name, (path, sql)) in enumerate(sorted(files.items())):
@@ -95,7 +105,7 @@ def lint_sql(
             target.write_bytes(sql)
             by_file[str(target)] = (name, path, sql.decode("utf-8", "replace").splitlines())
         result = runner.run(
-            [program, "--reporter", "json", *(f"--exclude={rule}" for rule in STYLE_RULES), *by_file],
+            [program, "--reporter", "json", *(f"--exclude={rule}" for rule in excluded), *by_file],
             check=False,
             timeout=120,
             what="squawk",

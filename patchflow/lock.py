@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from filelock import FileLock, Timeout
 
@@ -37,6 +37,21 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class LockStatus(TypedDict):
+    """What :func:`lock_status` reports (patch-status's ``lock``): ``state`` (``held``,
+    ``held-too-long``, ``stale``), ``age_seconds`` (None when the start time cannot be read) and
+    the holder's fields."""
+
+    state: str
+    age_seconds: float | None
+    pid: int
+    host: str
+    user: str
+    started_at: str
+    action: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,7 @@ class InstallLock:
             tmp = self.info_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(holder.__dict__) + "\n", encoding="utf-8")
             os.replace(tmp, self.info_path)
-        except BaseException:
+        except BaseException:  # any exit, an interrupt too: never keep the lock without its holder file
             self._lock.release()
             raise
         self.holder = holder
@@ -172,7 +187,7 @@ def install_lock(
         lock.release()
 
 
-def lock_status(lock_path: Path, info_path: Path, stale_after: float) -> dict[str, Any] | None:
+def lock_status(lock_path: Path, info_path: Path, stale_after: float) -> LockStatus | None:
     """What patch-status shows about the lock, or None when free. ``stale_after`` is seconds."""
     holder, state = holder_state(info_path, lock_path)
     if holder is None:
@@ -185,4 +200,13 @@ def lock_status(lock_path: Path, info_path: Path, stale_after: float) -> dict[st
         pass
     if state == "held" and age is not None and age > stale_after:
         state = "held-too-long"
-    return {"state": state, "age_seconds": age, **holder.__dict__}
+    return {
+        "state": state,
+        "age_seconds": age,
+        "pid": holder.pid,
+        "host": holder.host,
+        "user": holder.user,
+        "started_at": holder.started_at,
+        "action": holder.action,
+        "version": holder.version,
+    }

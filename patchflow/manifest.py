@@ -18,19 +18,33 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Required, TypedDict
 
+from patchflow.digests import CHUNK, ProgressCallback
 from patchflow.errors import CreatePatchError
 
 if TYPE_CHECKING:
     import pathspec
 
 EntryType = Literal["file", "dir", "symlink"]
-ProgressCallback = Callable[[int], None]
+
+
+class EntryJson(TypedDict, total=False):
+    """An :class:`Entry` as manifest.json (and a backup's ``old_entries``) writes it: ``path`` and
+    ``type`` always; ``size``, ``sha256`` and ``mode`` (octal text, ``"0755"``) for a file; ``mode``
+    for a folder; ``target`` for a link."""
+
+    path: Required[str]
+    type: Required[EntryType]
+    size: int
+    sha256: str
+    mode: str
+    target: str
+
 
 # no trailing "/": a symlink named uploads (or node_modules...) is host data too, not patch content
 DEFAULT_EXCLUDES: tuple[str, ...] = (
@@ -58,11 +72,9 @@ SECRET_PATTERNS: tuple[str, ...] = (
     "id_ed25519*",
     "!*.pub",
 )
-ALWAYS_INCLUDED: tuple[str, ...] = ("prisma/migrations/**",)
-_ALWAYS_PREFIX = "prisma/migrations/"  # what every path ALWAYS_INCLUDED matches starts with
+ALWAYS_INCLUDED_PREFIX = "prisma/migrations/"  # everything under it is packed, whatever the patterns say
 # one of these is in every path a secret pattern matches
 _SECRET_HINT = re.compile(r"\.env|\.pem|\.key|\.p12|\.pfx|id_")
-CHUNK = 1024 * 1024
 
 
 def clean_mode(mode: int) -> int:
@@ -83,15 +95,19 @@ class Entry:
     sha256: str = ""
     target: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"path": self.path, "type": self.type}
+    def to_json(self) -> EntryJson:
+        """This entry as JSON (:class:`EntryJson`: only the keys its type has)."""
         if self.type == "file":
-            data.update(size=self.size, sha256=self.sha256, mode=f"{self.mode:04o}")
-        elif self.type == "dir":
-            data["mode"] = f"{self.mode:04o}"
-        else:
-            data["target"] = self.target
-        return data
+            return {
+                "path": self.path,
+                "type": "file",
+                "size": self.size,
+                "sha256": self.sha256,
+                "mode": f"{self.mode:04o}",
+            }
+        if self.type == "dir":
+            return {"path": self.path, "type": "dir", "mode": f"{self.mode:04o}"}
+        return {"path": self.path, "type": self.type, "target": self.target}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Entry:
@@ -121,12 +137,14 @@ class Entry:
 @dataclass
 class Tree:
     """A scanned tree: ``entries`` maps POSIX relative path to :class:`Entry` (sorted on output);
-    ``stats`` maps each file's path to ``(size in bytes, st_mtime_ns)`` as scanned."""
+    ``stats`` maps each file's path to ``(size in bytes, st_mtime_ns)`` as scanned; ``unreadable``
+    lists the paths a non-strict scan left out because this user cannot read, list or stat them."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     excluded_secrets: list[str] = field(default_factory=list)
     stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # file path -> (size, st_mtime_ns)
+    unreadable: list[str] = field(default_factory=list)
 
     def files(self) -> list[Entry]:
         return [e for _, e in sorted(self.entries.items()) if e.type == "file"]
@@ -170,6 +188,8 @@ class ExcludeRules:
     globs (no ``/`` but a trailing one, no ``**``, brackets or escapes: ``node_modules``,
     ``*.log``, ``tmp/``) are checked against each path component with one regex, which is what
     gitignore does for them and about ten times faster; any other pattern goes to ``pathspec``.
+    Answers are remembered per path: an apply asks about the same paths for the patch, the scan
+    of the tree and the scan again under the lock.
     """
 
     def __init__(self, patterns: Iterable[str], protected: Iterable[str] = ()) -> None:
@@ -187,6 +207,7 @@ class ExcludeRules:
         self._in_folder = _name_glob_regex((p.rstrip("/") for p in simple), anywhere=True)
         self._file_name = _name_glob_regex(p for p in simple if not p.endswith("/"))
         self._spec = _gitignore_spec(others) if others else None
+        self._answers: dict[tuple[str, bool], bool] = {}
 
     def is_secret(self, rel: str) -> bool:
         # every secret pattern holds one of these literal pieces: a path without any of them
@@ -199,6 +220,13 @@ class ExcludeRules:
 
     def excluded(self, rel: str, is_dir: bool) -> bool:
         """True if ``rel`` (POSIX, relative) is outside the patch. Directories get a trailing ``/``."""
+        key = (rel, is_dir)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._excluded(rel, is_dir)
+        return answer
+
+    def _excluded(self, rel: str, is_dir: bool) -> bool:
         if rel.partition("/")[0] in self._protected_tops or rel in self._protected_tops:
             return True
         if self._protected_nested and rel.startswith(self._protected_nested):
@@ -206,7 +234,7 @@ class ExcludeRules:
         probe = rel + "/" if is_dir else rel
         if not is_dir and self.is_secret(rel):
             return True
-        if rel.startswith(_ALWAYS_PREFIX):  # what ALWAYS_INCLUDED ("prisma/migrations/**") matches
+        if rel.startswith(ALWAYS_INCLUDED_PREFIX):
             return False
         if rel == "prisma/migrations" or rel == "prisma":
             return False
@@ -220,11 +248,18 @@ class ExcludeRules:
         return self._spec is not None and self._spec.match_file(probe)
 
 
-def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str], *, gitignore: bool = False) -> ExcludeRules:
+def load_rules(
+    root: Path,
+    extra: Iterable[str],
+    protected: Iterable[str],
+    *,
+    gitignore: bool = False,
+    host_paths: Iterable[str] = (),
+) -> ExcludeRules:
     """Build the rules of a project: defaults, the ``exclude`` setting, the project's root
     ``.gitignore`` when ``gitignore`` (what git does not track is not part of a release: local
-    data, host overrides, generated files), then ``.patchignore`` (last, so it can re-include with
-    ``!pattern``).
+    data, host overrides, generated files), then ``.patchignore`` (so it can re-include with
+    ``!pattern``), then ``host_paths`` (what each host keeps as its own: nothing re-includes it).
 
     Raises:
         CreatePatchError: ``.gitignore`` or ``.patchignore`` exists but cannot be read.
@@ -240,94 +275,8 @@ def load_rules(root: Path, extra: Iterable[str], protected: Iterable[str], *, gi
             raise CreatePatchError(
                 f"Cannot read {ignore}: {exc}.", "Fix the file (UTF-8, readable) or remove it."
             ) from None
+    patterns += list(host_paths)
     return ExcludeRules(patterns, protected)
-
-
-def file_digest(path: Path, algorithm: str = "sha256", on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
-    """Return ``(hex digest, size in bytes)`` of ``path`` with ``algorithm`` (a ``hashlib`` name such
-    as ``sha256`` or ``md5``), read in 1 MiB chunks; ``on_bytes`` gets each chunk's length."""
-    digest = hashlib.new(algorithm)
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-    return digest.hexdigest(), size
-
-
-PARALLEL_DIGEST_MIN = 8 * 1024 * 1024
-
-
-def file_digests(
-    path: Path, algorithms: Iterable[str], on_bytes: ProgressCallback | None = None
-) -> tuple[dict[str, str], int]:
-    """Return ``({algorithm: hex digest}, size in bytes)`` of ``path`` for several ``hashlib``
-    algorithms (e.g. ``("sha256", "md5")``) in ONE read of the file.
-
-    For files of 8 MiB or more each extra algorithm runs on its own thread, fed the same
-    1 MiB chunks (hashlib releases the GIL), so the time is that of the slowest digest.
-    """
-    names = list(dict.fromkeys(algorithms))
-    digests = [hashlib.new(name) for name in names]
-    size = 0
-    with open(path, "rb") as handle:
-        first = handle.read(CHUNK)
-        if len(digests) == 1 or len(first) < CHUNK or os.fstat(handle.fileno()).st_size < PARALLEL_DIGEST_MIN:
-            chunk = first
-            while chunk:
-                for digest in digests:
-                    digest.update(chunk)
-                size += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-                chunk = handle.read(CHUNK)
-        else:
-            size = _parallel_digests(handle, first, digests, on_bytes)
-    return {name: digest.hexdigest() for name, digest in zip(names, digests, strict=True)}, size
-
-
-def _parallel_digests(handle: Any, first: bytes, digests: list[Any], on_bytes: ProgressCallback | None) -> int:
-    """Feed every chunk of ``handle`` (starting with ``first``) to ``digests[0]`` here and to each
-    other digest on its own thread."""
-    import queue
-    import threading
-
-    feeds: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=8) for _ in digests[1:]]
-
-    def consume(digest: Any, feed: queue.Queue[bytes | None]) -> None:
-        while (chunk := feed.get()) is not None:
-            digest.update(chunk)
-
-    threads = [
-        threading.Thread(target=consume, args=(digest, feed), daemon=True)
-        for digest, feed in zip(digests[1:], feeds, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    size = 0
-    chunk = first
-    try:
-        while chunk:
-            for feed in feeds:
-                feed.put(chunk)
-            digests[0].update(chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-            chunk = handle.read(CHUNK)
-    finally:
-        for feed in feeds:
-            feed.put(None)
-        for thread in threads:
-            thread.join()
-    return size
-
-
-def sha256_file(path: Path, on_bytes: ProgressCallback | None = None) -> tuple[str, int]:
-    """Return ``(hex sha256, size in bytes)`` of ``path``."""
-    return file_digest(path, "sha256", on_bytes)
 
 
 def _link_stays_inside(rel: str, target: str) -> bool:
@@ -408,6 +357,7 @@ def scan_tree(
                 children = sorted(it, key=lambda d: d.name)
         except OSError as exc:
             problems.append(f"{rel_folder or '.'}: cannot list directory ({exc.strerror})")
+            tree.unreadable.append(rel_folder or ".")
             return
         for child in children:
             rel = f"{rel_folder}/{child.name}" if rel_folder else child.name
@@ -415,6 +365,7 @@ def scan_tree(
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
                 problems.append(f"{rel}: cannot stat ({exc.strerror})")
+                tree.unreadable.append(rel)
                 continue
             mode = st.st_mode
             excluded = rules.excluded(rel, is_dir=stat.S_ISDIR(mode))
@@ -454,6 +405,7 @@ def scan_tree(
                         to_hash.append((rel, child.path))
                 elif not os.access(child.path, os.R_OK):
                     problems.append(f"{rel}: cannot read (permission denied)")
+                    tree.unreadable.append(rel)
                     continue
                 tree.entries[rel] = Entry(rel, "file", mode=clean_mode(mode), size=st.st_size, sha256=digest)
             else:
@@ -566,6 +518,7 @@ def _hash_entries(
             for (rel, _), result in zip(batch, batch_results, strict=True):
                 if isinstance(result, OSError):
                     problems.append(f"{rel}: cannot read ({result.strerror})")
+                    tree.unreadable.append(rel)
                     del tree.entries[rel]
                     tree.stats.pop(rel, None)
                     continue

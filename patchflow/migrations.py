@@ -10,7 +10,10 @@ The checksum of a migration is the sha256 hex of its SQL bytes, as Prisma record
 ``?schema=`` (default ``public``).
 
 Runners (``migrate_command``): ``builtin`` runs each pending migration in one transaction with its
-``_prisma_migrations`` row (Prisma-compatible); any other command (e.g. ``pnpm prisma migrate
+``_prisma_migrations`` row (Prisma-compatible), with a ``lock_timeout`` and retries
+(:mod:`patchflow.migration_locks`); a migration made only of statements PostgreSQL refuses in a
+transaction block runs without one, and one mixing them with others is refused
+(:mod:`patchflow.txn_statements`); any other command (e.g. ``pnpm prisma migrate
 deploy``) runs in the tree with ``DATABASE_URL`` set, and afterwards every migration it had to run
 must be recorded as finished with the right checksum, or the step fails. ``auto`` picks
 ``pnpm prisma migrate deploy`` when the Prisma CLI is installed and every migration is a Prisma
@@ -26,17 +29,37 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from patchflow.commands import postgres as pg
 from patchflow.commands import split_command
 from patchflow.config import Settings
 from patchflow.errors import CommandError, DatabaseError, MigrationError
+from patchflow.migration_locks import LockPolicy, LockWaitError, run_with_lock_retries
+from patchflow.pg_target import MIGRATE_APP_NAME
 from patchflow.runner import Runner
+from patchflow.txn_statements import mixed_refusal, server_version, transaction_mode
 
 MIGRATIONS_DIR = "prisma/migrations"
 MIGRATIONS_TABLE = "_prisma_migrations"
 PRISMA_COMMAND = "pnpm prisma migrate deploy"
+
+
+class MigrationJson(TypedDict):
+    """A migration as manifest.json lists it (``migrations``): name, path, sha256 of its SQL."""
+
+    name: str
+    path: str
+    sha256: str
+
+
+class MigrationRow(TypedDict):
+    """One row of ``_prisma_migrations`` as :meth:`MigrationHistory.rows` reads it."""
+
+    name: str
+    checksum: str
+    finished: bool
+    rolled_back: bool
 
 
 @dataclass(frozen=True)
@@ -49,7 +72,8 @@ class Migration:
     checksum: str
     layout: str = "folder"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> MigrationJson:
+        """This migration as manifest.json lists it."""
         return {"name": self.name, "path": self.path, "sha256": self.checksum}
 
 
@@ -148,7 +172,7 @@ class MigrationHistory:
         found = self.database.query(f"SELECT to_regclass({regclass}) IS NOT NULL")
         return bool(found) and found[0][0] == "t"
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[MigrationRow]:
         """Rows of ``_prisma_migrations`` in order (empty when the table does not exist):
         ``name, checksum, finished, rolled_back``.
 
@@ -176,27 +200,53 @@ class MigrationHistory:
                 f"P3009: migration {failed[0]} is recorded as failed in {MIGRATIONS_TABLE}; "
                 "later migrations cannot run.",
                 "Roll back the patch that ran it (rollback-patch restores the database), or resolve it with "
-                "`prisma migrate resolve`.",
+                f"`inv resolve-migration --name {failed[0]} --rolled-back` (or `--applied`).",
                 migration=failed[0],
                 code="P3009",
             )
         done = {r["name"] for r in rows if r["finished"] and not r["rolled_back"]}
         return [m for m in migrations if m.name not in done]
 
-    def apply(self, root: Path, migration: Migration, *, timeout: float) -> None:
-        """Run one migration in a transaction together with its ``_prisma_migrations`` row.
+    def apply(
+        self,
+        root: Path,
+        migration: Migration,
+        *,
+        timeout: float,
+        lock: LockPolicy | None = None,
+        log: Callable[[str], None] = lambda line: None,
+        probe: str = "",
+    ) -> str:
+        """Run one migration in a transaction together with its ``_prisma_migrations`` row, with
+        ``lock``'s lock_timeout and retries (:mod:`patchflow.migration_locks`; none by default).
+        ``probe`` (psql script text) runs after the record, before the COMMIT (a rehearsal reads
+        the locks the transaction holds there); returns psql's output of the last attempt.
 
         Raises:
+            LockWaitError: it could not get its locks (names the table, mode and blockers).
+            MigrationError: it mixes statements refused in a transaction block with others
+                (nothing of it ran).
             MigrationError: the SQL failed (code P3018, the migration's name, PostgreSQL's error
                 with the line number of the migration file) or ran past ``timeout`` seconds.
         """
+        policy = lock or LockPolicy(0, 0, timeout)
         sql = (root / migration.path).read_text(encoding="utf-8")
-        # everything before the migration's SQL is on line 1, so psql's line N is the file's N - 1
+        mode = transaction_mode(sql, server_version(self.database))  # statements refused in a transaction
+        if mode.kind == "mixed":
+            raise mixed_refusal(migration.name, migration.path, mode)
+        outside = mode.kind == "none"
+        if outside:  # no lock_timeout (patchflow.txn_statements), no BEGIN/COMMIT: psql sends each statement
+            policy = LockPolicy(0, 0, timeout)
+        # everything before the migration's SQL is on line 1 and says nothing (client_min_messages):
+        # a NOTICE of patchflow's own set-up ("_prisma_migrations already exists, skipping") must not
+        # read as the migration's; psql's line N is the file's N - 1
         create_schema = (
             "" if self.schema == "public" else f"CREATE SCHEMA IF NOT EXISTS {pg.quote_ident(self.schema)}; "
         )
         header = (
-            f"{create_schema}SET search_path TO {pg.quote_ident(self.schema)}; BEGIN; {create_table_sql(self.schema)}"
+            f"SET client_min_messages = warning; {policy.set_sql()}{create_schema}"
+            f"SET search_path TO {pg.quote_ident(self.schema)}; "
+            f"{'' if outside else 'BEGIN; '}{create_table_sql(self.schema)} RESET client_min_messages;"
         )
         record = (
             f"INSERT INTO {table_name(self.schema)} (id, checksum, finished_at, migration_name, logs, rolled_back_at, "
@@ -204,14 +254,32 @@ class MigrationHistory:
             f"{pg.quote_literal(migration.checksum)}, now(), {pg.quote_literal(migration.name)}, "
             "NULL, NULL, now(), 1);"
         )
-        script = f"{header}\n{sql.rstrip().rstrip(';')};\n{record}\nCOMMIT;\n"
+        # the file as it is, then a lone ";" (a last statement without one, or ending in a comment,
+        # is ended here, not merged with the record)
+        body = sql if sql.endswith("\n") else sql + "\n"
+        script = f"{header}\n{body};\n{record}\n{probe}{'' if outside else 'COMMIT;'}\n"
+        lines = body.count("\n")
+        output: list[str] = []
+
+        def attempt(left: float) -> None:
+            output[:] = [
+                self.database.run_script(script, what=f"migration {migration.name}", app=MIGRATE_APP_NAME, timeout=left)
+            ]
+
         try:
-            self.database.run_script(
-                script, what=f"migration {migration.name}", app="patchflow-migrate", timeout=timeout
+            run_with_lock_retries(
+                self.database,
+                attempt,
+                policy,
+                migration=migration.name,
+                where=lambda error: _statement_at(error, migration.path, lines),
+                log=log,
             )
+        except LockWaitError:
+            self.database.terminate_sessions()
+            raise
         except DatabaseError as exc:
             self.database.terminate_sessions()
-            message = _file_lines(exc.message, migration.path, offset=1)
             if "timed out" in exc.message:
                 raise MigrationError(
                     f"Migration {migration.name} ran longer than migrate_timeout ({timeout:.0f} s) and was "
@@ -219,12 +287,24 @@ class MigrationHistory:
                     "Raise PATCHFLOW_MIGRATE_TIMEOUT if it needs more time; the patch is rolled back.",
                     migration=migration.name,
                 ) from None
+            lost = connection_lost(self.database, exc.message)
+            if lost:
+                raise MigrationError(
+                    f"The connection to the database was lost while migration {migration.name} ran ({lost}): the "
+                    "server restarted, failed over or crashed, so whether its transaction committed is unknown.",
+                    "The patch is rolled back: the database is restored from the backup taken before the "
+                    "migrations either way. Apply again once the database is stable.",
+                    migration=migration.name,
+                ) from None
+            message = _file_lines(exc.message, migration.path, lines)
+            how = "part-way (it runs outside a transaction)" if outside else "and was not applied"
             raise MigrationError(
-                f"P3018: migration {migration.name} failed and was not applied: {message}",
+                f"P3018: migration {migration.name} failed {how}: {message}",
                 "Fix the migration in a new patch; the failed patch is rolled back.",
                 migration=migration.name,
                 code="P3018",
             ) from None
+        return output[0] if output else ""
 
     def check_recorded(self, migrations: Sequence[Migration], command: str) -> None:
         """After ``command`` ran: every one of ``migrations`` must be recorded as finished (not
@@ -256,9 +336,56 @@ _PRISMA_CODE = re.compile(r"\b(P\d{4})\b")
 _PRISMA_MIGRATION = re.compile(r"`?(\d{3,14}_[A-Za-z0-9_]+)`?")
 
 
-def _file_lines(message: str, path: str, offset: int) -> str:
-    """Rewrite psql's ``psql:<stdin>:N:`` into ``<path> line N-offset:``."""
-    return _PSQL_LINE.sub(lambda m: f"{path} line {max(1, int(m.group(1)) - offset)}:", message)
+def _file_lines(message: str, path: str, lines: int) -> str:
+    """Rewrite psql's ``psql:<stdin>:N:`` for a script made of one set-up line, the migration file
+    (``lines`` lines) and patchflow's record: ``<path> line N-1:`` for the file's lines, and
+    patchflow's own part named as such."""
+
+    def label(match: re.Match[str]) -> str:
+        number = int(match.group(1))
+        if number <= 1:
+            return "patchflow's set-up before the migration:"
+        if number - 1 <= lines:
+            return f"{path} line {number - 1}:"
+        return f"patchflow's record of the migration (after {path}):"
+
+    return _PSQL_LINE.sub(label, message)
+
+
+def _statement_at(message: str, path: str, lines: int) -> str:
+    """``its statement at <path> line N`` for psql's error ``message`` (``the migration`` when it
+    names no line of the file)."""
+    found = re.search(rf"{re.escape(path)} line \d+", _file_lines(message, path, lines))
+    return f"its statement at {found.group(0)}" if found else "the migration"
+
+
+#: Fragments of libpq and server errors meaning the session ended under the statement.
+_LOST = (
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "connection to server was lost",
+    "no connection to the server",
+    "could not receive data from server",
+    "could not send data to server",
+    "ssl syscall error",
+    "the database system is shutting down",
+    "connection to server at",
+    "connection to server on socket",
+)
+
+
+def connection_lost(database: Any, message: str) -> str:
+    """Why a failed migration looks like a lost server rather than a failing statement: the
+    fragment of ``message`` that says so, or the error of a ping now; "" when the server answers
+    and the message says nothing of the kind."""
+    lowered = message.lower()
+    for fragment in _LOST:
+        if fragment in lowered:
+            return fragment
+    from patchflow.dbwait import answers, classify, reason_of
+
+    now = answers(database)
+    return reason_of(now) if now is not None and classify(now) == "down" else ""
 
 
 def run_migrations(
@@ -267,8 +394,11 @@ def run_migrations(
     runner: Runner,
     root: Path,
     log: Callable[[str], None] = lambda line: None,
+    progress: Callable[[int, int, str], None] = lambda n, m, name: None,
 ) -> list[str]:
     """Apply the pending migrations of the tree at ``root`` to ``database``; returns their names.
+    The built-in runner calls ``progress(n, m, name)`` as the n-th of m pending migrations starts
+    (a migrate command runs them all in one process: it is not counted).
 
     Raises:
         MigrationError: a migration failed, ran past ``migrate_timeout``, or the migrate command
@@ -282,12 +412,16 @@ def run_migrations(
     command = migrate_command(settings, root, migrations)
     timeout = float(settings.migrate_timeout)
     if command == "builtin":
-        for migration in pending:
-            log(f"   migration {migration.name}")
-            history.apply(root, migration, timeout=timeout)
+        for number, migration in enumerate(pending, 1):
+            log(f"   migration {migration.name} ({number} of {len(pending)})")
+            progress(number, len(pending), migration.name)
+            lock = LockPolicy(settings.migration_lock_timeout, settings.migration_lock_retries, timeout)
+            history.apply(root, migration, timeout=timeout, lock=lock, log=log)
+        # a file ending inside a comment or a quote swallows the record: psql exits 0, nothing committed
+        history.check_recorded(pending, "builtin")
         return [m.name for m in pending]
     env = {"DATABASE_URL": settings.database_url} if settings.database_url else {}
-    env["PGAPPNAME"] = "patchflow-migrate"
+    env["PGAPPNAME"] = MIGRATE_APP_NAME
     try:
         result = runner.run(split_command(command), cwd=root, env=env, timeout=timeout, what="migrations")
     except CommandError as exc:

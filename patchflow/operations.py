@@ -1,20 +1,22 @@
 """The operations the tasks call: apply a patch, roll one back.
 
-Each builds its run (:class:`patchflow.apply.ApplyRun`, :class:`patchflow.rollback.RollbackRun`)
+Each builds its run (:class:`patchflow.lifecycle.apply.ApplyRun`, :class:`patchflow.lifecycle.rollback.RollbackRun`)
 with the recovery of an interrupted run wired into its lock step, so apply and rollback never
-import each other and recovery is written once (:mod:`patchflow.recovery`).
+import each other and recovery is written once (:mod:`patchflow.lifecycle.recovery`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from patchflow.apply import ApplyOptions, ApplyResult, ApplyRun, Plan
 from patchflow.context import Context
-from patchflow.journal import Journal
-from patchflow.pipeline import Recovery
-from patchflow.recovery import recover_interrupted
-from patchflow.rollback import RollbackResult, RollbackRun
+from patchflow.lifecycle.apply import ApplyOptions, ApplyResult, ApplyRun
+from patchflow.lifecycle.decisions import Change, refuse_changes
+from patchflow.lifecycle.journal import Journal
+from patchflow.lifecycle.planning import Plan
+from patchflow.lifecycle.recovery import recover_interrupted
+from patchflow.lifecycle.rollback import RollbackResult, RollbackRun
+from patchflow.lifecycle.steps import Recovery
 from patchflow.version import PatchVersion
 
 
@@ -23,12 +25,16 @@ def apply_patch(
     version: PatchVersion,
     options: ApplyOptions,
     confirm: Callable[[Plan], None] = lambda plan: None,
+    reconfirm: Callable[[Change], None] = refuse_changes,
 ) -> ApplyResult:
-    """Apply patch ``version`` to the install of ``ctx`` (see :mod:`patchflow.apply`).
+    """Apply patch ``version`` to the install of ``ctx`` (see :mod:`patchflow.lifecycle.apply`). ``confirm``
+    sees the plan before the lock; ``reconfirm`` what changed when it is made again under the lock
+    (default: refuse any change).
 
     Raises:
         VerifyError, VersionError, LockError, ConfirmationRefused, DatabaseError, BackupError:
-            refused before anything changed.
+            refused before anything changed (PlanChanged, a ConfirmationRefused: the plan changed
+            while the run waited).
         ApplyError: the apply failed; ``rolled_back`` says whether the old version was restored.
         RollbackError: the apply failed and the automatic rollback did not complete.
     """
@@ -36,7 +42,7 @@ def apply_patch(
     def recover(journal: Journal) -> Recovery:
         return recover_interrupted(ctx, journal)
 
-    return ApplyRun(ctx, version, options, confirm=confirm, recover=recover).execute()
+    return ApplyRun(ctx, version, options, confirm=confirm, recover=recover, reconfirm=reconfirm).execute()
 
 
 def rollback_patch(
@@ -48,17 +54,19 @@ def rollback_patch(
     backup_id: str | None = None,
     restore_database: bool | None = None,
     confirm: Callable[[str], None] = lambda text: None,
+    reconfirm: Callable[[Change], None] = refuse_changes,
 ) -> RollbackResult:
     """Roll ``version`` back: restore code (and, when it must, the database) and VERSION from the
-    backup that the apply of ``version`` took (see :mod:`patchflow.rollback`). An interrupted
-    apply or rollback is finished or undone first.
+    backup that the apply of ``version`` took (see :mod:`patchflow.lifecycle.rollback`). An interrupted
+    apply or rollback is finished or undone first. The backup is chosen again under the lock;
+    ``reconfirm`` sees a choice that changed (default: refuse it).
 
     Raises:
         VersionError: the installed version is not ``version`` (without ``force``).
         RollbackError: a step failed (the journal stays; running it again finishes it).
         BackupError: no suitable backup, or its dump is corrupt.
         LockError: another operation holds the lock, or a stale lock without ``break_lock``.
-        ConfirmationRefused: not confirmed.
+        ConfirmationRefused: not confirmed (PlanChanged: the choice changed while it waited).
     """
 
     def recover(journal: Journal) -> Recovery:
@@ -73,5 +81,6 @@ def rollback_patch(
         restore_db=restore_database,
         confirm=confirm,
         recover=recover,
+        reconfirm=reconfirm,
     )
     return run.execute()

@@ -16,7 +16,6 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from patchflow.errors import ConfigError
 
@@ -79,19 +78,32 @@ def find_root(start: Path, tasks_dir: Path | None = None) -> Path:
     )
 
 
+#: Settings proposed by :func:`detect_settings`: name -> a string or a list of strings, as TOML
+#: writes them (each is checked by its setting's converter when it is read back).
+DetectedSettings = dict[str, str | list[str]]
+#: A service of a compose file as YAML gives it (keys as written, values not checked yet).
+Service = dict[str, object]
+
+
 @dataclass
 class Detected:
     """Settings proposed from a checkout's compose file, with a line of reasoning for each."""
 
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: DetectedSettings = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def _table(value: object) -> dict[str, object]:
+    """``value`` when YAML gave a mapping (its keys as text), else empty: a service written as
+    ``api:`` with nothing under it, or a value of the wrong kind, holds nothing to read."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _compose_file(root: Path) -> str | None:
     return next((c for c in COMPOSE_CANDIDATES if (root / c).is_file()), None)
 
 
-def _environment(service: dict[str, Any]) -> dict[str, str]:
+def _environment(service: Service) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         return dict(str(item).split("=", 1) for item in env if "=" in str(item))
@@ -100,9 +112,10 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def _host_port(service: dict[str, Any], container_port: str | None) -> str | None:
+def _host_port(service: Service, container_port: str | None) -> str | None:
     """The host port published for ``container_port`` (or the first one published)."""
-    for item in service.get("ports") or []:
+    ports = service.get("ports")
+    for item in ports if isinstance(ports, list) else []:
         if isinstance(item, dict):
             published, target = item.get("published"), item.get("target")
         else:
@@ -133,24 +146,23 @@ def detect_settings(root: Path) -> Detected:
         model = yaml.safe_load((root / compose_file).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{root / compose_file} is not valid YAML: {exc}.", "Fix the compose file.") from None
-    services: dict[str, Any] = model.get("services") or {} if isinstance(model, dict) else {}
+    services = {name: _table(service) for name, service in _table(_table(model).get("services")).items()}
+    found.settings["service_manager"] = "compose"  # this machine's fact, pinned in its host settings
     found.settings["compose_files"] = [compose_file]
     found.notes.append(f"compose file {compose_file}: services {', '.join(services) or '(none)'}")
     data = [
-        name
-        for name, svc in services.items()
-        if name in DATA_NAMES or DATA_IMAGES.search(str((svc or {}).get("image", "")))
+        name for name, svc in services.items() if name in DATA_NAMES or DATA_IMAGES.search(str(svc.get("image", "")))
     ]
     apps = [name for name in services if name not in data]
     found.settings["app_services"] = apps
     found.settings["data_services"] = data
     postgres = next(
-        (n for n in data if "postgres" in str((services[n] or {}).get("image", "")) or n in ("postgres", "db")), None
+        (n for n in data if "postgres" in str(services[n].get("image", "")) or n in ("postgres", "db")), None
     )
     if postgres:
         found.settings["database_service"] = postgres
-        env = _environment(services[postgres] or {})
-        urls = [_environment(services[a] or {}).get("DATABASE_URL", "") for a in apps]
+        env = _environment(services[postgres])
+        urls = [_environment(services[a]).get("DATABASE_URL", "") for a in apps]
         in_stack = any(re.search(rf"@{re.escape(postgres)}(:\d+)?/", url) for url in urls)
         found.settings["database_mode"] = "compose" if in_stack else "url"
         if in_stack:
@@ -161,11 +173,11 @@ def detect_settings(root: Path) -> Detected:
             f"database: service {postgres}, "
             + ("reached inside the stack (database_mode = compose)" if in_stack else "DATABASE_URL (url mode)")
         )
-    api = "api" if "api" in apps else next((a for a in apps if (services[a] or {}).get("ports")), None)
+    api = "api" if "api" in apps else next((a for a in apps if services[a].get("ports")), None)
     if api:
-        svc = services[api] or {}
+        svc = services[api]
         container_port = _environment(svc).get("PORT")
-        test = svc.get("healthcheck", {}).get("test") if isinstance(svc.get("healthcheck"), dict) else None
+        test = _table(svc.get("healthcheck")).get("test")
         text = " ".join(test) if isinstance(test, list) else str(test or "")
         match = re.search(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0)(?::(\d+))?(/[^\s'\"|]*)?", text)
         path = match.group(2) if match and match.group(2) else "/health"

@@ -51,12 +51,19 @@ def restore_build_outputs(backup: Backup, root: Path) -> None:
             move(saved, target)
 
 
-def restore_code(backup: Backup, paths: ProjectPaths, *, log: Callable[[str], None] = lambda line: None) -> list[str]:
+def restore_code(
+    backup: Backup,
+    paths: ProjectPaths,
+    *,
+    log: Callable[[str], None] = lambda line: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[str]:
     """Put back the code saved in ``backup``: remove what the apply added (and any temporary
     file an interrupted switch left), restore what it replaced or deleted with its exact owner,
     group and mode, restore ``VERSION`` byte-exact (or remove it when there was none) and the
     installed manifest and record. Returns the folders kept because they hold files the patch
-    does not own (written since, e.g. uploads), which are also logged.
+    does not own (written since, e.g. uploads), which are also logged. ``progress(done, total)``
+    is called after each path removed or put back.
 
     Raises:
         BackupError: a saved file is missing from the backup, or the tree cannot be written.
@@ -66,6 +73,9 @@ def restore_code(backup: Backup, paths: ProjectPaths, *, log: Callable[[str], No
     owners = backup.old_ownership()
     files = backup.paths.files
     kept: list[str] = []
+    added = [rel for rel in backup.new_paths() if rel not in old]
+    total = len(added) + len(old)
+    done = 0
     try:
         restore_build_outputs(backup, root)
         touched = set(backup.new_paths()) | set(old)
@@ -73,9 +83,9 @@ def restore_code(backup: Backup, paths: ProjectPaths, *, log: Callable[[str], No
             check_inside(root, root / rel)
             remove_path(temp_name(root / rel))
         remove_path(paths.version_temp)
-        for rel in sorted(backup.new_paths(), key=lambda p: p.count("/"), reverse=True):
-            if rel in old:
-                continue
+        for rel in sorted(added, key=lambda p: p.count("/"), reverse=True):
+            done += 1
+            progress(done, total)
             path = root / rel
             check_inside(root, path)
             try:
@@ -83,6 +93,8 @@ def restore_code(backup: Backup, paths: ProjectPaths, *, log: Callable[[str], No
             except OSError:
                 kept.append(rel)  # a folder the patch created that now holds files it does not own
         for rel in sorted(old, key=lambda p: (p.count("/"), p)):
+            done += 1
+            progress(done, total)
             entry = old[rel]
             if entry.type == "file" and not (files / rel).is_file():
                 raise BackupError(f"The backup {backup.name} lacks {rel}.", "Restore that file by hand.")
@@ -139,15 +151,25 @@ def restore_database(
     paths: ProjectPaths,
     *,
     log: Callable[[str], None] = lambda line: None,
+    wait: float = 0.0,
+    attempts: int = 3,
 ) -> str:
     """Restore the dump of ``backup`` beside the live database and swap names (see
     :meth:`patchflow.database.Database.restore_beside`); the dump is proven first. Returns the
     name the displaced database is kept under.
 
+    With ``wait`` (seconds: ``db_wait_timeout``) the server is waited for first, as after a
+    fail-over or a crash (the undo of a migration the restart interrupted), and when it stops
+    answering during the restore it is waited for again and the restore repeated (``attempts`` in
+    all; the restore is idempotent for one ``stamp``).
+
     Raises:
         BackupError: the backup has no dump, or it is corrupt or incomplete (nothing changed).
-        DatabaseError: the restore failed; the live database is unchanged.
+        DatabaseError: the server did not come back within ``wait``, or the restore failed; the
+            live database is unchanged.
     """
+    from patchflow.dbwait import answers, classify, reason_of, wait_for_server
+
     dump = backup.dump_path
     recorded = backup.database
     if dump is None or recorded is None:
@@ -155,11 +177,23 @@ def restore_database(
             f"Backup {backup.name} holds no database dump.",
             "Nothing was restored; the database is as it was.",
         )
+    if wait:
+        wait_for_server(database, wait, log, admin=True)
     verify_recorded_dump(database, dump, recorded, backup.name)
-    try:
-        displaced = database.restore_beside(dump, stamp, log)
-    except DatabaseError as exc:
-        raise DatabaseError(f"Restoring the database from {backup.name} failed: {exc.message}", exc.hint) from None
+    attempt = 1
+    while True:
+        try:
+            displaced = database.restore_beside(dump, stamp, log)
+            break
+        except DatabaseError as exc:
+            lost = answers(database, admin=True) if wait and attempt < attempts else None
+            if lost is None or classify(lost) != "down":
+                raise DatabaseError(
+                    f"Restoring the database from {backup.name} failed: {exc.message}", exc.hint
+                ) from None
+            log(f"   the database server stopped answering during the restore ({reason_of(lost)}): restoring again")
+            wait_for_server(database, wait, log, admin=True)
+            attempt += 1
     record_displaced(paths, displaced, database.target.dbname, backup.name, backup.created_at)
     log(f"   rows written since {backup.created_at[:19]}Z are kept in database {displaced}")
     return displaced

@@ -74,6 +74,7 @@ class Runner(Protocol):
         input_file: Path | None = None,
         output_file: Path | None = None,
         what: str = "",
+        progress: Callable[[int], None] | None = None,
     ) -> Result: ...
 
     def spawn(self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_file: Path) -> int: ...
@@ -124,6 +125,8 @@ def processes_with_env(key: str, value: str, *, prefix: bool = False) -> list[in
             with open(f"/proc/{entry}/environ", "rb") as handle:
                 environ = handle.read()
         except OSError:
+            continue
+        if wanted not in environ:  # the common case, decided without splitting every environment
             continue
         variables = environ.split(b"\0")
         hit = any(v.startswith(wanted) for v in variables) if prefix else wanted in variables
@@ -231,12 +234,14 @@ class LocalRunner:
         input_file: Path | None = None,
         output_file: Path | None = None,
         what: str = "",
+        progress: Callable[[int], None] | None = None,
     ) -> Result:
         """Run ``args`` to completion and return its :class:`Result`.
 
         ``input_file`` feeds stdin from a file; ``output_file`` receives stdout (binary, created
-        with mode 0600 when new, hashed with sha256 while it streams); otherwise stdout is
-        captured as text. ``timeout`` is seconds; past it the process group is ended.
+        with mode 0600 when new, hashed with sha256 while it streams; ``progress(bytes written so
+        far)`` is called as it does); otherwise stdout is captured as text. ``timeout`` is seconds;
+        past it the process group is ended.
 
         Raises:
             CommandError: the program is missing (127), timed out (124) or, with ``check``,
@@ -273,7 +278,7 @@ class LocalRunner:
                     returncode=127,
                 ) from None
             try:
-                out, err, size, digest = _collect(proc, sink, timeout)
+                out, err, size, digest = _collect(proc, sink, timeout, progress)
             except subprocess.TimeoutExpired:
                 end_group(proc.pid, poll=proc.poll)
                 proc.wait()
@@ -353,7 +358,10 @@ class LocalRunner:
 
 
 def _collect(
-    proc: subprocess.Popen[bytes], sink: IO[bytes] | None, timeout: float | None
+    proc: subprocess.Popen[bytes],
+    sink: IO[bytes] | None,
+    timeout: float | None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[bytes, bytes, int, str]:
     """Read the child's stdout (into ``sink`` while hashing it, or into memory) and stderr until
     both close; returns ``(stdout, stderr, bytes written to sink, sha256 hex)``.
@@ -394,6 +402,8 @@ def _collect(
                     sink.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+                    if progress is not None:
+                        progress(size)
                 else:
                     out_chunks.append(chunk)
     remaining = None if deadline is None else max(0.1, deadline - time.monotonic())

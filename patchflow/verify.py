@@ -10,7 +10,7 @@ manifest is well formed, names this version and this archive, and its archive sh
 The deep check (``check_archive=True``, ``verify-patch --deep``) also reads the archive's members
 and compares them with the manifest (type, sha256, size, mode, link target; for a delta patch the
 ``delta.members`` subset) and refuses unsafe members. An apply gets the same member-by-member
-check from its one-pass extraction (:func:`patchflow.archive.extract_archive`).
+check from its one-pass extraction (:func:`patchflow.archive.extract.extract_archive`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from patchflow.delta import DELTA_FORMAT, FULL_FORMAT, expand_delta, full_manifest, manifest_entries
+from patchflow.digests import file_digests
 from patchflow.errors import ArchiveError, VerifyError
-from patchflow.manifest import Entry, file_digests
+from patchflow.manifest import Entry
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, SIGNATURE
 from patchflow.version import PatchVersion
 
@@ -73,7 +74,7 @@ class VerifyReport:
 
     def archive_entries(self) -> dict[str, Entry]:
         """The entries the archive holds (the manifest's files: the whole tree of a full patch, the
-        added and changed entries of a delta). Pass this to :func:`patchflow.archive.extract_archive`.
+        added and changed entries of a delta). Pass this to :func:`patchflow.archive.extract.extract_archive`.
         Parsed once per manifest; callers must not change the mapping."""
         if self._parsed is None or self._parsed[0] is not self.manifest:
             self._parsed = (self.manifest, manifest_entries(self.manifest))
@@ -337,7 +338,7 @@ def verify_patch_folder(
     report.problems.extend(_migration_folder_problems(report.manifest))
 
     if check_archive and not report.problems:
-        from patchflow.archive import compare_members, read_members
+        from patchflow.archive.reader import compare_members, read_members
 
         expected = report.archive_entries()
         try:

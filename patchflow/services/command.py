@@ -26,11 +26,10 @@ from pathlib import Path
 
 from patchflow.config import Settings
 from patchflow.errors import CommandError, ConfigError, ServiceError
-from patchflow.journal import write_json_atomic
+from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.paths import ProjectPaths
-from patchflow.pipeline import checkpoint
 from patchflow.runner import Runner, end_group, group_members, process_start_ticks, processes_with_env
-from patchflow.services import ServiceState
+from patchflow.services import NoImages, ServiceState
 
 SERVICE_MARKER = "PF_SERVICE_ID"
 STOP_ROUNDS = 3
@@ -88,7 +87,7 @@ def cause_lines(text: str, limit: int = 6) -> str:
     return " | ".join(chosen) if chosen else "(the log is empty)"
 
 
-class CommandManager:
+class CommandManager(NoImages):
     """Processes started from the ``commands`` setting, tracked by pidfiles and an environment marker."""
 
     kind = "command"
@@ -160,9 +159,6 @@ class CommandManager:
             pids.add(leader)
         return sorted(pids)
 
-    def build(self, project_dir: Path) -> None:
-        return None
-
     def proof_of_new(self, url: str, since: float) -> str | None:
         """Why the answer at ``url`` may not come from the processes this run started (None: it
         does): one of the install's running services must hold the listening socket of its port."""
@@ -227,7 +223,7 @@ class CommandManager:
                 raise ServiceError(
                     f"Cannot start {name} ({command!r}): {exc.message}", "Fix the command in the commands setting."
                 ) from None
-            checkpoint(self.settings.test_kill_at, f"spawn-{name}", "after")
+            self.settings.faults.checkpoint(f"spawn-{name}", "after")
             self._adopt(name, pid)
         self.check_running()
 

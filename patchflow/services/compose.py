@@ -10,7 +10,7 @@ import json
 import re
 import shutil
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from patchflow.errors import CommandError, ConfigError, ServiceError
 from patchflow.paths import ProjectPaths
 from patchflow.runner import Result, Runner
 from patchflow.services import ServiceState
+from patchflow.services import compose_images as images
 
 _COMPOSE_PROGRESS = re.compile(r"^\s*(?:(?:Container|Network|Volume|Image|Service)\s+\S+\s+\S+|#\d+\s|\S+\s+Built$)")
 
@@ -92,8 +93,10 @@ class ComposeManager:
       so images built from the staging folder replace the install's own images;
     * application services (``app_services`` present in the file) are stopped and replaced; data
       services (``postgres``, ``redis``) keep running; nothing ever removes a volume (C25);
-    * ``build`` runs during staging, before anything stops; ``start`` is ``up -d --wait --no-deps``
-      so compose health checks count (``--build`` after a rollback restored the old tree).
+    * ``build`` runs during staging, before anything stops, after :meth:`keep_images` kept the
+      installed version's images under a version tag; ``start`` is ``up -d --wait --no-deps
+      --no-build`` so compose health checks count; a rollback starts the kept images
+      (:meth:`restore_images`), building only a service that has none.
     """
 
     kind = "compose"
@@ -223,6 +226,53 @@ class ComposeManager:
         names = [s for s in self.settings.app_services if s in staged]  # the patch's own services
         if names:
             self._run(compose.build(self.prefix(project_dir), names), "docker compose build")
+
+    # -- kept images (patchflow.services.compose_images) ------------------------------------------
+    def _docker(self, args: list[str], check: bool) -> str:
+        """Run a ``docker`` command; ``check`` False: a failed one gives ""."""
+        if check:
+            return self._run(args, " ".join(args[:3]), timeout=300)
+        try:
+            done = self.runner.run(args, cwd=self.paths.root, timeout=300, check=False, what=" ".join(args[:3]))
+        except CommandError:
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    def _built(self) -> list[images.BuiltService]:
+        """The application services the compose file(s) on disk build, with their image names."""
+        self.check_available()
+        out = self._run([*self.prefix(), "config", "--format", "json"], "docker compose config")
+        try:
+            config = json.loads(out)
+        except ValueError:
+            return []
+        return images.built_services(
+            config if isinstance(config, dict) else {}, self.project, self.settings.app_services
+        )
+
+    def keep_images(self, version: str) -> dict[str, str]:
+        """Before the staging build: keep the images of installed ``version``'s build services
+        under ``<repository>:patchflow-<version>`` (:func:`patchflow.services.compose_images.keep_images`);
+        returns service -> kept reference.
+
+        Raises:
+            ServiceError: docker failed to tag an image.
+        """
+        containers = {str(row.get("Service")): str(row.get("ID")) for row in self._containers()}
+        return images.keep_images(self._docker, self._built(), containers, version)
+
+    def restore_images(self, version: str) -> list[str]:
+        """Before starting ``version`` again: its build services run the images kept for it;
+        returns the services without a kept image (built from the tree by the start).
+
+        Raises:
+            ServiceError: docker failed to tag an image.
+        """
+        return images.restore_images(self._docker, self._built(), version)
+
+    def prune_images(self, keep_versions: Collection[str]) -> list[str]:
+        """Remove the kept-image tags of versions not in ``keep_versions``; returns those removed."""
+        return images.prune_images(self._docker, self._built(), keep_versions)
 
     def stop(self, services: Sequence[str] | None = None) -> None:
         """Stop the application services (or ``services``); data services keep running."""

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from patchflow.errors import ServiceError
-from patchflow.services import ServiceState
+from patchflow.services import NoImages, ServiceState
 
 
-class NoServices:
+class NoServices(NoImages):
     """Manages nothing: stop and start do nothing, there are no application services to check."""
 
     kind = "none"
 
     def app_services(self) -> list[str]:
         return []
-
-    def build(self, project_dir: Path) -> None:
-        return None
 
     def stop(self, services: Sequence[str] | None = None) -> None:
         return None

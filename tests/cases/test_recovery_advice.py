@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from patchflow.journal import Journal
-from patchflow.pipeline import ROLLING_BACK
-from patchflow.recovery import recovery_advice
+from patchflow.lifecycle.journal import Journal
+from patchflow.lifecycle.recovery import recovery_advice
+from patchflow.lifecycle.steps import ROLLING_BACK
 
 STALE = {"state": "stale", "action": "apply", "version": "2.3.0", "pid": 1, "host": "h"}
 HELD = {"state": "held", "action": "apply", "version": "2.3.0", "pid": 1, "host": "h"}

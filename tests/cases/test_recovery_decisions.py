@@ -1,9 +1,10 @@
 """The recovery decision, table-driven: every journaled step of apply and rollback, killed before
 it started, inside it (started, not done) and after it (done), gives exactly one decision.
 
-The step lists are the real ones (:meth:`ApplyRun.steps`, :meth:`RollbackRun.steps`); nothing runs:
-the journal records a killed run would leave are built here, and
-:func:`patchflow.pipeline.decide_recovery` (pure) is asked what to do.
+The step lists are the real ones, read as data (:data:`patchflow.lifecycle.apply.APPLY_STEPS`,
+:data:`patchflow.lifecycle.rollback.ROLLBACK_STEPS`): no run is built and nothing runs; the journal
+records a killed run would leave are built here, and
+:func:`patchflow.lifecycle.recovery.decide_recovery` (pure) is asked what to do.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ from typing import Any
 
 import pytest
 
-from patchflow.apply import ApplyRun
-from patchflow.pipeline import ROLLING_BACK, Decision, Step, decide_recovery
-from patchflow.rollback import RollbackRun
-from patchflow.version import parse_version
+from patchflow.lifecycle.apply import APPLY_STEPS
+from patchflow.lifecycle.recovery import decide_recovery
+from patchflow.lifecycle.rollback import ROLLBACK_STEPS
+from patchflow.lifecycle.steps import ROLLING_BACK, Decision, StepSpec
 
-VERSION = parse_version("2.3.0")
-APPLY_STEPS: list[Step] = ApplyRun(ctx=None, version=VERSION).steps()  # type: ignore[arg-type]
-ROLLBACK_STEPS: list[Step] = RollbackRun(ctx=None, version=VERSION).steps()  # type: ignore[arg-type]
-
-UNDO_ALL = ("start", "migrate", "switch", "backup", "stop", "stage")
+UNDO_ALL = ("start", "migrate", "switch", "backup", "stop", "dump", "stage")
 
 # (step, moment) -> the decision after an apply killed there
 APPLY_TABLE: dict[tuple[str, str], Decision] = {
@@ -30,19 +27,23 @@ APPLY_TABLE: dict[tuple[str, str], Decision] = {
     ("stage", "before"): Decision("nothing"),
     ("stage", "inside"): Decision("undo", ("stage",)),
     ("stage", "after"): Decision("undo", ("stage",)),
-    ("stop", "before"): Decision("undo", ("stage",)),
-    ("stop", "inside"): Decision("undo", ("stop", "stage")),
-    ("stop", "after"): Decision("undo", ("stop", "stage")),
-    ("backup", "before"): Decision("undo", ("stop", "stage")),
-    ("backup", "inside"): Decision("undo", ("backup", "stop", "stage")),
-    ("backup", "after"): Decision("undo", ("backup", "stop", "stage")),
-    ("switch", "before"): Decision("undo", ("backup", "stop", "stage")),
-    ("switch", "inside"): Decision("undo", ("switch", "backup", "stop", "stage")),
-    ("switch", "after"): Decision("undo", ("switch", "backup", "stop", "stage")),
-    ("migrate", "before"): Decision("undo", ("switch", "backup", "stop", "stage")),
-    ("migrate", "inside"): Decision("undo", ("migrate", "switch", "backup", "stop", "stage")),
-    ("migrate", "after"): Decision("undo", ("migrate", "switch", "backup", "stop", "stage")),
-    ("start", "before"): Decision("undo", ("migrate", "switch", "backup", "stop", "stage")),
+    # the dump before the stop (no migration pending): nothing is stopped yet, its folder is dropped
+    ("dump", "before"): Decision("undo", ("stage",)),
+    ("dump", "inside"): Decision("undo", ("dump", "stage")),
+    ("dump", "after"): Decision("undo", ("dump", "stage")),
+    ("stop", "before"): Decision("undo", ("dump", "stage")),
+    ("stop", "inside"): Decision("undo", ("stop", "dump", "stage")),
+    ("stop", "after"): Decision("undo", ("stop", "dump", "stage")),
+    ("backup", "before"): Decision("undo", ("stop", "dump", "stage")),
+    ("backup", "inside"): Decision("undo", ("backup", "stop", "dump", "stage")),
+    ("backup", "after"): Decision("undo", ("backup", "stop", "dump", "stage")),
+    ("switch", "before"): Decision("undo", ("backup", "stop", "dump", "stage")),
+    ("switch", "inside"): Decision("undo", ("switch", "backup", "stop", "dump", "stage")),
+    ("switch", "after"): Decision("undo", ("switch", "backup", "stop", "dump", "stage")),
+    ("migrate", "before"): Decision("undo", ("switch", "backup", "stop", "dump", "stage")),
+    ("migrate", "inside"): Decision("undo", ("migrate", "switch", "backup", "stop", "dump", "stage")),
+    ("migrate", "after"): Decision("undo", ("migrate", "switch", "backup", "stop", "dump", "stage")),
+    ("start", "before"): Decision("undo", ("migrate", "switch", "backup", "stop", "dump", "stage")),
     ("start", "inside"): Decision("undo", UNDO_ALL),
     ("start", "after"): Decision("undo", UNDO_ALL),
     ("health", "before"): Decision("undo", UNDO_ALL),
@@ -71,7 +72,9 @@ def rollback_expected(step: str, moment: str) -> Decision:
     return Decision("finish", rest) if rest else Decision("nothing")
 
 
-def journal_records(steps: list[Step], step: str, moment: str, phase: str = "forward") -> list[dict[str, Any]]:
+def journal_records(
+    steps: tuple[StepSpec, ...], step: str, moment: str, phase: str = "forward"
+) -> list[dict[str, Any]]:
     """The step records of a journal whose run was killed at ``step`` ``moment``."""
     records = []
     for candidate in (s for s in steps if s.journaled):
@@ -87,16 +90,16 @@ def journal_records(steps: list[Step], step: str, moment: str, phase: str = "for
 
 def test_the_lists_are_the_documented_ones() -> None:
     assert [s.name for s in APPLY_STEPS] == [
-        "verify", "plan", "lock", "stage", "stop", "backup", "switch", "migrate", "start", "health", "commit",
+        "verify", "plan", "lock", "stage", "dump", "stop", "backup", "switch", "migrate", "start", "health", "commit",
         "cleanup",
     ]  # fmt: skip
     assert [s.name for s in ROLLBACK_STEPS] == ["choose", *ROLLBACK_ORDER]
-    assert [s.name for s in APPLY_STEPS if s.undo is not None] == list(reversed(UNDO_ALL))
-    assert all(s.undo is None for s in ROLLBACK_STEPS), "a rollback is finished, never undone"
+    assert [s.name for s in APPLY_STEPS if s.undo] == list(reversed(UNDO_ALL))
+    assert all(not s.undo for s in ROLLBACK_STEPS), "a rollback is finished, never undone"
     assert [s.name for s in APPLY_STEPS if s.no_return] == ["commit"]
     assert [s.name for s in APPLY_STEPS if not s.journaled] == ["verify", "plan"]
-    assert [s.undo_label for s in APPLY_STEPS if s.undo is not None] == [
-        "drop-staging", "start-old", "drop-backup", "restore-code", "restore-database", "stop-new",
+    assert [s.undo_label for s in APPLY_STEPS if s.undo] == [
+        "drop-staging", "drop-dump", "start-old", "drop-backup", "restore-code", "restore-database", "stop-new",
     ]  # fmt: skip
 
 
@@ -119,13 +122,13 @@ def test_rollback_killed_at(step: str, moment: str) -> None:
         # health failed; the automatic rollback was killed before its first undo
         ("health", (), None, UNDO_ALL),
         # ... after stopping the new version
-        ("health", ("start",), None, ("migrate", "switch", "backup", "stop", "stage")),
+        ("health", ("start",), None, ("migrate", "switch", "backup", "stop", "dump", "stage")),
         # ... inside the database restore (the undo of migrate started, not done): it runs again
-        ("health", ("start",), "migrate", ("migrate", "switch", "backup", "stop", "stage")),
+        ("health", ("start",), "migrate", ("migrate", "switch", "backup", "stop", "dump", "stage")),
         # ... after everything but the restart of the old version
-        ("health", ("start", "migrate", "switch", "backup"), None, ("stop", "stage")),
+        ("health", ("start", "migrate", "switch", "backup"), None, ("stop", "dump", "stage")),
         # the migration failed; its own undo (the restore) had not started
-        ("migrate", (), None, ("migrate", "switch", "backup", "stop", "stage")),
+        ("migrate", (), None, ("migrate", "switch", "backup", "stop", "dump", "stage")),
         # every undo done: nothing is left but to clear the journal
         ("health", UNDO_ALL, None, ()),
     ],

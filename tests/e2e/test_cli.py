@@ -89,6 +89,28 @@ def test_make_help_lists_the_commands() -> None:
     assert "apply-patch" in shown.stdout and "rollback-patch" in shown.stdout
 
 
+def test_repository_make_targets_pass_values_single_quoted(tmp_path: Path) -> None:
+    """patchflow's own Makefile too: a value with ``;`` is one argument and ``DRY_RUN=1`` next to it counts."""
+    shown = subprocess.run(
+        ["make", "-s", "-n", "apply-patch", f"ROOT={tmp_path}", "VERSION=3.1.0; touch pwned", "DRY_RUN=1", "YES=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"apply-patch --root '{tmp_path}' --version '3.1.0; touch pwned' --yes --dry-run" in shown.stdout
+    quoted = subprocess.run(
+        ["make", "-s", "-n", "patch-status", "HOST=a'b", "JSON=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "--host 'a'\\''b' --json" in quoted.stdout
+
+
 def _primeflow_checkout(root: Path) -> Path:
     """A PrimeFlow-like checkout with the flat migration layout some branches use."""
     shutil.copytree(REPO / "examples" / "primeflow-sample", root, symlinks=True)
@@ -166,6 +188,32 @@ def test_deploy_refuses_a_parallel_below_one_before_any_connection(tmp_path: Pat
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
+def test_verify_patch_without_version_verifies_the_version_files_patch(tmp_path: Path) -> None:
+    root = _primeflow_checkout(tmp_path / "primeflow")
+    assert run_inv("create-patch", "--root", str(root)).returncode == 0
+    done = run_inv("verify-patch", "--root", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"verifying v2.2.0, the version in {root / 'VERSION'} (--version for another)" in " ".join(
+        done.stdout.split()
+    )
+    assert "ok patch v2.2.0" in done.stdout
+
+    (root / "VERSION").write_text("2.3.0\n")  # a version without a patch: verify-patch names the folder
+    absent = run_inv("verify-patch", "--root", str(root))
+    assert absent.returncode == 1 and "Patch v2.3.0 not found" in absent.stderr, absent.stderr
+    for content, problem in ((None, "does not exist"), ("next\n", "Invalid version in")):
+        if content is None:
+            (root / "VERSION").unlink()
+        else:
+            (root / "VERSION").write_text(content)
+        refused = run_inv("verify-patch", "--root", str(root))
+        flat = " ".join(refused.stderr.split())
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "No --version given, so the version in the VERSION file is used, but:" in flat and problem in flat
+        assert f"Pass --version X.Y.Z (patches in {root / 'patches'}: v2.2.0), or fix VERSION" in flat
+        assert "Traceback" not in refused.stderr
+
+
 def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:
     root = _primeflow_checkout(tmp_path / "primeflow")
     assert run_inv("create-patch", "--root", str(root)).returncode == 0
@@ -178,32 +226,3 @@ def test_verify_patch_names_a_corrupt_archive(tmp_path: Path) -> None:
     assert "patch-v2.2.0.tar.gz" in checked.stderr and "checksum mismatch" in checked.stderr
     status = json.loads(run_inv("patch-status", "--root", str(root), "--json").stdout)
     assert status["patches"][0]["state"] == "corrupt"
-
-
-def test_preflight_runs_what_exists_and_fails_for_what_cannot_run(tmp_path: Path) -> None:
-    root = _primeflow_checkout(tmp_path / "primeflow")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls.txt"
-    fake_pnpm = bin_dir / "pnpm"
-    # a stand-in pnpm (no registry here): records the call and fails `typecheck` like a real type error
-    fake_pnpm.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n[ "$1" = typecheck ] && exit 2\nexit 0\n')
-    fake_pnpm.chmod(0o755)
-    import os
-
-    done = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
-    assert done.returncode == 1
-    assert "pnpm lint" in done.stdout and "pnpm typecheck" in done.stdout
-    assert "cannot run prisma validate: the Prisma CLI is not in node_modules" in done.stdout
-    assert "pnpm typecheck (exit 2)" in done.stderr and "pnpm install" in done.stderr
-    assert calls.read_text().split() == ["lint", "typecheck"]
-
-    no_pnpm = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": "/usr/bin:/bin"})
-    assert no_pnpm.returncode == 1, "a check that applies but cannot run is a failure, never a skip"
-    assert "pnpm is not installed" in no_pnpm.stderr and "npm install -g pnpm" in no_pnpm.stderr
-
-    (root / "prisma" / "schema.prisma").unlink()
-    (root / "package.json").write_text('{"name": "primeflow", "scripts": {"build": "node build.js"}}\n')
-    nothing = run_inv("preflight", "--root", str(root), "--skip-tool", env={"PATH": "/usr/bin:/bin"})
-    assert nothing.returncode == 0, nothing.stderr
-    assert "no checks apply" in nothing.stdout

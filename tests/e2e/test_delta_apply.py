@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from support.crafted import bare_install, regenerate_sums
-from support.installs import run_inv
+from support.installs import run_inv, wait_for_trash_deleters
+
+from patchflow.delta import manifest_entries, tree_sha256
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +37,11 @@ def write(root: Path, files: dict[str, bytes]) -> None:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` (patchflow's folders included) with its content hash or kind."""
+    """Every path under ``root`` (patchflow's folders included) with its content hash or kind.
+
+    The detached trash deleter of the command before (patchflow.trash) is waited for first: its
+    folder going away is that command finishing, not a change by the next one."""
+    wait_for_trash_deleters(root)
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -114,16 +120,17 @@ def test_a_full_patch_edited_to_delete_a_host_file_keeps_it(tmp_path: Path, pair
     full = tmp_path / "full-source"
     shutil.copytree(source, full, symlinks=True, ignore=shutil.ignore_patterns("patches"))
     create(full, "1.1.0")
-    write(install, {"storage/user-upload.bin": b"precious"})
+    # not under a host path (storage/, uploads/: never a patch's at all): a file the host added elsewhere
+    write(install, {"public/user-upload.bin": b"precious"})
     folder = copy_patch(full, install, "1.1.0")
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["deleted"] = [*manifest["deleted"], "storage/user-upload.bin"]
+    manifest["deleted"] = [*manifest["deleted"], "public/user-upload.bin"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     regenerate_sums(folder)
     done = apply(install, "1.1.0")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (install / "storage/user-upload.bin").read_bytes() == b"precious"
-    assert "storage/user-upload.bin" in _flat(done.stdout), "listed as unowned"
+    assert (install / "public/user-upload.bin").read_bytes() == b"precious"
+    assert "public/user-upload.bin" in _flat(done.stdout), "listed as unowned"
 
 
 def test_a_folder_the_host_keeps_files_in_is_not_replaced_by_a_file(pair: tuple[Path, Path]) -> None:
@@ -202,3 +209,39 @@ def test_a_forced_reapply_of_an_installed_delta_works(pair: tuple[Path, Path]) -
     done = apply(install, "1.1.0", "--force")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (install / "src/index.js").read_text() == "console.log('1.1.0');\n"
+
+
+def test_a_delta_made_with_a_newer_version_than_the_trees_installs_that_version(tmp_path: Path) -> None:
+    """`create-patch --version 1.1.0 --base 1.0.0` on a tree whose VERSION still says 1.0.0: the
+    delta carries VERSION 1.1.0, its tree hash is the tree the install ends with, and a rollback
+    brings the old VERSION back."""
+    source = tmp_path / "source"
+    write(source, SOURCE_FILES)
+    create(source, "1.0.0")
+    install = bare_install(tmp_path / "install", "0.9.0")
+    copy_patch(source, install, "1.0.0")
+    assert apply(install, "1.0.0").returncode == 0
+    write(source, {"src/index.js": b"console.log('1.1.0');\n"})
+    made = run_inv("create-patch", "--root", str(source), "--version", "1.1.0", "--base", "1.0.0")
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "VERSION: the tree's VERSION says 1.0.0; the patch carries VERSION 1.1.0" in made.stdout
+    assert (source / "VERSION").read_text() == "1.0.0\n"
+    folder = copy_patch(source, install, "1.1.0")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(f["path"] for f in manifest["files"]) == ["VERSION", "src/index.js"]
+
+    verified = run_inv("verify-patch", "--root", str(install), "--version", "1.1.0", "--deep")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    done = apply(install, "1.1.0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (install / "VERSION").read_text() == "1.1.0\n"
+    record = json.loads((install / ".patchflow/installed-manifest.json").read_text())
+    assert tree_sha256(manifest_entries(record).values()) == manifest["delta"]["tree_sha256"]
+    checked = run_inv("verify-patch", "--root", str(install))  # no --version: the installed VERSION's patch
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"verifying v1.1.0, the version in {install / 'VERSION'}" in _flat(checked.stdout)
+
+    back = run_inv("rollback-patch", "--root", str(install), "--version", "1.1.0", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert (install / "VERSION").read_text() == "1.0.0\n"
+    assert (install / "src/index.js").read_bytes() == SOURCE_FILES["src/index.js"]

@@ -11,9 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.checkouts import CheckoutTemplate, checkout_release, make_in
 from support.exact import app_processes
 from support.installs import REPO, get, run_inv
 
@@ -40,18 +43,6 @@ def inv_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproce
     )
 
 
-def make_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "-s", *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def snapshot(root: Path) -> dict[str, str]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -68,54 +59,109 @@ def checkout(tmp_path: Path) -> Path:
     return prepare_checkout(tmp_path / "primeflow", database_url=None)
 
 
-def test_init_keeps_the_checkouts_own_targets_and_is_idempotent(checkout: Path) -> None:
+@dataclass
+class InitStory:
+    """A checkout through ``init`` without ``--yes`` (refused), with it, and once more; what each
+    run printed and the tree after each (module-scoped: one test per behaviour reads it)."""
+
+    checkout: Path
+    makefile_before: str
+    before: dict[str, str]
+    refused: subprocess.CompletedProcess[str]
+    after_refused: dict[str, str]
+    done: subprocess.CompletedProcess[str]
+    after_first: dict[str, str]
+    again: subprocess.CompletedProcess[str]
+    after_again: dict[str, str]
+
+
+#: the init story's tests share one checkout: keep them on one worker
+init_story_group = pytest.mark.xdist_group("init-story")
+
+
+@pytest.fixture(scope="module")
+def init_story(tmp_path_factory: pytest.TempPathFactory) -> InitStory:
+    checkout = prepare_checkout(tmp_path_factory.mktemp("init-story") / "primeflow", database_url=None)
     makefile_before = (checkout / "Makefile").read_text()
     before = snapshot(checkout)
-
     refused = run_inv("init", "--root", str(checkout))
+    after_refused = snapshot(checkout)
+    done = run_inv("init", "--root", str(checkout), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    after_first = snapshot(checkout)
+    again = run_inv("init", "--root", str(checkout))
+    return InitStory(
+        checkout, makefile_before, before, refused, after_refused, done, after_first, again, snapshot(checkout)
+    )
+
+
+@init_story_group
+def test_init_without_yes_names_the_targets_it_would_replace_and_writes_nothing(init_story: InitStory) -> None:
+    refused = init_story.refused
     assert refused.returncode == 5, refused.stdout + refused.stderr
     for name in ("apply-patch", "create-patch", "rollback-patch", "patch-status", "up", "down", "logs", "ps"):
         assert name in refused.stdout + refused.stderr
     assert "--yes" in refused.stderr
-    assert snapshot(checkout) == before, "nothing is written without consent"
+    assert init_story.after_refused == init_story.before, "nothing is written without consent"
 
-    done = run_inv("init", "--root", str(checkout), "--yes")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "replaces the targets" in done.stdout
+
+@init_story_group
+def test_init_backs_up_the_makefile_and_keeps_the_checkouts_own_targets(init_story: InitStory) -> None:
+    checkout = init_story.checkout
+    assert "replaces the targets" in init_story.done.stdout
     backups = list((checkout / ".patchflow").glob("init-backup-*/Makefile"))
-    assert len(backups) == 1 and backups[0].read_text() == makefile_before, "the old Makefile is backed up"
-
+    assert len(backups) == 1 and backups[0].read_text() == init_story.makefile_before, "the old Makefile is backed up"
     makefile = (checkout / "Makefile").read_text()
     assert makefile.count("\napply-patch:") == 1, "one apply-patch target, patchflow's"
     assert "bash scripts/db/migrate.sh" in make_in(checkout, "-n", "db-migrate").stdout, "own targets kept"
     assert "scripts/patch/apply-patch.sh" not in makefile, "the old apply-patch rule is gone"
-    dry = make_in(checkout, "-n", "apply-patch", "VERSION=3.1.0", "YES=1", "DRY_RUN=1")
-    assert dry.returncode == 0, dry.stderr
-    assert "inv apply-patch" in dry.stdout and "--version 3.1.0" in dry.stdout
-    assert "--yes" in dry.stdout and "--dry-run" in dry.stdout
-    assert "apply-patch.sh" not in dry.stdout
     shown = make_in(checkout, "help")
     assert shown.returncode == 0 and "db-migrate" in shown.stdout and "apply-patch" in shown.stdout
 
+
+@init_story_group
+def test_the_makefile_calls_patchflow_with_no_path_of_the_machine_that_ran_init(init_story: InitStory) -> None:
+    checkout = init_story.checkout
+    dry = make_in(checkout, "-n", "apply-patch", "VERSION=3.1.0", "YES=1", "DRY_RUN=1")
+    assert dry.returncode == 0, dry.stderr
+    called = f"'{Path(INV).parent / 'patchflow'}' apply-patch --root '{checkout}' --version '3.1.0' --yes --dry-run"
+    assert called in dry.stdout
+    makefile = (checkout / "Makefile").read_text()
+    assert "apply-patch.sh" not in dry.stdout and "/bin/inv" not in makefile, "no path of the machine that ran init"
+
+
+@init_story_group
+def test_init_writes_release_settings_to_pyproject_and_this_hosts_to_host_toml(init_story: InitStory) -> None:
     import tomllib
 
-    settings = tomllib.loads((checkout / "pyproject.toml").read_text())["tool"]["patchflow"]
-    assert settings["health_url"] == ["http://localhost:4000/health"]
-    assert settings["compose_files"] == ["docker/docker-compose.yml"]
-    assert settings["app_services"] == ["api", "worker", "frontend"]
-    assert settings["data_services"] == ["postgres", "redis"]
-    assert settings["database_service"] == "postgres" and settings["database_mode"] == "compose"
+    checkout = init_story.checkout
+    release = tomllib.loads((checkout / "pyproject.toml").read_text())["tool"]["patchflow"]
+    assert release == {
+        "compose_files": ["docker/docker-compose.yml"],
+        "app_services": ["api", "worker", "frontend"],
+        "data_services": ["postgres", "redis"],
+    }, "only the release's settings travel in pyproject.toml"
+    host = tomllib.loads((checkout / ".patchflow" / "host.toml").read_text())
+    assert host["health_url"] == ["http://localhost:4000/health"]
+    assert host["database_service"] == "postgres" and host["database_mode"] == "compose"
+
+
+@init_story_group
+def test_init_writes_tasks_and_noxfile_and_ignores_its_state_folder(init_story: InitStory) -> None:
+    checkout = init_story.checkout
     assert "from patchflow.cli import ns" in (checkout / "tasks.py").read_text()
     assert "patchflow.nox_sessions" in (checkout / "noxfile.py").read_text()
     ignored = (checkout / ".gitignore").read_text().splitlines()
     assert any(line.strip("/") == ".patchflow" for line in ignored)
 
-    after_first = snapshot(checkout)
-    again = run_inv("init", "--root", str(checkout))
+
+@init_story_group
+def test_a_second_init_changes_nothing(init_story: InitStory) -> None:
+    again = init_story.again
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing to change" in again.stdout
-    assert snapshot(checkout) == after_first, "a second init changes nothing"
-    assert len(list((checkout / ".patchflow").glob("init-backup-*"))) == 1
+    assert init_story.after_again == init_story.after_first, "a second init changes nothing"
+    assert len(list((init_story.checkout / ".patchflow").glob("init-backup-*"))) == 1
 
 
 def test_every_task_started_inside_the_checkout_acts_on_it(checkout: Path) -> None:
@@ -169,42 +215,22 @@ def test_output_without_a_terminal_has_no_ansi_codes_and_h_is_help(checkout: Pat
     assert "--keep-days=INT" in inv_in(checkout, "prune-backups", "-h").stdout
 
 
+@pytest.fixture(scope="session")
+def checkout_template(pg_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> CheckoutTemplate:
+    """The installed checkout made once per session (see support.checkouts.CheckoutTemplate)."""
+    return CheckoutTemplate.build(tmp_path_factory.mktemp("checkout-template"), pg_cluster)
+
+
 @pytest.fixture
-def running_checkout(tmp_path: Path, pg_cluster: object) -> object:
+def running_checkout(tmp_path: Path, checkout_template: CheckoutTemplate) -> Iterator[tuple[Path, str]]:
     """The checkout at 3.0.0 installed by patchflow (command manager, flat migrations, the real
     ``?schema=public`` URL) with its services running; yields ``(checkout, health_url)``."""
-    from sample_workspace import free_port
-
-    cluster = pg_cluster
-    dbname = f"pf_checkout_{os.urandom(4).hex()}"
-    cluster.create_database(dbname)  # type: ignore[attr-defined]
-    port = free_port()
-    root = prepare_checkout(tmp_path / "primeflow", database_url=cluster.url(dbname), port=port)  # type: ignore[attr-defined]
-    assert run_inv("init", "--root", str(root), "--yes").returncode == 0
-    health_url = f"http://127.0.0.1:{port}/health"
-    with open(root / ".env", "a") as handle:
-        handle.write(
-            "PATCHFLOW_SERVICE_MANAGER=command\n"
-            "PATCHFLOW_COMMANDS=api=node apps/api/server.js;worker=node apps/worker/index.js\n"
-            f"PATCHFLOW_HEALTH_URL={health_url}\nPATCHFLOW_DATABASE_MODE=url\nPATCHFLOW_HEALTH_TIMEOUT=6\n"
-        )
-    for args in (("create-patch",), ("apply-patch", "VERSION=3.0.0", "FORCE=1", "YES=1")):
-        done = make_in(root, *args)
-        assert done.returncode == 0, done.stdout + done.stderr
-    try:
-        yield root, health_url
-    finally:
-        inv_in(root, "down")
-        cluster.drop_database(dbname)  # type: ignore[attr-defined]
+    with checkout_template.running(tmp_path) as running:
+        yield running
 
 
 def _release(root: Path, workdir: Path, version: str, **changes: object) -> None:
-    source = make_checkout_release(root, workdir / f"release-{version}", version, **changes)  # type: ignore[arg-type]
-    done = make_in(source, "create-patch")
-    assert done.returncode == 0, done.stdout + done.stderr
-    import shutil
-
-    shutil.copytree(source / "patches" / f"v{version}", root / "patches" / f"v{version}")
+    checkout_release(root, workdir, version, **changes)
 
 
 def test_default_health_settings_work_with_a_health_body_without_version(
@@ -241,6 +267,45 @@ def test_rollback_without_version_rolls_back_the_installed_one(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rolling back the installed version 3.1.0" in done.stdout
     assert "rolled back 3.1.0 -> 3.0.0 from backup pre-patch-v3.1.0_" in " ".join(done.stdout.split())
+    assert (root / "VERSION").read_text() == "3.0.0\n"
+    # a second rollback of 3.1.0 (another operator's, started after the first ended): nothing to
+    # do, the run that ended first named, and no --force offered (never a second restore)
+    again = inv_in(root, "rollback-patch", "--version", "3.1.0", "--yes")
+    text = " ".join(again.stderr.split())
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "the last run on 3.1.0 (rollback 3.1.0 -> 3.0.0 by" in text and "Nothing to do" in text, text
+    assert "--force" not in text and (root / "VERSION").read_text() == "3.0.0\n"
+
+
+def test_make_create_patch_with_a_newer_version_than_the_version_file(
+    running_checkout: tuple[Path, str], tmp_path: Path
+) -> None:
+    """PATCH_SYSTEM.md's `make create-patch VERSION=3.1.0` on a tree whose VERSION still says 3.0.0,
+    then verify, apply and roll back through the checkout's Makefile."""
+    import shutil
+
+    root, health_url = running_checkout
+    source = make_checkout_release(root, tmp_path / "release-3.1.0", "3.1.0")
+    (source / "VERSION").write_text("3.0.0\n")
+    made = make_in(source, "create-patch", "VERSION=3.1.0")
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert (
+        "VERSION: the tree's VERSION says 3.0.0; the patch carries VERSION 3.1.0 (the tree's file is left unchanged)"
+        in made.stdout
+    )
+    assert (source / "VERSION").read_text() == "3.0.0\n"
+    shutil.copytree(source / "patches" / "v3.1.0", root / "patches" / "v3.1.0")
+    verified = make_in(root, "verify-patch", "VERSION=3.1.0")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    applied = make_in(root, "apply-patch", "VERSION=3.1.0", "YES=1")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert (root / "VERSION").read_text() == "3.1.0\n" and get(health_url)[0] == 200
+    installed = make_in(root, "verify-patch")  # the checkout's Makefile sets VERSION from the file
+    assert installed.returncode == 0 and "ok patch v3.1.0" in installed.stdout, installed.stdout + installed.stderr
+    bare = inv_in(root, "verify-patch")  # no --version: the VERSION file's, now 3.1.0
+    assert bare.returncode == 0 and "verifying v3.1.0" in bare.stdout, bare.stdout + bare.stderr
+    back = make_in(root, "rollback-patch", "VERSION=3.1.0", "YES=1")
+    assert back.returncode == 0, back.stdout + back.stderr
     assert (root / "VERSION").read_text() == "3.0.0\n"
 
 

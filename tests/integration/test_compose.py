@@ -21,20 +21,25 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_docker.plugin import Services, get_docker_services
-from support.compose import ComposeInstall, docker_shim, read_shim_log, volume_removals
+from support.compose import ComposeInstall, DockerCall, docker_shim, read_shim_log, volume_removals
 from support.installs import INV
 from support.missing import missing_service
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("compose")]
+pytestmark = [pytest.mark.docker]
+#: the tests on the module's stack run on one worker, in this order (the C14 test and the error
+#: tests make their own workspaces: they may run on any worker meanwhile)
+on_stack = pytest.mark.xdist_group("compose")
 
 SENTINEL = "sentinel-c25@primeflow.test"
 #: state handed from the apply test to the rollback test (same module stack)
@@ -157,21 +162,37 @@ def _follow_heartbeats(stack: ComposeInstall, wanted: int = 2, timeout: float = 
 
 
 # -- tests on the module's stack ------------------------------------------------------------------------
-def test_ps_logs_restart_down_up(stack: ComposeInstall) -> None:
+# (one behaviour per test, all on the module's one stack: the split adds no start-up)
+@on_stack
+def test_ps_lists_every_service_running(stack: ComposeInstall) -> None:
     ps = stack.inv("ps", "--json")
     assert ps.returncode == 0, ps.stderr
     states = {row["name"]: row["state"] for row in json.loads(ps.stdout)}
     assert states == {"api": "running", "worker": "running", "postgres": "running"}
 
+
+@on_stack
+def test_logs_of_one_service_or_all_of_them(stack: ComposeInstall) -> None:
     logs = stack.inv("logs", "--service", "api", "--tail", "50")
     assert logs.returncode == 0, logs.stderr
     assert "api listening on 0.0.0.0:3001 version 2.2.0" in logs.stdout
     default_logs = stack.inv("logs", "--tail", "5")
     assert default_logs.returncode == 0 and "worker" in default_logs.stdout
+
+
+@on_stack
+def test_logs_of_an_unknown_service_are_refused_naming_it(stack: ComposeInstall) -> None:
     unknown = stack.inv("logs", "--service", "nope")
     assert unknown.returncode != 0 and "Unknown compose service(s): nope" in unknown.stderr
+
+
+@on_stack
+def test_logs_follow_streams_new_lines(stack: ComposeInstall) -> None:
     assert _follow_heartbeats(stack) >= 2, "logs --follow streams new lines"
 
+
+@on_stack
+def test_restart_of_one_service_keeps_the_others_running(stack: ComposeInstall) -> None:
     ids = stack.container_ids()
     started = {s: stack.started_at(s) for s in ids}
     one = stack.inv("restart", "--service", "worker")
@@ -179,13 +200,22 @@ def test_ps_logs_restart_down_up(stack: ComposeInstall) -> None:
     assert stack.container_ids() == ids
     assert stack.started_at("worker") != started["worker"]
     assert stack.started_at("api") == started["api"]
+
+
+@on_stack
+def test_restart_without_a_service_restarts_only_the_app_services(stack: ComposeInstall) -> None:
+    ids = stack.container_ids()
+    started = {s: stack.started_at(s) for s in ids}
     apps = stack.inv("restart")
     assert apps.returncode == 0, apps.stderr
     assert stack.started_at("api") != started["api"]
     assert stack.started_at("postgres") == started["postgres"], "restart without --service restarts only app services"
     assert stack.wait_health_version("2.2.0")
 
-    # down keeps the volume (C25); up brings everything back with the data
+
+@on_stack
+def test_down_keeps_the_volume_and_up_brings_everything_back_with_the_data(stack: ComposeInstall) -> None:
+    """C25: down keeps the volume; up brings everything back with the data."""
     stack.psql(
         'INSERT INTO "User" ("email", "name", "role", "updatedAt") '
         "VALUES ('down-up@primeflow.test', 'Down Up', 'MEMBER', now())"
@@ -203,15 +233,54 @@ def test_ps_logs_restart_down_up(stack: ComposeInstall) -> None:
     stack.psql("DELETE FROM \"User\" WHERE email = 'down-up@primeflow.test'")
 
 
+@contextmanager
+def build_impossible(stack: ComposeInstall) -> Iterator[None]:
+    """The install's Dockerfile fails any build (as a base image or a registry out of reach at
+    2 a.m. would): a patch does not change it, so a restored tree keeps it broken."""
+    dockerfile = stack.root / "docker" / "Dockerfile.local"
+    original = dockerfile.read_bytes()
+    dockerfile.write_bytes(original + b'RUN echo "no build may run here" && exit 1\n')
+    try:
+        yield
+    finally:
+        dockerfile.write_bytes(original)
+
+
+def kept_image(stack: ComposeInstall, service: str, version: str) -> str:
+    """The id of ``service``'s image kept for ``version`` ("" when none)."""
+    done = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", f"{stack.project}-{service}:patchflow-{version}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def assert_no_build_after_the_stop(calls: list[DockerCall]) -> None:
+    stop = next(c for c in calls if c.has("compose", "stop"))
+    later = [c for c in calls if c.started >= stop.started]
+    assert not [c.text for c in later if c.has("compose", "build") or c.has("compose", "up", "--build")], [
+        c.text for c in later
+    ]
+    assert [c for c in later if c.has("compose", "up")], "the old version was started"
+
+
+@on_stack
 def test_unhealthy_patch_is_rolled_back_automatically(stack: ComposeInstall, tmp_path: Path) -> None:
+    """2.4.0 fails compose's health check; the automatic rollback starts 2.2.0's kept images: no
+    build runs after the stop (the restored tree's Dockerfile could not build anyway)."""
     env, log = docker_shim(tmp_path)
     ids = stack.container_ids()
     created = stack.volume_created()
     dump = stack.pg_dump()
+    images_before = {s: stack.image_id(s) for s in ("api", "worker")}
 
-    done = stack.inv(
-        "apply-patch", "--version", "2.4.0", "--yes", env={**env, "PATCHFLOW_START_RETRIES": "1"}, timeout=300
-    )
+    with build_impossible(stack):
+        done = stack.inv(
+            "apply-patch", "--version", "2.4.0", "--yes", env={**env, "PATCHFLOW_START_RETRIES": "1"}, timeout=300
+        )
+        assert stack.health_version() == "2.2.0"
     assert done.returncode != 0, done.stdout
     assert "rolled back automatically" in done.stderr, done.stderr
     assert "unhealthy" in done.stderr  # compose's own health check failed `up --wait`
@@ -230,12 +299,17 @@ def test_unhealthy_patch_is_rolled_back_automatically(stack: ComposeInstall, tmp
     assert volume_removals(calls) == []
     failed_up = [c for c in calls if c.has("compose", "up") and "--no-build" in c.args]
     assert failed_up and failed_up[0].returncode != 0
-    rebuild = [c for c in calls if c.has("compose", "up") and "--build" in c.args]
-    assert rebuild and rebuild[-1].returncode == 0, "rollback starts from images rebuilt from the restored tree"
+    assert_no_build_after_the_stop(calls)
+    assert failed_up[-1].returncode == 0, "the old version starts from its kept images"
+    assert "starting 2.2.0's kept images (no build)" in done.stdout, done.stdout
+    for service, image in images_before.items():
+        assert kept_image(stack, service, "2.2.0") == image, "kept before the staging build"
+        assert stack.inspect(service)["Image"] == image == stack.image_id(service), "the old image runs again"
     history = [json.loads(line) for line in (stack.root / ".patchflow/history.jsonl").read_text().splitlines()]
     assert history[-1]["result"] == "rolled_back" and history[-1]["to_version"] == "2.4.0"
 
 
+@on_stack
 def test_apply_replaces_app_containers_and_keeps_the_database(stack: ComposeInstall, tmp_path: Path) -> None:
     env, log = docker_shim(tmp_path)
     stack.psql(
@@ -245,6 +319,7 @@ def test_apply_replaces_app_containers_and_keeps_the_database(stack: ComposeInst
     ids = stack.container_ids()
     created = stack.volume_created()
     image_before = stack.image_id("api")
+    STATE["image_before"] = image_before
     STATE["dump_before"] = stack.pg_dump()
 
     done = stack.inv("apply-patch", "--version", "2.3.0", "--yes", env=env)
@@ -281,6 +356,7 @@ def test_apply_replaces_app_containers_and_keeps_the_database(stack: ComposeInst
     assert _epoch(stack.image_created("api")) <= stop.started
 
 
+@on_stack
 def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp_path: Path) -> None:
     if not STATE.get("applied"):
         pytest.fail("needs the apply of 2.3.0 from the previous test, which did not complete", pytrace=False)
@@ -292,9 +368,13 @@ def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp
         "VALUES ('late@primeflow.test', 'Late', 'MEMBER', now())"
     )
 
-    done = stack.inv("rollback-patch", "--version", "2.3.0", "--yes", env=env)
+    with build_impossible(stack):
+        done = stack.inv("rollback-patch", "--version", "2.3.0", "--yes", env=env)
+        assert stack.health_version() == "2.2.0"
     assert done.returncode == 0, done.stderr + done.stdout
     assert "rolled back 2.3.0 -> 2.2.0" in done.stdout
+    assert "starting 2.2.0's kept images (no build)" in done.stdout, done.stdout
+    assert stack.inspect("api")["Image"] == STATE["image_before"] == stack.image_id("api"), "2.2.0's image runs"
     assert stack.pg_dump() == STATE["dump_before"], "full pg_dump identical to the one before the apply"
     assert stack.health_version() == "2.2.0"
     assert stack.container_ids()["postgres"] == ids["postgres"]
@@ -302,6 +382,7 @@ def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp
 
     calls = read_shim_log(log)
     assert volume_removals(calls) == []
+    assert_no_build_after_the_stop(calls)
     restore = [c for c in calls if c.has("exec", "-T", "postgres", "pg_restore") and "--list" not in c.args]
     restore = [c for c in restore if any(a.startswith("--dbname=primeflow_restoring_") for a in c.args)]
     assert restore and restore[0].returncode == 0, "restored into a new database beside the live one"
@@ -318,6 +399,38 @@ def test_rollback_patch_restores_the_database_exactly(stack: ComposeInstall, tmp
     assert kept == "Late", "the row written after the apply is kept in the displaced database"
 
 
+@on_stack
+def test_prune_backups_removes_the_kept_images_no_backup_restores(stack: ComposeInstall) -> None:
+    """Kept images go with the backups: a tag of a version no backup restores (and not installed)
+    is removed by prune-backups; 2.2.0's, which the backups restore, is kept; no image a container
+    runs is removed."""
+    api = stack.image_id("api")
+    stale = f"{stack.project}-api:patchflow-1.9.0"
+    subprocess.run(["docker", "tag", api, stale], check=True, capture_output=True)
+    done = stack.inv("prune-backups")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"removed kept image {stale}" in done.stdout, done.stdout
+    assert kept_image(stack, "api", "1.9.0") == ""
+    assert kept_image(stack, "api", "2.2.0") and kept_image(stack, "worker", "2.2.0")
+    assert stack.image_id("api") == api and stack.health_version() == "2.2.0"
+
+
+@on_stack
+def test_an_apply_undone_before_the_stop_points_the_images_back_at_the_installed_ones(stack: ComposeInstall) -> None:
+    """Killed after its staging build replaced the images (nothing stopped): the recovery's
+    drop-staging points the image names back at 2.2.0's kept images, so a later `up` does not start
+    a build that was never installed."""
+    images = {s: stack.image_id(s) for s in ("api", "worker")}
+    killed = stack.inv("apply-patch", "--version", "2.3.0", "--yes", env={"PATCHFLOW_TEST_KILL_AT": "stage:after"})
+    assert killed.returncode in (-9, 137), killed.stderr + killed.stdout
+    assert stack.image_id("api") != images["api"], "the staging build replaced the image"
+    done = stack.inv("rollback-patch", "--version", "2.3.0", "--break-lock", "--yes")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert {s: stack.image_id(s) for s in images} == images
+    assert stack.health_version() == "2.2.0"
+
+
+@on_stack
 def test_health_without_a_version_field_is_proven_by_the_new_container(stack: ComposeInstall) -> None:
     """/health without the configured version field (PrimeFlow's real /health): the apply proves the
     answer comes from a container started after the stop (issue 9), then rolls back cleanly."""
@@ -332,6 +445,7 @@ def test_health_without_a_version_field_is_proven_by_the_new_container(stack: Co
     assert stack.health_version() == "2.2.0"
 
 
+@on_stack
 def test_an_api_container_left_running_fails_the_proof_and_is_rolled_back(stack: ComposeInstall) -> None:
     """C16 without a version field: the stop targets other services (api not among app_services),
     so the old api container keeps answering; the proof names it and the apply rolls back."""
@@ -351,6 +465,7 @@ def test_an_api_container_left_running_fails_the_proof_and_is_rolled_back(stack:
     assert stack.pg_dump() == dump_before
 
 
+@on_stack
 def test_a_service_the_patch_removes_is_removed_and_rollback_brings_it_back(
     stack: ComposeInstall, tmp_path: Path
 ) -> None:
@@ -421,16 +536,62 @@ def test_unreachable_engine_is_named(tmp_path: Path) -> None:
 
 
 # -- C14: a slow first start of the database --------------------------------------------------------------
+#: an init script that holds the first initialisation (socket-only server) until the test creates
+#: ``release`` next to it (the folder is bind-mounted), at most 300 s: which side of the race wins
+#: is then decided by the test, not by the machine's load
+HELD_INIT = """echo 'slow init script: held until the test releases it'
+i=0
+while [ ! -e /docker-entrypoint-initdb.d/release ] && [ "$i" -lt 3000 ]; do sleep 0.1; i=$((i + 1)); done
+echo 'slow init script: released'
+"""
+
+
 def _pg_isready(install: ComposeInstall, *extra: str) -> int:
     args = [*install.compose_args(), "exec", "-T", "postgres", "pg_isready", "-q", "-U", "primeflow", *extra]
     return subprocess.run(args, capture_output=True, timeout=30, check=False).returncode
 
 
-def test_apply_waits_for_tcp_while_the_database_initialises_c14(docker_engine: None, tmp_path: Path) -> None:
+class _LineReader:
+    """Collects a process's output lines in a thread; :meth:`wait_for` blocks until a line
+    containing a text arrived (or the deadline passed)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append("")  # end of output
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.lines and self.lines[-1] == ""):
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def text(self) -> str:
+        self._thread.join(timeout=60)
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def c14_install(docker_engine: None, tmp_path: Path) -> Iterator[ComposeInstall]:
+    """A compose install whose database is held in its first initialisation (HELD_INIT) once
+    started; no POSTGRES_DB/POSTGRES_USER in .env (patchflow reads them from the service's
+    environment as compose resolves it: the compose file's defaults, primeflow/primeflow)."""
     install = ComposeInstall.create(tmp_path / "install", f"pfc14{uuid.uuid4().hex[:8]}")
-    (install.root / "docker/initdb.d/50-slow.sh").write_text("echo 'slow init script: sleeping 10 s'\nsleep 10\n")
-    # no POSTGRES_DB/POSTGRES_USER in .env: patchflow reads them from the service's environment
-    # as compose resolves it (the compose file's defaults, primeflow/primeflow)
+    (install.root / "docker/initdb.d/50-slow.sh").write_text(HELD_INIT)
     env_file = install.root / ".env"
     env_file.write_text(
         "".join(
@@ -440,34 +601,60 @@ def test_apply_waits_for_tcp_while_the_database_initialises_c14(docker_engine: N
         )
     )
     try:
-        created = install.inv("create-patch")
-        assert created.returncode == 0, created.stderr
-        install.compose("up", "-d", "postgres", timeout=300)  # fresh volume, no --wait
-        # the trap of C14: during the first initialisation the socket answers, TCP does not
-        deadline = time.monotonic() + 60
-        trapped = False
-        while time.monotonic() < deadline and not trapped:
-            trapped = _pg_isready(install) == 0 and _pg_isready(install, "-h", "127.0.0.1") != 0
-            if not trapped:
-                time.sleep(0.2)
-        assert trapped, "expected a socket-only server during the first initialisation"
-        health = install.inspect("postgres")["State"]
-        assert isinstance(health, dict) and health["Health"]["Status"] != "healthy", "the healthcheck uses TCP"
-
-        # bounded: a short wait gives up with a clear error and changes nothing
-        hurried = install.inv(
-            "apply-patch", "--version", "2.2.0", "--force", "--yes", env={"PATCHFLOW_DB_WAIT_TIMEOUT": "1"}
-        )
-        assert hurried.returncode != 0
-        assert "does not accept connections" in hurried.stderr, hurried.stderr
-        assert set(install.container_ids()) == {"postgres"}
-
-        done = install.inv("apply-patch", "--version", "2.2.0", "--force", "--yes")
-        assert done.returncode == 0, done.stderr + done.stdout
-        assert "database accepted connections after" in done.stdout
-        assert "database       'primeflow' in compose service 'postgres'" in done.stdout
-        assert install.psql('SELECT count(*) FROM "_prisma_migrations" WHERE finished_at IS NOT NULL') == "3"
-        assert install.health_version() == "2.2.0"
-        assert "slow init script" in install.compose("logs", "postgres")
+        yield install
     finally:
         install.remove()
+
+
+def test_apply_waits_for_tcp_while_the_database_initialises_c14(c14_install: ComposeInstall) -> None:
+    install = c14_install
+    created = install.inv("create-patch")
+    assert created.returncode == 0, created.stderr
+    install.compose("up", "-d", "postgres", timeout=300)  # fresh volume, no --wait
+    # the trap of C14: during the first initialisation the socket answers, TCP does not
+    deadline = time.monotonic() + 120
+    trapped = False
+    while time.monotonic() < deadline and not trapped:
+        trapped = _pg_isready(install) == 0 and _pg_isready(install, "-h", "127.0.0.1") != 0
+        if not trapped:
+            time.sleep(0.2)
+    assert trapped, "expected a socket-only server during the first initialisation"
+    health = install.inspect("postgres")["State"]
+    assert isinstance(health, dict) and health["Health"]["Status"] != "healthy", "the healthcheck uses TCP"
+
+    # bounded: a short wait gives up with a clear error and changes nothing
+    hurried = install.inv(
+        "apply-patch", "--version", "2.2.0", "--force", "--yes", env={"PATCHFLOW_DB_WAIT_TIMEOUT": "1"}
+    )
+    assert hurried.returncode != 0
+    assert "does not accept connections" in hurried.stderr, hurried.stderr
+    assert set(install.container_ids()) == {"postgres"}
+
+    # the apply is seen waiting, then the initialisation is let finish: it goes on by itself
+    proc = subprocess.Popen(
+        [*INV, "apply-patch", "--root", str(install.root), "--version", "2.2.0", "--force", "--yes"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    try:
+        out = _LineReader(proc.stdout)
+        err = _LineReader(proc.stderr)
+        waiting = out.wait_for("to accept connections", timeout=240)
+        (install.root / "docker/initdb.d/release").touch()
+        assert proc.wait(timeout=300) == 0, err.text() + out.text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    stdout = out.text()
+    assert waiting, stdout
+    assert "database accepted connections after" in stdout
+    assert "database       'primeflow' in compose service 'postgres'" in stdout
+    assert install.psql('SELECT count(*) FROM "_prisma_migrations" WHERE finished_at IS NOT NULL') == "3"
+    assert install.health_version() == "2.2.0"
+    logs = install.compose("logs", "postgres")
+    assert "slow init script: held" in logs and "slow init script: released" in logs

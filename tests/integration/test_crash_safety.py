@@ -31,19 +31,25 @@ from support.exact import (
 )
 from support.installs import Install, get
 
+from patchflow.lifecycle.apply import APPLY_STEPS as APPLY_SPECS
+from patchflow.lifecycle.rollback import ROLLBACK_STEPS as ROLLBACK_SPECS
+
 pytestmark = pytest.mark.integration
 
 KILL_HOOK = "PATCHFLOW_TEST_KILL_AT"
 KILLED = (-9, 137)  # SIGKILL as seen by subprocess (-9) or through a shell (128 + 9)
 
-APPLY_STEPS = ("lock", "stage", "stop", "backup", "switch", "migrate", "start", "health", "commit", "cleanup")
+# the journaled steps, read from the real lists: a step added or moved is killed here too
+APPLY_STEPS = tuple(s.name for s in APPLY_SPECS if s.journaled)
 # Nothing happens between one step's ":after" hook and the next step's "before" hook, so those two
 # kills leave the same state: the distinct states are the first step's "before" and every ":after".
 APPLY_BOUNDARIES = ("stage", *(f"{step}:after" for step in APPLY_STEPS[1:]))
-ROLLBACK_STEPS = ("lock", "stop", "restore-code", "restore-database", "start", "health", "commit")
+ROLLBACK_STEPS = tuple(s.name for s in ROLLBACK_SPECS if s.journaled)
 ROLLBACK_BOUNDARIES = ("stop", *(f"{step}:after" for step in ROLLBACK_STEPS[1:]))
 # the automatic rollback of an apply whose health check failed: the undos, in order
-UNDO_STEPS = ("stop-new", "restore-database", "restore-code", "drop-backup", "start-old", "drop-staging")
+UNDO_STEPS = tuple(
+    s.undo_label for s in reversed(APPLY_SPECS[: APPLY_STEPS.index("health") + 2]) if s.undo
+)  # stop-new, restore-database, restore-code, drop-backup, start-old, drop-dump, drop-staging
 AUTO_ROLLBACK_BOUNDARIES = (UNDO_STEPS[0], *(f"{step}:after" for step in UNDO_STEPS))
 
 

@@ -783,19 +783,35 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
         proc.wait(timeout=10)
 
 
+#: an install command that holds the apply in staging until the test creates the file ``argv[1]``
+#: (at most 120 s): the lock is held for as long as the test needs, whatever the machine's load
+HOLD_UNTIL_RELEASED = """import os, sys, time
+deadline = time.monotonic() + 120
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
 def test_c19a_second_apply_is_refused_naming_the_holder(install: Install, tmp_path: Path) -> None:
     install.release(tmp_path, "2.3.0")
+    script, release = tmp_path / "hold.py", tmp_path / "release"
+    script.write_text(HOLD_UNTIL_RELEASED)
     first = inv_popen(
-        install, "apply-patch", "--version", "2.3.0", "--yes", env={"PATCHFLOW_INSTALL_COMMAND": "sleep 4"}
+        install,
+        "apply-patch",
+        "--version",
+        "2.3.0",
+        "--yes",
+        env={"PATCHFLOW_INSTALL_COMMAND": f"python3 {script} {release}"},
     )
     try:
         holder = wait_until(lambda: _lock_holder(install), 30, "the first apply to take the lock")
         assert holder["pid"] == first.pid and holder["action"] == "apply" and holder["version"] == "2.3.0"
-        started = time.monotonic()
         second = install.inv("apply-patch", "--version", "2.3.0", "--yes")
-        elapsed = time.monotonic() - started
+        # refused while the holder still holds (it cannot finish before the release): not a wait for it
+        assert first.poll() is None and (_lock_holder(install) or {}).get("pid") == first.pid
+        release.touch()
         assert second.returncode == 3, _out(second)
-        assert elapsed < 10
         assert "Another apply or rollback is running" in second.stderr
         assert f"pid {first.pid}" in second.stderr
         assert "apply of 2.3.0" in second.stderr
@@ -803,6 +819,7 @@ def test_c19a_second_apply_is_refused_naming_the_holder(install: Install, tmp_pa
         out, err = first.communicate(timeout=90)
         assert first.returncode == 0, out + err
     finally:
+        release.touch()  # never leave the install command waiting
         _stop_group(first)
     assert health(install) == (200, "2.3.0")
     applies = [h for h in history(install) if h.get("action") == "apply" and h.get("to_version") == "2.3.0"]

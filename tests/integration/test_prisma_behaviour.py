@@ -148,7 +148,9 @@ def test_a_database_without_history_is_refused_before_stop_then_baselined(instal
     install.release(tmp_path, "2.3.0")
     refused = _apply(install)
     assert refused.returncode == 1, _out(refused)
-    assert "has no migration history" in refused.stderr and "inv baseline-migrations" in refused.stderr
+    flat = " ".join(refused.stderr.split())
+    assert 'there is no _prisma_migrations table while schema "public" holds 2 table(s)' in flat, flat
+    assert "inv baseline-migrations" in flat
     assert "-> stop" not in refused.stdout
     assert install.pg_dump() == db_before and health(install) == (200, "2.2.0")
 
@@ -183,6 +185,29 @@ def test_a_failing_statement_is_reported_with_the_line_of_the_migration_file(ins
     assert done.returncode == 2, _out(done)
     assert "prisma/migrations/20250301090000_audit_log/migration.sql line 4:" in done.stderr, done.stderr
     assert "no_such_function" in done.stderr
+    # patchflow's own set-up (CREATE TABLE IF NOT EXISTS _prisma_migrations) says nothing: issue 18, fault 7
+    assert "already exists, skipping" not in done.stderr and "line 1:" not in done.stderr, done.stderr
+
+
+def test_a_migration_whose_last_statement_ends_in_a_comment_is_applied_and_recorded(
+    install: Install, tmp_path: Path
+) -> None:
+    sql = 'CREATE TABLE "Ok" (id int);\nCREATE TABLE "AuditLog" (id int) -- no semicolon, a comment last'
+    build_release(install, tmp_path, "2.3.0", migration=sql)
+    _ok(_apply(install))
+    assert install.sql("SELECT to_regclass('public.\"AuditLog\"') IS NOT NULL") == "t"
+    assert install.sql("SELECT count(*) FROM _prisma_migrations WHERE migration_name LIKE '%audit_log'") == "1"
+
+
+def test_a_migration_ending_inside_a_comment_fails_instead_of_swallowing_the_record(
+    install: Install, tmp_path: Path
+) -> None:
+    tree_before, db_before = install.state(), install.pg_dump()
+    build_release(install, tmp_path, "2.3.0", migration='CREATE TABLE "AuditLog" (id int);\n/* never closed\n')
+    done = _apply(install)
+    assert done.returncode == 2, _out(done)
+    assert "20250301090000_audit_log" in done.stderr and "rolled back automatically" in done.stderr
+    assert_exactly_old(install, tree_before, db_before)
 
 
 # -- 7: the VERSION a patch carries ---------------------------------------------------------------------------------
@@ -208,10 +233,37 @@ def test_a_patch_carrying_another_version_is_refused_before_stop(tmp_path: Path)
     }
 
 
-def test_create_patch_refuses_a_version_other_than_the_trees(install: Install, tmp_path: Path) -> None:
-    done = run_inv("create-patch", "--root", str(install.root), "--version", "3.1.0")
-    assert done.returncode == 1 and "VERSION says 2.2.0, but the patch is 3.1.0" in done.stderr
-    assert not (install.root / "patches" / "v3.1.0").exists()
+def test_create_patch_with_a_newer_version_than_the_trees_applies_and_rolls_back(
+    install: Install, tmp_path: Path
+) -> None:
+    """PATCH_SYSTEM.md's `make create-patch VERSION=2.3.0` on a tree whose VERSION still says 2.2.0."""
+    from sample_workspace import make_release
+
+    source = make_release(install.root, tmp_path / "source", "2.3.0")
+    (source / "VERSION").write_bytes(b"2.2.0\n")
+    made = run_inv("create-patch", "--root", str(source), "--version", "2.3.0")
+    _ok(made)
+    assert (
+        "VERSION: the tree's VERSION says 2.2.0; the patch carries VERSION 2.3.0 (the tree's file is left unchanged)"
+        in made.stdout
+    )
+    assert (source / "VERSION").read_bytes() == b"2.2.0\n"
+    copy_patch(source, install.root, "2.3.0")
+    _ok(install.inv("verify-patch", "--version", "2.3.0", "--deep"))
+    tree_before, db_before = install.state(), install.pg_dump()
+    _ok(_apply(install))
+    assert (install.root / "VERSION").read_bytes() == b"2.3.0\n"
+    assert status_json(install)["installed_version"] == "2.3.0" and health(install) == (200, "2.3.0")
+    _ok(install.inv("rollback-patch", "--version", "2.3.0", "--yes"))
+    assert (install.root / "VERSION").read_bytes() == b"2.2.0\n"
+    assert_exactly_old(install, tree_before, db_before)
+
+
+def test_create_patch_refuses_a_version_older_than_the_trees(install: Install) -> None:
+    done = run_inv("create-patch", "--root", str(install.root), "--version", "2.1.9")
+    assert done.returncode == 1, _out(done)
+    assert "VERSION says 2.2.0, which is newer than the patch version 2.1.9" in " ".join(done.stderr.split())
+    assert not (install.root / "patches" / "v2.1.9").exists()
 
 
 # -- 8: files the host added ----------------------------------------------------------------------------------------
@@ -232,8 +284,9 @@ def test_files_the_host_added_are_kept_and_listed(install: Install, tmp_path: Pa
     done = _apply(install)
     _ok(done)
     flat = " ".join(done.stdout.split())
-    assert "unowned: 5 paths here belong to no patch and stay" in flat
-    assert all(rel in flat for rel in HOST_FILES)
+    # storage/ and the compose override are host paths (host_paths): never a patch's, not even listed
+    assert "unowned: 1 paths here belong to no patch and stay" in flat and "public/sitemap.xml" in flat
+    assert "storage/sessions" not in flat and "docker-compose.override.yml" not in flat
     for rel, data in HOST_FILES.items():
         assert (install.root / rel).read_bytes() == data, rel
     assert not (install.root / "src/components/Header.js").exists(), "a file the old patch owned is still deleted"
@@ -242,7 +295,9 @@ def test_files_the_host_added_are_kept_and_listed(install: Install, tmp_path: Pa
 
     removing = _apply(install, "2.3.0", "--remove-unowned")
     _ok(removing)
-    assert not (install.root / "storage").exists() and not (install.root / "public/sitemap.xml").exists()
+    assert not (install.root / "public/sitemap.xml").exists()
+    assert (install.root / "storage/sessions/session-1.json").is_file(), "--remove-unowned never touches host paths"
+    assert (install.root / "docker/docker-compose.override.yml").is_file()
     _ok(install.inv("rollback-patch", "--version", "2.3.0", "--yes"))
     assert install.state() == tree_before, "rollback brings back what --remove-unowned deleted"
 
@@ -338,8 +393,8 @@ def test_heavy_locks_are_shown_before_stop_and_refused_on_request(install: Insta
     assert refused.returncode == 1, _out(refused)
     assert "take heavy locks or rewrite tables" in refused.stderr and "-> stop" not in refused.stdout
     assert install.state() == tree_before and install.pg_dump() == db_before
-    preflight = run_inv(
-        "preflight", "--root", str(tmp_path / "source-2.3.0"), "--skip-tool", env={"PATCHFLOW_MIGRATION_LINT": "refuse"}
-    )
+    source = tmp_path / "source-2.3.0"
+    shutil.rmtree(source / "patches")  # preflight runs before create-patch: a shipped migration is not linted again
+    preflight = run_inv("preflight", "--root", str(source), "--skip-tool", env={"PATCHFLOW_MIGRATION_LINT": "refuse"})
     assert "lock/rewrite" in preflight.stdout and "changing-column-type" in preflight.stdout
     assert "migration lint (" in preflight.stderr

@@ -2,15 +2,19 @@
 own port, host key and PrimeFlow checkout running the sample app at 2.2.0 on its own database
 (support.hosts.HostFleet). Every command runs as ``inv`` from an operator checkout, no terminal.
 
-The fleet is shared by the tests of this module (one worker: xdist group ``fleet``) and reset
-between tests: a host a test changed is tidied or recreated from the session's template.
+The fleet is shared by the tests of an xdist group (``fleet-a``, ``fleet-b``: each on one worker,
+which builds its own fleet) and reset between tests: a host a test changed is tidied or recreated
+from the session's template.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,13 +23,18 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support.hosts import BASE, RELEASE, Host, HostFleet
+from support.hosts import BASE, RELEASE, Host, HostFleet, group_states
 from support.installs import REPO, InstallTemplate, run_inv, wait_until
 from support.missing import missing_service
 from support.services import SshServer
 
+from patchflow.remote.rolling import DEPLOY_STEPS
+
 pytestmark = [pytest.mark.integration, pytest.mark.ssh]
-fleet_group = pytest.mark.xdist_group("fleet")
+# two groups, each on one worker with its own fleet (the module-scoped fixture is per worker):
+# about half of the tests each, the longest apart, so neither worker runs them all in a row
+fleet_a = pytest.mark.xdist_group("fleet-a")
+fleet_b = pytest.mark.xdist_group("fleet-b")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +81,7 @@ def unchanged(fleet: HostFleet) -> list[str]:
     return [h.name for h in fleet.hosts if h.fingerprint() != h.pristine]
 
 
-@fleet_group
+@fleet_a
 def test_rolling_deploy_with_a_canary_updates_all_three_then_status_and_rollback_work(fleet: HostFleet) -> None:
     c_locale = {"LC_ALL": "C", "LANG": ""}  # here and on the hosts (sshd passes no locale): field failure C07
     done = fleet.inv(
@@ -90,6 +99,9 @@ def test_rolling_deploy_with_a_canary_updates_all_three_then_status_and_rollback
     assert f"[web1] canary healthy on {RELEASE}" in text
     assert "staging: web1 first in this rolling deploy" in text
     assert f"[web1] applied {BASE} -> {RELEASE}" in text, "the remote apply's own output, prefixed with the host"
+    # deploy's own steps as apply's: one '-> step' and one 'step done in N s' line each, in order
+    assert re.findall(r"^-> (\w+)$", text, re.M) == [s.name for s in DEPLOY_STEPS], text
+    assert re.findall(r"^   (\w+) done in \d+\.\d s$", text, re.M) == [s.name for s in DEPLOY_STEPS]
     # one host at a time: each apply ended before the next one started
     spans = []
     for name in ("web1", "web2", "web3"):
@@ -121,7 +133,7 @@ def test_rolling_deploy_with_a_canary_updates_all_three_then_status_and_rollback
     assert "already installed" in again.stdout and len(applies(fleet.host("web2"))) == 1
 
 
-@fleet_group
+@fleet_b
 def test_health_failure_on_the_second_host_stops_the_rollout_and_rolls_back_the_first(
     fleet: HostFleet, tmp_path: Path
 ) -> None:
@@ -145,7 +157,7 @@ def test_health_failure_on_the_second_host_stops_the_rollout_and_rolls_back_the_
         assert any(name in line and result in line for line in summary.splitlines()), (name, result, summary)
 
 
-@fleet_group
+@fleet_b
 def test_a_failing_canary_leaves_every_other_host_untouched(fleet: HostFleet, tmp_path: Path) -> None:
     web1, web2, web3 = fleet.hosts
     break_health_of_new_version(web3, tmp_path)
@@ -162,7 +174,7 @@ def test_a_failing_canary_leaves_every_other_host_untouched(fleet: HostFleet, tm
         assert host.history() == before[host.name] and host.version() == BASE and host.health_version() == BASE
 
 
-@fleet_group
+@fleet_b
 def test_a_dropped_connection_mid_apply_then_attach_reports_the_true_outcome(fleet: HostFleet) -> None:
     web1 = fleet.host("web1")
     web1.set_env(PATCHFLOW_INSTALL_COMMAND="sleep 4")  # the apply stays in its stage step a while
@@ -205,7 +217,7 @@ def test_a_dropped_connection_mid_apply_then_attach_reports_the_true_outcome(fle
     assert not (web1.root / ".patchflow" / "journal.json").exists()
 
 
-@fleet_group
+@fleet_a
 def test_a_host_that_stops_answering_is_reported_unknown_never_done(fleet: HostFleet) -> None:
     web2 = fleet.host("web2")
     web2.set_env(PATCHFLOW_INSTALL_COMMAND="sleep 3")
@@ -234,7 +246,7 @@ def test_a_host_that_stops_answering_is_reported_unknown_never_done(fleet: HostF
     assert web2.version() == RELEASE and web2.health_version() == RELEASE
 
 
-@fleet_group
+@fleet_a
 def test_an_interrupted_upload_resumes_and_a_partial_upload_is_never_applied(fleet: HostFleet) -> None:
     web1 = fleet.host("web1")
     history = web1.history()
@@ -268,7 +280,7 @@ def test_an_interrupted_upload_resumes_and_a_partial_upload_is_never_applied(fle
     assert not list((web1.root / "patches").glob(".upload-*"))
 
 
-@fleet_group
+@fleet_a
 def test_an_unknown_or_changed_host_key_is_refused_with_nothing_changed(fleet: HostFleet, tmp_path: Path) -> None:
     _, web2, web3 = fleet.hosts
     lines = fleet.known_hosts.read_text().splitlines()
@@ -301,30 +313,32 @@ def test_an_unknown_or_changed_host_key_is_refused_with_nothing_changed(fleet: H
     assert accepted.returncode == 0, output(accepted)
     assert f"[{web3.server.host}]:{web3.server.port} ssh-ed25519" in unknown.read_text()
     assert (web3.root / "patches" / f"v{RELEASE}").is_dir() and web3.version() == BASE
+    assert "-> upload" in accepted.stdout and "-> apply" not in accepted.stdout, "upload only: no apply step"
 
 
-@fleet_group
+@fleet_a
 def test_a_tool_missing_in_the_hosts_non_interactive_environment_stops_the_deploy_first(
     fleet: HostFleet, tmp_path: Path
 ) -> None:
-    """C22: pnpm found by the operator's shell (like nvm from ~/.bashrc) but not by the SSH session."""
+    """C22: a tool found by the operator's shell (like nvm's pnpm from ~/.bashrc) but not by the SSH
+    session. Its name is one no machine has (this one has a real pnpm in /usr/bin: the tests need it)."""
     shell_only = tmp_path / "nvm-bin"
     shell_only.mkdir()
-    (shell_only / "pnpm").write_text("#!/bin/sh\nexit 0\n")
-    (shell_only / "pnpm").chmod(0o755)
+    (shell_only / "nvm-pnpm").write_text("#!/bin/sh\nexit 0\n")
+    (shell_only / "nvm-pnpm").chmod(0o755)
     web1 = fleet.host("web1")
     history = web1.history()
-    web1.set_env(PATCHFLOW_INSTALL_COMMAND="pnpm install --frozen-lockfile")
+    web1.set_env(PATCHFLOW_INSTALL_COMMAND="nvm-pnpm install --frozen-lockfile")
     path = f"{shell_only}:{os.environ['PATH']}"
     done = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes", env={"PATH": path})
     assert done.returncode == 6, output(done)
-    assert "pnpm (needed by install_command (pnpm install --frozen-lockfile))" in done.stderr
+    assert "nvm-pnpm (needed by install_command (nvm-pnpm install --frozen-lockfile))" in done.stderr
     assert "non-interactive SSH environment" in done.stderr
     assert not (web1.root / "patches" / f"v{RELEASE}").exists(), "refused before the upload"
     assert web1.version() == BASE and web1.history() == history and web1.health_version() == BASE
 
 
-@fleet_group
+@fleet_b
 def test_production_refuses_a_version_staging_never_passed(fleet: HostFleet) -> None:
     done = fleet.inv("deploy", "--role", "production", "--version", RELEASE, "--yes")
     assert done.returncode == 1, output(done)
@@ -340,7 +354,19 @@ def test_production_refuses_a_version_staging_never_passed(fleet: HostFleet) -> 
     assert fleet.host("web2").version() == BASE and fleet.host("web3").version() == BASE
 
 
-@fleet_group
+@fleet_a
+def test_a_staging_host_that_cannot_be_read_leaves_the_production_gate_unknown_not_refused(fleet: HostFleet) -> None:
+    """A staging host that does not answer is not a staging host that never passed the version: the
+    gate's answer is unknown (exit 6, the connection named), not "refused" (1)."""
+    fleet.host("web1").server.drop()
+    done = fleet.inv("deploy", "--role", "production", "--version", RELEASE, "--yes")
+    assert done.returncode == 6, output(done)
+    assert "whether a staging host passed it is unknown" in done.stderr and "web1 (web1: cannot reach" in done.stderr
+    assert "has applied it" not in done.stderr and "--skip-staging" in done.stderr, done.stderr
+    assert unchanged(fleet) == []
+
+
+@fleet_a
 def test_a_delta_deploys_to_a_host_on_its_base_and_is_refused_before_any_upload_elsewhere(
     fleet: HostFleet, tmp_path: Path
 ) -> None:
@@ -414,3 +440,160 @@ def test_setup_host_installs_patchflow_where_deploy_found_none(ssh_server: SshSe
     status = run_inv("patch-status", "--root", str(operator), "--host", "box")
     assert status.returncode == 0, output(status)
     assert f"installed version: {BASE}" in status.stdout
+
+
+def recovery_named(text: str) -> list[str]:
+    """The arguments of the one recovery command deploy printed (``recover with: inv <task> ...``)."""
+    lines = [line for line in text.splitlines() if "recover with: inv " in line and "recover with: inv " in line[:40]]
+    assert lines, f"no recovery named in:\n{text}"
+    commands = {line.split("recover with: inv ", 1)[1].split("  (", 1)[0].strip() for line in lines}
+    assert len(commands) == 1, commands
+    return shlex.split(commands.pop())
+
+
+@fleet_b
+def test_a_remote_apply_killed_mid_way_reports_its_true_state_and_the_recovery_that_works(fleet: HostFleet) -> None:
+    """Fault 7 of issue 19: the remote apply's process group is SIGKILLed (as a reboot or an OOM kill
+    would end it) while deploy follows it, with the services stopped and the code switched."""
+    web1 = fleet.host("web1")
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="migrate=SIGSTOP")  # holds the remote apply before its migrations
+    first = fleet.popen("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    try:
+        record, group = web1.stopped_run("apply")
+        os.killpg(group, signal.SIGKILL)
+        text, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 4, text
+    assert "patchflow: exit 4" in text and "ended without an exit code" in text, text
+    assert "its journal there stops at step switch (done)" in text and "the services are stopped" in text, text
+    assert "its lock is left" in text and "the install is left mid-way" in text, text
+    recovery = recovery_named(text)
+    assert recovery == ["rollback-patch", "--host", "web1", "--version", RELEASE, "--break-lock", "--yes"], text
+    assert (web1.root / ".patchflow" / "journal.json").is_file()
+
+    attached = fleet.inv("deploy", "--attach", "--host", "web1")
+    assert attached.returncode == 4, output(attached)
+    assert recovery_named(output(attached)) == recovery, "--attach gives the same answer"
+    assert record["id"] in output(attached)
+    again = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    assert again.returncode == 3, output(again)  # the stale lock refuses a deploy, naming the same recovery
+    assert f"Recover it with `{shlex.join(['inv', *recovery])}`" in again.stderr, again.stderr
+
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="")
+    recovered = fleet.inv(*recovery)
+    assert recovered.returncode == 0, output(recovered)
+    assert web1.version() == BASE and web1.health_version() == BASE, "exactly the old version"
+    assert not (web1.root / ".patchflow" / "journal.json").exists()
+    assert [a["result"] for a in applies(web1)] == ["rolled_back"]
+    status = web1.install.inv("patch-status", "--json")
+    assert json.loads(status.stdout)["recovery"] is None, status.stdout
+
+
+@fleet_a
+def test_a_remote_apply_killed_after_its_commit_and_a_killed_remote_rollback_are_recovered_as_named(
+    fleet: HostFleet,
+) -> None:
+    """Fault 7 of issue 19, its neighbours: only the task is SIGKILLed (as the out-of-memory killer
+    does: its wrapper records exit 137) after the commit; then a remote rollback is killed with its
+    process group mid-way. Each is reported as it left the host, with the command that recovers it."""
+    web1 = fleet.host("web1")
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="cleanup=SIGSTOP")  # committed, clean-up not done
+    first = fleet.popen("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    try:
+        _, group = web1.stopped_run("apply")
+        [task] = [pid for pid, state in group_states(group).items() if state == "T"]
+        os.kill(task, signal.SIGKILL)
+        text, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, text
+    assert "was killed by SIGKILL" in text and "after its commit" in text and "updated" in text, text
+    [record] = web1.runs()
+    assert Path(record["exit_file"]).read_text().strip() == "137", "the wrapper saw the kill"
+    recovery = recovery_named(text)
+    assert recovery == ["deploy", "--host", "web1", "--version", RELEASE, "--break-lock", "--yes"], text
+    attached = fleet.inv("deploy", "--attach", "--host", "web1")
+    assert attached.returncode == 0 and recovery_named(output(attached)) == recovery, output(attached)
+
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="")
+    recovered = fleet.inv(*recovery)
+    assert recovered.returncode == 0, output(recovered)
+    assert web1.version() == RELEASE and web1.health_version() == RELEASE, "exactly the new version"
+    assert not (web1.root / ".patchflow" / "journal.json").exists()
+    assert [a["result"] for a in applies(web1)] == ["success"]
+    status = json.loads(web1.install.inv("patch-status", "--json").stdout)
+    assert status["recovery"] is None and status["lock"] is None, status
+
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="restore-code=SIGSTOP")
+    back = fleet.popen("rollback-patch", "--host", "web1", "--version", RELEASE, "--yes")
+    try:
+        _, group = web1.stopped_run("rollback")
+        os.killpg(group, signal.SIGKILL)
+        text, _ = back.communicate(timeout=120)
+    finally:
+        if back.poll() is None:
+            back.kill()
+    assert back.returncode == 4, text
+    assert "the rollback of 2.3.0 there ended without an exit code" in text, text
+    assert "the services are stopped" in text and "the install is left mid-way" in text, text
+    recovery = recovery_named(text)
+    assert recovery == ["rollback-patch", "--host", "web1", "--version", RELEASE, "--break-lock", "--yes"], text
+    attached = fleet.inv("deploy", "--attach", "--host", "web1")
+    assert attached.returncode == 4 and recovery_named(output(attached)) == recovery, output(attached)
+
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="")
+    recovered = fleet.inv(*recovery)
+    assert recovered.returncode == 0, output(recovered)
+    assert web1.version() == BASE and web1.health_version() == BASE, "exactly the old version"
+    assert not (web1.root / ".patchflow" / "journal.json").exists()
+    assert web1.history()[-1]["action"] == "rollback" and web1.history()[-1]["result"] == "success"
+
+
+@fleet_b
+def test_a_connection_lost_while_the_server_checks_an_upload_is_unknown_and_only_a_real_refusal_does_not_verify(
+    fleet: HostFleet, tmp_path: Path
+) -> None:
+    """Fault 7 of issue 19: the SSH session is cut (its sshd processes killed) while receive-patch
+    checks the upload on the server. That is a lost connection with the outcome unknown (exit 6),
+    never "does not verify"; the same deploy again resumes. A patch the server really refuses (it
+    requires a signature this one lacks) is still reported as not verifying (exit 1)."""
+    web1, web2, _ = fleet.hosts
+    history = web1.history()
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="receive-check=SIGSTOP")  # holds the check before it verifies
+    first = fleet.popen("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    check = 0
+    try:
+        check = web1.stopped_task("receive-patch")
+        web1.cut_session_of(check)
+        text, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        if check:  # the host's check never finishes (as if it died with the session): nothing is put in place
+            os.kill(check, signal.SIGKILL)
+    assert first.returncode == 6, text
+    assert "does not verify" not in text, text
+    assert "the connection was lost while the server checked the upload" in text and "is unknown" in text, text
+    assert "Run the same deploy again: it resumes the upload" in text, text
+    assert not (web1.root / "patches" / f"v{RELEASE}").exists() and web1.version() == BASE
+    assert web1.history() == history
+
+    web1.set_env(PATCHFLOW_TEST_KILL_AT="")
+    again = fleet.inv("deploy", "--host", "web1", "--version", RELEASE, "--yes")
+    assert again.returncode == 0, output(again)
+    assert "bytes already there" in again.stdout and "0 bytes sent" in again.stdout, again.stdout
+    assert web1.version() == RELEASE and web1.health_version() == RELEASE
+
+    sys.path.insert(0, str(REPO))
+    from patchflow.signing import generate_key
+
+    web2.set_env(PATCHFLOW_VERIFY_KEY=generate_key(tmp_path / "signing.key"))
+    refused = fleet.inv("deploy", "--host", "web2", "--version", RELEASE, "--yes")
+    assert refused.returncode == 1, output(refused)
+    assert "the uploaded patch does not verify there" in refused.stderr, refused.stderr
+    assert "SHA256SUMS.sig is missing, but a verify key is configured" in refused.stderr, refused.stderr
+    assert "connection" not in refused.stderr and "unknown" not in refused.stderr, refused.stderr
+    assert not (web2.root / "patches" / f"v{RELEASE}").exists() and web2.version() == BASE

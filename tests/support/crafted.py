@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from patchflow.archive import build_archive
+from patchflow.archive.writer import build_archive
 from patchflow.manifest import Entry, clean_mode
 
 

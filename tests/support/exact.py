@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from support.installs import Install, get
+from support.installs import Install, get, wait_trash_deleted
 from support.installs import status_json as status_json  # re-exported for the crash tests
 
 NEW = "2.3.0"
@@ -68,7 +68,9 @@ def app_processes(root: Path) -> set[int]:
 
 def assert_clean_after(install: Install) -> dict[str, Any]:
     """No journal, no lock, no staging left, and exactly the two tracked services running
-    (no orphan from the killed process)."""
+    (no orphan from the killed process). The staging a committed apply renamed aside is deleted
+    by a detached process after the command returned (patchflow.trash): waited for first."""
+    wait_trash_deleted(install.root)
     status = status_json(install)
     assert status["interrupted"] is None, status["interrupted"]
     assert status["lock"] is None, status["lock"]

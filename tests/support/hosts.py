@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.installs import INV, Install, InstallTemplate, get, rewrite_dotenv, run_inv, wait_until
+from support.installs import INV, Install, InstallTemplate, get, rewrite_dotenv, run_inv, wait_trash_deleted, wait_until
 from support.services import SshServer
 
 RELEASE = "2.3.0"
@@ -74,6 +75,50 @@ class Host:
         """Change the install's ``.env`` (the host is reset after the test)."""
         rewrite_dotenv(self.root, values)
 
+    def runs(self) -> list[dict[str, Any]]:
+        """The detached runs deploy recorded on the host (``.patchflow/deploys/<id>.json``), oldest first."""
+        folder = self.root / ".patchflow" / "deploys"
+        records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+        return sorted(records, key=lambda r: (str(r.get("started_at", "")), str(r["id"])))
+
+    def stopped_run(self, action: str, timeout: float = 180) -> tuple[dict[str, Any], int]:
+        """Wait until the newest detached run of ``action`` on the host holds a stopped process
+        (``PATCHFLOW_TEST_KILL_AT=<step>=SIGSTOP`` reached); return its record and its process
+        group (the run's wrapper shell leads its own session and group: its pid file holds it)."""
+
+        def found() -> tuple[dict[str, Any], int] | None:
+            runs = [r for r in self.runs() if r.get("action") == action]
+            pid_file = Path(runs[-1]["pid_file"]) if runs else None
+            if pid_file is None or not pid_file.is_file() or not pid_file.read_text().strip():
+                return None
+            group = int(pid_file.read_text())
+            return (runs[-1], group) if any(state == "T" for state in group_states(group).values()) else None
+
+        return wait_until(found, timeout, f"the {action} on {self.name} to stop at its test kill point")
+
+    def stopped_task(self, task: str, timeout: float = 120) -> int:
+        """Wait until a ``python -m patchflow <task> --root <this host>`` process is stopped (its
+        ``PATCHFLOW_TEST_KILL_AT=...=SIGSTOP`` point reached); return its pid."""
+
+        def found() -> int | None:
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                except (OSError, IndexError):
+                    continue
+                if state == "T" and task.encode() in argv and str(self.root).encode() in argv:
+                    return int(entry.name)
+            return None
+
+        return wait_until(found, timeout, f"{task} on {self.name} to stop at its test kill point")
+
+    def cut_session_of(self, pid: int) -> list[int]:
+        """:func:`cut_session_of` on this host's sshd."""
+        return cut_session_of(self.server, pid)
+
     def listing(self) -> dict[str, list[str]]:
         """The names in the folders a deploy writes to (the status cache left out: reading status
         may refresh it)."""
@@ -94,6 +139,42 @@ class Host:
         digest.update(json.dumps(self.listing(), sort_keys=True).encode())
         digest.update(str(self.health_version()).encode())
         return digest.hexdigest()
+
+
+def cut_session_of(server: SshServer, pid: int) -> list[int]:
+    """SIGKILL the sshd processes serving the SSH session that ``pid`` runs in (its ancestors below
+    ``server``'s listening sshd), as a dropped connection ends them: the client sees its connection
+    break, the command there is left to itself. Returns the pids killed."""
+    listener = server._proc.pid if server._proc is not None else None
+    killed = []
+    current = pid
+    while current > 1 and current != listener:
+        try:
+            parent = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            name = Path(f"/proc/{current}/comm").read_text().strip()
+        except (OSError, IndexError, ValueError):
+            break
+        if name.startswith("sshd"):
+            os.kill(current, signal.SIGKILL)
+            killed.append(current)
+        current = parent
+    assert killed and current == listener, f"pid {pid} is not served by the sshd on port {server.port}"
+    return killed
+
+
+def group_states(group: int) -> dict[int, str]:
+    """pid -> state letter (``R``, ``S``, ``T`` stopped...) of every process of process group ``group``."""
+    states = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:
+            states[int(entry.name)] = fields[0]
+    return states
 
 
 @dataclass
@@ -238,9 +319,10 @@ class HostFleet:
             return True
 
         wait_until(idle, 120, f"the runs on {host.name} to end")
+        wait_trash_deleted(host.root)  # the detached clean-up of a committed apply
 
     def _remove_install(self, host: Host) -> None:
-        host.install.inv("down")
+        host.install.down()
         cluster = host.install.cluster
         rows = cluster.psql(
             "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{host.install.dbname}%';\n"

@@ -171,7 +171,7 @@ def install_on(template: InstallTemplate, folder: Path) -> Iterator[Install]:
     try:
         yield install
     finally:
-        install.inv("down")
+        install.down()
         rows = install.cluster.psql(
             "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{install.dbname}%';\n"
         )

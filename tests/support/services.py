@@ -363,6 +363,54 @@ class PostgresCluster:
             f"DROP DATABASE IF EXISTS {_quote_ident(name)};\n",
         )
 
+    def stop_server(self) -> None:
+        """Stop the server now (``pg_ctl -m fast stop``: sessions are ended, as in a crash or a
+        fail-over), keeping its files and port for :meth:`start_server`."""
+        argv = [str(self.bin("pg_ctl")), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]
+        _run(self._as_owner(argv), cwd=self.root_dir)
+
+    def start_server(self) -> None:
+        """Start the server again on its port after :meth:`stop_server` (waits until it accepts)."""
+        self._start_server(fixed_port=True)
+
+    def is_running(self) -> bool:
+        """True when the server answers on its socket (``pg_isready``)."""
+        argv = [str(self.bin("pg_isready")), "-q", "-h", str(self.socket_dir), "-p", str(self.port)]
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+    def add_password_role(self, name: str, password: str) -> None:
+        """A login role ``name`` that must give ``password`` over TCP (scram-sha-256): a
+        ``pg_hba.conf`` line for that role only, before the trust lines, then a reload. The other
+        roles keep trust authentication."""
+        hba = self.datadir / "pg_hba.conf"
+        line = f"host all {_quote_ident(name)} 127.0.0.1/32 scram-sha-256\n"
+        text = hba.read_text(encoding="utf-8")
+        if line not in text:
+            hba.write_text(line + text, encoding="utf-8")
+        self.psql(
+            "postgres",
+            f"DROP ROLE IF EXISTS {_quote_ident(name)};\n"
+            f"CREATE ROLE {_quote_ident(name)} LOGIN SUPERUSER PASSWORD {_quote_literal(password)};\n"
+            "SELECT pg_reload_conf();\n",
+        )
+        # the reload is asynchronous: poll until a wrong password is refused
+        argv = [str(self.bin("psql")), "-X", "-h", self.host, "-p", str(self.port), "-U", name, "-d", "postgres"]
+        env = {**os.environ, "PGPASSWORD": password + "-wrong", "PGCONNECT_TIMEOUT": "5"}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [*argv, "-c", "SELECT 1"],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            if done.returncode != 0 and "password authentication failed" in done.stderr:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pg_hba.conf reload did not take effect for role {name}")
+
     def stop(self) -> None:
         """``pg_ctl -m fast stop`` and remove the cluster's files. Safe to call twice."""
         try:

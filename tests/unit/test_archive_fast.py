@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from patchflow import archive as archive_module
-from patchflow.archive import BLOCK_SIZE, build_archive, extract_archive, read_members
+from patchflow.archive import writer as archive_writer
+from patchflow.archive.extract import extract_archive
+from patchflow.archive.reader import read_members
+from patchflow.archive.writer import BLOCK_SIZE, build_archive
 from patchflow.errors import ArchiveError
 from patchflow.manifest import Entry, load_rules, scan_tree
 
@@ -133,9 +135,9 @@ def test_precompressed_detection(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"x" * 10)
     (tmp_path / "blob.dat").write_bytes(rng.randbytes(200_000))
     (tmp_path / "text.dat").write_bytes(b"hello world " * 20_000)
-    assert archive_module.is_precompressed(tmp_path / "a.png", 10)
-    assert archive_module.is_precompressed(tmp_path / "blob.dat", 200_000)
-    assert not archive_module.is_precompressed(tmp_path / "text.dat", 240_000)
+    assert archive_writer.is_precompressed(tmp_path / "a.png", 10)
+    assert archive_writer.is_precompressed(tmp_path / "blob.dat", 200_000)
+    assert not archive_writer.is_precompressed(tmp_path / "text.dat", 240_000)
 
 
 def test_read_members_equals_the_packed_entries(packed: tuple[Path, dict[str, Entry]]) -> None:
@@ -258,7 +260,7 @@ def test_hostile_members_are_refused_and_nothing_is_left(tmp_path: Path, case: s
     assert not sentinel.exists()
     if case != "chained links":  # each link stays inside lexically: only the extraction's realpath sees it
         # the deep verification (verify-patch --deep) refuses it too, without writing anything
-        from patchflow.archive import compare_members
+        from patchflow.archive.reader import compare_members
 
         try:
             problems = compare_members(read_members(archive), expected)
@@ -349,6 +351,21 @@ def test_a_flipped_byte_fails_the_crc(packed: tuple[Path, dict[str, Entry]], tmp
     assert not (tmp_path / "staging").exists()
 
 
+def test_a_broken_deflate_stream_is_the_codecs_error_turned_into_archive_error(
+    packed: tuple[Path, dict[str, Entry]], tmp_path: Path
+) -> None:
+    """After a valid gzip header the codec (ISA-L or zlib) finds an invalid deflate block: its own
+    error type becomes an ArchiveError, not a traceback."""
+    archive, entries = packed
+    damaged = tmp_path / "damaged.tar.gz"
+    damaged.write_bytes(archive.read_bytes()[:10] + b"garbage, not deflate data" * 4)
+    with pytest.raises(ArchiveError, match="corrupt or truncated"):
+        extract_archive(damaged, tmp_path / "staging", entries)
+    assert not (tmp_path / "staging").exists()
+    with pytest.raises(ArchiveError, match="corrupt or truncated"):
+        read_members(damaged)
+
+
 def test_data_after_the_archive_is_refused(packed: tuple[Path, dict[str, Entry]], tmp_path: Path) -> None:
     archive, entries = packed
     damaged = tmp_path / "damaged.tar.gz"
@@ -394,7 +411,8 @@ def test_gnu_long_names_are_read_and_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
 def test_direct_header_parsing_agrees_with_tarfile(fmt: int) -> None:
     """The direct ustar parser reads what tarfile.TarInfo.frombuf reads (and declines the rest)."""
-    from patchflow.archive import _header, _ustar
+    from patchflow.archive.reader import _ustar
+    from patchflow.archive.writer import _header
 
     infos = []
     for entry in (

@@ -11,7 +11,7 @@ import pytest
 
 from patchflow.commands import compose
 from patchflow.config import load_settings
-from patchflow.database import target_from_settings
+from patchflow.pg_target import target_from_settings
 from patchflow.services.compose import _compose_errors, compose_prefix
 
 

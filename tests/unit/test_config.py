@@ -191,14 +191,13 @@ def test_root_must_be_a_directory(tmp_path: Path) -> None:
 def test_settings_table_lists_every_field() -> None:
     table = settings_table_markdown()
     lines = table.splitlines()
-    assert lines[0].startswith("| setting | environment variable |")
-    documented = [f for f in FIELDS if not f.hidden]
-    assert len(lines) == 2 + len(documented)
-    for f in documented:
-        assert f"| `{f.name}` | `{f.env}` |" in table
+    assert lines[0].startswith("| setting | scope | environment variable |")
+    assert len(lines) == 2 + len(FIELDS)
+    for f in FIELDS:
+        assert f"| `{f.name}` | {f.scope} | `{f.env}` |" in table
     assert "PATCHFLOW_TEST_KILL_AT" not in table, "the test hook is not a documented setting"
     assert "`PATCHFLOW_HEALTH_TIMEOUT` | `60.0`" in table
-    assert "| `exclude` | `PATCHFLOW_EXCLUDE` | `(empty)` |" in table
+    assert "| `exclude` | release | `PATCHFLOW_EXCLUDE` | `(empty)` |" in table
 
 
 @pytest.mark.parametrize(
@@ -208,6 +207,11 @@ def test_settings_table_lists_every_field() -> None:
         ("postgresql://app:p@ss:w@rd@db/app", "postgresql://app:***@db/app"),
         ("postgresql://app@db/app", "postgresql://app@db/app"),
         ("postgresql://db/app", "postgresql://db/app"),
+        (
+            "postgresql://app@db/app?sslmode=require&password=s3cr3t",
+            "postgresql://app@db/app?sslmode=require&password=***",
+        ),
+        ("postgresql://app:a@db/app?password=b&x=1", "postgresql://app:***@db/app?password=***&x=1"),
         ("not a url", "not a url"),
         ("", ""),
     ],
@@ -269,3 +273,144 @@ def test_settings_are_typed_and_frozen(tmp_path: Path) -> None:
 def test_the_readme_lists_every_setting_as_the_code_defines_it() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert settings_table_markdown() in readme, "regenerate the README's settings table (settings_table_markdown)"
+
+
+# -- host settings (issue 18): a machine's own settings beat the release's -----------------------
+
+
+def _checkout(tmp_path: Path, release: str, host: str | None) -> Path:
+    root = tmp_path / "checkout"
+    (root / ".patchflow").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(f"[project]\nname = 'primeflow'\n\n[tool.patchflow]\n{release}", "utf-8")
+    if host is not None:
+        (root / ".patchflow" / "host.toml").write_text(host, encoding="utf-8")
+    return root
+
+
+def test_host_settings_win_over_the_release_and_say_where_they_come_from(tmp_path: Path) -> None:
+    root = _checkout(
+        tmp_path,
+        'service_manager = "compose"\nhealth_url = ["http://localhost:4000/health"]\napp_services = ["api"]\n',
+        'service_manager = "command"\nhealth_url = "http://127.0.0.1:3001/health"\n'
+        '[hosts.web1]\nhost = "deploy@10.0.0.5"\n',
+    )
+    settings = load_settings(root, environ={})
+    assert settings.service_manager == "command" and settings.source("service_manager") == ".patchflow/host.toml"
+    assert settings.health_url == ("http://127.0.0.1:3001/health",)
+    assert settings.app_services == ("api",) and settings.source("app_services") == "pyproject.toml"
+    assert settings.hosts[0].name == "web1" and settings.hosts[0].host == "deploy@10.0.0.5"
+    # the environment still beats the host file
+    env = load_settings(root, environ={"PATCHFLOW_SERVICE_MANAGER": "none"})
+    assert env.service_manager == "none" and env.source("service_manager") == "env:PATCHFLOW_SERVICE_MANAGER"
+
+
+def test_a_release_section_given_explicitly_replaces_the_pyproject_one(tmp_path: Path) -> None:
+    from patchflow.settings_files import release_section
+
+    root = _checkout(tmp_path, 'app_services = ["api"]\n', 'health_url = "http://127.0.0.1:1/health"\n')
+    new = release_section(b'[tool.patchflow]\napp_services = ["api", "worker"]\nhealth_url = ["http://x/h"]\n', "p")
+    settings = load_settings(root, environ={}, release=new)
+    assert settings.app_services == ("api", "worker")
+    assert settings.health_url == ("http://127.0.0.1:1/health",), "the host file still wins"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('service_manager = "compose"\nservice_manager = "none"\n', "not valid TOML"),
+        ('service_manger = "command"\n', "Did you mean 'service_manager'"),
+        ('service_manager = "systemd"\n', "expected one of"),
+        ("stop_timeout = -3\n", "host.toml"),
+    ],
+)
+def test_a_bad_host_settings_file_is_named(tmp_path: Path, text: str, expected: str) -> None:
+    root = _checkout(tmp_path, "", text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(root, environ={})
+    assert expected in caught.value.message + caught.value.hint
+    assert ".patchflow/host.toml" in caught.value.message
+
+
+def test_every_setting_has_a_scope_and_the_host_ones_are_the_machines() -> None:
+    scopes = {f.name: f.scope for f in FIELDS}
+    assert set(scopes.values()) == {"host", "release"}
+    for name in ("service_manager", "health_url", "database_url", "verify_key", "hosts", "commands"):
+        assert scopes[name] == "host", name
+    for name in ("app_services", "compose_files", "build_command", "exclude", "host_paths"):
+        assert scopes[name] == "release", name
+
+
+def test_an_inventory_entry_carries_its_hosts_own_settings(tmp_path: Path) -> None:
+    root = _checkout(
+        tmp_path,
+        '[tool.patchflow.hosts.web1]\nhost = "deploy@10.0.0.5"\n'
+        '[tool.patchflow.hosts.web1.settings]\nservice_manager = "command"\n'
+        'health_url = ["http://127.0.0.1:3001/health", "http://127.0.0.1:3002/health"]\nstop_timeout = 5\n',
+        None,
+    )
+    (entry,) = load_settings(root, environ={}).hosts
+    assert dict(entry.settings) == {
+        "service_manager": "command",
+        "health_url": "http://127.0.0.1:3001/health,http://127.0.0.1:3002/health",
+        "stop_timeout": "5.0",
+    }
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ('service_manger = "command"', "did you mean 'service_manager'"),
+        ('service_manager = "systemd"', "hosts.web1.settings.service_manager: expected one of"),
+        ('hosts = "x"', "may not hold an inventory"),
+    ],
+)
+def test_a_bad_inventory_setting_is_named_with_its_host(tmp_path: Path, table: str, expected: str) -> None:
+    root = _checkout(tmp_path, f"[tool.patchflow.hosts.web1.settings]\n{table}\n", None)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(root, environ={})
+    assert expected in caught.value.message
+
+
+# -- SOURCE_DATE_EPOCH: read through the settings like every other variable ---------------------
+
+
+def test_source_date_epoch_is_read_from_the_environment_as_a_setting(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, environ={"SOURCE_DATE_EPOCH": "1700000000"})
+    assert settings.source_date_epoch == "1700000000"
+    assert settings.source("source_date_epoch") == "env:SOURCE_DATE_EPOCH"
+    assert load_settings(tmp_path, environ={}).source_date_epoch == ""
+
+
+def test_patchflow_source_date_epoch_wins_over_the_conventional_variable(tmp_path: Path) -> None:
+    environ = {"SOURCE_DATE_EPOCH": "1700000000", "PATCHFLOW_SOURCE_DATE_EPOCH": "1600000000"}
+    settings = load_settings(tmp_path, environ=environ)
+    assert settings.source_date_epoch == "1600000000"
+    assert settings.source("source_date_epoch") == "env:PATCHFLOW_SOURCE_DATE_EPOCH"
+
+
+def test_source_date_epoch_in_dotenv_is_the_apps_and_not_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SOURCE_DATE_EPOCH=1700000000\n", encoding="utf-8")
+    settings = load_settings(tmp_path, environ={})
+    assert settings.source_date_epoch == ""
+    assert settings.source("source_date_epoch") == "default"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("yesterday", "whole seconds since 1970-01-01 UTC"),
+        ("-5", "whole seconds since 1970-01-01 UTC"),
+        ("1.5", "whole seconds since 1970-01-01 UTC"),
+        ("١٢٣", "whole seconds since 1970-01-01 UTC"),  # digits, but not ASCII ones
+        ("99999999999999999", "before the year 10000"),
+    ],
+)
+def test_a_malformed_source_date_epoch_is_an_error_naming_the_variable(
+    tmp_path: Path, value: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, environ={"SOURCE_DATE_EPOCH": value})
+    assert "SOURCE_DATE_EPOCH in the environment" in caught.value.message
+    assert fragment in caught.value.message
+    assert "PATCHFLOW_SOURCE_DATE_EPOCH" in caught.value.hint
+    assert list(tmp_path.iterdir()) == []

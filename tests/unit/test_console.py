@@ -1,4 +1,5 @@
-"""Confirmation never blocks a run without a terminal; byte/age formatting."""
+"""Confirmation never blocks a run without a terminal, and on a terminal (a real pty) every answer but
+yes means not confirmed; byte/age formatting."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from support.terminal import CTRL_C, CTRL_D, Terminal
 
-from patchflow.console import confirm, human_age, human_bytes
+from patchflow.console import confirm
 from patchflow.errors import ConfirmationRefused
+from patchflow.units import human_age, human_bytes
 
 
 def test_no_terminal_without_yes_refuses() -> None:
@@ -73,3 +76,53 @@ def test_human_bytes(size: int, text: str) -> None:
 )
 def test_human_age(seconds: float, text: str) -> None:
     assert human_age(seconds) == text
+
+
+PROMPT_CHILD = (
+    "import sys\n"
+    "from patchflow.console import confirm\n"
+    "from patchflow.errors import ConfirmationRefused\n"
+    "from patchflow.lifecycle.steps import interruptible\n"
+    "try:\n"
+    "    with interruptible():\n"  # as inside apply and rollback: SIGTERM/SIGHUP raise there too
+    "        confirm('Apply 2.3.0 now?', yes=False)\n"
+    "    print('CONFIRMED')\n"
+    "except ConfirmationRefused as exc:\n"
+    "    print('REFUSED', exc.message, exc.exit_code)\n"
+)
+
+
+def _prompt_on_terminal() -> Terminal:
+    terminal = Terminal([sys.executable, "-c", PROMPT_CHILD])
+    terminal.expect(r"Apply 2\.3\.0 now\? \[y/n\]", timeout=60)
+    return terminal
+
+
+@pytest.mark.parametrize(
+    ("key", "how"),
+    [(CTRL_C, "interrupted (Ctrl+C)"), (CTRL_D, "the input ended (Ctrl+D or a closed stdin)"), (b"n\n", "")],
+)
+def test_every_answer_but_yes_at_a_terminal_prompt_is_not_confirmed(key: bytes, how: str) -> None:
+    with _prompt_on_terminal() as terminal:
+        terminal.send(key)
+        assert terminal.wait(60) == 0, terminal.screen
+        expected = f"Not confirmed: {how} at the prompt; nothing was changed." if how else "Cancelled by the operator"
+        assert f"REFUSED {expected}" in terminal.screen
+        assert terminal.screen.rstrip().endswith(" 5")
+        assert "Traceback" not in terminal.screen
+
+
+def test_sigterm_while_the_prompt_waits_is_not_confirmed() -> None:
+    import signal
+
+    with _prompt_on_terminal() as terminal:
+        terminal.process.send_signal(signal.SIGTERM)
+        assert terminal.wait(60) == 0, terminal.screen
+        assert "REFUSED Not confirmed: SIGTERM arrived at the prompt; nothing was changed. 5" in terminal.screen
+
+
+def test_yes_at_a_terminal_prompt_confirms() -> None:
+    with _prompt_on_terminal() as terminal:
+        terminal.send(b"y\n")
+        assert terminal.wait(60) == 0, terminal.screen
+        assert "CONFIRMED" in terminal.screen

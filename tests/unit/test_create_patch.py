@@ -21,8 +21,8 @@ from support.services import shared_tempdir
 
 import patchflow
 from patchflow.config import load_settings
-from patchflow.create import CreatedPatch, create_patch
 from patchflow.errors import CreatePatchError
+from patchflow.lifecycle.create import CreatedPatch, create_patch
 from patchflow.version import parse_version
 
 REPO = Path(patchflow.__file__).resolve().parents[1]
@@ -208,13 +208,6 @@ def test_version_file_is_never_written(tree: Path) -> None:
     assert (tree / "patches" / "v1.4.0").is_dir()
 
 
-def test_a_version_other_than_the_trees_is_refused(tree: Path) -> None:
-    with pytest.raises(CreatePatchError) as caught:
-        create(tree, version=parse_version("1.5.0"))
-    assert "VERSION says 1.4.0" in caught.value.message and "1.5.0" in caught.value.message
-    assert not (tree / "patches" / "v1.5.0").exists()
-
-
 def test_a_migration_folder_without_migration_sql_is_refused(tree: Path) -> None:
     typo = tree / "prisma" / "migrations" / "20250301_audit"
     typo.mkdir(parents=True)
@@ -234,6 +227,22 @@ def test_rebuild_with_force_gives_identical_archive(tree: Path) -> None:
     assert second.archive.read_bytes() == first_bytes
     assert not (second.folder / "stray.txt").exists(), "--force replaces the whole folder"
     assert sorted(p.name for p in (tree / "patches").iterdir()) == ["v1.4.0"]
+
+
+def test_source_date_epoch_makes_the_whole_patch_folder_reproducible(tmp_path: Path) -> None:
+    """SOURCE_DATE_EPOCH reaches create-patch through the settings: two builds of the same tree
+    at different times give byte-identical patch folders, created_at included."""
+    folders = []
+    for name in ("first", "second"):
+        root = make_tree(tmp_path / name)
+        created = create_patch(load_settings(root, environ={"SOURCE_DATE_EPOCH": "1736000000"}))
+        folders.append(created.folder)
+    first, second = ({p.name: p.read_bytes() for p in folder.iterdir()} for folder in folders)
+    assert first == second
+    manifest = json.loads(first["manifest.json"])
+    assert manifest["created_at"] == "2025-01-04T14:13:20Z"
+    without = create_patch(load_settings(make_tree(tmp_path / "third"), environ={}))
+    assert json.loads((without.folder / "manifest.json").read_bytes())["created_at"] != manifest["created_at"]
 
 
 def test_copies_with_other_mtimes_and_owners_give_identical_archives(tmp_path: Path) -> None:
@@ -459,3 +468,51 @@ def test_unreadable_entry_is_refused_for_a_non_root_user(packing_dir: Path, rel:
     again = create_unprivileged(root, blocked)
     assert again["outcome"] == "created", again
     assert (root / "patches" / "v1.4.0" / "manifest.json").is_file()
+
+
+STEP_LINE = r"(?P<name>[a-z]+) done in \d+\.\d s"
+CREATE_STEP_NAMES = ["check", "scan", "pack", "write", "publish"]
+
+
+def _step_lines(lines: list[str], indent: str = "") -> list[str]:
+    """The step lines of ``lines`` checked in pairs (``-> name`` then ``   name done in N s``);
+    returns the names in order."""
+    import re
+
+    names = []
+    for first, second in zip(lines[0::2], lines[1::2], strict=True):
+        assert first.startswith(f"{indent}-> "), first
+        name = first.removeprefix(f"{indent}-> ")
+        done = re.fullmatch(f"{indent}   {STEP_LINE}", second)
+        assert done is not None and done["name"] == name, (first, second)
+        names.append(name)
+    return names
+
+
+def test_create_patch_logs_each_step_like_apply(tree: Path) -> None:
+    """create-patch is a step list run by the lifecycle's runner: one line as each step starts
+    and one with its duration when it is done, in the order of CREATE_STEPS."""
+    from patchflow.lifecycle.create import CREATE_STEPS
+
+    lines: list[str] = []
+    create(tree, log=lines.append)
+    assert _step_lines(lines) == [s.name for s in CREATE_STEPS] == CREATE_STEP_NAMES
+
+
+def test_a_failed_step_is_the_last_line_and_nothing_is_left(tree: Path) -> None:
+    """The step that fails gets its ``->`` line and no ``done`` line; no step runs after it."""
+    lines: list[str] = []
+    (tree / "patches" / "v1.4.0").mkdir(parents=True)
+    with pytest.raises(CreatePatchError, match="already exists"):
+        create(tree, log=lines.append)
+    assert lines == ["-> check"]
+    assert sorted(p.name for p in (tree / "patches").iterdir()) == ["v1.4.0"]
+
+
+def test_inv_create_patch_prints_the_step_lines(tree: Path) -> None:
+    proc = _inv_create(tree, [], "--version", "1.4.0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout.splitlines()
+    steps = [line for line in out if line.startswith(("  -> ", "     "))]
+    assert _step_lines(steps, indent="  ") == CREATE_STEP_NAMES
+    assert out.index(steps[-1]) < next(i for i, line in enumerate(out) if line.startswith("created patch v1.4.0"))

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from support.crafted import regenerate_sums
 
-from patchflow.archive import extract_archive
+from patchflow.archive.extract import extract_archive
 from patchflow.config import load_settings
-from patchflow.create import CreatedPatch, create_patch
 from patchflow.delta import tree_sha256
 from patchflow.errors import CreatePatchError, VerifyError
+from patchflow.lifecycle.create import CreatedPatch, create_patch
 from patchflow.manifest import Entry, load_rules, scan_tree
 from patchflow.verify import verify_patch, verify_patch_folder
 from patchflow.version import parse_version

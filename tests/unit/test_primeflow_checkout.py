@@ -175,7 +175,7 @@ def test_release_notes_are_a_version_section() -> None:
     [("3.0.0", "## Versão 3.0.0 - Fluxos paralelos", 16), ("2.7.0", "## Versão 2.7.0 - Relatórios", 20)],
 )
 def test_patchflow_takes_the_section_at_the_level_used_for_versions(version: str, first_line: str, lines: int) -> None:
-    from patchflow.create import changelog_section
+    from patchflow.lifecycle.patch_docs import changelog_section
     from patchflow.version import parse_version
 
     section = changelog_section((CHECKOUT / "CHANGELOG.md").read_text(encoding="utf-8"), parse_version(version))
@@ -185,7 +185,7 @@ def test_patchflow_takes_the_section_at_the_level_used_for_versions(version: str
 
 
 def test_a_version_named_only_in_a_roadmap_has_no_section(tmp_path: Path) -> None:
-    from patchflow.create import changelog_section, changelog_text
+    from patchflow.lifecycle.patch_docs import changelog_section, changelog_text
     from patchflow.version import parse_version
 
     path = CHECKOUT / "CHANGELOG.md"
@@ -200,7 +200,7 @@ def test_a_version_named_only_in_a_roadmap_has_no_section(tmp_path: Path) -> Non
     ["## 3.2.0", "## [3.2.0] - 2025-06-01", "## v3.2.0", "## Versão 3.2.0 - Título", "# 3.2.0", "## Version 3.2.0"],
 )
 def test_the_heading_styles_of_real_changelogs(heading: str) -> None:
-    from patchflow.create import changelog_section
+    from patchflow.lifecycle.patch_docs import changelog_section
     from patchflow.version import parse_version
 
     text = f"# Changelog\n\n{heading}\n\n- new\n\n## 3.1.0\n\n- old\n"

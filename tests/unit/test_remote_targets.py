@@ -10,17 +10,11 @@ import pytest
 
 from patchflow.config import HostEntry, load_settings
 from patchflow.errors import ConfigError, RemoteError
-from patchflow.remote import (
-    FleetReport,
-    HostFacts,
-    HostResult,
-    LocalPatch,
-    RunOutcome,
-    RunRecord,
-    check_delta_bases,
-    judge_run,
-    resolve_targets,
-)
+from patchflow.remote.gates import check_delta_bases
+from patchflow.remote.hosts import resolve_targets
+from patchflow.remote.outcome import FleetReport, HostResult, RunOutcome, judge_run, remote_recovery
+from patchflow.remote.transfer import LocalPatch
+from patchflow.remote.wire import HostFacts, RunRecord
 from patchflow.version import parse_version
 
 INVENTORY = """
@@ -124,7 +118,7 @@ RECORD = RunRecord("apply-2.3.0-x", "apply", "2.3.0", "l", "p", "e", "root@ops",
 
 def facts(installed: str, history: list[dict[str, Any]], interrupted: dict[str, Any] | None = None) -> HostFacts:
     status = {"installed_version": installed, "history": history, "interrupted": interrupted, "lock": None}
-    return HostFacts({"paths": {}, "status": status})
+    return HostFacts.from_json({"paths": {}, "status": status})
 
 
 def apply_record(result: str, started: str = "2025-03-01T10:00:01.000000Z") -> dict[str, Any]:
@@ -149,7 +143,9 @@ def apply_record(result: str, started: str = "2025-03-01T10:00:01.000000Z") -> d
             "interrupted",
             4,
         ),
-        (RunOutcome("vanished"), facts("2.2.0", []), "unknown", 6),
+        # killed before it changed anything: the version before it is still installed, no record
+        (RunOutcome("vanished"), facts("2.2.0", []), "interrupted", 2),
+        (RunOutcome("vanished"), facts("2.4.0", []), "unknown", 6),
         (RunOutcome("unknown", detail="host stopped answering"), None, "unknown", 6),
         (RunOutcome("running", detail="still running"), None, "running", 6),
     ],
@@ -162,6 +158,110 @@ def test_a_runs_outcome_is_read_from_the_server(
     assert (judged.result, judged.exit_code) == (result, code)
     if outcome.state in ("unknown", "running"):
         assert "--attach --host web1" in judged.detail
+
+
+def died(
+    installed: str,
+    history: list[dict[str, Any]],
+    *,
+    journal: dict[str, Any] | None = None,
+    lock: str | None = None,
+    recovery: list[str] | None = None,
+) -> HostFacts:
+    """The facts of a host after a run died there: ``journal`` (host-facts' summary; its presence
+    means status has an interrupted run), ``lock`` its state, ``recovery`` the args patch-status names."""
+    interrupted = None
+    if journal is not None:
+        interrupted = {"action": journal.get("action", "apply"), "version": "2.3.0", "step": "switch"}
+        interrupted.update(phase=journal.get("phase", "forward"), step_state="done")
+    status = {
+        "installed_version": installed,
+        "history": history,
+        "interrupted": interrupted,
+        "lock": {"state": lock, "pid": 41, "action": "apply", "version": "2.3.0", "user": "u", "host": "h"}
+        if lock
+        else None,
+        "recovery": {"command": "inv " + " ".join(recovery), "args": recovery, "does": "it recovers"}
+        if recovery
+        else None,
+    }
+    return HostFacts.from_json({"paths": {}, "status": status, "journal": journal})
+
+
+ROLLBACK_RECOVERY = ["rollback-patch", "--version", "2.3.0", "--break-lock", "--yes"]
+FINISH_RECOVERY = ["apply-patch", "--version", "2.3.0", "--break-lock", "--yes"]
+
+
+@pytest.mark.parametrize("outcome", [RunOutcome("exited", 137), RunOutcome("vanished")], ids=["sigkill", "vanished"])
+@pytest.mark.parametrize(
+    ("after", "result", "code", "recovery"),
+    [
+        # left mid-way: its journal, not committed
+        (
+            died("2.3.0", [], journal={"committed": False, "services": "stopped"}, lock="stale",
+                 recovery=ROLLBACK_RECOVERY),
+            "interrupted", 4, "inv rollback-patch --host web1 --version 2.3.0 --break-lock --yes",
+        ),
+        # committed: the new version is installed and was proven healthy; the clean-up is named
+        (
+            died("2.3.0", [apply_record("success")], journal={"committed": True, "services": "started"},
+                 lock="stale", recovery=FINISH_RECOVERY),
+            "updated", 0, "inv deploy --host web1 --version 2.3.0 --break-lock --yes",
+        ),
+        # killed after its own automatic rollback had completed
+        (died("2.2.0", [apply_record("rolled_back")]), "failed, rolled back", 2, ""),
+        # killed before it changed anything, its lock left: the old version kept, the lock named
+        (
+            died("2.2.0", [], lock="stale", recovery=["apply-patch", "--version", "2.2.0", "--break-lock", "--yes"]),
+            "interrupted", 2, "inv deploy --host web1 --version 2.3.0 --break-lock --yes",
+        ),
+        # a live process holds the lock now: nothing can be told yet
+        (died("2.3.0", [], journal={"committed": False}, lock="held"), "unknown", 6, ""),
+        # a version nobody recorded
+        (died("2.4.0", []), "unknown", 6, ""),
+    ],
+)  # fmt: skip
+def test_a_run_that_died_is_judged_by_what_it_left_never_by_its_signal(
+    outcome: RunOutcome, after: HostFacts, result: str, code: int, recovery: str
+) -> None:
+    judged = HostResult("web1", before="2.2.0")
+    judge_run(judged, RECORD, outcome, "", after)
+    assert (judged.result, judged.exit_code, judged.recovery) == (result, code, recovery), judged.detail
+    assert "137" not in judged.detail and ("SIGKILL" in judged.detail) == (outcome.state == "exited")
+
+
+@pytest.mark.parametrize(
+    ("advice", "command", "does"),
+    [
+        (None, "", ""),
+        ({"command": None, "args": [], "does": "a run is active: wait"}, "", "a run is active: wait"),
+        (
+            {"command": "inv rollback-patch ...", "args": ROLLBACK_RECOVERY, "does": "undoes it"},
+            "inv rollback-patch --host 'web 1' --version 2.3.0 --break-lock --yes",
+            "undoes it",
+        ),
+        (
+            {"command": "inv apply-patch ...", "args": ["apply-patch", "--version", "2.3.0", "--yes"], "does": "x"},
+            "inv deploy --host 'web 1' --version 2.3.0 --yes",
+            "x",
+        ),
+        (
+            {"command": "inv apply-patch ...", "args": ["apply-patch", "--version", "2.2.0", "--break-lock", "--yes"],
+             "does": "takes over the stale lock"},
+            "inv deploy --host 'web 1' --version 2.3.0 --break-lock --yes",
+            "takes over what the killed run left (takes over the stale lock), then applies 2.3.0 there",
+        ),
+        (
+            {"command": "inv baseline-migrations --yes", "args": ["baseline-migrations", "--yes"], "does": "y"},
+            "",
+            "on web 1, in its checkout: inv baseline-migrations --yes (y)",
+        ),
+    ],
+)  # fmt: skip
+def test_the_recovery_a_host_computes_is_given_in_the_operators_form(
+    advice: dict[str, Any] | None, command: str, does: str
+) -> None:
+    assert remote_recovery("web 1", advice, "2.3.0") == (command, does)
 
 
 def test_a_fleet_exits_with_its_first_failing_hosts_code() -> None:
@@ -177,7 +277,7 @@ def test_a_delta_is_refused_for_a_fleet_with_a_host_off_its_base_tree(tmp_path: 
 
     def host(installed: str | None, tree: str | None) -> HostFacts:
         status = {"installed_version": installed, "history": [], "interrupted": None, "lock": None}
-        return HostFacts({"paths": {}, "status": status, "installed_tree_sha256": tree})
+        return HostFacts.from_json({"paths": {}, "status": status, "installed_tree_sha256": tree})
 
     check_delta_bases(delta, [("web1", host("2.3.0", base_tree)), ("web2", host("2.3.0", base_tree))])
     with pytest.raises(RemoteError, match=r"delta built on 2\.3\.0") as caught:
@@ -191,7 +291,9 @@ def test_a_delta_is_refused_for_a_fleet_with_a_host_off_its_base_tree(tmp_path: 
                 ("web5", host("2.3.0", None)),  # no record there
                 (
                     "web6",
-                    HostFacts({"paths": {}, "status": {"installed_version": "2.3.0"}, "patchflow_version": "0.0.9"}),
+                    HostFacts.from_json(
+                        {"paths": {}, "status": {"installed_version": "2.3.0"}, "patchflow_version": "0.0.9"}
+                    ),
                 ),
             ],
         )

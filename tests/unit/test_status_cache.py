@@ -13,8 +13,9 @@ import pytest
 
 from patchflow.backup import Backup
 from patchflow.config import load_settings
-from patchflow.create import create_patch
-from patchflow.manifest import PARALLEL_DIGEST_MIN, file_digests, load_rules, scan_tree
+from patchflow.digests import PARALLEL_DIGEST_MIN, file_digests
+from patchflow.lifecycle.create import create_patch
+from patchflow.manifest import load_rules, scan_tree
 from patchflow.status import backup_size, collect_status
 from patchflow.version import parse_version
 

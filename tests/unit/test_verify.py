@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from support.crafted import regenerate_sums
 
-from patchflow.archive import extract_archive
+from patchflow.archive.extract import extract_archive
 from patchflow.config import load_settings
-from patchflow.create import create_patch
 from patchflow.errors import ArchiveError, VerifyError
+from patchflow.lifecycle.create import create_patch
 from patchflow.manifest import Entry
 from patchflow.verify import verify_patch, verify_patch_folder
 from patchflow.version import parse_version

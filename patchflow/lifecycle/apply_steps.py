@@ -1,0 +1,381 @@
+"""The apply steps that change the install (stage to cleanup), each with its undo.
+
+Stage, dump, stop, backup, switch, migrate, start, health, commit, cleanup.
+
+Slow, safe work (extraction, install, build, image builds) happens in stage while the old version
+still runs; the stopped window is only stop -> backup -> switch -> migrate -> start -> health.
+Every step and undo is idempotent: recovery may run one again after a kill inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+from patchflow.archive.extract import extract_archive
+from patchflow.backup import save_files, swap_build_outputs
+from patchflow.commands import split_command
+from patchflow.database import stamp_now
+from patchflow.errors import ApplyError, CommandError, PatchflowError, VerifyError
+from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
+from patchflow.installed import HealthRecord, InstalledRecord
+from patchflow.lifecycle.apply_dump import DumpSteps
+from patchflow.lifecycle.journal import HistoryRecord, append_history, utc_now, write_json_atomic
+from patchflow.lifecycle.planning import Plan
+from patchflow.migrations import MigrationHistory, find_migrations, run_migrations
+from patchflow.paths import VERSION_FILE, VERSION_TEMP
+from patchflow.proving import old_version_health, start_old_version
+from patchflow.restore import restore_code, restore_database
+from patchflow.services import start_with_retries
+from patchflow.space import check_space
+from patchflow.stopped_window import step_record
+from patchflow.verify import verify_patch
+from patchflow.version import PatchVersion, read_version_file
+
+
+def switch_files(
+    plan: Plan,
+    staging: Path,
+    root: Path,
+    version: PatchVersion,
+    version_file: Path,
+    written: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> None:
+    """Make the tree equal to the staged patch: delete what the patch no longer has (deepest
+    first), place added and changed entries (shallowest first, files renamed into place), then
+    write ``VERSION`` (the patch's bytes when it carries one). Idempotent: a re-run converges.
+    ``written`` is passed to :func:`patchflow.files.place_entry` (the kill hook); ``progress(done,
+    total)`` is called after each path deleted or placed."""
+    diff = plan.diff
+    type_changed = [p for p in diff.changed if plan.old_entries[p].type != plan.new_entries[p].type]
+    total = len(diff.deleted) + len(type_changed) + len(diff.added) + len(diff.changed)
+    done = 0
+    for rel in sorted(diff.deleted + type_changed, key=lambda p: p.count("/"), reverse=True):
+        done += 1
+        progress(done, total)
+        path = root / rel
+        check_inside(root, path)
+        if plan.old_entries[rel].type == "dir" and path.is_dir() and not path.is_symlink():
+            try:
+                path.rmdir()
+            except OSError:
+                # the folder still holds files the patch does not own (e.g. node_modules): keep it
+                if rel in type_changed:
+                    raise
+            continue
+        remove_path(path)
+    for rel in sorted(diff.added + diff.changed, key=lambda p: (p.count("/"), p)):
+        place_entry(plan.new_entries[rel], staging, root, written=written)
+        done += 1
+        progress(done, total)
+    tmp = version_file.with_name(VERSION_TEMP)
+    staged = staging / VERSION_FILE
+    if staged.is_file() and not staged.is_symlink():
+        shutil.copyfile(staged, tmp)
+    else:
+        tmp.write_text(f"{version}\n", encoding="utf-8")
+    current = Ownership.of(version_file)
+    if current is not None:  # VERSION keeps its owner, group and mode
+        set_ownership(tmp, current.uid, current.gid, current.perm)
+    os.replace(tmp, version_file)
+
+
+class ChangeSteps(DumpSteps):
+    """The steps of an apply from stage to cleanup and their undos (methods named by
+    :data:`patchflow.lifecycle.apply.APPLY_STEPS`)."""
+
+    def stage(self) -> None:
+        """Extract the patch beside the tree, run install/build there, build compose images; then
+        check again that every filesystem has the bytes and inodes the rest of the apply needs.
+
+        Raises:
+            ApplyError: the install or build command failed.
+            BackupError: a filesystem is now short of room (nothing was stopped).
+        """
+        assert self.report is not None
+        ctx = self.ctx
+        remove_tree(self.staging)
+        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        extract_archive(ctx.paths.archive(self.version), self.staging, self.report.archive_entries())
+        staged_version = self.staging / VERSION_FILE
+        if staged_version.is_file() and not staged_version.is_symlink():
+            try:
+                carried = read_version_file(staged_version)
+            except PatchflowError as exc:
+                raise VerifyError(f"The patch's VERSION file is not a version: {exc.message}", "Rebuild it.") from None
+            if carried != self.version:
+                raise VerifyError(
+                    f"Patch {self.version} carries a VERSION file saying {carried}.",
+                    "Rebuild it with create-patch (it always packs VERSION as the patch's own version). "
+                    "Nothing was stopped or changed.",
+                )
+        for label, command in (("install", ctx.settings.install_command), ("build", ctx.settings.build_command)):
+            if not command.strip():
+                continue
+            ctx.log(f"   {label}: {command}")
+            try:
+                ctx.runner.run(split_command(command), cwd=self.staging, timeout=3600, what=f"{label} command")
+            except CommandError as exc:
+                raise ApplyError(
+                    f"{label.capitalize()} failed in staging: {exc.message}",
+                    "Nothing was stopped or changed; fix the patch and apply again.",
+                ) from None
+        if ctx.services.app_services():
+            if self.from_version:
+                # the installed version's images, under a version tag: a rollback starts them, never builds
+                kept = ctx.services.keep_images(self.from_version)
+                if kept:
+                    self._require_journal().note(kept_images=kept)
+                    ctx.log(f"   kept {self.from_version}'s images: {', '.join(sorted(kept.values()))}")
+            ctx.services.build(self.staging)
+        if self.plan is not None:
+            # again, before anything stops: the install and build may have used more than planned
+            check_space(
+                [n for n in self.plan.needs if n.label not in ("staging", "space reserve")],
+                int(ctx.settings.free_space_margin),
+            )
+
+    def drop_staging(self) -> None:
+        """Undo of stage: remove the staging folder; the images the staging build replaced are
+        pointed back at the installed version's kept ones (a later ``up`` must not start a build
+        that was never installed)."""
+        remove_tree(self.staging)
+        if self.from_version and self.ctx.services.app_services():
+            self.ctx.services.restore_images(self.from_version)
+
+    def stop(self) -> None:
+        """Stop the application services (data services keep running)."""
+        self.stopped_at = time.monotonic()
+        self.stopped_wall = time.time()
+        self.ctx.services.stop()
+
+    def start_old(self) -> None:
+        """Undo of stop: start the old version again (whatever its health says) and prove it
+        healthy with the settings it was proven with (:mod:`patchflow.proving`); a health failure
+        is kept in ``old_unhealthy`` and reported by the failure's message.
+
+        Raises:
+            ServiceError: the old version does not run.
+        """
+        notes = self.journal.notes if self.journal else {}
+        health = old_version_health(self.ctx, self.from_version, notes.get("old_health"))
+        removed = notes.get("removed_services")  # the services the patch had removed
+        # compose: the installed version's images were kept under a version tag before the build
+        self.old_unhealthy, used = start_old_version(
+            self.ctx, self.from_version, health, extra=[str(s) for s in removed or []]
+        )
+        self.old_health_used = used.describe()
+
+    def take_backup(self) -> None:
+        """Back up what the switch replaces or deletes, VERSION, and the database (proven dump)
+        unless the ``dump`` step took it before the stop (:mod:`patchflow.lifecycle.apply_dump`)."""
+        assert self.plan is not None and self.journal is not None
+        ctx = self.ctx
+        backup = self.open_backup()
+        if self.journal.notes.get("old_health"):  # what a rollback judges the restored version by
+            backup.data["restores_health"] = self.journal.notes["old_health"]
+        save_files(
+            backup,
+            ctx.paths.root,
+            [ctx.paths.installed_manifest, ctx.paths.installed_record],
+            progress=ctx.progress.files("backed up"),
+        )
+        if ctx.database is not None and not backup.data.get("database"):
+            self.dump_into(backup, when="after the stop")
+        elif backup.data.get("database"):
+            ctx.log("   database: dumped before the stop (no migration pending)")
+        backup.data["size_bytes"] = int(backup.data.get("files_bytes", 0)) + (
+            int(backup.data["database"]["size"]) if backup.data.get("database") else 0
+        )
+        backup.data["complete"] = True
+        backup.save()
+
+    def drop_incomplete_backup(self) -> None:
+        """Undo of backup: a backup that never completed is removed (a complete one is kept)."""
+        backup = self._backup()
+        if backup is not None and not backup.complete:
+            remove_tree(backup.folder)
+        elif backup is None and self.journal is not None and self.journal.backup:
+            # killed before its backup.json was written: the folder is an empty start
+            folder = self.ctx.paths.backups / self.journal.backup
+            if "/" not in self.journal.backup and folder.parent == self.ctx.paths.backups:
+                remove_tree(folder)
+
+    def switch(self) -> None:
+        """Make the tree the patch's: delete, replace, add files; switch build outputs; VERSION."""
+        assert self.plan is not None
+        backup = self._require_backup()
+        ctx = self.ctx
+        removed = self.plan.services_removed
+        if removed:
+            # while the installed compose file still defines them; rollback brings them back
+            backup.data["removed_services"] = removed
+            backup.save()
+            self._require_journal().note(removed_services=removed)
+            ctx.log(f"   removing services the patch drops: {', '.join(removed)}")
+            ctx.services.remove(removed)
+        switch_files(
+            self.plan,
+            self.staging,
+            ctx.paths.root,
+            self.version,
+            ctx.paths.version_file,
+            ctx.settings.faults.kill_point("switch-file"),
+            ctx.progress.files("switched"),
+        )
+        swapped = swap_build_outputs(backup, self.staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
+        if swapped:
+            ctx.log(f"   build outputs switched: {', '.join(swapped)}")
+
+    def restore_code(self) -> None:
+        """Undo of switch: put back the code from the backup."""
+        restore_code(
+            self._require_backup(), self.ctx.paths, log=self.ctx.log, progress=self.ctx.progress.files("restored")
+        )
+
+    def migrate(self) -> None:
+        """Wait for a real database connection, then run the pending migrations (bounded)."""
+        ctx = self.ctx
+        if ctx.database is None:
+            return
+        assert self.journal is not None
+        ctx.database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)  # first: the server may be restarting
+        pending = [m.name for m in MigrationHistory(ctx.database).pending(find_migrations(ctx.paths.root))]
+        self.journal.note(pending=pending)
+        if pending and self.journal.notes.get("dump_before_stop"):
+            # the dump was taken before the stop: it lacks the rows written since, so it could not
+            # undo a migration without losing them
+            raise ApplyError(
+                f"Migration(s) {', '.join(pending)} became pending after the plan, which found none (the "
+                "database's migration history changed meanwhile); none was run.",
+                "The patch is rolled back and the database kept as it is. Check who changed _prisma_migrations, "
+                "then apply again: the plan will show the pending migrations and dump inside the stopped window.",
+            )
+        self.applied = run_migrations(
+            ctx.settings, ctx.database, ctx.runner, ctx.paths.root, ctx.log, progress=ctx.progress.migrations()
+        )
+        self.journal.note(migrations=self.applied)
+
+    def restore_database(self) -> None:
+        """Undo of migrate: when migrations were to run, restore the dump beside the live database
+        and swap (the displaced one is kept); when none were, keep the live database."""
+        ctx = self.ctx
+        journal = self._require_journal()
+        if ctx.database is None:
+            return
+        if journal.notes.get("dump_before_stop"):
+            ctx.log("   database kept: no migration was pending, none was run")
+            return
+        if journal.notes.get("pending") == []:
+            ctx.log("   database kept: this apply ran no migration")
+            return
+        ctx.database.terminate_sessions()
+        stamp = journal.notes.get("restore_stamp") or stamp_now()
+        journal.note(restore_stamp=stamp)
+        displaced = restore_database(
+            ctx.database, self._require_backup(), stamp, ctx.paths, log=ctx.log, wait=ctx.settings.db_wait_timeout
+        )
+        journal.note(displaced_database=displaced)
+
+    def start(self) -> None:
+        """Start the new version (bounded retries) and wait until it serves its ports."""
+        ctx = self.ctx
+        start_with_retries(
+            ctx.services,
+            ctx.settings.start_retries,
+            urls=ctx.settings.health_url,
+            ready_timeout=ctx.settings.health_timeout,
+            log=ctx.log,
+        )
+
+    def stop_new(self) -> None:
+        """Undo of start: stop what the start step started."""
+        self.ctx.services.stop()
+
+    def health(self) -> None:
+        """Prove the new version healthy: 2xx, a healthy status, the reported version or (without
+        one) a process started after the stop answering, services still running."""
+        proof = self.plan.health_proof if self.plan is not None else ""
+        since = self.stopped_wall if proof else None
+        self.ctx.log(
+            f"   waiting up to {self.ctx.settings.health_timeout:.0f} s for {', '.join(self.ctx.settings.health_url)}"
+        )
+        self._wait_healthy(str(self.version), since)
+        if self.stopped_at is not None:
+            self.stopped_seconds = time.monotonic() - self.stopped_at
+        elif self.journal is not None:  # finished by a recovery: the window began in the killed run
+            self.stopped_seconds = self.journal.seconds_since("stop") or 0.0
+
+    def commit(self) -> None:
+        """Point of no return: record the installed manifest and record, and the history."""
+        ctx = self.ctx
+        journal = self._require_journal()
+        report = self.report or verify_patch(
+            ctx.paths.patch_dir(self.version), self.version, verify_key=ctx.settings.verify_key
+        )
+        backup = self._backup()
+        # a delta's whole tree: from the record of the base, or (a killed apply's record) its own
+        report.expand(self._tree_records(None))
+        write_json_atomic(ctx.paths.installed_manifest, report.tree_manifest(), mode=0o644)
+        ctx.settings.faults.checkpoint("manifest-recorded")  # inside the commit
+        if self.plan is not None:
+            write_json_atomic(ctx.paths.installed_stats, self._stats_after_switch(self.plan), mode=0o644)
+        InstalledRecord(
+            version=str(self.version),
+            backup=backup.name if backup else "",
+            from_version=self.from_version,
+            applied_at=utc_now(),
+            migrations=tuple(self.applied),
+            health=HealthRecord.of(ctx.settings, proven_at=utc_now()),
+        ).save(ctx.paths)
+        if backup is not None:
+            backup.data["migrations_applied"] = list(self.applied)
+            backup.save()
+        record: HistoryRecord = {
+            "action": "apply",
+            "run_id": journal.run_id,
+            "from_version": self.from_version or None,
+            "to_version": str(self.version),
+            "started_at": self.started_at,
+            "duration_seconds": round(time.monotonic() - self.started, 3),
+            "stopped_seconds": round(self.stopped_seconds, 3),
+            **cast(HistoryRecord, step_record(self.step_seconds, self.plan)),  # steps, work
+            "result": "success",
+            "backup": backup.name if backup else None,
+            "migrations": self.applied,
+        }
+        if self.resumed:
+            record["recovered"] = True
+        append_history(ctx.paths.history, record)
+
+    def _stats_after_switch(self, plan: Plan) -> dict[str, list[int | str]]:
+        """(size, mtime_ns, sha256) of the installed tree's files now: the plan's scan for files the
+        switch left alone, a fresh stat for those it placed."""
+        stats: dict[str, list[int | str]] = {p: list(v) for p, v in plan.seen.items()}
+        for rel in plan.diff.deleted:
+            stats.pop(rel, None)
+        for rel in plan.diff.added + plan.diff.changed:
+            entry = plan.new_entries[rel]
+            stats.pop(rel, None)
+            if entry.type != "file":
+                continue
+            try:
+                st = os.lstat(self.ctx.paths.root / rel)
+            except OSError:
+                continue
+            stats[rel] = [st.st_size, st.st_mtime_ns, entry.sha256]
+        return stats
+
+    def cleanup(self) -> None:
+        """Rename the staging folder aside (deleted after the result is printed)."""
+        if self.staging.exists():
+            aside = self.ctx.paths.trash(f"{self.staging.name}-{self._require_journal().run_id}")
+            os.replace(self.staging, aside)
+            self.trash.append(aside)
+
+    # -- helpers --------------------------------------------------------------------------------

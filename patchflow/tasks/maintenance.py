@@ -1,0 +1,116 @@
+"""The maintenance tasks: prune-backups and baseline-migrations.
+
+prune-backups applies the retention settings; baseline-migrations records an installed tree's
+migrations as applied."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+
+from patchflow.console import console
+from patchflow.paths import ProjectPaths
+from patchflow.tasks.edge import ROOT_HELP, UNSET, YES_HELP, command, context_for, settings_for
+
+
+@command(
+    help={
+        "root": ROOT_HELP,
+        "keep_days": "INT: keep every backup younger than this many days (default: the setting)",
+        "keep_last": "INT: keep at least this many newest backups (default: the setting)",
+        "dry_run": "only list what would be removed",
+    }
+)
+def prune_backups(
+    c: Context, root: str | None = None, keep_days: int = UNSET, keep_last: int = UNSET, dry_run: bool = False
+) -> None:
+    """Delete old backups (retention), never the one that rolls back the installed version."""
+    from patchflow.backup import prune_backups as prune
+    from patchflow.installed import read_installed_record
+    from patchflow.lifecycle.journal import Journal
+
+    settings = settings_for(
+        c,
+        root,
+        retention_days=None if keep_days == UNSET else keep_days,
+        retention_keep=None if keep_last == UNSET else keep_last,
+    )
+    paths = ProjectPaths.from_settings(settings)
+    keep = set()
+    record = read_installed_record(paths)
+    if record is not None and record.backup:
+        keep.add(record.backup)
+    pending = Journal.load(paths.journal)
+    if pending is not None and pending.backup:
+        keep.add(pending.backup)
+    removed = prune(
+        paths, keep_days=settings.retention_days, keep_last=settings.retention_keep, keep=keep, dry_run=dry_run
+    )
+    verb = "would remove" if dry_run else "removed"
+    for backup in removed:
+        console.print(f"{verb} {backup.name}")
+    console.print(f"{verb} {len(removed)} backup(s)")
+    if not dry_run:
+        _prune_kept_images(c, root, paths)
+
+
+def _prune_kept_images(c: Context, root: str | None, paths: ProjectPaths) -> None:
+    """Remove the compose images kept for versions that no remaining backup restores and that are
+    not installed (:mod:`patchflow.services.compose_images`); a failure is a warning (the backups
+    are pruned already)."""
+    from patchflow.backup import list_backups
+    from patchflow.errors import PatchflowError
+    from patchflow.installed import installed_version
+
+    ctx = context_for(c, root)
+    if ctx.services.kind != "compose" or not ctx.services.app_services():
+        return
+    keep = {b.restores_version for b in list_backups(paths) if b.restores_version}
+    current = installed_version(paths)
+    if current:
+        keep.add(current)
+    try:
+        pruned = ctx.services.prune_images(keep)
+    except PatchflowError as exc:
+        console.print(f"[yellow]warning:[/] kept images were not pruned: {exc.message}")
+        return
+    for reference in pruned:
+        console.print(f"removed kept image {reference}")
+
+
+@command(help={"root": ROOT_HELP, "yes": YES_HELP})
+def baseline_migrations(c: Context, root: str | None = None, yes: bool = False) -> None:
+    """Record the installed tree's migrations as applied, as `prisma migrate resolve --applied` does."""
+    from patchflow.baseline import baseline, plan_baseline
+    from patchflow.console import confirm
+    from patchflow.dbwait import check_answers_now
+    from patchflow.errors import ConfigError
+    from patchflow.lock import install_lock
+
+    ctx = context_for(c, root)
+    if ctx.database is None:
+        raise ConfigError("No database is configured (database_mode = none).", "Nothing to baseline.")
+    check_answers_now(ctx.database, ctx.settings.db_wait_timeout, ctx.log)
+    plan = plan_baseline(ctx.database, ctx.paths.root)
+    console.print(
+        f"database {ctx.database.target.location()}: {plan.tables} tables in schema {ctx.database.target.schema}"
+    )
+    if plan.already:
+        console.print(f"  already recorded: {', '.join(plan.already)}")
+    if not plan.record:
+        console.print("[green]nothing to record[/]: every migration of the tree is recorded as applied")
+        return
+    if not plan.table:
+        console.print("  _prisma_migrations does not exist: it is created (Prisma's table)")
+    for migration in plan.record:
+        failed = "; its failed row is marked rolled back" if migration.name in plan.failed else ""
+        console.print(
+            f"  record as applied: {migration.name}  ({migration.path}, sha256 {migration.checksum[:12]}...{failed})"
+        )
+    confirm(
+        f"Record these {len(plan.record)} migrations as applied without running them (only right when the "
+        "database already has what they create)?",
+        yes=yes,
+    )
+    with install_lock(ctx.paths.lock, ctx.paths.lock_info, action="baseline", version="-"):
+        recorded = baseline(ctx.database, plan)
+    console.print(f"[green]recorded[/] {len(recorded)} migrations as applied")

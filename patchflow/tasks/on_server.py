@@ -1,0 +1,56 @@
+"""The tasks deploy runs on a server over SSH: host-facts and receive-patch.
+
+host-facts prints what deploy needs to know about the checkout there, as JSON; receive-patch
+checks an uploaded patch folder and puts it in place (see :mod:`patchflow.remote.serverside`)."""
+
+from __future__ import annotations
+
+import json
+
+from invoke.context import Context
+
+from patchflow.tasks.edge import ROOT_HELP, command, optional_version, settings_for
+from patchflow.version import parse_version
+
+
+@command(
+    help={
+        "root": ROOT_HELP,
+        "version": "also report what uploads of this version left (final folder, partial uploads)",
+        "health": "probe the health URLs once",
+        "history": "INT: history records to include",
+    }
+)
+def host_facts(
+    c: Context, root: str | None = None, version: str | None = None, health: bool = False, history: int = 200
+) -> None:
+    """Print what deploy needs to know about this checkout as JSON (deploy runs it over SSH)."""
+    from patchflow.remote.serverside import host_facts as collect
+
+    settings = settings_for(c, root)
+    parsed = optional_version(version)
+    print(json.dumps(collect(settings, version=parsed, health=health, history=history), ensure_ascii=True))
+
+
+@command(
+    help={
+        "root": ROOT_HELP,
+        "version": "the version uploaded",
+        "upload": "the upload folder's name under patches/ (.upload-vX.Y.Z-<id>)",
+    }
+)
+def receive_patch(c: Context, root: str | None = None, version: str | None = None, upload: str | None = None) -> None:
+    """Check an uploaded patch folder here and rename it to patches/vX.Y.Z (deploy runs it over SSH)."""
+    from patchflow.errors import ConfigError
+    from patchflow.remote.serverside import NotVerified, receive_upload
+    from patchflow.remote.wire import NOT_VERIFIED
+
+    if not upload:
+        raise ConfigError("No --upload given.", "deploy passes the upload folder's name.")
+    settings = settings_for(c, root)
+    try:
+        outcome = receive_upload(settings, parse_version(version, source="--version"), upload)
+    except NotVerified:
+        print(NOT_VERIFIED, flush=True)  # deploy says "does not verify" only after this line
+        raise
+    print(outcome)
