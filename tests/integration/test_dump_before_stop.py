@@ -129,9 +129,13 @@ def test_killed_around_the_moved_dump_the_recovery_ends_exactly_old(
 
 
 def _gated_pg_dump(folder: Path, real_bindir: Path, gate: Path) -> Path:
-    """A pg_bindir whose pg_dump waits while ``gate`` exists, then runs the real one."""
+    """A pg_bindir whose pg_dump notes its start (``<gate>.entered``), waits while ``gate`` exists,
+    then runs the real one."""
     return wrapped_pg_bindir(
-        folder, real_bindir, "pg_dump", f'while [ -e "{gate}" ]; do sleep 0.05; done\nexec "$REAL" "$@"\n'
+        folder,
+        real_bindir,
+        "pg_dump",
+        f'touch "{gate}.entered"\nwhile [ -e "{gate}" ]; do sleep 0.05; done\nexec "$REAL" "$@"\n',
     )
 
 
@@ -162,7 +166,9 @@ def test_killed_inside_the_dump_the_orphan_dump_is_ended_and_nothing_was_stopped
     tree_before, db_before = install.state(), install.pg_dump()
     gate.write_text("held")
     proc = inv_popen(install, *APPLY)
-    orphans = wait_until(lambda: _run_processes(str(install.root)), 120, "the dump's pg_dump")
+    # the run's other commands (psql, git of the plan) carry the same marker: wait for the pg_dump itself
+    wait_until(lambda: gate.with_name("gate.entered").exists(), 120, "the dump's pg_dump")
+    orphans = _run_processes(str(install.root))
     journal = read_journal(install)
     assert journal is not None and journal["steps"][-1]["name"] == "dump" and journal["backup"], journal
     os.kill(proc.pid, signal.SIGKILL)  # the tool dies; its pg_dump waits on as an orphan
