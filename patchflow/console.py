@@ -47,12 +47,10 @@ def confirm(question: str, *, yes: bool, is_terminal: Callable[[], bool] = stdin
             f"Refusing to continue without confirmation: {question}",
             "stdin is not a terminal, so nobody can answer; pass --yes to confirm non-interactively.",
         )
-    from rich.prompt import Confirm
-
     from patchflow.lifecycle.steps import Interrupted
 
     try:
-        agreed = Confirm.ask(question, console=console, default=False)
+        agreed = _ask_yes_no(question)
     except (KeyboardInterrupt, Interrupted, EOFError) as exc:
         console.print()  # end the prompt's line
         if isinstance(exc, EOFError):
@@ -64,6 +62,41 @@ def confirm(question: str, *, yes: bool, is_terminal: Callable[[], bool] = stdin
         raise ConfirmationRefused(f"Not confirmed: {how} at the prompt; nothing was changed.", "") from None
     if not agreed:
         raise ConfirmationRefused("Cancelled by the operator; nothing was changed.", "")
+
+
+#: how often (seconds) the prompt wakes to let a signal that came just before its wait be handled
+PROMPT_WAKE_SECONDS = 0.2
+
+
+def _ask_yes_no(question: str) -> bool:
+    """Print ``question [y/n] (n): `` and read answers from stdin until one is yes or no (an empty
+    answer is no).
+
+    The wait is a ``select`` that wakes every :data:`PROMPT_WAKE_SECONDS`, not a blocking
+    ``input()``: a signal delivered after the prompt was written but before a blocking read began
+    would be noted by CPython and handled only after the next line of input, so Ctrl+C or SIGTERM
+    at the prompt could be ignored. Waking lets the Python signal handlers run.
+
+    Raises:
+        EOFError: stdin ended (Ctrl+D, closed).
+        KeyboardInterrupt, Interrupted: raised by the signal handlers while waiting.
+    """
+    import select
+
+    stream = sys.stdin
+    while True:
+        console.print(f"{question} [bold magenta]\\[y/n][/] [bold cyan](n)[/]: ", end="")
+        while not select.select([stream], [], [], PROMPT_WAKE_SECONDS)[0]:
+            pass
+        line = stream.readline()
+        if not line:
+            raise EOFError
+        answer = line.strip().lower()
+        if answer in ("", "n", "no"):
+            return False
+        if answer in ("y", "yes"):
+            return True
+        console.print("[prompt.invalid]Please enter Y or N")
 
 
 @contextmanager
