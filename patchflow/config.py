@@ -213,6 +213,18 @@ class Settings:
         "", to_str, "folder with pg_dump/pg_restore/psql (default: the newest /usr/lib/postgresql/*/bin, then PATH)"
     )
     db_wait_timeout: float = _setting(60.0, to_float, "seconds to wait for the database to accept connections")
+    database_snapshot: str = _setting(
+        "auto",
+        choice("auto", "off"),
+        "auto: with pending migrations, copy the database on its server inside the stopped window (CREATE DATABASE "
+        "... TEMPLATE) and dump that snapshot after the restart, when the role may and the database is reached by "
+        "URL; off: dump inside the stopped window",
+    )
+    snapshot_keep_hours: float = _setting(
+        6.0,
+        to_float,
+        "hours a snapshot is kept once its dump is proven (0: dropped then); prune-backups drops expired ones",
+    )
     migrate_command: str = _setting(
         "auto",
         to_str,
@@ -383,6 +395,8 @@ HOST_SCOPED = frozenset(
         "database_user",
         "pg_bindir",
         "db_wait_timeout",
+        "database_snapshot",
+        "snapshot_keep_hours",
         "signing_key",
         "verify_key",
         "health_url",

@@ -177,6 +177,11 @@ class ProjectPaths:
         return self.state / "displaced-databases.json"
 
     @property
+    def snapshots(self) -> Path:
+        """The record of the database snapshots applies took on the database server (listed, pruned)."""
+        return self.state / "snapshots.json"
+
+    @property
     def space_reserve(self) -> Path:
         """Room held while a run holds the lock, given back when a state write finds the disk full."""
         return self.state / "space-reserve"

@@ -2,8 +2,9 @@
 installed manifest and record) and database.
 
 Used by the undo steps of an apply (automatic rollback, recovery after a kill) and by the steps of
-rollback-patch. Every function here is idempotent: run twice, or run again after a kill at any
-instant, it gives the same install.
+rollback-patch. The database comes back from the backup's snapshot on the database server while it
+exists (:mod:`patchflow.snapshot`), else from its dump. Every function here is idempotent: run
+twice, or run again after a kill at any instant, it gives the same install.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from patchflow.backup import Backup
-from patchflow.database import Database, verify_recorded_dump
+from patchflow.database import DISPLACED_MARK, Database, derived_name, verify_recorded_dump
 from patchflow.displaced import record_displaced
 from patchflow.errors import BackupError, DatabaseError
 from patchflow.files import (
@@ -28,6 +29,7 @@ from patchflow.files import (
     temp_name,
 )
 from patchflow.paths import ProjectPaths
+from patchflow.snapshot import forget_snapshots, restore_from_snapshot, snapshot_of
 
 
 def restore_build_outputs(backup: Backup, root: Path) -> None:
@@ -154,9 +156,12 @@ def restore_database(
     wait: float = 0.0,
     attempts: int = 3,
 ) -> str:
-    """Restore the dump of ``backup`` beside the live database and swap names (see
-    :meth:`patchflow.database.Database.restore_beside`); the dump is proven first. Returns the
-    name the displaced database is kept under.
+    """Put the database of ``backup`` back in place of the live one and keep the live one: its
+    snapshot on the database server when it is still there (a rename swap:
+    :func:`patchflow.snapshot.restore_from_snapshot`; then forgotten, it is the live database now),
+    else its dump, proven first, restored beside the live database and swapped in (see
+    :meth:`patchflow.database.Database.restore_beside`). Returns the name the displaced database is
+    kept under.
 
     With ``wait`` (seconds: ``db_wait_timeout``) the server is waited for first, as after a
     fail-over or a crash (the undo of a migration the restart interrupted), and when it stops
@@ -164,7 +169,8 @@ def restore_database(
     all; the restore is idempotent for one ``stamp``).
 
     Raises:
-        BackupError: the backup has no dump, or it is corrupt or incomplete (nothing changed).
+        BackupError: the backup has neither a snapshot left nor a dump, or its dump is corrupt or
+            incomplete (nothing changed).
         DatabaseError: the server did not come back within ``wait``, or the restore failed; the
             live database is unchanged.
     """
@@ -172,18 +178,33 @@ def restore_database(
 
     dump = backup.dump_path
     recorded = backup.database
-    if dump is None or recorded is None:
+    snapshot = snapshot_of(backup)
+    if (dump is None or recorded is None) and snapshot is None:
         raise BackupError(
             f"Backup {backup.name} holds no database dump.",
             "Nothing was restored; the database is as it was.",
         )
     if wait:
         wait_for_server(database, wait, log, admin=True)
-    verify_recorded_dump(database, dump, recorded, backup.name)
+    displaced = derived_name(database.target.dbname, DISPLACED_MARK, stamp)
+    # the snapshot while it exists (or once it was swapped in by an earlier attempt with this stamp)
+    use_snapshot = snapshot is not None and (database.exists(snapshot) or database.exists(displaced))
+    if not use_snapshot:
+        if dump is None or recorded is None:
+            raise BackupError(
+                f"Backup {backup.name} holds no database dump and its snapshot {snapshot} is gone from the server.",
+                "Nothing was restored; the database is as it was. Restore by hand from another backup.",
+            )
+        verify_recorded_dump(database, dump, recorded, backup.name)
     attempt = 1
     while True:
         try:
-            displaced = database.restore_beside(dump, stamp, log)
+            if use_snapshot:
+                assert snapshot is not None
+                displaced = restore_from_snapshot(database, snapshot, stamp, log)
+            else:
+                assert dump is not None
+                displaced = database.restore_beside(dump, stamp, log)
             break
         except DatabaseError as exc:
             lost = answers(database, admin=True) if wait and attempt < attempts else None
@@ -195,5 +216,7 @@ def restore_database(
             wait_for_server(database, wait, log, admin=True)
             attempt += 1
     record_displaced(paths, displaced, database.target.dbname, backup.name, backup.created_at)
+    if use_snapshot and snapshot is not None:
+        forget_snapshots(paths, {snapshot})  # it is the live database now
     log(f"   rows written since {backup.created_at[:19]}Z are kept in database {displaced}")
     return displaced

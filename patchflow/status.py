@@ -28,7 +28,7 @@ from patchflow.installed import installed_version_or_error, read_installed_recor
 from patchflow.leftovers import leftovers
 from patchflow.lifecycle.journal import read_history
 from patchflow.paths import ProjectPaths
-from patchflow.status_runs import annotate_history, displaced_report, installing_apply, run_state
+from patchflow.status_runs import annotate_history, database_report, installing_apply, run_state
 from patchflow.status_schema import (
     SCHEMA_VERSION,
     BackupItem,
@@ -187,7 +187,8 @@ def collect_status(
         lock), ``recovery`` (the one command that recovers the install, see
         :func:`patchflow.lifecycle.recovery.recovery_advice`; None when nothing needs recovering),
         ``installed_record``, ``displaced_databases`` (with age and, when the database answers,
-        size) and ``displaced_databases_note``.
+        size) and ``displaced_databases_note``, ``snapshots`` (kept by applies, with their dump
+        and expiry) and ``snapshots_note``.
     """
     paths = ProjectPaths.from_settings(settings)
     parsed, version_error = installed_version_or_error(paths)
@@ -259,7 +260,7 @@ def collect_status(
             recovery = recovery_advice(runs.journal, runs.damaged, cast(Any, lock), installed, left)
         except PatchflowError as exc:  # a journal naming an invalid version
             recovery = {"command": None, "args": [], "does": exc.message}
-    displaced, displaced_note = displaced_report(settings, paths)
+    displaced, snapshots, database_note = database_report(settings, paths)
     return {
         "schema_version": SCHEMA_VERSION,
         "root": str(paths.root),
@@ -277,5 +278,7 @@ def collect_status(
         "recovery": recovery,
         "installed_record": record.to_json() if record else None,
         "displaced_databases": displaced,
-        "displaced_databases_note": displaced_note,
+        "displaced_databases_note": database_note if displaced else None,
+        "snapshots": snapshots,
+        "snapshots_note": database_note if snapshots else None,
     }

@@ -1,5 +1,6 @@
 """What patch-status says about runs: one running now or interrupted, which apply installed the
-installed version, which applies were rolled back, and the databases restores displaced.
+installed version, which applies were rolled back, the databases restores displaced and the
+snapshots applies keep.
 
 * **Running or interrupted** (:func:`run_state`): a journal means an apply or rollback has not
   finished. Whether it is *running* or was *interrupted* is the install's lock: its holder holds
@@ -15,9 +16,10 @@ installed version, which applies were rolled back, and the databases restores di
 * **Rolled back** (:func:`annotate_history`): every apply record of the history gets
   ``rolled_back``: ``{"by", "at"}`` when an automatic rollback, a recovery or a later
   ``rollback-patch`` (matched by the backup it restored) undid it, else None.
-* **Displaced databases** (:func:`displaced_report`): the record of
-  :mod:`patchflow.displaced`, with each database's age and, when the database server answers
-  within a short timeout, whether it still exists and its size.
+* **Displaced databases and snapshots** (:func:`database_report`): the records of
+  :mod:`patchflow.displaced` and :mod:`patchflow.snapshot`, with each database's age (a snapshot's
+  dump state and expiry too) and, when the database server answers within a short timeout,
+  whether it still exists and its size.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from patchflow.installed import InstalledRecord
 from patchflow.lifecycle.journal import Journal
 from patchflow.lock import lock_status, pid_alive
 from patchflow.paths import ProjectPaths
-from patchflow.status_schema import DisplacedDatabase, HistoryItem, InterruptedRun, LockInfo, RunningRun
+from patchflow.snapshot import expires_at, read_snapshots
+from patchflow.status_schema import (
+    DisplacedDatabase,
+    HistoryItem,
+    InterruptedRun,
+    LockInfo,
+    RunningRun,
+    SnapshotItem,
+)
 
 LIVE_LOCK_STATES = ("held", "held-too-long")
 READ_ATTEMPTS = 5
@@ -241,14 +251,17 @@ def installing_apply(
     return candidates[-1] if candidates else None
 
 
-def displaced_report(settings: Settings, paths: ProjectPaths) -> tuple[list[DisplacedDatabase], str | None]:
-    """The recorded displaced databases with their age, and (when the server answers) whether each
-    still exists and its size in bytes; the note says why sizes are unknown (None when known)."""
+def database_report(
+    settings: Settings, paths: ProjectPaths
+) -> tuple[list[DisplacedDatabase], list[SnapshotItem], str | None]:
+    """The recorded displaced databases and snapshots with their age, and (when the server answers)
+    whether each still exists and its size in bytes, asked in one query; the note says why sizes
+    are unknown (None when known)."""
     now = time.time()
-    items: list[DisplacedDatabase] = []
+    displaced: list[DisplacedDatabase] = []
     for item in read_displaced(paths):
         created = _timestamp(item.get("created_at"))
-        items.append(
+        displaced.append(
             {
                 "name": str(item["name"]),
                 "database": str(item.get("database") or ""),
@@ -260,14 +273,33 @@ def displaced_report(settings: Settings, paths: ProjectPaths) -> tuple[list[Disp
                 "size_bytes": None,
             }
         )
-    if not items:
-        return items, None
-    sizes, note = _database_sizes(settings, paths, [i["name"] for i in items])
+    snapshots: list[SnapshotItem] = []
+    for record in read_snapshots(paths):
+        created = _timestamp(record["created_at"])
+        until = expires_at(record, settings.snapshot_keep_hours)
+        snapshots.append(
+            {
+                "name": record["name"],
+                "database": record["database"],
+                "backup": record["backup"],
+                "created_at": record["created_at"] or None,
+                "dump": record["dump"],
+                "dump_error": record["dump_error"] or None,
+                "expires_at": datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if until else None,
+                "age_seconds": round(now - created, 1) if created is not None else None,
+                "exists": None,
+                "size_bytes": None,
+            }
+        )
+    names = [i["name"] for i in displaced] + [i["name"] for i in snapshots]
+    if not names:
+        return displaced, snapshots, None
+    sizes, note = _database_sizes(settings, paths, names)
     if sizes is not None:
-        for entry in items:
+        for entry in [*displaced, *snapshots]:
             entry["exists"] = entry["name"] in sizes
             entry["size_bytes"] = sizes.get(entry["name"])
-    return items, note or None
+    return displaced, snapshots, note or None
 
 
 def _database_sizes(settings: Settings, paths: ProjectPaths, names: list[str]) -> tuple[dict[str, int] | None, str]:

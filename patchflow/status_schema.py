@@ -134,6 +134,21 @@ class DisplacedDatabase(TypedDict):
     size_bytes: int | None
 
 
+class SnapshotItem(TypedDict):
+    """A snapshot of the database an apply took on the database server (``<name>_snap_<stamp>``)."""
+
+    name: str
+    database: str
+    backup: str
+    created_at: str | None
+    dump: str
+    dump_error: str | None
+    expires_at: str | None
+    age_seconds: float | None
+    exists: bool | None
+    size_bytes: int | None
+
+
 class Work(TypedDict):
     """The work of an apply that its stopped steps scale with (a history record's ``work``; see
     :func:`patchflow.stopped_window.plan_work`)."""
@@ -141,6 +156,7 @@ class Work(TypedDict):
     files: int
     backup_bytes: int
     migrations: int
+    snapshot_bytes: NotRequired[int]
 
 
 class RolledBack(TypedDict):
@@ -199,3 +215,5 @@ class StatusReport(TypedDict):
     installed_record: InstalledRecordJson | None
     displaced_databases: list[DisplacedDatabase]
     displaced_databases_note: str | None
+    snapshots: list[SnapshotItem]
+    snapshots_note: str | None

@@ -26,10 +26,17 @@ if TYPE_CHECKING:
     from patchflow.lifecycle.planning import Plan
 
 #: The steps of an apply between stop and a healthy new version: the stopped window.
-STOPPED_STEPS = ("stop", "backup", "switch", "migrate", "start", "health")
-WorkKey = Literal["files", "backup_bytes", "migrations"]
+STOPPED_STEPS = ("stop", "snapshot", "backup", "switch", "migrate", "start", "health")
+#: Stopped steps that records older than them lack (counted as 0 s and no work there).
+OPTIONAL_STEPS = frozenset({"snapshot"})
+WorkKey = Literal["files", "backup_bytes", "migrations", "snapshot_bytes"]
 #: Steps whose duration grows with the work (the key of ``work`` it is scaled by).
-SCALED: dict[str, WorkKey] = {"switch": "files", "backup": "backup_bytes", "migrate": "migrations"}
+SCALED: dict[str, WorkKey] = {
+    "snapshot": "snapshot_bytes",
+    "switch": "files",
+    "backup": "backup_bytes",
+    "migrate": "migrations",
+}
 HISTORY_USED = 5  # the newest applies an estimate reads
 
 
@@ -43,16 +50,20 @@ class StepRecord(TypedDict):
 def plan_work(plan: Plan) -> Work:
     """The work of ``plan`` that the stopped steps scale with: ``files`` (paths added, changed or
     deleted), ``backup_bytes`` (bytes the backup step writes inside the stopped window: the files
-    replaced or deleted, plus the database's size unless it is dumped before the stop, as the
-    plan measured them) and ``migrations`` (pending)."""
+    replaced or deleted, plus the database's size when it is dumped there: neither before the stop
+    nor copied by a snapshot, as the plan measured them), ``migrations`` (pending) and, with a
+    snapshot, ``snapshot_bytes`` (the database's size, copied by the snapshot step)."""
     diff = plan.diff
-    dumped_inside = not plan.dump_before_stop
-    database = sum(need.bytes for need in plan.needs if need.label == "database dump") if dumped_inside else 0
-    return {
+    size = sum(need.bytes for need in plan.needs if need.label == "database dump")
+    dumped_inside = not plan.dump_before_stop and not plan.snapshot
+    work: Work = {
         "files": len(diff.added) + len(diff.changed) + len(diff.deleted),
-        "backup_bytes": plan.bytes_of(diff.changed + diff.deleted, "old") + database,
+        "backup_bytes": plan.bytes_of(diff.changed + diff.deleted, "old") + (size if dumped_inside else 0),
         "migrations": len(plan.pending_migrations or []),
     }
+    if plan.snapshot:
+        work["snapshot_bytes"] = size
+    return work
 
 
 def step_record(step_seconds: Mapping[str, float], plan: Plan | None) -> StepRecord:
@@ -98,21 +109,44 @@ def _detailed(record: Mapping[str, Any]) -> bool:
     return (
         isinstance(steps, dict)
         and isinstance(work, dict)
-        and all(_number(steps.get(step)) for step in STOPPED_STEPS)
-        and all(_number(work.get(key)) for key in SCALED.values())
+        and all(_number(steps.get(step)) for step in STOPPED_STEPS if step not in OPTIONAL_STEPS)
+        and all(_number(work.get(SCALED[step])) for step in SCALED if step not in OPTIONAL_STEPS)
     )
 
 
+def _seconds(record: Mapping[str, Any], step: str) -> float:
+    value = record["steps"].get(step, 0.0)
+    return float(value) if _number(value) else 0.0
+
+
+def _work(record: Mapping[str, Any], key: WorkKey) -> float:
+    value = record["work"].get(key, 0)
+    return float(value) if _number(value) else 0.0
+
+
 def _step_estimate(step: str, records: Sequence[Mapping[str, Any]], work: Work) -> float:
-    times = [float(r["steps"][step]) for r in records]
+    times = [_seconds(r, step) for r in records]
     key = SCALED.get(step)
     if key is None:
         return float(median(times))
     if not work.get(key):  # nothing of that kind this time: what such runs took (else the least)
-        without = [t for t, r in zip(times, records, strict=True) if not r["work"][key]]
+        without = [t for t, r in zip(times, records, strict=True) if not _work(r, key)]
         return float(median(without)) if without else min(times)
-    rates = [t / r["work"][key] for t, r in zip(times, records, strict=True) if r["work"][key]]
-    return float(median(rates)) * work[key] if rates else float(median(times))
+    rates = [t / _work(r, key) for t, r in zip(times, records, strict=True) if _work(r, key)]
+    if not rates and step == "snapshot":  # never timed here: a dump's rate, its upper bound
+        rates = [_seconds(r, "backup") / _work(r, "backup_bytes") for r in records if _work(r, "backup_bytes")]
+    return float(median(rates)) * float(work.get(key, 0)) if rates else float(median(times))
+
+
+def step_estimate(history: Sequence[Mapping[str, Any]], work: Work, step: str) -> float | None:
+    """Seconds the stopped step ``step`` is expected to take for ``work``, from the newest applies
+    of ``history`` that recorded their steps (as :func:`estimate_window` does); None without one."""
+    detailed = [
+        r
+        for r in history
+        if r.get("action") == "apply" and r.get("result") == "success" and not r.get("recovered") and _detailed(r)
+    ][-HISTORY_USED:]
+    return _step_estimate(step, detailed, work) if detailed else None
 
 
 def estimate_window(history: Sequence[Mapping[str, Any]], work: Work, rehearsed: float | None = None) -> WindowEstimate:
@@ -143,7 +177,11 @@ def estimate_window(history: Sequence[Mapping[str, Any]], work: Work, rehearsed:
         else "switch and backup scaled to this patch's paths and bytes, migrate as rehearsed on a copy of this database"
     )
     if detailed:
-        parts = {step: _step_estimate(step, detailed, work) for step in STOPPED_STEPS}
+        parts = {
+            step: _step_estimate(step, detailed, work)
+            for step in STOPPED_STEPS
+            if step not in OPTIONAL_STEPS or work.get(SCALED[step])
+        }
         if rehearsed is not None:
             parts["migrate"] = rehearsed
         count = len(detailed)

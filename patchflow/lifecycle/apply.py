@@ -1,7 +1,7 @@
 """apply-patch's step list as data (APPLY_STEPS) and the run that executes it, undoing on failure.
 
-The steps, in order: verify, plan, lock, stage, dump, stop, backup, switch, migrate, start, health,
-commit, cleanup (:data:`APPLY_STEPS`).
+The steps, in order: verify, plan, lock, stage, dump, stop, snapshot, backup, switch, migrate, start,
+health, commit, dump-snapshot, cleanup (:data:`APPLY_STEPS`).
 
 Each step carries its undo; when a step fails, or SIGINT/SIGTERM/SIGHUP arrives, the reached steps
 are undone in reverse (:func:`patchflow.lifecycle.steps.run_undo`): services stopped, code and
@@ -137,6 +137,7 @@ class ApplyRun(PrepareSteps, ChangeSteps):
             cleanup=self._empty_trash,
             recovery=self.recovery,
             cleaned=self.cleaned,
+            database_note=self.database_note,
         )
 
     def _complete_after_commit(self) -> None:
@@ -284,12 +285,14 @@ APPLY_STEPS: tuple[StepSpec, ...] = checked_specs(
         StepSpec("stage", "stage", undo="drop_staging", undo_name="drop-staging"),
         StepSpec("dump", "dump_before_stop", undo="drop_incomplete_backup", undo_name="drop-dump"),
         StepSpec("stop", "stop", undo="start_old", stopped=True, undo_name="start-old"),
+        StepSpec("snapshot", "take_snapshot", undo="drop_snapshot", stopped=True, undo_name="drop-snapshot"),
         StepSpec("backup", "take_backup", undo="drop_incomplete_backup", stopped=True, undo_name="drop-backup"),
         StepSpec("switch", "switch", undo="restore_code", stopped=True, undo_name="restore-code"),
         StepSpec("migrate", "migrate", undo="restore_database", stopped=True, undo_name="restore-database"),
         StepSpec("start", "start", undo="stop_new", stopped=True, undo_name="stop-new"),
         StepSpec("health", "health", stopped=True),
         StepSpec("commit", "commit", no_return=True),
+        StepSpec("dump-snapshot", "dump_snapshot"),
         StepSpec("cleanup", "cleanup"),
     ),
 )

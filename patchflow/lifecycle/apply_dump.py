@@ -1,17 +1,24 @@
-"""Where an apply dumps the database: before the stop when the patch changes no schema.
+"""Where an apply dumps the database: before the stop when the patch changes no schema; from a
+snapshot after the restart when it does.
 
 The backup's database dump (``pg_dump --format=custom``, proven by a full ``pg_restore``
-read-through) is what ``rollback-patch --restore-database`` and the automatic undo of a failed
-migration restore. Its place in the apply follows from what the dump is for:
+read-through) is what ``rollback-patch --restore-database`` restores. Its place in the apply
+follows from what it is for:
 
-* **pending migrations** (the plan's ``pending_migrations`` is not empty): a failed migration is
-  undone by restoring the dump, so it must hold every row written until the services stopped: it
-  is taken inside the stopped window, by the backup step (:meth:`DumpSteps.dump_into`);
-* **no pending migration** (``[]``): the apply never touches the database and its automatic undo
-  keeps the live one, so the dump serves only a later ``rollback-patch --restore-database``; it
-  is taken by the ``dump`` step, *before* the stop (:meth:`DumpSteps.dump_before_stop`), and the
-  stopped window holds no database work, whatever the database's size. The backup step then adds
-  the files to the same backup folder.
+* **no pending migration** (the plan's ``pending_migrations`` is ``[]``): the apply never touches
+  the database and its automatic undo keeps the live one, so the dump serves only a later
+  ``rollback-patch --restore-database``; it is taken by the ``dump`` step, *before* the stop
+  (:meth:`DumpSteps.dump_before_stop`), and the stopped window holds no database work, whatever
+  the database's size. The backup step then adds the files to the same backup folder;
+* **pending migrations**: a failed migration is undone from a copy holding every row written
+  until the services stopped. Where the role may (:func:`patchflow.snapshot.snapshot_problem`),
+  that copy is a **snapshot** on the database server taken by the ``snapshot`` step inside the
+  stopped window (a file copy, no dump: :mod:`patchflow.lifecycle.apply_snapshot`), and the dump
+  is taken *from the snapshot* by the ``dump-snapshot`` step after the commit, while the new
+  version serves;
+* **pending migrations, no snapshot** (``database_snapshot = off``, a database reached through
+  ``docker compose exec``, a role that may not copy it, or a snapshot the server refused): the
+  dump is taken inside the stopped window by the backup step (:meth:`DumpSteps.dump_into`).
 
 An apply whose dump was taken before the stop notes it in its journal (``dump_before_stop``): its
 migrate step refuses to run a migration that became pending after the plan (the dump would miss
@@ -26,6 +33,7 @@ from patchflow.backup import Backup, backup_name, load_backup, new_backup
 from patchflow.errors import BackupError, PatchflowError
 from patchflow.lifecycle.apply_state import ApplyState
 from patchflow.lifecycle.planning import Plan
+from patchflow.snapshot import dump_snapshot
 
 
 def dump_place(plan: Plan) -> str:
@@ -39,9 +47,17 @@ def dump_place(plan: Plan) -> str:
             "leaves the database as it is and the dump only serves a later rollback-patch --restore-database"
         )
     count = len(plan.pending_migrations)
+    if plan.snapshot:
+        return (
+            f"after the restart, from a snapshot: {count} migration(s) pending; inside the stopped window the "
+            "database is copied on its own server (CREATE DATABASE ... TEMPLATE, a file copy, no dump), a failed "
+            "migration is undone from that snapshot, and the portable dump is taken from it once the new version "
+            "is healthy"
+        )
     return (
         f"after the stop, inside the stopped window: {count} migration(s) pending, and a failed migration is undone "
         "from this dump, which must hold every row written until the services stop"
+        + (f"; no snapshot: {plan.no_snapshot}" if plan.no_snapshot else "")
     )
 
 
@@ -75,9 +91,10 @@ class DumpSteps(ApplyState):
         self.backup = backup
         return backup
 
-    def dump_into(self, backup: Backup, *, when: str) -> None:
-        """Dump the database into ``backup`` (proven) and record it in ``backup.json``; ``when``
-        (``before the stop``, ``after the stop``) is recorded as ``taken``.
+    def dump_into(self, backup: Backup, *, when: str, snapshot: str | None = None) -> None:
+        """Dump the database (or, with ``snapshot``, that snapshot of it) into ``backup`` (proven)
+        and record it in ``backup.json``; ``when`` (``before the stop``, ``after the stop``...) is
+        recorded as ``taken``.
 
         Raises:
             BackupError: the dump or its proof failed.
@@ -86,7 +103,11 @@ class DumpSteps(ApplyState):
         assert ctx.database is not None
         ctx.log(f"   database dump ({when})")
         try:
-            dump = ctx.database.dump(backup.paths.dump, progress=ctx.progress.bytes("dumped"))
+            progress = ctx.progress.bytes("dumped")
+            if snapshot is None:
+                dump = ctx.database.dump(backup.paths.dump, progress=progress)
+            else:
+                dump = dump_snapshot(ctx.database, snapshot, backup.paths.dump, progress)
         except PatchflowError as exc:
             raise BackupError(f"The database backup failed: {exc.message}", exc.hint) from None
         backup.data["database"] = {

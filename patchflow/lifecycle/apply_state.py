@@ -57,6 +57,7 @@ class ApplyResult:
     cleanup: Callable[[], None] = field(default=lambda: None, repr=False)
     recovery: Recovery | None = None
     cleaned: list[str] = field(default_factory=list)
+    database_note: str = ""  # what became of the snapshot and its dump (taken after the commit)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class ApplyState:
     old_unhealthy: str | None = None  # why the old version, started again, failed its health check
     old_health_used: str = ""  # the health settings that judged it, and where they came from
     step_seconds: dict[str, float] = field(default_factory=dict)
+    database_note: str = ""  # the dump-snapshot step's outcome, for the result
 
     @property
     def staging(self) -> Path:

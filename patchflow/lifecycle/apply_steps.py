@@ -1,9 +1,12 @@
 """The apply steps that change the install (stage to cleanup), each with its undo.
 
-Stage, dump, stop, backup, switch, migrate, start, health, commit, cleanup.
+Stage, dump, stop, snapshot, backup, switch, migrate, start, health, commit, dump-snapshot, cleanup
+(dump and snapshot in :mod:`patchflow.lifecycle.apply_dump` and
+:mod:`patchflow.lifecycle.apply_snapshot`).
 
 Slow, safe work (extraction, install, build, image builds) happens in stage while the old version
-still runs; the stopped window is only stop -> backup -> switch -> migrate -> start -> health.
+still runs; the stopped window is only stop -> snapshot -> backup -> switch -> migrate -> start ->
+health.
 Every step and undo is idempotent: recovery may run one again after a kill inside it.
 """
 
@@ -23,7 +26,7 @@ from patchflow.database import stamp_now
 from patchflow.errors import ApplyError, CommandError, PatchflowError, VerifyError
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
 from patchflow.installed import HealthRecord, InstalledRecord
-from patchflow.lifecycle.apply_dump import DumpSteps
+from patchflow.lifecycle.apply_snapshot import SnapshotSteps
 from patchflow.lifecycle.journal import HistoryRecord, append_history, utc_now, write_json_atomic
 from patchflow.lifecycle.planning import Plan
 from patchflow.migrations import MigrationHistory, find_migrations, run_migrations
@@ -31,6 +34,7 @@ from patchflow.paths import VERSION_FILE, VERSION_TEMP
 from patchflow.proving import old_version_health, start_old_version
 from patchflow.restore import restore_code, restore_database
 from patchflow.services import start_with_retries
+from patchflow.snapshot import snapshot_of
 from patchflow.space import check_space
 from patchflow.stopped_window import step_record
 from patchflow.verify import verify_patch
@@ -85,7 +89,7 @@ def switch_files(
     os.replace(tmp, version_file)
 
 
-class ChangeSteps(DumpSteps):
+class ChangeSteps(SnapshotSteps):
     """The steps of an apply from stage to cleanup and their undos (methods named by
     :data:`patchflow.lifecycle.apply.APPLY_STEPS`)."""
 
@@ -173,7 +177,8 @@ class ChangeSteps(DumpSteps):
 
     def take_backup(self) -> None:
         """Back up what the switch replaces or deletes, VERSION, and the database (proven dump)
-        unless the ``dump`` step took it before the stop (:mod:`patchflow.lifecycle.apply_dump`)."""
+        unless the ``dump`` step took it before the stop or the ``snapshot`` step copied it
+        (:mod:`patchflow.lifecycle.apply_dump`)."""
         assert self.plan is not None and self.journal is not None
         ctx = self.ctx
         backup = self.open_backup()
@@ -185,7 +190,10 @@ class ChangeSteps(DumpSteps):
             [ctx.paths.installed_manifest, ctx.paths.installed_record],
             progress=ctx.progress.files("backed up"),
         )
-        if ctx.database is not None and not backup.data.get("database"):
+        snapshot = snapshot_of(backup)
+        if snapshot is not None:
+            ctx.log(f"   database: copied by the snapshot {snapshot} (dumped from it after the restart)")
+        elif ctx.database is not None and not backup.data.get("database"):
             self.dump_into(backup, when="after the stop")
         elif backup.data.get("database"):
             ctx.log("   database: dumped before the stop (no migration pending)")

@@ -242,6 +242,8 @@ class JournalNotes(TypedDict, total=False):
         kept_images: compose service -> the reference keeping the installed version's image.
         dump_before_stop: the dump step dumped the database before the stop (no migration was
             pending): the migrate step runs none and the undo keeps the live database.
+        snapshot: the snapshot of the database the snapshot step makes (:mod:`patchflow.snapshot`),
+            noted before it exists: drop-snapshot drops it, dump-snapshot dumps it.
     """
 
     runners: list[str]
@@ -254,6 +256,7 @@ class JournalNotes(TypedDict, total=False):
     restore_database: bool
     dump_before_stop: bool
     kept_images: dict[str, str]
+    snapshot: str
 
 
 class HistoryRecord(TypedDict, total=False):

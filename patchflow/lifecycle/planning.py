@@ -35,6 +35,7 @@ from patchflow.preconditions import Changes, check_before_stop
 from patchflow.rehearse import rehearsed_line
 from patchflow.release_settings import PYPROJECT, SettingChange, pyproject_in_patch, release_changes
 from patchflow.schema_drift import plan_schema_drift
+from patchflow.snapshot import snapshot_problem
 from patchflow.space import Need, check_space
 from patchflow.txn_statements import plan_transactions
 from patchflow.verify import VerifyReport
@@ -69,6 +70,8 @@ class Plan:
     settings_changes: list[SettingChange] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)  # what was proven before the stop (patchflow.preconditions)
     old_health: HealthRecord | None = None  # the settings that proved the installed version healthy now
+    snapshot: bool = False  # pending migrations: the stopped window copies the database on its server
+    no_snapshot: str = ""  # pending migrations without a snapshot: why (the dump is inside the stopped window)
 
     @property
     def dump_before_stop(self) -> bool:
@@ -378,6 +381,7 @@ def make_plan(
     problems: list[str] = []
     history_warnings: list[str] = []
     server_folder: Path | None = None
+    no_snapshot = ""
     if ctx.database is not None:
         description = ctx.database.target.location()
         check_answers_now(ctx.database, ctx.settings.db_wait_timeout, ctx.log)
@@ -393,6 +397,7 @@ def make_plan(
             refuse_lock_blockers(ctx, report, pending)  # old transactions holding what they lock
             problems = ctx.database.restore_problems()
             server_folder = ctx.database.server_folder()
+            no_snapshot = snapshot_problem(ctx.database, ctx.settings.database_snapshot)
     runner = migrate_command(ctx.settings, ctx.paths.root, from_manifest(report.manifest))
     findings = lint_pending(ctx, report, pending or [])
     proof = ctx.services.proof_available(ctx.settings.health_url) if ctx.services.app_services() else ""
@@ -407,8 +412,9 @@ def make_plan(
         Need(ctx.paths.backups, "database dump", db_bytes, 1),
         Need(ctx.paths.state, "space reserve", RESERVE_BYTES, 1),
     ]
-    if server_folder is not None:  # a failed migration is undone by a restore beside the live database
-        needs.append(Need(server_folder, "a database restore beside the live one (database server)", db_bytes, 0))
+    if server_folder is not None:  # a snapshot, or a restore beside the live database if a migration fails
+        label = "a restore beside the live one" if no_snapshot else "a snapshot of the database"
+        needs.append(Need(server_folder, f"{label} (database server)", db_bytes, 0))
     plan = Plan(
         str(version),
         installed_version(ctx.paths),
@@ -435,6 +441,7 @@ def make_plan(
     plan.checks += [line for line in [rehearsed_line(ctx.paths.state, str(version), pending or [])] if line]
     plan.warnings.extend(checks.warnings)
     plan.old_health = checks.old_health
+    plan.snapshot, plan.no_snapshot = bool(pending) and not no_snapshot, no_snapshot
     if report.delta:
         plan.delta = (
             f"a delta on {report.delta['base_version']}: {len(report.archive_entries())} entries in its archive; the "
@@ -452,7 +459,8 @@ def make_plan(
     if problems:
         raise BackupError(
             f"The patch runs {len(pending or [])} migration(s), but the database could not be restored if the "
-            f"apply failed: {'; '.join(problems)}.",
+            f"apply failed: {'; '.join(problems)}"
+            + (f" (and it cannot be copied by a snapshot either: {no_snapshot})." if no_snapshot else "."),
             "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser), or give the "
             "role CREATEDB and the extensions in template1. Nothing was stopped or changed.",
         )

@@ -39,7 +39,7 @@ from patchflow.runner import end_marked
 from patchflow.status_schema import LockInfo, RecoveryAdvice
 from patchflow.version import parse_version
 
-DATABASE_STEPS = ("backup", "migrate", "restore-database")
+DATABASE_STEPS = ("snapshot", "backup", "migrate", "restore-database", "drop-snapshot", "dump-snapshot")
 
 
 def decide_recovery(action: str, steps: Sequence[StepSpec], records: Sequence[StepRecord], phase: str) -> Decision:

@@ -66,6 +66,7 @@ from patchflow.preconditions import check_rollback_access
 from patchflow.proving import OldHealth, old_version_health, prove_old_version, start_kept_images
 from patchflow.restore import restore_code, restore_database
 from patchflow.services import NotServing, health_now, start_with_retries
+from patchflow.snapshot import snapshot_of, snapshot_problem, usable_snapshot
 from patchflow.space import Need, check_space
 from patchflow.stopped_window import step_record
 from patchflow.version import PatchVersion, parse_version
@@ -142,7 +143,7 @@ class RollbackRun:
 
     # -- the steps ------------------------------------------------------------------------------
     def _must_restore_database(self, backup: Backup) -> bool:
-        if self.ctx.database is None or backup.database is None:
+        if self.ctx.database is None or (backup.database is None and snapshot_of(backup) is None):
             return False
         if self.restore_db is not None:
             return self.restore_db
@@ -212,29 +213,37 @@ class RollbackRun:
         return RollbackDecision(current, key, backup.name, database), question, backup
 
     def _prove(self, backup: Backup, database: bool) -> None:
-        """Prove the recorded dump of ``backup`` and that a restore is possible (when ``database``).
+        """Prove that a restore is possible (when ``database``): by its snapshot while it exists (a
+        rename), else by its recorded dump, proven here.
 
         Raises:
-            BackupError: the dump does not match its record, the role may not restore, or the
-                database server lacks room for a restore beside the live database.
+            BackupError: no snapshot left and no dump, the dump does not match its record, the role
+                may not restore, or the database server lacks room for a restore beside the live one.
         """
         ctx = self.ctx
         if not database:
             return
         assert ctx.database is not None
-        dump = backup.dump_path
-        assert dump is not None and backup.database is not None
         from patchflow.database import verify_recorded_dump
 
-        verify_recorded_dump(ctx.database, dump, backup.database, backup.name)
-        problems = ctx.database.restore_problems()
+        snapshot = usable_snapshot(ctx.database, ctx.paths, backup)
+        if snapshot is not None:  # put back by a rename: the role may create databases and owns it
+            problems = [problem for problem in [snapshot_problem(ctx.database)] if problem]
+        elif backup.dump_path is None or backup.database is None:
+            raise BackupError(
+                f"Backup {backup.name} holds no database dump and its snapshot is gone from the server.",
+                "Nothing was changed; restore by hand, or roll back the code alone without --restore-database.",
+            )
+        else:
+            verify_recorded_dump(ctx.database, backup.dump_path, backup.database, backup.name)
+            problems = ctx.database.restore_problems()
         if problems:
             raise BackupError(
                 f"The database cannot be restored: {'; '.join(problems)}.",
                 "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser). "
                 "Nothing was changed.",
             )
-        server_folder = ctx.database.server_folder()
+        server_folder = ctx.database.server_folder() if snapshot is None else None
         if server_folder is not None:  # the copy is restored beside the live database
             size = int(ctx.database.properties()["size"])
             need = Need(server_folder, "a database restore beside the live one (database server)", size, 0)

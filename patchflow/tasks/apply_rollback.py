@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from invoke.context import Context
+from rich.markup import escape
 
 from patchflow.console import console
 from patchflow.tasks.edge import REMOTE_HELP, ROOT_HELP, UNSET, YES_HELP, command, context_for, required_version
@@ -110,6 +111,9 @@ def apply_patch(
         console.print(f"  backup {result.backup}")
     if result.migrations_applied:
         console.print(f"  migrations applied: {', '.join(result.migrations_applied)}")
+    if result.database_note:
+        warn = result.database_note.startswith("the dump of the snapshot failed")
+        console.print(f"  {'[yellow]warning:[/] ' if warn else ''}{escape(result.database_note)}")
     result.cleanup()
 
 

@@ -23,7 +23,7 @@ from patchflow.tasks.edge import ROOT_HELP, UNSET, YES_HELP, command, context_fo
 def prune_backups(
     c: Context, root: str | None = None, keep_days: int = UNSET, keep_last: int = UNSET, dry_run: bool = False
 ) -> None:
-    """Delete old backups (retention), never the one that rolls back the installed version."""
+    """Delete old backups (retention), never the one that rolls back the installed version; drop expired snapshots."""
     from patchflow.backup import prune_backups as prune
     from patchflow.installed import read_installed_record
     from patchflow.lifecycle.journal import Journal
@@ -49,8 +49,33 @@ def prune_backups(
     for backup in removed:
         console.print(f"{verb} {backup.name}")
     console.print(f"{verb} {len(removed)} backup(s)")
+    _prune_snapshots(c, root, pending.notes.get("snapshot") if pending is not None else None, dry_run=dry_run)
     if not dry_run:
         _prune_kept_images(c, root, paths)
+
+
+def _prune_snapshots(c: Context, root: str | None, running: str | None, *, dry_run: bool) -> None:
+    """Drop the snapshots past ``snapshot_keep_hours`` (dump proven) and those whose backup is gone,
+    under the install's lock (:func:`patchflow.snapshot.drop_expired`); the one an interrupted run
+    names is left to its recovery.
+
+    Raises:
+        LockError: an apply or rollback holds the lock.
+        DatabaseError: a snapshot could not be dropped.
+    """
+    from patchflow.lock import install_lock
+    from patchflow.snapshot import drop_expired, read_snapshots
+
+    ctx = context_for(c, root)
+    if ctx.database is None or not read_snapshots(ctx.paths):
+        return
+    keep = frozenset([running] if running else [])
+    verb = "would drop" if dry_run else "dropped"
+    with install_lock(ctx.paths.lock, ctx.paths.lock_info, action="prune", version="-"):
+        dropped = drop_expired(ctx.database, ctx.paths, ctx.settings.snapshot_keep_hours, dry_run=dry_run, keep=keep)
+    for name in dropped:
+        console.print(f"{verb} snapshot {name}")
+    console.print(f"{verb} {len(dropped)} snapshot(s)")
 
 
 def _prune_kept_images(c: Context, root: str | None, paths: ProjectPaths) -> None:

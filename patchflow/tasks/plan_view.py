@@ -34,7 +34,7 @@ def print_plan(plan: Plan, ctx: CoreContext | None = None, *, list_files: bool =
     from patchflow.lifecycle.apply_dump import dump_place
     from patchflow.lifecycle.journal import read_history
     from patchflow.rehearse import rehearsed_seconds
-    from patchflow.stopped_window import estimate_window, plan_work
+    from patchflow.stopped_window import estimate_window, human_seconds, plan_work, step_estimate
     from patchflow.units import human_bytes as hb
 
     d = plan.diff
@@ -76,6 +76,12 @@ def print_plan(plan: Plan, ctx: CoreContext | None = None, *, list_files: bool =
     if place:
         size = sum(need.bytes for need in plan.needs if need.label == "database dump")
         console.print(f"  database dump  {hb(size)}, taken {place}", markup=False)
+        if ctx is not None and pending:
+            step = "snapshot" if plan.snapshot else "backup"
+            seconds = step_estimate(read_history(ctx.paths.history), plan_work(plan), step)
+            what = "the snapshot" if plan.snapshot else "the dump (with the files, the backup step)"
+            cost = f"about {human_seconds(seconds)}" if seconds is not None else "not timed yet on this install"
+            console.print(f"  database copy  {what} in the stopped window: {cost}", markup=False)
     if pending:
         if plan.lint is None:
             console.print("  migration lint skipped (squawk is not installed, or migration_lint = off)")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from patchflow.units import human_age, human_bytes
@@ -192,6 +193,33 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     console.print(table if displaced else "displaced databases: none")
     if displaced and status.get("displaced_databases_note"):
         console.print(f"  {status['displaced_databases_note']}", markup=False)
+
+    snapshots = status.get("snapshots") or []
+    if snapshots:
+        table = Table(title="Snapshots of the database (taken by applies on the database server)")
+        table.add_column("name", no_wrap=True)
+        for column in ("backup", "age", "size", "dump", "kept until (UTC)"):
+            table.add_column(column, overflow="fold")
+        for item in snapshots:
+            exists = item.get("exists")
+            size = "dropped" if exists is False else (human_bytes(item["size_bytes"]) if item["size_bytes"] else "?")
+            age = item.get("age_seconds")
+            dump = item["dump"] if not item.get("dump_error") else f"[red]failed[/]: {escape(str(item['dump_error']))}"
+            if item.get("created_at") is None:
+                dump = "[yellow]being made, or left by a killed run[/]"
+            until = item.get("expires_at")
+            kept = "its backup's only copy of the database: kept with it" if item["dump"] != "proven" else "?"
+            table.add_row(
+                item["name"],
+                item["backup"],
+                human_age(age) if isinstance(age, (int, float)) else "?",
+                size,
+                dump,
+                _utc(until) if until else kept,
+            )
+        console.print(table)
+        if status.get("snapshots_note"):
+            console.print(f"  {status['snapshots_note']}", markup=False)
 
     if status["history"]:
         table = Table(title="History (latest last)")

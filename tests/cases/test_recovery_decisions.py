@@ -18,7 +18,7 @@ from patchflow.lifecycle.recovery import decide_recovery
 from patchflow.lifecycle.rollback import ROLLBACK_STEPS
 from patchflow.lifecycle.steps import ROLLING_BACK, Decision, StepSpec
 
-UNDO_ALL = ("start", "migrate", "switch", "backup", "stop", "dump", "stage")
+UNDO_ALL = ("start", "migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")
 
 # (step, moment) -> the decision after an apply killed there
 APPLY_TABLE: dict[tuple[str, str], Decision] = {
@@ -34,16 +34,20 @@ APPLY_TABLE: dict[tuple[str, str], Decision] = {
     ("stop", "before"): Decision("undo", ("dump", "stage")),
     ("stop", "inside"): Decision("undo", ("stop", "dump", "stage")),
     ("stop", "after"): Decision("undo", ("stop", "dump", "stage")),
-    ("backup", "before"): Decision("undo", ("stop", "dump", "stage")),
-    ("backup", "inside"): Decision("undo", ("backup", "stop", "dump", "stage")),
-    ("backup", "after"): Decision("undo", ("backup", "stop", "dump", "stage")),
-    ("switch", "before"): Decision("undo", ("backup", "stop", "dump", "stage")),
-    ("switch", "inside"): Decision("undo", ("switch", "backup", "stop", "dump", "stage")),
-    ("switch", "after"): Decision("undo", ("switch", "backup", "stop", "dump", "stage")),
-    ("migrate", "before"): Decision("undo", ("switch", "backup", "stop", "dump", "stage")),
-    ("migrate", "inside"): Decision("undo", ("migrate", "switch", "backup", "stop", "dump", "stage")),
-    ("migrate", "after"): Decision("undo", ("migrate", "switch", "backup", "stop", "dump", "stage")),
-    ("start", "before"): Decision("undo", ("migrate", "switch", "backup", "stop", "dump", "stage")),
+    # the snapshot on the database server (pending migrations): its name is noted before it exists
+    ("snapshot", "before"): Decision("undo", ("stop", "dump", "stage")),
+    ("snapshot", "inside"): Decision("undo", ("snapshot", "stop", "dump", "stage")),
+    ("snapshot", "after"): Decision("undo", ("snapshot", "stop", "dump", "stage")),
+    ("backup", "before"): Decision("undo", ("snapshot", "stop", "dump", "stage")),
+    ("backup", "inside"): Decision("undo", ("backup", "snapshot", "stop", "dump", "stage")),
+    ("backup", "after"): Decision("undo", ("backup", "snapshot", "stop", "dump", "stage")),
+    ("switch", "before"): Decision("undo", ("backup", "snapshot", "stop", "dump", "stage")),
+    ("switch", "inside"): Decision("undo", ("switch", "backup", "snapshot", "stop", "dump", "stage")),
+    ("switch", "after"): Decision("undo", ("switch", "backup", "snapshot", "stop", "dump", "stage")),
+    ("migrate", "before"): Decision("undo", ("switch", "backup", "snapshot", "stop", "dump", "stage")),
+    ("migrate", "inside"): Decision("undo", ("migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")),
+    ("migrate", "after"): Decision("undo", ("migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")),
+    ("start", "before"): Decision("undo", ("migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")),
     ("start", "inside"): Decision("undo", UNDO_ALL),
     ("start", "after"): Decision("undo", UNDO_ALL),
     ("health", "before"): Decision("undo", UNDO_ALL),
@@ -52,8 +56,12 @@ APPLY_TABLE: dict[tuple[str, str], Decision] = {
     # killed before the commit started: the new version was healthy but never committed: undone
     ("commit", "before"): Decision("undo", UNDO_ALL),
     # the commit was reached: it is finished (both steps are idempotent)
-    ("commit", "inside"): Decision("finish", ("commit", "cleanup")),
-    ("commit", "after"): Decision("finish", ("cleanup",)),
+    ("commit", "inside"): Decision("finish", ("commit", "dump-snapshot", "cleanup")),
+    ("commit", "after"): Decision("finish", ("dump-snapshot", "cleanup")),
+    # the dump of the snapshot after the commit (it never fails the apply): taken again, then clean-up
+    ("dump-snapshot", "before"): Decision("finish", ("dump-snapshot", "cleanup")),
+    ("dump-snapshot", "inside"): Decision("finish", ("dump-snapshot", "cleanup")),
+    ("dump-snapshot", "after"): Decision("finish", ("cleanup",)),
     ("cleanup", "before"): Decision("finish", ("cleanup",)),
     ("cleanup", "inside"): Decision("finish", ("cleanup",)),
     ("cleanup", "after"): Decision("nothing"),
@@ -90,8 +98,8 @@ def journal_records(
 
 def test_the_lists_are_the_documented_ones() -> None:
     assert [s.name for s in APPLY_STEPS] == [
-        "verify", "plan", "lock", "stage", "dump", "stop", "backup", "switch", "migrate", "start", "health", "commit",
-        "cleanup",
+        "verify", "plan", "lock", "stage", "dump", "stop", "snapshot", "backup", "switch", "migrate", "start",
+        "health", "commit", "dump-snapshot", "cleanup",
     ]  # fmt: skip
     assert [s.name for s in ROLLBACK_STEPS] == ["choose", *ROLLBACK_ORDER]
     assert [s.name for s in APPLY_STEPS if s.undo] == list(reversed(UNDO_ALL))
@@ -99,7 +107,8 @@ def test_the_lists_are_the_documented_ones() -> None:
     assert [s.name for s in APPLY_STEPS if s.no_return] == ["commit"]
     assert [s.name for s in APPLY_STEPS if not s.journaled] == ["verify", "plan"]
     assert [s.undo_label for s in APPLY_STEPS if s.undo] == [
-        "drop-staging", "drop-dump", "start-old", "drop-backup", "restore-code", "restore-database", "stop-new",
+        "drop-staging", "drop-dump", "start-old", "drop-snapshot", "drop-backup", "restore-code", "restore-database",
+        "stop-new",
     ]  # fmt: skip
 
 
@@ -122,13 +131,13 @@ def test_rollback_killed_at(step: str, moment: str) -> None:
         # health failed; the automatic rollback was killed before its first undo
         ("health", (), None, UNDO_ALL),
         # ... after stopping the new version
-        ("health", ("start",), None, ("migrate", "switch", "backup", "stop", "dump", "stage")),
+        ("health", ("start",), None, ("migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")),
         # ... inside the database restore (the undo of migrate started, not done): it runs again
-        ("health", ("start",), "migrate", ("migrate", "switch", "backup", "stop", "dump", "stage")),
+        ("health", ("start",), "migrate", ("migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")),
         # ... after everything but the restart of the old version
-        ("health", ("start", "migrate", "switch", "backup"), None, ("stop", "dump", "stage")),
+        ("health", ("start", "migrate", "switch", "backup", "snapshot"), None, ("stop", "dump", "stage")),
         # the migration failed; its own undo (the restore) had not started
-        ("migrate", (), None, ("migrate", "switch", "backup", "stop", "dump", "stage")),
+        ("migrate", (), None, ("migrate", "switch", "backup", "snapshot", "stop", "dump", "stage")),
         # every undo done: nothing is left but to clear the journal
         ("health", UNDO_ALL, None, ()),
     ],

@@ -239,7 +239,8 @@ class InstallTemplate:
         root = prepare_workspace(folder / "install", database_url=cluster.url(dbname))
         template = cls(folder, root, cluster, dbname)
         for args in (("create-patch",), ("apply-patch", "--version", "2.2.0", "--force", "--yes"), ("down",)):
-            done = run_inv(args[0], "--root", str(root), *args[1:])
+            # its first apply snapshots the new database: dropped at once, every install copies the state
+            done = run_inv(args[0], "--root", str(root), *args[1:], env={"PATCHFLOW_SNAPSHOT_KEEP_HOURS": "0"})
             assert done.returncode == 0, done.stderr + done.stdout
         wait_trash_deleted(root)  # every install copies this tree
         template.keep_expected_schema()

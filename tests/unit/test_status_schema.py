@@ -215,8 +215,18 @@ def test_an_interrupted_run_and_what_it_left_match_the_schema(project: Path) -> 
                      "backup": "pre-patch-v2.3.0_b", "rows_since": "2025-01-02T09:00:00.000000Z"}]),
         encoding="utf-8",
     )  # fmt: skip
+    # a snapshot recorded by a run killed before the copy was made: listed, never hidden
+    (state / "snapshots.json").write_text(
+        json.dumps([{"name": "db_snap_20250102T100000Z_abcdef", "database": "db", "backup": "pre-patch-v2.3.0_b",
+                     "recorded_at": "2025-01-02T10:00:02.000000Z", "created_at": "", "dump": "pending",
+                     "dump_error": ""}]),
+        encoding="utf-8",
+    )  # fmt: skip
     status = _status(project)
     assert_matches_readme(status)
+    [snapshot] = status["snapshots"]
+    assert snapshot["created_at"] is None and snapshot["expires_at"] is None and snapshot["exists"] is None
+    assert "no database is configured" in status["snapshots_note"]
     assert status["running"] is None
     assert status["interrupted"]["step"] == "stage" and status["lock"]["state"] == "stale"
     assert status["leftovers"] == ["staging-v2.3.0"]
@@ -230,7 +240,7 @@ def test_a_renamed_or_retyped_key_is_found() -> None:
     """The check itself: a key the README does not name, a wrong type and a missing field fail."""
     base: dict[str, Any] = {name: None for name in children(documented(), "")}
     base.update(schema_version=1, root="/srv", patches=[], backups=[], history=[], leftovers=[],
-                displaced_databases=[])  # fmt: skip
+                displaced_databases=[], snapshots=[])  # fmt: skip
     assert problems(base) == []
     renamed = dict(base)
     renamed["installed"] = renamed.pop("installed_version")
