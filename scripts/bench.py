@@ -19,6 +19,8 @@ Each row runs patchflow and its baseline interleaved in the same run (the order 
                              (scripts/bench_rehearse.py; also: no database left behind, no service stopped)
   stopped window, no migration  apply-patch's stopped window (~100 MB database)  vs  the floor: the same
                              services stopped, started and healthy with no patch (goal: floor + 0.5 s)
+  stopped window, a migration   the same with the sample's migration: the snapshot inside the window
+                             (and its dump after the commit), and database_snapshot=off (the dump inside)
 
 Usage: python scripts/bench.py [--small-only] [--repeat N] [--keep DIR] [--workdir DIR] [--skip-db] [--skip-upload]
        [--skip-rehearse] [--skip-window]
@@ -400,6 +402,19 @@ def main() -> int:
             back = Row("  its rollback's stopped window", "floor", None, "info")
             back.ours, back.theirs = samples["rollback"], samples["floor"]
             rows += [stopped, dumped, back]
+            for mode, label in (("auto", "snapshot"), ("off", "dump inside, database_snapshot=off")):
+                window = measure_window(options.repeat, INV, settle, migration=True, snapshot=mode)
+                samples = window["samples"]
+                megabytes = window["database_bytes"] / 1e6
+                stopped = Row(f"stopped window, a migration, {label}, {megabytes:.0f} MB db", "floor", None, "info")
+                stopped.ours, stopped.theirs = samples["apply"], samples["floor"]
+                copied = Row(f"  its {'snapshot' if mode == 'auto' else 'backup'} step (in it)", "—", None, "info")
+                copied.ours = samples["snapshot" if mode == "auto" else "backup"]
+                rows += [stopped, copied]
+                if mode == "auto":
+                    after = Row("  its dump of the snapshot, after the commit (not in it)", "—", None, "info")
+                    after.ours = samples["dump_after"]
+                    rows.append(after)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,17 +1,25 @@
-"""Bench rows "stopped window": how long an apply without a pending migration keeps the services
-down, against the floor (issue 26).
+"""Bench rows "stopped window": how long an apply keeps the services down, against the floor
+(issue 26), without a pending migration and with one.
 
 A sample install (command service manager: the api and worker node processes; a real PostgreSQL in
 a throwaway cluster, tests/support/services.py) at 2.2.0 with a database of about ``rows`` x 290
-bytes (~100 MB at 350,000 rows), and a release 2.3.0 without migrations (files added, changed and
-deleted). Interleaved, ``repeat`` times:
+bytes (~100 MB at 350,000 rows), and a release 2.3.0 (files added, changed and deleted) without a
+migration, or (``migration=True``) with the sample's migration. Interleaved, ``repeat`` times:
 
 * the **floor**: the same services stopped, started and answering healthy at the health URL, with
   no patch (patchflow's own stop, bounded start and health check, in this process: no ``inv``
   start-up is counted, as none is counted inside an apply's window);
 * ``inv apply-patch --version 2.3.0``: its stopped window as the apply records it
-  (``stopped_seconds`` in ``history.jsonl``: from the stop to the new version proven healthy),
-  and its ``dump`` step (taken before the stop), then ``inv rollback-patch`` (not timed here).
+  (``stopped_seconds`` in ``history.jsonl``: from the stop to the new version proven healthy), its
+  ``dump`` step (taken before the stop, no migration), ``snapshot`` and ``backup`` steps (inside
+  the window) and ``dump-snapshot`` step (after the commit, with a migration: read from its
+  output), then ``inv rollback-patch`` (its stopped window; the databases a rollback displaced and
+  the snapshots left are dropped after it, so every round starts alike).
+
+``snapshot`` sets ``database_snapshot`` (``auto``: the snapshot inside the window; ``off``: the
+dump inside it, what an apply with a migration did before the snapshot); None leaves the setting
+alone (an ``inv`` of a patchflow that has no such setting: the code before it). ``inv`` may be
+another checkout's ``inv -r <checkout>``: the same scenario timed on other code.
 
 Kept apart from bench.py so a change of the sample or of the history record touches only this file.
 """
@@ -19,6 +27,7 @@ Kept apart from bench.py so a change of the sample or of the history record touc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +62,14 @@ def _inv(inv: list[str], root: Path, *args: str) -> subprocess.CompletedProcess[
     return done
 
 
+def _drop_copies(cluster: Any) -> None:
+    """Drop the databases rollbacks displaced and the snapshots applies kept (each ~ the database's
+    size): every round starts with the one database."""
+    rows = cluster.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'window\\_%';")
+    for name in rows.split():
+        cluster.drop_database(name)
+
+
 def _floor(root: Path) -> float:
     """Seconds to stop the install's application services, start them and see them healthy."""
     from patchflow.config import load_settings
@@ -72,9 +89,18 @@ def _floor(root: Path) -> float:
     return time.perf_counter() - started
 
 
-def measure_window(repeat: int, inv: list[str], settle: Callable[[], None], rows: int = 350_000) -> dict[str, Any]:
+def measure_window(
+    repeat: int,
+    inv: list[str],
+    settle: Callable[[], None],
+    rows: int = 350_000,
+    *,
+    migration: bool = False,
+    snapshot: str | None = None,
+) -> dict[str, Any]:
     """Set up the install, then time (interleaved, ``repeat`` times) the floor and the stopped
-    window of an apply without migrations. Returns the samples (seconds) and the database size."""
+    window of an apply (with the sample's migration when ``migration``; ``snapshot`` sets
+    ``database_snapshot``). Returns the samples (seconds) and the database size (bytes)."""
     sys.path.insert(0, str(REPO / "tests"))
     sys.path.insert(0, str(REPO / "scripts"))
     from sample_workspace import copy_patch, make_release, prepare_workspace
@@ -87,17 +113,30 @@ def measure_window(repeat: int, inv: list[str], settle: Callable[[], None], rows
     root = work / "install"
     try:
         cluster.create_database("window")
-        prepare_workspace(
-            root, database_url=cluster.url("window"), extra_env={"PATCHFLOW_PG_BINDIR": str(cluster.bindir)}
-        )
+        settings = {"PATCHFLOW_PG_BINDIR": str(cluster.bindir)}
+        if snapshot is not None:
+            settings["PATCHFLOW_DATABASE_SNAPSHOT"] = snapshot
+        prepare_workspace(root, database_url=cluster.url("window"), extra_env=settings)
         _inv(inv, root, "create-patch")
         _inv(inv, root, "apply-patch", "--version", "2.2.0", "--force", "--yes")
+        _drop_copies(cluster)  # the first apply's snapshot, if it took one
         cluster.psql("window", FILL_SQL.format(rows=rows))
         size = int(cluster.psql("window", "SELECT pg_database_size(current_database());").strip())
-        source = make_release(root, work / "source", "2.3.0", migration=None)
+        if migration:
+            source = make_release(root, work / "source", "2.3.0")
+        else:
+            source = make_release(root, work / "source", "2.3.0", migration=None)
         _inv(inv, source, "create-patch")
         copy_patch(source, root, "2.3.0")
-        samples: dict[str, list[float]] = {"floor": [], "apply": [], "dump": [], "backup": [], "rollback": []}
+        samples: dict[str, list[float]] = {
+            "floor": [],
+            "apply": [],
+            "dump": [],
+            "snapshot": [],
+            "backup": [],
+            "dump_after": [],
+            "rollback": [],
+        }
         history = root / ".patchflow" / "history.jsonl"
         for index in range(repeat):
 
@@ -105,14 +144,18 @@ def measure_window(repeat: int, inv: list[str], settle: Callable[[], None], rows
                 samples["floor"].append(_floor(root))
 
             def apply() -> None:
-                _inv(inv, root, "apply-patch", "--version", "2.3.0", "--yes")
+                done = _inv(inv, root, "apply-patch", "--version", "2.3.0", "--yes")
                 record = json.loads(history.read_text().splitlines()[-1])
                 samples["apply"].append(float(record["stopped_seconds"]))
                 samples["dump"].append(float(record["steps"].get("dump", 0.0)))
+                samples["snapshot"].append(float(record["steps"].get("snapshot", 0.0)))
                 samples["backup"].append(float(record["steps"]["backup"]))
+                after = re.search(r"dump-snapshot done in ([0-9.]+) s", done.stdout)
+                samples["dump_after"].append(float(after.group(1)) if after else 0.0)
                 _inv(inv, root, "rollback-patch", "--yes")
                 back = json.loads(history.read_text().splitlines()[-1])
                 samples["rollback"].append(float(back.get("stopped_seconds") or 0.0))
+                _drop_copies(cluster)
 
             for action in (floor, apply) if index % 2 == 0 else (apply, floor):
                 settle()
@@ -125,5 +168,37 @@ def measure_window(repeat: int, inv: list[str], settle: Callable[[], None], rows
         shutil.rmtree(work, ignore_errors=True)
 
 
+def main() -> None:  # pragma: no cover - manual use
+    """``python scripts/bench_window.py [--repeat N] [--rows N] [--migration] [--snapshot auto|off]
+    [--inv-root CHECKOUT]``: print the medians of one scenario (``--inv-root``: time another
+    checkout's patchflow, with its own ``.venv``)."""
+    import argparse
+    import os
+    import statistics
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=350_000)
+    parser.add_argument("--migration", action="store_true")
+    parser.add_argument("--snapshot", choices=("auto", "off"), default=None)
+    parser.add_argument("--inv-root", type=Path, default=REPO)
+    options = parser.parse_args()
+    checkout = options.inv_root.resolve()
+    inv = [str(checkout / ".venv" / "bin" / "inv"), "-r", str(checkout)]
+
+    def settle() -> None:
+        os.sync()
+        time.sleep(0.5)
+
+    result = measure_window(
+        options.repeat, inv, settle, options.rows, migration=options.migration, snapshot=options.snapshot
+    )
+    samples = result["samples"]
+    print(f"database {result['database_bytes'] / 1e6:.0f} MB, {options.repeat} rounds, patchflow of {checkout}")
+    for key, values in samples.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {key:<10} median {statistics.median(values):6.2f} s   ({shown})")
+
+
 if __name__ == "__main__":  # pragma: no cover - manual use
-    print(measure_window(1, [str(Path(sys.executable).parent / "inv"), "-r", str(REPO)], lambda: None))
+    main()

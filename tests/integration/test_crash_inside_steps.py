@@ -332,6 +332,7 @@ def test_killed_during_the_database_restore_the_live_database_stays_and_the_orph
     install.release(tmp_path, NEW)
     gate = tmp_path / "gate"
     set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(_slow_pg_restore(tmp_path / "pgbin", install.cluster.bindir, gate)))
+    set_dotenv(install, "PATCHFLOW_SNAPSHOT_KEEP_HOURS", "0")  # no snapshot left: the rollback restores the dump
     tree_before, db_before = install.state(), install.pg_dump()
     done = install.inv("apply-patch", "--version", NEW, "--yes")
     assert done.returncode == 0, _out(done)

@@ -261,7 +261,10 @@ def test_a_kill_just_after_the_backup_folder_is_made_leaves_no_orphan_backup(ins
     assert backup_names(install) == before, f"journal named {named!r}; backups now {backup_names(install)}"
 
 
-APPLY_STEPS = ("stage", "dump", "stop", "backup", "switch", "migrate", "start", "health", "commit", "cleanup")
+APPLY_STEPS = (
+    "stage", "dump", "stop", "snapshot", "backup", "switch", "migrate", "start", "health", "commit", "dump-snapshot",
+    "cleanup",
+)  # fmt: skip
 
 
 def _step_spans(output: str, steps: tuple[str, ...]) -> dict[str, float]:

@@ -488,7 +488,8 @@ def test_c11_missing_role_fails_the_rollback_loudly(install: Install, tmp_path: 
     try:
         install.cluster.psql(db, 'ALTER TABLE "Project" OWNER TO legacy_owner;\n')
         install.release(tmp_path, "2.3.0")
-        _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes"))
+        # the snapshot dropped once its dump is proven: the rollback restores the dump
+        _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes", env={"PATCHFLOW_SNAPSHOT_KEEP_HOURS": "0"}))
         install.cluster.psql(db, "REASSIGN OWNED BY legacy_owner TO postgres;\nDROP OWNED BY legacy_owner;\n")
         install.cluster.psql("postgres", "DROP ROLE legacy_owner;\n")
 
@@ -518,7 +519,8 @@ def test_c11_missing_role_fails_the_rollback_loudly(install: Install, tmp_path: 
 
 def test_c11_corrupt_dump_is_refused_before_anything_changes(install: Install, tmp_path: Path) -> None:
     install.release(tmp_path, "2.3.0")
-    _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes"))
+    # the snapshot dropped once its dump is proven: the rollback restores the dump
+    _ok(install.inv("apply-patch", "--version", "2.3.0", "--yes", env={"PATCHFLOW_SNAPSHOT_KEEP_HOURS": "0"}))
     dump_after_apply = install.pg_dump()
     tree_after_apply = install.state()
     history_before = history(install)

@@ -50,7 +50,7 @@ from patchflow.lifecycle.rollback import ROLLBACK_STEPS
 pytestmark = [pytest.mark.integration]
 
 SEED = int(os.environ.get("KILL_MATRIX_SEED", "20261129"))
-TRIALS = int(os.environ.get("KILL_MATRIX_TRIALS", "24"))
+TRIALS = int(os.environ.get("KILL_MATRIX_TRIALS", "28"))
 CHUNKS = 3
 BULK_FILES = 600
 SLOW_MIGRATION = """-- a slow migration: the migrate step takes measurable time
@@ -88,8 +88,9 @@ def _edit_release(source: Path) -> None:
 
 #: Apply steps that do nothing with the matrix's release: it runs a migration, so ``dump`` (the
 #: dump before the stop, taken only when no migration is pending) has a span of ~0.01 s here; its
-#: kills (at its boundary and inside pg_dump) are in test_dump_before_stop. Aiming at it would take
-#: a 13th apply part that 12 apply trials per 24 cannot all cover in one round.
+#: kills (at its boundary and inside pg_dump) are in test_dump_before_stop. The release's migration
+#: makes ``snapshot`` and ``dump-snapshot`` do their work, so they are aimed at: 14 apply parts
+#: (before, 12 steps, after), one round in the 14 apply trials of the default 28.
 IDLE_IN_MATRIX = frozenset({"dump"})
 
 # the journaled steps of the real lists: a step added or moved is aimed at too

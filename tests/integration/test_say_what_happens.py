@@ -58,7 +58,7 @@ def test_live_lines_on_a_terminal_show_counts_and_elapsed_time(install: Install,
         os.kill(term.process.pid, signal.SIGCONT)
         assert term.wait(timeout=180) == 0, term.screen
     text = term.screen
-    assert re.search(rf"backup\s+[\d.]+ (?:B|KiB|MiB) dumped\s+{ELAPSED}", text), text
+    assert re.search(rf"dump-snapshot\s+[\d.]+ (?:B|KiB|MiB) dumped\s+{ELAPSED}", text), text
     assert re.search(rf"migrate\s+migration 1 of 1: 20250301090000_audit_log\s+{ELAPSED}", text), text
     assert re.search(rf"health\s+{ELAPSED}", text), text  # a step without counts: its elapsed time
     assert "applied" in text

@@ -62,12 +62,14 @@ def _short_pg_dump(folder: Path, real_bindir: Path) -> Path:
 
 
 def test_a_short_dump_never_counts_as_a_backup(install: Install, tmp_path: Path) -> None:
+    """Dumped inside the stopped window (no snapshot): the apply rolls back before switching."""
     tree_before = install.state()
     db_before = install.pg_dump()
     backups_before = backup_names(install)
     install.release(tmp_path, NEW)
     bindir = _short_pg_dump(tmp_path / "pgbin", install.cluster.bindir)
     set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(bindir))
+    set_dotenv(install, "PATCHFLOW_DATABASE_SNAPSHOT", "off")
     tree_before = install.state()
 
     done = install.inv("apply-patch", "--version", NEW, "--yes")
@@ -80,6 +82,32 @@ def test_a_short_dump_never_counts_as_a_backup(install: Install, tmp_path: Path)
     assert health(install) == (200, OLD)
     assert history(install)[-1]["result"] == "rolled_back"
     assert status_json(install)["lock"] is None
+
+
+def test_a_short_dump_of_the_snapshot_is_no_backup_and_the_snapshot_stays_one(install: Install, tmp_path: Path) -> None:
+    """Dumped from the snapshot after the commit: the apply is applied, the short dump is not
+    recorded, and the snapshot stays the backup's copy of the database, which a rollback puts back."""
+    install.release(tmp_path, NEW)
+    set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(_short_pg_dump(tmp_path / "pgbin", install.cluster.bindir)))
+    tree_before, db_before = install.state(), install.pg_dump()
+    done = install.inv("apply-patch", "--version", NEW, "--yes")
+    assert done.returncode == 0, _out(done)
+    assert "does not read to the end" in done.stdout and "warning: the dump of the snapshot failed" in done.stdout
+    backup = history(install)[-1]["backup"]
+    assert "database" not in [k for k, v in _backup_json(install, backup).items() if v]
+    assert not (install.root / "backups" / backup / "database.dump").exists(), "the short dump is removed"
+    [snapshot] = status_json(install)["snapshots"]
+    assert snapshot["dump"] == "failed" and snapshot["exists"] is True
+    _ok(install.inv("rollback-patch", "--yes"))
+    assert install.state() == tree_before and install.pg_dump() == db_before
+    assert health(install) == (200, OLD)
+
+
+def _backup_json(install: Install, name: str) -> dict[str, object]:
+    import json
+
+    data: dict[str, object] = json.loads((install.root / "backups" / name / "backup.json").read_text())
+    return data
 
 
 # -- the newest backup by sequence, not by clock (fault 8.3) ------------------------------------------------
@@ -371,14 +399,15 @@ def test_a_rollback_keeps_the_database_in_its_tablespace_and_the_servers_disk_is
     refused = install.inv("apply-patch", "--version", NEW, "--yes", env={"PATCHFLOW_FREE_SPACE_MARGIN": str(margin)})
     assert refused.returncode == 1, _out(refused)
     flat = " ".join(refused.stderr.split())
-    assert f"{database_on_tmpfs} has" in flat and "a database restore beside the live one (database server)" in flat
+    assert f"{database_on_tmpfs} has" in flat and "a snapshot of the database (database server)" in flat
     assert "-> stop" not in refused.stdout
     assert install.state() == tree_before and install.pg_dump() == db_before
     assert health(install) == (200, OLD)
 
-    # rollback-patch restores beside the live database as well: checked the same way before it stops
+    # rollback-patch restores beside the live database as well (once the snapshot is dropped):
+    # checked the same way before it stops
     build_release(install, tmp_path / "healthy", NEW)
-    _ok(install.inv("apply-patch", "--version", NEW, "--yes"))
+    _ok(install.inv("apply-patch", "--version", NEW, "--yes", env={"PATCHFLOW_SNAPSHOT_KEEP_HOURS": "0"}))
     tree_new, db_new = install.state(), install.pg_dump()
     refused = install.inv("rollback-patch", "--version", NEW, "--yes", env={"PATCHFLOW_FREE_SPACE_MARGIN": str(margin)})
     assert refused.returncode == 1, _out(refused)

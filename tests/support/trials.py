@@ -1,8 +1,9 @@
 """Helpers of the crash trials (tests/integration/test_kill_matrix.py, test_crash_probes.py):
 snapshots of the old and new version and the exact check against them (tree, full dump without the
-migration rows' times, migration history, services, no lock, journal, leftovers or half-restored
-database), reading the journal while a run goes on, hitting a run at a journal instant (SIGKILL of
-the main process or of the whole tree, or a signal), and running the recovery patch-status names."""
+migration rows' times, migration history, services, no lock, journal, leftovers, half-restored
+database or snapshot patch-status does not list), reading the journal while a run goes on, hitting
+a run at a journal instant (SIGKILL of the main process or of the whole tree, or a signal), and
+running the recovery patch-status names."""
 
 from __future__ import annotations
 
@@ -110,6 +111,9 @@ def check_exact(install: Install, versions: dict[str, dict[str, Any]]) -> str:
     assert migrations(install) == expected["migrations"]
     leftovers = [d for d in other_databases(install) if "_restoring_" in d]
     assert not leftovers, f"half-restored databases left: {leftovers}"
+    snapshots = {d for d in other_databases(install) if "_snap_" in d}
+    listed = {s["name"] for s in status["snapshots"]}
+    assert snapshots <= listed, f"snapshots patch-status does not list: {sorted(snapshots - listed)}"
     state = install.root / ".patchflow"
     tracked = {json.loads(p.read_text())["pid"] for p in (state / "run").glob("*.pid")}
     assert len(tracked) == 2, tracked
