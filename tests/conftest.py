@@ -111,13 +111,16 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 
 @pytest.fixture
 def pg_database(pg_cluster: PostgresCluster) -> Iterator[str]:
-    """URL of a fresh, uniquely named database, dropped after the test."""
+    """URL of a fresh, uniquely named database, dropped after the test (with the databases named
+    after it: the snapshots an apply kept, those a restore displaced)."""
     name = f"pf_test_{uuid.uuid4().hex[:12]}"
     pg_cluster.create_database(name)
     try:
         yield pg_cluster.url(name)
     finally:
-        pg_cluster.drop_database(name)
+        rows = pg_cluster.psql("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{name}%';\n")
+        for other in rows.split():
+            pg_cluster.drop_database(other)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ from patchflow.backup import Backup, backup_name, load_backup, new_backup
 from patchflow.errors import BackupError, PatchflowError
 from patchflow.lifecycle.apply_state import ApplyState
 from patchflow.lifecycle.planning import Plan
-from patchflow.snapshot import dump_snapshot
+from patchflow.snapshot import dump_snapshot as dump_copy
 
 
 def dump_place(plan: Plan) -> str:
@@ -107,7 +107,7 @@ class DumpSteps(ApplyState):
             if snapshot is None:
                 dump = ctx.database.dump(backup.paths.dump, progress=progress)
             else:
-                dump = dump_snapshot(ctx.database, snapshot, backup.paths.dump, progress)
+                dump = dump_copy(ctx.database, snapshot, backup.paths.dump, progress)
         except PatchflowError as exc:
             raise BackupError(f"The database backup failed: {exc.message}", exc.hint) from None
         backup.data["database"] = {

@@ -29,7 +29,6 @@ from patchflow.snapshot import (
     PROVEN,
     create_snapshot,
     drop_expired,
-    drop_snapshot,
     expires_at,
     forget_snapshots,
     read_snapshots,
@@ -38,6 +37,7 @@ from patchflow.snapshot import (
     snapshot_of,
     update_snapshot,
 )
+from patchflow.snapshot import drop_snapshot as drop_on_server
 
 
 class SnapshotSteps(DumpSteps):
@@ -82,7 +82,7 @@ class SnapshotSteps(DumpSteps):
         if not name or ctx.database is None:
             return
         try:
-            drop_snapshot(ctx.database, name)
+            drop_on_server(ctx.database, name)
         except DatabaseError as exc:
             ctx.log(
                 f"!! the snapshot {name} could not be dropped: {exc.message}; it stays recorded (patch-status lists "

@@ -133,7 +133,8 @@ def plan_differences(before: Plan, after: Plan) -> list[str]:
 
     Compared: the files added, changed and deleted, what the patch places there (a rebuilt patch),
     what it replaces or deletes (edited on this host meanwhile), host files added inside folders it
-    deletes or turns into files, pending migrations, services, patchflow settings and a delta's base.
+    deletes or turns into files, pending migrations, services, patchflow settings, a delta's base and
+    whether the database is copied by a snapshot or dumped inside the stopped window.
     """
     reasons = []
     for label, old, new in (
@@ -184,6 +185,12 @@ def plan_differences(before: Plan, after: Plan) -> list[str]:
         reasons.append(f"the patch's delta base: {after.delta or 'not a delta any more'}")
     if before.database != after.database:
         reasons.append(f"database: {before.database} -> {after.database}")
+    if before.snapshot != after.snapshot and after.pending_migrations:
+        reasons.append(
+            "the database is now copied by a snapshot inside the stopped window"
+            if after.snapshot
+            else f"the database is now dumped inside the stopped window (no snapshot: {after.no_snapshot})"
+        )
     return reasons
 
 

@@ -324,6 +324,11 @@ def test_apply_replaces_app_containers_and_keeps_the_database(stack: ComposeInst
 
     done = stack.inv("apply-patch", "--version", "2.3.0", "--yes", env=env)
     assert done.returncode == 0, done.stderr + done.stdout
+    # reached only through docker compose exec: no snapshot, the dump inside the stopped window (the plan says so)
+    flat = " ".join(done.stdout.split())
+    assert "inside the stopped window: 1 migration(s) pending" in flat, flat
+    assert "no snapshot: the database is reached through docker compose exec" in flat, flat
+    assert "database dump (after the stop)" in flat and "_snap_" not in flat, flat
     window = re.search(r"services were down for ([0-9.]+) s", done.stdout)
     assert window and float(window.group(1)) > 0, done.stdout
     STATE["applied"] = True
