@@ -13,14 +13,17 @@ and real node services throughout; the kills at the new boundaries are in test_s
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.exact import NEW, assert_exactly_old, status_json
-from support.installs import Install, get, history, set_dotenv
+from support.installs import Install, get, history, inv_popen, set_dotenv
+from support.killing import wait_stopped
 from support.pgbin import wrapped_pg_bindir
 
 from patchflow.lifecycle.apply import APPLY_STEPS
@@ -345,3 +348,79 @@ def test_a_snapshot_the_server_refuses_falls_back_to_the_dump_inside_the_window(
         reader.kill()
         reader.wait()
         install.cluster.psql("postgres", f"ALTER ROLE {app_role} NOCREATEDB;\n")
+
+
+# -- error paths ------------------------------------------------------------------------------------------------
+
+
+def _apply_with_a_failed_dump(install: Install, tmp_path: Path) -> str:
+    """Apply 2.3.0 with a pg_dump that fails: applied, the snapshot kept as the backup's only copy
+    of the database; the working pg_dump is put back. Returns the snapshot's name."""
+    failing = wrapped_pg_bindir(tmp_path / "pgbin", install.cluster.bindir, "pg_dump", "exit 1\n")
+    set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(failing))
+    install.release(tmp_path, NEW)
+    assert install.inv(*APPLY).returncode == 0
+    set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(install.cluster.bindir))
+    [snapshot] = status_json(install)["snapshots"]
+    assert snapshot["dump"] == "failed"
+    return str(snapshot["name"])
+
+
+def test_a_rollback_with_neither_the_snapshot_nor_a_dump_is_refused_before_anything_changes(
+    install: Install, tmp_path: Path
+) -> None:
+    snapshot = _apply_with_a_failed_dump(install, tmp_path)
+    install.cluster.drop_database(snapshot)  # by hand
+    tree, db = install.state(), install.pg_dump()
+    refused = install.inv("rollback-patch", "--yes")
+    assert refused.returncode == 1, _out(refused)
+    flat = _flat(refused)
+    assert "holds no database dump and its snapshot is gone from the server" in flat and "Nothing was changed" in flat
+    assert install.state() == tree and install.pg_dump() == db
+    code, body = get(install.health_url)
+    assert code == 200 and json.loads(body)["version"] == NEW
+    assert status_json(install)["interrupted"] is None
+
+
+def test_a_failed_apply_whose_snapshot_was_dropped_meanwhile_keeps_the_live_database(
+    install: Install, tmp_path: Path
+) -> None:
+    """Held before its restore-database undo, the snapshot is dropped by hand: the undo cannot put
+    it back and the backup has no dump (the apply never committed), so the automatic rollback stops
+    there, saying so, the live (migrated) database untouched, and the journal kept."""
+    install.release(tmp_path, NEW, health_status=500)
+    proc = inv_popen(install, *APPLY, *FAST_HEALTH, env={"PATCHFLOW_TEST_KILL_AT": "restore-database=SIGSTOP"})
+    try:
+        wait_stopped(proc.pid)
+        [snapshot] = _databases(install, "_snap_")
+        install.cluster.drop_database(snapshot)
+        migrated = install.pg_dump()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, out + err
+    flat = " ".join((out + err).split())
+    assert "holds no database dump and its snapshot" in flat and "is gone from the server" in flat, flat
+    assert "automatic rollback did not complete" in flat, flat
+    assert install.pg_dump() == migrated, "the live database is never dropped or changed"
+    status = status_json(install)
+    assert status["interrupted"] is not None and status["interrupted"]["failed_step"] == "restore-database"
+
+
+def test_prune_backups_never_drops_the_snapshot_a_running_rollback_puts_back(install: Install, tmp_path: Path) -> None:
+    install.release(tmp_path, NEW)
+    tree_before, db_before = install.state(), install.pg_dump()
+    assert install.inv(*APPLY).returncode == 0
+    [snapshot] = _databases(install, "_snap_")
+    proc = inv_popen(install, "rollback-patch", "--yes", env={"PATCHFLOW_TEST_KILL_AT": "restore-database=SIGSTOP"})
+    try:
+        wait_stopped(proc.pid)
+        refused = install.inv("prune-backups", env={"PATCHFLOW_SNAPSHOT_KEEP_HOURS": "0"})
+        assert refused.returncode == 3 and "rollback of 2.3.0" in _flat(refused), _out(refused)
+        assert _databases(install, "_snap_") == [snapshot]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert f"putting the snapshot {snapshot} back" in out
+    assert_exactly_old(install, tree_before, db_before)
