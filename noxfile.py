@@ -21,7 +21,8 @@ def tests(session: nox.Session) -> None:
 def stress(session: nox.Session) -> None:
     """The crash tests make test leaves out to stay under 8 minutes (marked ``stress``; ~4 min
     with 2 workers): the long random-instant probes (``PROBE_TRIALS`` and ``PROBE_SEED`` change
-    their trials and seed, default 6 each), the rest of the step-boundary kills, and signal
+    their trials and seed, default 6 each), the kill matrix's slices 1 and 2 (make test runs
+    slice 0), the rest of the step-boundary kills, and signal
     repetitions (SIGTERM/SIGHUP where the same boundary already has SIGINT/SIGTERM: one handler).
     More kill-matrix trials: ``KILL_MATRIX_TRIALS=48 nox -s tests -- tests/integration/test_kill_matrix.py``."""
     session.install("-e", ".[dev]")

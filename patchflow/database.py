@@ -28,8 +28,9 @@ from typing import Any, TypedDict
 from patchflow.commands import postgres as pg
 from patchflow.digests import file_digest
 from patchflow.errors import BackupError, CommandError, DatabaseError
+from patchflow.pg_query import ping_url, text_rows
 from patchflow.pg_target import APP_NAME, PgTarget
-from patchflow.runner import Runner
+from patchflow.runner import LocalRunner, Runner
 
 DISPLACED_MARK = "_before_rollback_"
 RESTORING_MARK = "_restoring_"
@@ -132,11 +133,15 @@ class Database:
         return result.stdout, result.output_bytes, result.output_sha256
 
     def query(self, sql: str, *, database: str | None = None, admin: bool = False) -> list[list[str]]:
-        """Run ``sql`` with psql and return rows as lists of strings (``|`` separated output).
+        """Run ``sql`` and return rows as lists of strings (psql ``-A -t``'s values, NULL as "");
+        in this process for a URL target and a local runner (:mod:`patchflow.pg_query`), else psql.
 
         Raises:
             DatabaseError: psql failed (PostgreSQL's error in the message).
         """
+        target = self.admin if admin else self.target
+        if target.mode == "url" and isinstance(self.runner, LocalRunner):  # in this process (pg_query)
+            return text_rows(target, self.runner.base_env, sql, database=database, app=APP_NAME, timeout=300)
         out, _, _ = self._run(
             lambda b: pg.psql(b, sql=sql, tuples=True),
             "psql",
@@ -211,12 +216,7 @@ class Database:
         """
         target = self.admin if admin else self.target
         if target.mode == "url":
-            import psycopg
-
-            with psycopg.connect(
-                target.conninfo, connect_timeout=5, autocommit=True, application_name=APP_NAME
-            ) as conn:
-                conn.execute("SELECT 1")
+            ping_url(target)
         else:
             # TCP inside the container: a socket-only init server does not count as ready (C14)
             self._run(

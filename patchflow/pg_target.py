@@ -78,7 +78,8 @@ LIBPQ_PARAMS = frozenset(
         "load_balance_hosts",
     ]
 )
-_ENV_OF_KEYWORD = {
+#: libpq's connection keyword -> the environment variable that sets it
+ENV_OF_KEYWORD = {
     "host": "PGHOST",
     "hostaddr": "PGHOSTADDR",
     "port": "PGPORT",
@@ -163,7 +164,7 @@ def parse_database_url(url: str, *, source: str = "DATABASE_URL") -> DatabaseUrl
             f"{source} is not a valid PostgreSQL URL ({str(exc).strip()}).",
             "Set it like postgresql://user:password@host:5432/dbname in .env or the environment.",
         ) from None
-    env = {var: str(values[key]) for key, var in _ENV_OF_KEYWORD.items() if values.get(key) not in (None, "")}
+    env = {var: str(values[key]) for key, var in ENV_OF_KEYWORD.items() if values.get(key) not in (None, "")}
     # libpq waits forever for a host that drops packets: psql, pg_dump and pg_restore give up after
     # CONNECT_TIMEOUT seconds unless the URL says otherwise
     env.setdefault("PGCONNECT_TIMEOUT", str(CONNECT_TIMEOUT))

@@ -52,20 +52,28 @@ def _operator(work: Path, servers: list[SshServer], patch: Path) -> Path:
     return operator
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds spent by the whole machine so far (every process: the client, the sshd
-    processes, the Python runs on the "hosts"), from ``/proc/stat`` (all but idle and iowait)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def own_cpu_seconds(sshd_pids: list[int]) -> float:
+    """CPU seconds spent so far by the bench's own processes only, not by other jobs on the machine:
+    this process's waited-for children (the client ``inv deploy`` and everything it ran, through
+    ``getrusage(RUSAGE_CHILDREN)``) and the sshd listeners with every session, command and Python run
+    on the "hosts" they reaped (``/proc/<pid>/stat`` utime, stime, cutime, cstime)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    for pid in sshd_pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return total
 
 
 def measure_upload(
     patch: Path, work: Path, repeat: int, inv: list[str], run: Callable[[list[str]], tuple[float, int]]
 ) -> tuple[list[float], list[float], list[float]]:
     """Seconds of ``inv deploy --upload-only`` to three hosts (``--parallel 3``) and to one host,
-    ``repeat`` samples each, interleaved, and the CPU seconds the whole machine spent on each
-    one-host sample (:func:`busy_cpu_seconds`); ``run`` runs a command in a fresh process and
+    ``repeat`` samples each, interleaved, and the CPU seconds the bench's own processes (client,
+    sshd and the hosts' commands; not other jobs) spent on each one-host sample
+    (:func:`own_cpu_seconds`); ``run`` runs a command in a fresh process and
     returns (seconds, peak RSS)."""
     servers: list[SshServer] = []
     try:
@@ -92,10 +100,11 @@ def measure_upload(
         for index in range(repeat):
             order = [(three, HOSTS), (one, HOSTS[:1])]
             for samples, hosts in order if index % 2 == 0 else reversed(order):
-                before = busy_cpu_seconds()
+                listeners = [server.pid for server in servers]
+                before = own_cpu_seconds(listeners)
                 samples.append(deploy(*hosts)[0])
                 if len(hosts) == 1:
-                    cpu_one.append(busy_cpu_seconds() - before)
+                    cpu_one.append(own_cpu_seconds(listeners) - before)
         return three, one, cpu_one
     finally:
         for server in servers:

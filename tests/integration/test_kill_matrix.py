@@ -23,7 +23,8 @@ The trials are planned up front from the seed (:func:`_plan`: which action, how,
 which fraction, whether its recovery is killed and when) and run in :data:`CHUNKS` slices, each on
 its own install and its own xdist worker (an even number of trials each, so every slice alternates
 apply and rollback from the old version): the plan, and so the coverage of every part, is the same
-as one long run's, in a third of the wall time.
+as one long run's, in a third of the wall time. ``make test`` runs the first slice (ten trials,
+five of each action, aimed at distinct parts); ``nox -s stress`` runs the other two.
 
 ``KILL_MATRIX_SEED`` and ``KILL_MATRIX_TRIALS`` change the seed and the number of trials.
 """
@@ -232,12 +233,17 @@ def _run_recovery(install: Install, kill_after: float | None, how: str) -> tuple
     return " ".join(args[:1]), killed
 
 
+def _slice_marks(chunk: int) -> list[pytest.MarkDecorator]:
+    """Slice 0 runs in ``make test``; the others are ``stress`` (``nox -s stress``): each slice is
+    about four minutes of one worker, and make test's 8-minute budget holds one."""
+    group = pytest.mark.xdist_group(f"kill-matrix-{chunk}")
+    return [group] if chunk == 0 else [group, pytest.mark.stress]
+
+
 @pytest.mark.parametrize(
     "chunk",
     [  # a slice a small KILL_MATRIX_TRIALS leaves empty is not collected (never a skipped test)
-        pytest.param(c, marks=pytest.mark.xdist_group(f"kill-matrix-{c}"))
-        for c in range(CHUNKS)
-        if _chunk(_plan(SEED, TRIALS), c)
+        pytest.param(c, marks=_slice_marks(c)) for c in range(CHUNKS) if _chunk(_plan(SEED, TRIALS), c)
     ],
 )
 def test_random_instant_kills_end_exactly_old_or_new(

@@ -578,6 +578,12 @@ class SshServer:
             *command,
         ]
 
+    @property
+    def pid(self) -> int:
+        """The sshd listener's pid (its sessions are its children)."""
+        assert self._proc is not None, "sshd is not running"
+        return self._proc.pid
+
     def drop(self) -> None:
         """Kill this sshd and every process serving its connections (SIGKILL), as a crashed or
         unplugged server would: clients see their connections break. Processes that left those

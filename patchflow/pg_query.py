@@ -1,0 +1,78 @@
+"""Read-only queries of a URL-mode database in this process (libpq through psycopg), not through a
+``psql`` process.
+
+An apply asks the database 20 to 50 small questions (the migration history, the database's
+properties, the sessions and locks): as ``psql -A -t -c`` processes each costs a fork, an exec and
+a libpq start-up, about 40 ms of CPU; here it is one connection and one round trip. The answer has
+the shape ``psql -A -t`` gives (:func:`text_rows`): every value as PostgreSQL's text output
+(``t``/``f`` for booleans), ``""`` for NULL, so callers do not change.
+
+The connection gets exactly what psql would: the PG* variables of the run's environment, then
+those of the target (from ``DATABASE_URL``), the database and ``application_name``; the
+statement timeout plays psql's process timeout. :func:`ping_url` is the readiness probe's
+``SELECT 1``. Compose mode (psql inside the database's
+container) and scripts (``psql -f``) keep psql.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from patchflow.errors import DatabaseError
+from patchflow.pg_target import APP_NAME, ENV_OF_KEYWORD, PgTarget
+
+
+def connection_keywords(
+    target: PgTarget, environ: Mapping[str, str], *, database: str | None, app: str
+) -> dict[str, str]:
+    """libpq keywords for ``target`` as psql run with ``environ`` would see them: the PG* variables
+    of ``environ``, overridden by the target's (its URL), then ``dbname`` and ``application_name``."""
+    keywords = {kw: environ[var] for kw, var in ENV_OF_KEYWORD.items() if environ.get(var)}
+    keywords.update({kw: target.local_env[var] for kw, var in ENV_OF_KEYWORD.items() if target.local_env.get(var)})
+    keywords["dbname"] = database or target.dbname
+    keywords["application_name"] = app
+    return keywords
+
+
+def ping_url(target: PgTarget) -> None:
+    """Connect to a URL target (5 s connect timeout) and run ``SELECT 1``.
+
+    Raises:
+        psycopg.OperationalError: the connection failed.
+    """
+    import psycopg
+
+    with psycopg.connect(target.conninfo, connect_timeout=5, autocommit=True, application_name=APP_NAME) as conn:
+        conn.execute("SELECT 1")
+
+
+def text_rows(
+    target: PgTarget, environ: Mapping[str, str], sql: str, *, database: str | None, app: str, timeout: float
+) -> list[list[str]]:
+    """Run ``sql`` (one statement, or several whose last one answers) and return its rows as lists
+    of text values, NULL as ``""`` (what ``psql -A -t`` prints); ``timeout`` in seconds bounds the
+    statement.
+
+    Raises:
+        DatabaseError: the connection failed or the server refused the statement (PostgreSQL's
+            message; the hint names the target).
+    """
+    import psycopg
+    from psycopg import pq
+
+    keywords = connection_keywords(target, environ, database=database, app=app)
+    keywords["options"] = f"{keywords.get('options', '')} -c statement_timeout={max(1, int(timeout * 1000))}".strip()
+    try:
+        with psycopg.connect(autocommit=True, **keywords) as conn:  # type: ignore[arg-type]
+            result = conn.pgconn.exec_(sql.encode("utf-8"))
+            if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+                raise DatabaseError(
+                    f"The database query failed: {result.error_message.decode('utf-8', 'replace').strip()}",
+                    f"Target: {target.describe()}.",
+                )
+            return [
+                [(result.get_value(row, col) or b"").decode("utf-8") for col in range(result.nfields)]
+                for row in range(result.ntuples)
+            ]
+    except psycopg.Error as exc:
+        raise DatabaseError(f"The database query failed: {str(exc).strip()}", f"Target: {target.describe()}.") from None
