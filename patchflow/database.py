@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from patchflow.commands import postgres as pg
+from patchflow.db_settings import copy_database_settings
 from patchflow.digests import file_digest
 from patchflow.errors import BackupError, CommandError, DatabaseError
 from patchflow.pg_query import ping_url, text_rows
@@ -481,7 +482,7 @@ class Database:
         try:
             self._restore_into(dump, restoring, superuser)
             self._check_restored(dump, restoring)
-            self._copy_database_settings(live, restoring)
+            copy_database_settings(self, live, restoring)
             self._swap(live, restoring, displaced)
         except BaseException:  # any exit, an interrupt too: the half-restored copy is dropped; re-raised
             self.execute_quietly(f"DROP DATABASE IF EXISTS {pg.quote_ident(restoring)} WITH (FORCE)")
@@ -540,29 +541,6 @@ class Database:
                 f"The restored copy {database} lacks table(s) {', '.join(missing[:10])} of the dump.",
                 "The live database was not touched; check the dump and pg_restore's version.",
             )
-
-    def _copy_database_settings(self, live: str, restoring: str) -> None:
-        """Give the copy the live database's own settings (``ALTER DATABASE ... SET``) and comment,
-        which a dump restored into an existing database does not carry."""
-        rows = self.query(
-            "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-            f"WHERE d.datname = {pg.quote_literal(live)} AND s.setrole = 0",
-            database="postgres",
-            admin=True,
-        )
-        statements = []
-        for (setting,) in rows:
-            name, _, value = setting.partition("=")
-            statements.append(f"ALTER DATABASE {pg.quote_ident(restoring)} SET {name} = {pg.quote_literal(value)};")
-        comment = self.query(
-            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = {pg.quote_literal(live)}",
-            database="postgres",
-            admin=True,
-        )
-        if comment and comment[0][0]:
-            statements.append(f"COMMENT ON DATABASE {pg.quote_ident(restoring)} IS {pg.quote_literal(comment[0][0])};")
-        if statements:
-            self.run_script("\n".join(statements) + "\n", what="database settings", admin=True, database="postgres")
 
     def _swap(self, live: str, restoring: str, displaced: str, attempts: int = 5) -> None:
         swap = (

@@ -39,6 +39,7 @@ from typing import TypedDict
 from patchflow.backup import Backup
 from patchflow.commands import postgres as pg
 from patchflow.database import DISPLACED_MARK, Database, DumpInfo, derived_name
+from patchflow.db_settings import copy_database_settings
 from patchflow.errors import DatabaseError
 from patchflow.lifecycle.journal import utc_now, write_json_atomic
 from patchflow.paths import ProjectPaths
@@ -320,7 +321,7 @@ def restore_from_snapshot(
             f"The live database {live} is unchanged; restore it from the backup's dump (rollback-patch).",
         )
     log(f"   putting the snapshot {name} back in place of {live}")
-    database._copy_database_settings(live, name)
+    copy_database_settings(database, live, name)
     database._swap(live, name, displaced)
     log(f"   database {live} is the snapshot again; the displaced one is kept as {displaced}")
     return displaced
