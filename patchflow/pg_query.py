@@ -8,15 +8,19 @@ the shape ``psql -A -t`` gives (:func:`text_rows`): every value as PostgreSQL's 
 (``t``/``f`` for booleans), ``""`` for NULL, so callers do not change.
 
 The connection gets exactly what psql would: the PG* variables of the run's environment, then
-those of the target (from ``DATABASE_URL``), the database and ``application_name``; the
-statement timeout plays psql's process timeout. :func:`ping_url` is the readiness probe's
+those of the target (from ``DATABASE_URL``), the database and ``application_name``, and no
+startup ``options`` (a pooler such as PgBouncer refuses them); a client-side deadline, which
+cancels the query on the server, plays psql's process timeout. :func:`ping_url` is the readiness probe's
 ``SELECT 1``. Compose mode (psql inside the database's
 container) and scripts (``psql -f``) keep psql.
 """
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Mapping
+from typing import Any
 
 from patchflow.errors import DatabaseError
 from patchflow.pg_target import APP_NAME, ENV_OF_KEYWORD, PgTarget
@@ -61,18 +65,46 @@ def text_rows(
     from psycopg import pq
 
     keywords = connection_keywords(target, environ, database=database, app=app)
-    keywords["options"] = f"{keywords.get('options', '')} -c statement_timeout={max(1, int(timeout * 1000))}".strip()
     try:
         with psycopg.connect(autocommit=True, **keywords) as conn:  # type: ignore[arg-type]
-            result = conn.pgconn.exec_(sql.encode("utf-8"))
-            if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-                raise DatabaseError(
-                    f"The database query failed: {result.error_message.decode('utf-8', 'replace').strip()}",
-                    f"Target: {target.describe()}.",
-                )
+            result = _answer(conn, sql, timeout)
+            if result is None or result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+                error = result.error_message.decode("utf-8", "replace").strip() if result is not None else "no result"
+                raise DatabaseError(f"The database query failed: {error}", f"Target: {target.describe()}.")
             return [
                 [(result.get_value(row, col) or b"").decode("utf-8") for col in range(result.nfields)]
                 for row in range(result.ntuples)
             ]
     except psycopg.Error as exc:
         raise DatabaseError(f"The database query failed: {str(exc).strip()}", f"Target: {target.describe()}.") from None
+
+
+def _answer(conn: Any, sql: str, timeout: float) -> Any:
+    """Send ``sql`` and wait for its results, at most ``timeout`` seconds (then cancel it on the
+    server); returns the last result (``pq.PGresult``, None when there was none).
+
+    The deadline is kept here, not by a ``statement_timeout`` startup option: a pooler in front
+    of PostgreSQL (PgBouncer) refuses connections that send ``options``, and psql sent none.
+
+    Raises:
+        DatabaseError: no answer within ``timeout``.
+    """
+    pgconn = conn.pgconn
+    pgconn.send_query(sql.encode("utf-8"))
+    deadline = time.monotonic() + timeout
+    while True:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            conn.cancel()
+            raise DatabaseError(
+                f"The database did not answer a query within {timeout:g} s (it was cancelled).",
+                "A lock held by another session, or a server under load; see pg_stat_activity and run again.",
+            )
+        select.select([pgconn.socket], [], [], min(remaining, 1.0))
+    last = None
+    while (result := pgconn.get_result()) is not None:
+        last = result
+    return last

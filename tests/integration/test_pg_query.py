@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from support.installs import wait_until
 from support.services import PostgresCluster, refusing_port
 
 from patchflow.database import Database
 from patchflow.errors import DatabaseError
-from patchflow.pg_query import connection_keywords
+from patchflow.pg_query import connection_keywords, text_rows
 from patchflow.pg_target import PgTarget, find_pg_bindir, parse_database_url
 from patchflow.runner import LocalRunner
 
@@ -102,3 +103,21 @@ def test_the_connection_takes_the_runs_environment_under_the_urls_values(pg_clus
     assert keywords["host"] == "db.internal" and keywords["port"] == "6543" and keywords["sslmode"] == "require"
     assert keywords["dbname"] == "copy_db" and keywords["application_name"] == "patchflow-test"
     assert "schema" not in keywords and "HOME" not in keywords
+
+
+def test_no_startup_options_are_sent_so_a_pooler_accepts_the_connection(
+    pg_cluster: PostgresCluster, dbname: str
+) -> None:
+    # PgBouncer refuses a connection whose startup packet carries ``options``; the server's
+    # default statement_timeout (0) shows none was sent
+    assert _database(pg_cluster.url(dbname)).query("SHOW statement_timeout") == [["0"]]
+
+
+def test_a_query_past_its_deadline_is_cancelled_on_the_server(pg_cluster: PostgresCluster, dbname: str) -> None:
+    db = _database(pg_cluster.url(dbname))
+    with pytest.raises(DatabaseError) as caught:
+        text_rows(db.target, {}, "SELECT pg_sleep(60)", database=None, app="pf-deadline-test", timeout=0.5)
+    assert "did not answer a query within 0.5 s" in caught.value.message
+    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pf-deadline-test';\n"
+    # the backend ends once it has seen the cancel and the closed connection: polled, with a deadline
+    wait_until(lambda: pg_cluster.psql("postgres", query).strip() == "0", 30, "the cancelled query to end")
