@@ -30,11 +30,13 @@ def connection_keywords(
     target: PgTarget, environ: Mapping[str, str], *, database: str | None, app: str
 ) -> dict[str, str]:
     """libpq keywords for ``target`` as psql run with ``environ`` would see them: the PG* variables
-    of ``environ``, overridden by the target's (its URL), then ``dbname`` and ``application_name``."""
+    of ``environ``, overridden by the target's (its URL), then ``dbname``, ``application_name`` and
+    ``client_encoding`` (UTF8 unless one was given)."""
     keywords = {kw: environ[var] for kw, var in ENV_OF_KEYWORD.items() if environ.get(var)}
     keywords.update({kw: target.local_env[var] for kw, var in ENV_OF_KEYWORD.items() if target.local_env.get(var)})
     keywords["dbname"] = database or target.dbname
     keywords["application_name"] = app
+    keywords.setdefault("client_encoding", "UTF8")  # as psql under a UTF-8 locale: values come as UTF-8
     return keywords
 
 
@@ -72,7 +74,7 @@ def text_rows(
                 error = result.error_message.decode("utf-8", "replace").strip() if result is not None else "no result"
                 raise DatabaseError(f"The database query failed: {error}", f"Target: {target.describe()}.")
             return [
-                [(result.get_value(row, col) or b"").decode("utf-8") for col in range(result.nfields)]
+                [(result.get_value(row, col) or b"").decode("utf-8", "replace") for col in range(result.nfields)]
                 for row in range(result.ntuples)
             ]
     except psycopg.Error as exc:

@@ -121,3 +121,16 @@ def test_a_query_past_its_deadline_is_cancelled_on_the_server(pg_cluster: Postgr
     query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pf-deadline-test';\n"
     # the backend ends once it has seen the cancel and the closed connection: polled, with a deadline
     wait_until(lambda: pg_cluster.psql("postgres", query).strip() == "0", 30, "the cancelled query to end")
+
+
+def test_a_latin1_database_answers_in_utf8_as_psql_did(pg_cluster: PostgresCluster) -> None:
+    name = f"pf_latin1_{uuid.uuid4().hex[:8]}"
+    pg_cluster.psql(
+        "postgres", f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C';\n"
+    )
+    try:
+        pg_cluster.psql(name, "SET client_encoding = 'UTF8';\nCREATE TABLE \"Café\" (id int);\n")
+        rows = _database(pg_cluster.url(name)).query("SELECT relname FROM pg_class WHERE relname LIKE 'Caf%'")
+        assert rows == [["Café"]]
+    finally:
+        pg_cluster.drop_database(name)
