@@ -35,8 +35,7 @@ from patchflow.lifecycle.steps import (
     checked_specs,
     describe_failure,
     held_back,
-    interruptible,
-    run_forward,
+    run_to_the_end,
     run_undo,
     undo_plan,
 )
@@ -84,18 +83,15 @@ class ApplyRun(PrepareSteps, ChangeSteps):
         if self.options.dry_run:
             steps = steps[:2]
         try:
-            with interruptible():
-                run_forward(
-                    steps,
-                    lambda: self.journal,
-                    log=self.ctx.log,
-                    faults=self.ctx.settings.faults,
-                    on_done=self._done,
-                    progress=self.ctx.progress,
-                )
-                if self.journal is not None:
-                    self.journal.clear()
-                    self.ctx.settings.faults.checkpoint("release")
+            run_to_the_end(
+                steps,
+                lambda: self.journal,
+                log=self.ctx.log,
+                faults=self.ctx.settings.faults,
+                on_done=self._done,
+                progress=self.ctx.progress,
+                cleared_checkpoint="release",
+            )
         except StopPipeline as stop:
             self._finish_quietly()
             self.ctx.log(str(stop))

@@ -58,8 +58,7 @@ from patchflow.lifecycle.steps import (
     checked_specs,
     describe_failure,
     held_back,
-    interruptible,
-    run_forward,
+    run_to_the_end,
 )
 from patchflow.lock import InstallLock
 from patchflow.preconditions import check_rollback_access
@@ -491,17 +490,14 @@ class RollbackRun:
         """
         steps = self.steps()
         try:
-            with interruptible():
-                run_forward(
-                    steps,
-                    lambda: self.journal,
-                    log=self.ctx.log,
-                    faults=self.ctx.settings.faults,
-                    on_done=self._done,
-                    progress=self.ctx.progress,
-                )
-                if self.journal is not None:
-                    self.journal.clear()
+            run_to_the_end(
+                steps,
+                lambda: self.journal,
+                log=self.ctx.log,
+                faults=self.ctx.settings.faults,
+                on_done=self._done,
+                progress=self.ctx.progress,
+            )
         except StopPipeline:
             assert self.result is not None
             return self.result

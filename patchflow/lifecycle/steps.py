@@ -255,6 +255,32 @@ def run_forward(
                 after_no_return.enter_context(held_back(log))
 
 
+def run_to_the_end(
+    steps: Sequence[Step],
+    journal: Callable[[], Journal | None],
+    *,
+    log: Callable[[str], None],
+    faults: FaultHooks = NO_FAULTS,
+    on_done: Callable[[Step, float], None] | None = None,
+    progress: Reporter = QUIET,
+    cleared_checkpoint: str | None = None,
+) -> None:
+    """:func:`run_forward` under :func:`interruptible` (SIGTERM and SIGHUP raise :class:`Interrupted`
+    like Ctrl+C), then clear the journal: the run finished, nothing is left to recover. The fault
+    hook ``cleared_checkpoint`` (when given) fires right after the clear.
+
+    Raises:
+        BaseException: whatever a step raised, or :class:`Interrupted`; the journal is then kept.
+    """
+    with interruptible():
+        run_forward(steps, journal, log=log, faults=faults, on_done=on_done, progress=progress)
+        current = journal()
+        if current is not None:
+            current.clear()
+            if cleared_checkpoint:
+                faults.checkpoint(cleared_checkpoint)
+
+
 def _run_one(
     step: Step,
     journal: Callable[[], Journal | None] | None,

@@ -335,6 +335,10 @@ def host_facts(
     from patchflow.status import collect_status
 
     paths = ProjectPaths.from_settings(settings)
+    # the runs are read before the lock (in the status): a run that ends between the two reads is then
+    # seen running beside a free lock (deploy attaches and reads its exit code), never ended beside its
+    # lock still held (deploy would refuse the operator's own run as someone else's)
+    runs = _runs(paths)
     status = collect_status(settings, history_limit=history)
     tools = required_tools(settings, paths)
     return {
@@ -361,7 +365,7 @@ def host_facts(
         "missing": [f"{t['name']} (needed by {t['purpose']})" for t in tools if not t["found"]],
         "status": status,
         "health": _health(settings, status["installed_version"]) if health else None,
-        "runs": _runs(paths),
+        "runs": runs,
         "upload": _upload_state(paths, version) if version is not None else None,
         "installed_tree_sha256": installed_tree_sha256(paths) if version is not None else None,
         "journal": journal_facts(paths),

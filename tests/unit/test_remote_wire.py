@@ -177,3 +177,35 @@ def test_host_facts_sends_every_key_the_document_declares(tmp_path: Path) -> Non
     facts = HostFacts.from_json(json.loads(json.dumps(document)))
     assert facts.reads_delta_bases and facts.root == str(tmp_path.resolve())
     assert facts.upload == {"final": None, "partial": {}}
+
+
+def test_host_facts_reads_the_runs_before_the_lock_so_a_run_ending_between_them_is_seen_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that ends while the facts are gathered (its exit code written during the status read,
+    which reads the lock) is reported running: deploy then attaches to it and reads its outcome,
+    instead of seeing a held lock beside no run of its own and refusing the operator's own run."""
+    import os
+
+    import patchflow.status
+
+    settings = load_settings(tmp_path, environ={"PATH": "/usr/bin:/bin"})
+    paths = ProjectPaths.from_settings(settings)
+    folder = deploys_dir(paths)
+    folder.mkdir(parents=True)
+    run = RunRecord(
+        "ends", "apply", "2.3.0", str(folder / "ends.log"), str(folder / "ends.pid"), str(folder / "ends.exit"),
+        "ops@laptop", "2025-03-01T10:00:00.000000Z", ("python3", "-m", "patchflow"), from_version="2.2.0",
+    )  # fmt: skip
+    (folder / "ends.json").write_text(json.dumps(run.to_json()), encoding="utf-8")
+    (folder / "ends.pid").write_text(f"{os.getpid()}\n", encoding="utf-8")
+    real = patchflow.status.collect_status
+
+    def status_while_the_run_ends(*args: object, **kwargs: object) -> object:
+        (folder / "ends.exit").write_text("0\n", encoding="utf-8")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(patchflow.status, "collect_status", status_while_the_run_ends)
+    facts = HostFacts.from_json(json.loads(json.dumps(host_facts(settings))))
+    assert [(r.record.id, r.state) for r in facts.runs] == [("ends", "running")]
+    assert [(r.record.id, r.state) for r in HostFacts.from_json(host_facts(settings)).runs] == [("ends", "exited")]
