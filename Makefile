@@ -19,7 +19,7 @@ PF_TAIL = $(call PF_OPT,TAIL,--tail)
 .DEFAULT_GOAL := help
 .PHONY: help patch-status create-patch verify-patch apply-patch rollback-patch prune-backups preflight init \
         baseline-migrations resolve-migration rehearse \
-        deploy demo demo-compose test logs ps up down restart
+        deploy demo demo-compose test test-slow logs ps up down restart
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 	@scripts/bootstrap.sh
@@ -87,5 +87,8 @@ demo: $(VENV)/.installed ## init a PrimeFlow-shaped checkout, then create/apply/
 demo-compose: $(VENV)/.installed ## the demo on the example's docker compose stack
 	@$(INV) demo --compose
 
-test: $(VENV)/.installed ## install what the tests need, then run unit + integration tests
+test: $(VENV)/.installed ## install what the tests need, then run unit + integration tests (within 8 minutes)
 	@$(INV) test
+
+test-slow: $(VENV)/.installed ## the slow tier: further variants of what make test covers (CI runs both)
+	@$(INV) test --slow

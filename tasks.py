@@ -33,19 +33,27 @@ def demo(c: Context, compose: bool = False) -> None:
         raise Exit("demo failed", code=1)
 
 
-@task(auto_shortflags=False, help={"pytest_args": "extra arguments for pytest (e.g. '-k apply -x')"})
-def test(c: Context, pytest_args: str = "") -> None:
-    """Install and start what the tests need, then run the unit and integration tests (make test)."""
+@task(
+    auto_shortflags=False,
+    help={
+        "pytest_args": "extra arguments for pytest (e.g. '-k apply -x')",
+        "slow": "run the slow tier instead (tests/slow_tier.txt: further variants; CI runs both)",
+    },
+)
+def test(c: Context, pytest_args: str = "", slow: bool = False) -> None:
+    """Install and start what the tests need, then run the unit and integration tests (make test);
+    with --slow the slow tier (make test-slow)."""
     c.run(f"{TOOL_ROOT}/scripts/ensure-system.sh --for test --venv {TOOL_ROOT}/.venv", pty=False)
     # three workers on a 2-core machine: the tests wait on services (PostgreSQL, node, docker, sshd)
-    # more than they compute (about 55% CPU with two); tests sharing a compose stack stay on one worker.
-    # --no-loadscope-reorder: hand out work in the order tests/conftest.py sorts it (the long groups
-    # first, one per worker, the short tests after to fill the gaps), not biggest group first
-    # (which queues the kill matrix's slices behind each other on one worker)
+    # for about a third of their time (about 0.7 of a core each); tests sharing a compose stack stay
+    # on one worker. --no-loadscope-reorder: hand out work in the order tests/conftest.py sorts it
+    # (the long groups first, one per worker, the short tests after to fill the gaps), not biggest
+    # group first (which queues the kill matrix's slices behind each other on one worker)
     workers = os.environ.get("TEST_WORKERS", "3")
+    tier = "-m 'slow and not stress' " if slow else ""
     result = c.run(
         f"cd {TOOL_ROOT} && {sys.executable} -m pytest -n {workers} --dist loadgroup --no-loadscope-reorder "
-        f"{pytest_args}",
+        f"{tier}{pytest_args}",
         warn=True,
         pty=False,
     )

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import pytest
 from support.missing import missing_service
 from support.services import PostgresCluster, SshServer, docker_available, shared_tempdir
+from support.tiers import SlowTier
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -32,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(var, None)
     if not hasattr(config, "workerinput"):  # once, in the controller (not in each xdist worker)
         _compile_patchflow()
+    config.pluginmanager.register(SlowTier(), "patchflow-slow-tier")
 
 
 def _compile_patchflow() -> None:

@@ -23,8 +23,8 @@ The trials are planned up front from the seed (:func:`_plan`: which action, how,
 which fraction, whether its recovery is killed and when) and run in :data:`CHUNKS` slices, each on
 its own install and its own xdist worker (an even number of trials each, so every slice alternates
 apply and rollback from the old version): the plan, and so the coverage of every part, is the same
-as one long run's, in a third of the wall time. ``make test`` runs the first slice (ten trials,
-five of each action, aimed at distinct parts); ``nox -s stress`` runs the other two.
+as one long run's. ``make test`` runs the first slice (four trials, two of each action, aimed at
+distinct parts), ``make test-slow`` (and CI) the second, ``nox -s stress`` the other five.
 
 ``KILL_MATRIX_SEED`` and ``KILL_MATRIX_TRIALS`` change the seed and the number of trials.
 """
@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.integration]
 
 SEED = int(os.environ.get("KILL_MATRIX_SEED", "20261129"))
 TRIALS = int(os.environ.get("KILL_MATRIX_TRIALS", "28"))
-CHUNKS = 3
+CHUNKS = 7
 BULK_FILES = 600
 SLOW_MIGRATION = """-- a slow migration: the migrate step takes measurable time
 SELECT pg_sleep(0.4);
@@ -234,10 +234,11 @@ def _run_recovery(install: Install, kill_after: float | None, how: str) -> tuple
 
 
 def _slice_marks(chunk: int) -> list[pytest.MarkDecorator]:
-    """Slice 0 runs in ``make test``; the others are ``stress`` (``nox -s stress``): each slice is
-    about four minutes of one worker, and make test's 8-minute budget holds one."""
+    """Slice 0 runs in ``make test``, slice 1 in ``make test-slow``, the others are ``stress`` (``nox
+    -s stress``): each slice is about a minute of one worker, and make test's 8-minute budget on two
+    cores holds one beside everything else."""
     group = pytest.mark.xdist_group(f"kill-matrix-{chunk}")
-    return [group] if chunk == 0 else [group, pytest.mark.stress]
+    return [group, *([pytest.mark.slow] if chunk == 1 else [pytest.mark.stress] if chunk > 1 else [])]
 
 
 @pytest.mark.parametrize(

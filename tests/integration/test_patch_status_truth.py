@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from support.exact import NEW, OLD, assert_exactly_old
 from support.installs import Install, InstallTemplate, free_port, inv_popen, wait_until
-from support.installs import status_json as _status_json
+from support.installs import cli_status_json as _status_json
 from support.status_schema import assert_matches_readme
 
 pytestmark = pytest.mark.integration

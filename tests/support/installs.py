@@ -349,7 +349,23 @@ def build_release(
 
 
 def status_json(install: Install, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``inv patch-status --json`` of the install, parsed."""
+    """What ``inv patch-status --json`` of the install prints, parsed: the same report
+    (:func:`patchflow.status.collect_status` of the install's settings, with this process's
+    environment and ``env`` on top), made in this process through a JSON round trip. An ``inv``
+    process costs about half a second of CPU to start, and the crash tests read the status after
+    every kill; the command line itself is tested in tests/e2e (``patch-status --json``)."""
+    import json
+
+    from patchflow.config import load_settings
+    from patchflow.status import collect_status
+
+    settings = load_settings(install.root, environ={**os.environ, **(env or {})})
+    data: dict[str, Any] = json.loads(json.dumps(collect_status(settings, history_limit=10), ensure_ascii=False))
+    return data
+
+
+def cli_status_json(install: Install, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``inv patch-status --json`` of the install run as a command (no terminal), parsed."""
     import json
 
     done = install.inv("patch-status", "--json", env=env)
