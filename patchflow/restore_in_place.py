@@ -19,6 +19,8 @@ can do is replace the contents of the database it owns, so :func:`restore_in_pla
    its standard comment; the dump then sets its owner, grants and comment), drop the role's own
    objects in the schemas it does not own, its extensions and large objects; replay the dump;
    check that the tables are exactly the dump's (none missing, none the dump lacks), and commit.
+   A deferred foreign key between two temporary tables makes the commit fail unless the script's
+   last statement ran, so a script cut short (psql commits at the end of its input) never commits.
 
 Any error, a kill of patchflow or of psql at any instant, or a server crash rolls the whole
 transaction back: the database is exactly as before the restore, or (once committed) exactly the
@@ -48,6 +50,7 @@ METHODS = (BESIDE, IN_PLACE)
 DISPLACED_DUMP = "displaced-{stamp}.dump"
 SCRIPT = ".restore-{stamp}.sql"
 MARK = "-- patchflow: schemas emptied; the dump follows"
+GUARD = "patchflow_restore_guard"  # temporary tables: the commit needs the script's last statement
 LOCK_TIMEOUT = 60  # seconds a statement of the restore waits for a lock another session holds
 SESSIONS_GONE = 30.0  # seconds to wait for the sessions ended to go
 _USER_SCHEMA = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
@@ -110,6 +113,12 @@ def in_place_problems(database: Database) -> list[str]:
             f"role {role} may not create databases (no CREATEDB) and does not own database {live} (the restore "
             f"replaces its contents in place, which only its owner may do; it is owned by {props['owner']})"
         ]
+    problems: list[str] = []
+    if database.query("SELECT has_database_privilege(current_database(), 'TEMPORARY')", admin=True) != [["t"]]:
+        problems.append(
+            f"role {role} may not create temporary tables in database {live} (the restore's guard against a "
+            f"half-run script is one): GRANT TEMPORARY ON DATABASE {live} TO {role}"
+        )
     replaced = _replaced(_server_version(database) >= 150000)
     rows = database.query(
         "WITH objects AS ("
@@ -127,7 +136,6 @@ def in_place_problems(database: Database) -> list[str]:
         "ELSE NOT pg_catalog.pg_has_role(o.owner, 'USAGE') END ORDER BY 1, 4 LIMIT 50",
         admin=True,
     )
-    problems: list[str] = []
     for schema in dict.fromkeys(row[0] for row in rows):
         mine = [row for row in rows if row[0] == schema]
         named = ", ".join(f"{row[3]} (owned by {row[4]})" for row in mine[:5]) + (" ..." if len(mine) > 5 else "")
@@ -269,6 +277,11 @@ SET LOCAL idle_in_transaction_session_timeout = 0;
 SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s';
 SET LOCAL client_min_messages = warning;
 {check_interval}SET LOCAL search_path = pg_catalog;
+-- the commit fails unless the script's last statement ran: a script cut short never commits half a restore
+CREATE TEMPORARY TABLE {GUARD}_done (done integer PRIMARY KEY) ON COMMIT DROP;
+CREATE TEMPORARY TABLE {GUARD} (done integer REFERENCES pg_temp.{GUARD}_done DEFERRABLE INITIALLY DEFERRED)
+  ON COMMIT DROP;
+INSERT INTO pg_temp.{GUARD} VALUES (1);
 DO $patchflow$
 DECLARE
   item record;
@@ -316,6 +329,7 @@ BEGIN
   END IF;
 END
 $patchflow$;
+INSERT INTO pg_temp.{GUARD}_done VALUES (1);
 """
 
 

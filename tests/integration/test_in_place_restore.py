@@ -275,3 +275,70 @@ def test_a_role_without_createdb_that_does_not_own_the_database_is_refused_befor
         assert "Nothing was stopped or changed" in flat and "-> stop" not in flat, flat
     _exactly_old(install, before, owner="postgres")
     assert len(history(install)) == runs
+
+
+def test_what_an_in_place_restore_could_not_undo_is_refused_before_anything_stops(
+    owner_install: Install, tmp_path: Path
+) -> None:
+    """Objects of another role where the restore replaces the schema, or in a schema it keeps, and
+    an extension it would drop and may not create again: each named, before anything stops."""
+    install = owner_install
+    install.cluster.psql(
+        install.dbname,
+        'CREATE TABLE public."Legacy" (id integer);\nCREATE SCHEMA adm;\nCREATE TABLE adm.settings (id integer);\n'
+        "CREATE EXTENSION pg_buffercache;\n",
+    )
+    install.release(tmp_path, NEW)
+    before = _state(install)
+    refused = install.inv(*APPLY, "--dry-run")
+    assert refused.returncode == 1, _out(refused)
+    flat = _flat(refused)
+    assert "could not be restored in place (its role may not create databases) if the apply failed" in flat, flat
+    assert (
+        f"schema public, which the in-place restore replaces, holds Legacy (owned by postgres): role {ROLE} may not "
+        "give them back to their owner"
+    ) in flat, flat
+    assert f"schema adm (owned by postgres, not by role {ROLE}) holds settings (owned by postgres)" in flat, flat
+    assert f"extension(s) pg_buffercache would be dropped with the schema holding them and role {ROLE} may not" in flat
+    assert "make it the owner of the database and of what it holds" in flat and "Nothing was stopped" in flat, flat
+    _exactly_old(install, before)
+
+
+def test_a_restore_script_cut_short_never_commits_and_the_recovery_restores_again(
+    owner_install: Install, tmp_path: Path
+) -> None:
+    """psql's input ends right after the emptying statements (a wrapper cuts it): psql commits at
+    the end of its input, and the restore's guard makes that commit fail, so the database stays
+    exactly the migrated one (the dump the restore kept of it, compared in full); the automatic
+    rollback stops there, saying so, and the recovery with the real psql ends exactly old."""
+    install = owner_install
+    cut = wrapped_pg_bindir(
+        tmp_path / "pgbin",
+        install.cluster.bindir,
+        "psql",
+        'case "$*" in *--single-transaction*)\n'
+        f'  awk \'{{ print }} index($0, "{MARK}") == 1 {{ exit }}\' | "$REAL" "$@"\n'
+        "  exit $? ;;\n"
+        "esac\n"
+        'exec "$REAL" "$@"\n',
+    )
+    set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(cut))
+    install.release(tmp_path, NEW, migration=MIGRATION, health_status=500)
+    before = _state(install)
+    done = install.inv(*APPLY, *FAST_HEALTH)
+    assert done.returncode == 4, _out(done)
+    flat = _flat(done)
+    assert "automatic rollback did not complete" in flat, flat
+    assert "failed and was rolled back, so the database is as it was" in flat and "violates foreign key" in flat, flat
+    [kept] = _kept_dumps(install, history(install)[-1]["backup"])
+    as_kept = subprocess.run(
+        [str(install.cluster.bin("pg_restore")), "--restrict-key=patchflowtest", "--file=-", str(kept)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert install.pg_dump() == as_kept, "exactly the migrated database"
+    assert install.sql('SELECT count(*) FROM "AuditLog"') == "1"
+    set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(install.cluster.bindir))
+    recover(install)
+    _exactly_old(install, before)

@@ -65,6 +65,10 @@ def test_the_script_empties_replays_and_checks_in_that_order() -> None:
     assert rest.lstrip("\n").startswith("\\i '/srv/app/backups/pre-patch-v2.3.0_x/it''s here.sql'\n")
     assert "ARRAY['public User app', 'public O''Brien app']::text[]" in rest
     assert "RAISE EXCEPTION 'patchflow: the restored tables are not the dump''s" in rest
+    # the commit needs the last statement: a script cut short fails its deferred foreign key
+    assert "REFERENCES pg_temp.patchflow_restore_guard_done DEFERRABLE INITIALLY DEFERRED" in emptied
+    assert "INSERT INTO pg_temp.patchflow_restore_guard VALUES (1);" in emptied
+    assert rest.endswith("$patchflow$;\nINSERT INTO pg_temp.patchflow_restore_guard_done VALUES (1);\n")
     older = in_place_script(Path("/b/s.sql"), [], 130010)
     assert "CREATE SCHEMA public" not in older, "before 15 public is kept, not replaced"
     assert "nspname <> 'public'" in older and "client_connection_check_interval" not in older
