@@ -309,6 +309,7 @@ class ChangeSteps(SnapshotSteps):
             wait=ctx.settings.db_wait_timeout,
             method=method,
         )
+        ctx.settings.faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
         journal.note(displaced_database=displaced)
 
     def start(self) -> None:

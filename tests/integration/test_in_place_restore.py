@@ -8,8 +8,10 @@ refuse; a failed apply and ``rollback-patch`` restore the dump in place, in one 
 (:mod:`patchflow.restore_in_place`), after keeping the live database as a dump in the backup
 folder. Every comparison is a full ``pg_dump`` (schema, owners, grants and rows: the schema-only
 dump is part of it). A kill while the restore's transaction is open leaves the database exactly as
-it was, and the recovery patch-status names ends the orphaned session and finishes the restore.
-A role that owns nothing is still refused before anything stops. Real PostgreSQL, real services.
+it was, and the recovery patch-status names ends the orphaned session and finishes the restore; a
+script cut short never commits; a kill after the commit is restored again, the first dump kept.
+A role that owns nothing, and what a restore in place could not undo, are refused before anything
+stops. Real PostgreSQL, real services.
 """
 
 from __future__ import annotations
@@ -342,3 +344,28 @@ def test_a_restore_script_cut_short_never_commits_and_the_recovery_restores_agai
     set_dotenv(install, "PATCHFLOW_PG_BINDIR", str(install.cluster.bindir))
     recover(install)
     _exactly_old(install, before)
+
+
+def test_killed_once_the_in_place_restore_committed_the_recovery_restores_again_and_keeps_the_first_dump(
+    owner_install: Install, tmp_path: Path
+) -> None:
+    """Killed after the commit, before the journal marks the undo done: the recovery restores in
+    place again (the method noted in the journal), keeps the dump of the migrated database the first
+    run took (never one of the restored database), and ends exactly old."""
+    install = owner_install
+    install.release(tmp_path, NEW, migration=MIGRATION, health_status=500)
+    before = _state(install)
+    done = install.inv(*APPLY, *FAST_HEALTH, env={"PATCHFLOW_TEST_KILL_AT": "database-restored"})
+    assert done.returncode in (-9, 137), _out(done)
+    assert install.sql("SELECT to_regclass('public.\"AuditLog\"') IS NULL") == "t", "committed: the old database"
+    journal = json.loads((install.root / ".patchflow" / "journal.json").read_text())
+    assert journal["notes"]["restore_method"] == "in-place", journal["notes"]
+    [kept] = _kept_dumps(install, journal["backup"])
+    first = kept.read_bytes()
+    ran = recover(install)
+    assert ran, "patch-status named a recovery"
+    log = (install.root / ".patchflow" / "logs" / "patchflow.log").read_text()
+    assert log.count(f"restoring the dump into {install.dbname} in place") == 2, "the recovery restored again"
+    _exactly_old(install, before)
+    assert _kept_dumps(install, journal["backup"]) == [kept] and kept.read_bytes() == first
+    assert "upgrade to 2.3.0" in _restore_of(install, kept, "AuditLog")
