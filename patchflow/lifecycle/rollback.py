@@ -388,7 +388,8 @@ class RollbackRun:
         restore_code(self._backup(), self.ctx.paths, log=self.ctx.log, progress=self.ctx.progress.files("restored"))
 
     def restore_database(self) -> None:
-        """Restore the database beside the live one and swap, when this rollback must."""
+        """Restore the database (beside the live one and swap, or in place: :func:`restore_database`)
+        when this rollback must; the method is noted first, so a recovery restores the same way."""
         ctx = self.ctx
         journal = self._journal()
         if not journal.notes.get("restore_database") or ctx.database is None:
@@ -406,6 +407,7 @@ class RollbackRun:
             wait=ctx.settings.db_wait_timeout,
             method=method,
         )
+        ctx.settings.faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
         journal.note(displaced_database=displaced)
 
     def _old_health(self) -> OldHealth:

@@ -167,10 +167,13 @@ def test_without_createdb_the_plan_names_the_fallback_and_apply_and_rollback_res
         'INSERT INTO "User" ("email", "name", "role", "updatedAt") '
         "VALUES ('late@primeflow.test', 'Late', 'MEMBER', now())"
     )
-    rolled = install.inv("rollback-patch", "--yes")
-    assert rolled.returncode == 0, _out(rolled)
-    flat = _flat(rolled)
-    assert f"restoring the dump into {install.dbname} in place" in flat, flat
+    # killed once its restore committed (the step not yet done): the recovery restores in place again
+    rolled = install.inv("rollback-patch", "--yes", env={"PATCHFLOW_TEST_KILL_AT": "database-restored"})
+    assert rolled.returncode in (-9, 137), _out(rolled)
+    assert f"restoring the dump into {install.dbname} in place" in _flat(rolled), _flat(rolled)
+    assert recover(install) == [f"rollback-patch --version {NEW} --break-lock --yes"]
+    log = (install.root / ".patchflow" / "logs" / "patchflow.log").read_text()
+    assert log.count(f"restoring the dump into {install.dbname} in place") == 3, "once by the failed apply's undo"
     _exactly_old(install, before)
     name = history(install)[-1]["backup"]
     [kept] = _kept_dumps(install, name)
