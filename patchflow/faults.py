@@ -11,7 +11,7 @@ not settings: no settings table or pyproject/host.toml key names them.
   SIGKILL) before (or after) the point: a step or undo name of a lifecycle list, or one of the
   points inside steps (``switch-file#<n>``, ``switch-file@<path>``, ``spawn-<service>:after``,
   ``release``, ``empty-trash``, ``journal-opened``, ``manifest-recorded``, ``receive-check``,
-  ``trash-deleter``).
+  ``trash-deleter``, ``snapshot-recorded``, ``snapshot-created``, ``database-restored``).
 * ``PATCHFLOW_TEST_UPLOAD_CUT=<bytes>``: deploy drops the SSH connection once that many bytes of an
   upload were sent (the resumable upload's tests).
 """

@@ -3,8 +3,10 @@ installed manifest and record) and database.
 
 Used by the undo steps of an apply (automatic rollback, recovery after a kill) and by the steps of
 rollback-patch. The database comes back from the backup's snapshot on the database server while it
-exists (:mod:`patchflow.snapshot`), else from its dump. Every function here is idempotent: run
-twice, or run again after a kill at any instant, it gives the same install.
+exists (:mod:`patchflow.snapshot`), else from its dump: beside the live database, or, for a role
+that may not create databases, in place in one transaction (:mod:`patchflow.restore_in_place`).
+Every function here is idempotent: run twice, or run again after a kill at any instant, it gives
+the same install.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from patchflow.files import (
     temp_name,
 )
 from patchflow.paths import ProjectPaths
+from patchflow.restore_in_place import IN_PLACE, restore_in_place
 from patchflow.snapshot import forget_snapshots, restore_from_snapshot, snapshot_of
 
 
@@ -155,13 +158,17 @@ def restore_database(
     log: Callable[[str], None] = lambda line: None,
     wait: float = 0.0,
     attempts: int = 3,
+    method: str = "",
 ) -> str:
     """Put the database of ``backup`` back in place of the live one and keep the live one: its
     snapshot on the database server when it is still there (a rename swap:
     :func:`patchflow.snapshot.restore_from_snapshot`; then forgotten, it is the live database now),
     else its dump, proven first, restored beside the live database and swapped in (see
-    :meth:`patchflow.database.Database.restore_beside`). Returns the name the displaced database is
-    kept under.
+    :meth:`patchflow.database.Database.restore_beside`), or, with ``method`` ``in-place`` (a role that
+    may not create databases: :func:`patchflow.restore_in_place.restore_method`), restored in place in
+    one transaction after the live database is dumped into the backup folder
+    (:func:`patchflow.restore_in_place.restore_in_place`; no snapshot is used then). Returns the name
+    the displaced database is kept under (in place: the path of its dump).
 
     With ``wait`` (seconds: ``db_wait_timeout``) the server is waited for first, as after a
     fail-over or a crash (the undo of a migration the restart interrupted), and when it stops
@@ -188,11 +195,13 @@ def restore_database(
         wait_for_server(database, wait, log, admin=True)
     displaced = derived_name(database.target.dbname, DISPLACED_MARK, stamp)
     # the snapshot while it exists (or once it was swapped in by an earlier attempt with this stamp)
-    use_snapshot = snapshot is not None and (database.exists(snapshot) or database.exists(displaced))
+    in_place = method == IN_PLACE
+    use_snapshot = not in_place and snapshot is not None and (database.exists(snapshot) or database.exists(displaced))
     if not use_snapshot:
         if dump is None or recorded is None:
+            why = "cannot be put back by a role without CREATEDB" if in_place else "is gone from the server"
             raise BackupError(
-                f"Backup {backup.name} holds no database dump and its snapshot {snapshot} is gone from the server.",
+                f"Backup {backup.name} holds no database dump and its snapshot {snapshot} {why}.",
                 "Nothing was restored; the database is as it was. Restore by hand from another backup.",
             )
         verify_recorded_dump(database, dump, recorded, backup.name)
@@ -202,6 +211,9 @@ def restore_database(
             if use_snapshot:
                 assert snapshot is not None
                 displaced = restore_from_snapshot(database, snapshot, stamp, log)
+            elif in_place:
+                assert dump is not None
+                displaced = str(restore_in_place(database, dump, stamp, backup.folder, log))
             else:
                 assert dump is not None
                 displaced = database.restore_beside(dump, stamp, log)
@@ -215,6 +227,9 @@ def restore_database(
             log(f"   the database server stopped answering during the restore ({reason_of(lost)}): restoring again")
             wait_for_server(database, wait, log, admin=True)
             attempt += 1
+    if in_place:
+        log(f"   rows written since {backup.created_at[:19]}Z are kept in the dump {displaced}")
+        return displaced
     record_displaced(paths, displaced, database.target.dbname, backup.name, backup.created_at)
     if use_snapshot and snapshot is not None:
         forget_snapshots(paths, {snapshot})  # it is the live database now

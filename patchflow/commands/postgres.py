@@ -38,10 +38,28 @@ def pg_restore(base: Sequence[str], dbname: str, *, keep_owners: bool, use_list:
     return args
 
 
-def psql(base: Sequence[str], *, sql: str | None = None, tuples: bool = False, host: str | None = None) -> list[str]:
+def pg_restore_script(base: Sequence[str], output: str, *, use_list: str | None = None) -> list[str]:
+    """``pg_restore`` of an archive read from stdin into the SQL script ``output`` (``--file``;
+    nothing is restored): the statements and ``COPY`` data a restore would run, in order, owners and
+    privileges included. ``use_list``: only the entries of that table of contents."""
+    return [*base, "--no-password", f"--file={output}", *([f"--use-list={use_list}"] if use_list else [])]
+
+
+def psql(
+    base: Sequence[str],
+    *,
+    sql: str | None = None,
+    tuples: bool = False,
+    host: str | None = None,
+    single_transaction: bool = False,
+) -> list[str]:
     """``psql`` that stops on the first error and reads no ``.psqlrc``; runs ``sql`` (``-c``) or
-    a script from stdin (``-f -``). ``tuples``: unaligned rows, ``|`` separated."""
+    a script from stdin (``-f -``). ``tuples``: unaligned rows, ``|`` separated.
+    ``single_transaction``: the whole script in one transaction (``--single-transaction``: an
+    error rolls all of it back)."""
     args = [*base, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
+    if single_transaction:
+        args.append("--single-transaction")
     if host:
         args += ["-h", host]
     if tuples:

@@ -39,6 +39,7 @@ from patchflow.lifecycle.steps import (
     run_undo,
     undo_plan,
 )
+from patchflow.restore_in_place import kept_as
 from patchflow.trash import delete_detached
 from patchflow.version import parse_version
 
@@ -245,7 +246,7 @@ class ApplyRun(PrepareSteps, ChangeSteps):
         stopped_for = time.monotonic() - self.stopped_at if self.stopped_at else 0.0
         displaced = journal.notes.get("displaced_database")
         journal.clear()
-        kept = f" The database was restored; the one it replaced is kept as {displaced}." if displaced else ""
+        kept = f" The database was restored; the one it replaced is kept as {kept_as(displaced)}." if displaced else ""
         if self.old_unhealthy:
             self._record(
                 "rolled_back",

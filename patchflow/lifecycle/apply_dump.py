@@ -18,7 +18,10 @@ follows from what it is for:
   version serves;
 * **pending migrations, no snapshot** (``database_snapshot = off``, a database reached through
   ``docker compose exec``, a role that may not copy it, or a snapshot the server refused): the
-  dump is taken inside the stopped window by the backup step (:meth:`DumpSteps.dump_into`).
+  dump is taken inside the stopped window by the backup step (:meth:`DumpSteps.dump_into`). A
+  role that owns the database but may not create databases can restore it only in place
+  (:mod:`patchflow.restore_in_place`): the plan says so, with the cost and how to avoid it
+  (:func:`dump_place`, :func:`undo_place`).
 
 An apply whose dump was taken before the stop notes it in its journal (``dump_before_stop``): its
 migrate step refuses to run a migration that became pending after the plan (the dump would miss
@@ -33,6 +36,7 @@ from patchflow.backup import Backup, backup_name, load_backup, new_backup
 from patchflow.errors import BackupError, PatchflowError
 from patchflow.lifecycle.apply_state import ApplyState
 from patchflow.lifecycle.planning import Plan
+from patchflow.restore_in_place import IN_PLACE
 from patchflow.snapshot import dump_snapshot as dump_copy
 
 
@@ -54,11 +58,36 @@ def dump_place(plan: Plan) -> str:
             "migration is undone from that snapshot, and the portable dump is taken from it once the new version "
             "is healthy"
         )
-    return (
+    place = (
         f"after the stop, inside the stopped window: {count} migration(s) pending, and a failed migration is undone "
         "from this dump, which must hold every row written until the services stop"
         + (f"; no snapshot: {plan.no_snapshot}" if plan.no_snapshot else "")
     )
+    if plan.restore_method == IN_PLACE:
+        role = plan.restore_role or "the restoring role"
+        place += (
+            ", so the dump runs while the services are stopped and the stopped window grows with the database "
+            f"(give role {role} CREATEDB, or set PATCHFLOW_DATABASE_ADMIN_URL to a role that may create databases, "
+            "to copy it by a snapshot instead)"
+        )
+    return place
+
+
+def undo_place(plan: Plan) -> str:
+    """How a failed migration of ``plan`` is undone (one line for the plan); "" when no migration is
+    pending."""
+    if not plan.pending_migrations:
+        return ""
+    if plan.snapshot:
+        return "the snapshot is put back by a rename; the live database is kept beside it, renamed"
+    if plan.restore_method == IN_PLACE:
+        role = plan.restore_role or "the restoring role"
+        return (
+            f"in place, in one transaction (role {role} may not create databases, so the dump cannot be restored "
+            "beside the live database): the live database is first dumped into the backup folder and kept, then "
+            "emptied and refilled from the dump; a failure or a kill leaves it exactly as it was, never half restored"
+        )
+    return "the dump is restored beside the live database and swapped in by a rename; the live one is kept, renamed"
 
 
 class DumpSteps(ApplyState):

@@ -22,7 +22,7 @@ from typing import cast
 from patchflow.archive.extract import extract_archive
 from patchflow.backup import save_files, swap_build_outputs
 from patchflow.commands import split_command
-from patchflow.database import stamp_now
+from patchflow.database import Database, stamp_now
 from patchflow.errors import ApplyError, CommandError, PatchflowError, VerifyError
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
 from patchflow.installed import HealthRecord, InstalledRecord
@@ -33,6 +33,7 @@ from patchflow.migrations import MigrationHistory, find_migrations, run_migratio
 from patchflow.paths import VERSION_FILE, VERSION_TEMP
 from patchflow.proving import old_version_health, start_old_version
 from patchflow.restore import restore_code, restore_database
+from patchflow.restore_in_place import restore_method
 from patchflow.services import start_with_retries
 from patchflow.snapshot import snapshot_of
 from patchflow.space import check_space
@@ -87,6 +88,16 @@ def switch_files(
     if current is not None:  # VERSION keeps its owner, group and mode
         set_ownership(tmp, current.uid, current.gid, current.perm)
     os.replace(tmp, version_file)
+
+
+def chosen_method(database: Database, plan: Plan | None) -> str:
+    """How the undo of a failed migration restores the database: the plan's choice, else (a
+    recovery, which has no plan) :func:`patchflow.restore_in_place.restore_method` now.
+
+    Raises:
+        DatabaseError: the role's rights cannot be read.
+    """
+    return plan.restore_method if plan is not None else restore_method(database)
 
 
 class ChangeSteps(SnapshotSteps):
@@ -195,6 +206,8 @@ class ChangeSteps(SnapshotSteps):
             ctx.log(f"   database: copied by the snapshot {snapshot} (dumped from it after the restart)")
         elif ctx.database is not None and not backup.data.get("database"):
             self.dump_into(backup, when="after the stop")
+            # how this apply undoes a failed migration from it (the undo records its own choice too)
+            backup.data["database"]["restore"] = self.plan.restore_method
         elif backup.data.get("database"):
             ctx.log("   database: dumped before the stop (no migration pending)")
         backup.data["size_bytes"] = int(backup.data.get("files_bytes", 0)) + (
@@ -284,10 +297,19 @@ class ChangeSteps(SnapshotSteps):
             return
         ctx.database.terminate_sessions()
         stamp = journal.notes.get("restore_stamp") or stamp_now()
-        journal.note(restore_stamp=stamp)
+        # chosen once by the role's rights, noted before the restore: a recovery restores the same way
+        method = journal.notes.get("restore_method") or chosen_method(ctx.database, self.plan)
+        journal.note(restore_stamp=stamp, restore_method=method)
         displaced = restore_database(
-            ctx.database, self._require_backup(), stamp, ctx.paths, log=ctx.log, wait=ctx.settings.db_wait_timeout
+            ctx.database,
+            self._require_backup(),
+            stamp,
+            ctx.paths,
+            log=ctx.log,
+            wait=ctx.settings.db_wait_timeout,
+            method=method,
         )
+        ctx.settings.faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
         journal.note(displaced_database=displaced)
 
     def start(self) -> None:

@@ -191,6 +191,10 @@ def plan_differences(before: Plan, after: Plan) -> list[str]:
             if after.snapshot
             else f"the database is now dumped inside the stopped window (no snapshot: {after.no_snapshot})"
         )
+    if before.restore_method != after.restore_method and after.pending_migrations and not after.snapshot:
+        reasons.append(
+            f"a failed migration is now undone by a restore {after.restore_method} (the role's rights changed)"
+        )
     return reasons
 
 

@@ -237,7 +237,10 @@ class JournalNotes(TypedDict, total=False):
         pending: the migrations pending when the migrate step began ([] : the database is kept).
         migrations: the migrations the migrate step applied.
         restore_stamp: the time stamp naming the database restored beside the live one.
-        displaced_database: the database a restore displaced and kept.
+        restore_method: how the database is restored (``beside`` or ``in-place``:
+            :mod:`patchflow.restore_in_place`), chosen by the role's rights before the restore
+            starts; a recovery restores the same way.
+        displaced_database: the database a restore displaced and kept (in place: the dump of it).
         restore_database: (rollback) whether the database is restored.
         kept_images: compose service -> the reference keeping the installed version's image.
         dump_before_stop: the dump step dumped the database before the stop (no migration was
@@ -252,6 +255,7 @@ class JournalNotes(TypedDict, total=False):
     pending: list[str]
     migrations: list[str]
     restore_stamp: str
+    restore_method: str
     displaced_database: str
     restore_database: bool
     dump_before_stop: bool

@@ -34,6 +34,7 @@ from patchflow.paths import VERSION_FILE
 from patchflow.preconditions import Changes, check_before_stop
 from patchflow.rehearse import rehearsed_line
 from patchflow.release_settings import PYPROJECT, SettingChange, pyproject_in_patch, release_changes
+from patchflow.restore_in_place import BESIDE, IN_PLACE, restore_plan
 from patchflow.schema_drift import plan_schema_drift
 from patchflow.snapshot import snapshot_problem
 from patchflow.space import Need, check_space
@@ -72,6 +73,8 @@ class Plan:
     old_health: HealthRecord | None = None  # the settings that proved the installed version healthy now
     snapshot: bool = False  # pending migrations: the stopped window copies the database on its server
     no_snapshot: str = ""  # pending migrations without a snapshot: why (the dump is inside the stopped window)
+    restore_method: str = BESIDE  # how a failed migration is undone from the dump (patchflow.restore_in_place)
+    restore_role: str = ""  # the role that restores (database_admin_url's, else the application's)
 
     @property
     def dump_before_stop(self) -> bool:
@@ -382,6 +385,7 @@ def make_plan(
     history_warnings: list[str] = []
     server_folder: Path | None = None
     no_snapshot = ""
+    method, role = BESIDE, ""
     if ctx.database is not None:
         description = ctx.database.target.location()
         check_answers_now(ctx.database, ctx.settings.db_wait_timeout, ctx.log)
@@ -395,7 +399,8 @@ def make_plan(
             history_warnings += plan_transactions(ctx, report, pending)  # statements refused in a transaction
             history_warnings += plan_schema_drift(ctx)  # hand-made changes the migrations do not know
             refuse_lock_blockers(ctx, report, pending)  # old transactions holding what they lock
-            problems = ctx.database.restore_problems()
+            method, problems = restore_plan(ctx.database)
+            role = ctx.database.properties(admin=True)["role"] if method == IN_PLACE else ""
             server_folder = ctx.database.server_folder()
             no_snapshot = snapshot_problem(ctx.database, ctx.settings.database_snapshot)
     runner = migrate_command(ctx.settings, ctx.paths.root, from_manifest(report.manifest))
@@ -412,9 +417,15 @@ def make_plan(
         Need(ctx.paths.backups, "database dump", db_bytes, 1),
         Need(ctx.paths.state, "space reserve", RESERVE_BYTES, 1),
     ]
-    if server_folder is not None:  # a snapshot, or a restore beside the live database if a migration fails
+    if server_folder is not None:  # a snapshot, or a restore beside (or in place of) the live database
         label = "a restore beside the live one" if no_snapshot else "a snapshot of the database"
+        if method == IN_PLACE:
+            label = "an in-place restore (old and new rows side by side until it commits)"
         needs.append(Need(server_folder, f"{label} (database server)", db_bytes, 0))
+    if pending and method == IN_PLACE:  # a failed apply keeps the live database as a dump, restores by a script
+        needs.append(
+            Need(ctx.paths.backups, "an in-place restore (a dump of the live database, a script)", 2 * db_bytes, 2)
+        )
     plan = Plan(
         str(version),
         installed_version(ctx.paths),
@@ -442,6 +453,7 @@ def make_plan(
     plan.warnings.extend(checks.warnings)
     plan.old_health = checks.old_health
     plan.snapshot, plan.no_snapshot = bool(pending) and not no_snapshot, no_snapshot
+    plan.restore_method, plan.restore_role = method, role
     if report.delta:
         plan.delta = (
             f"a delta on {report.delta['base_version']}: {len(report.archive_entries())} entries in its archive; the "
@@ -457,12 +469,15 @@ def make_plan(
             "PATCHFLOW_MIGRATION_LINT=warn. Nothing was stopped or changed.",
         )
     if problems:
+        how = " in place (its role may not create databases)" if method == IN_PLACE else ""
         raise BackupError(
-            f"The patch runs {len(pending or [])} migration(s), but the database could not be restored if the "
+            f"The patch runs {len(pending or [])} migration(s), but the database could not be restored{how} if the "
             f"apply failed: {'; '.join(problems)}"
             + (f" (and it cannot be copied by a snapshot either: {no_snapshot})." if no_snapshot else "."),
             "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser), or give the "
-            "role CREATEDB and the extensions in template1. Nothing was stopped or changed.",
+            "role CREATEDB and the extensions in template1"
+            + (", or make it the owner of the database and of what it holds" if method == IN_PLACE else "")
+            + ". Nothing was stopped or changed.",
         )
     check_space(needs, margin)
     return plan

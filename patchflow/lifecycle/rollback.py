@@ -64,6 +64,7 @@ from patchflow.lock import InstallLock
 from patchflow.preconditions import check_rollback_access
 from patchflow.proving import OldHealth, old_version_health, prove_old_version, start_kept_images
 from patchflow.restore import restore_code, restore_database
+from patchflow.restore_in_place import BESIDE, IN_PLACE, restore_method, restore_plan
 from patchflow.services import NotServing, health_now, start_with_retries
 from patchflow.snapshot import snapshot_of, snapshot_problem, usable_snapshot
 from patchflow.space import Need, check_space
@@ -200,9 +201,12 @@ class RollbackRun:
         check_rollback_access(ctx, backup, database)
         if database:
             assert ctx.database is not None
+            kept = f"kept as {ctx.database.target.dbname}_before_rollback_<time>"
+            if restore_method(ctx.database) == IN_PLACE:
+                kept = f"kept as a dump in {backup.folder}; the database is restored in place, in one transaction"
             what = (
                 f"restores code and database (rows written since {backup.created_at[:19]}Z are moved aside "
-                f"with the current database, kept as {ctx.database.target.dbname}_before_rollback_<time>)"
+                f"with the current database, {kept})"
             )
         else:
             what = "restores code; the database is kept as it is (the apply ran no migration)"
@@ -226,6 +230,7 @@ class RollbackRun:
         from patchflow.database import verify_recorded_dump
 
         snapshot = usable_snapshot(ctx.database, ctx.paths, backup)
+        method = BESIDE
         if snapshot is not None:  # put back by a rename: the role may create databases and owns it
             problems = [problem for problem in [snapshot_problem(ctx.database)] if problem]
         elif backup.dump_path is None or backup.database is None:
@@ -235,7 +240,7 @@ class RollbackRun:
             )
         else:
             verify_recorded_dump(ctx.database, backup.dump_path, backup.database, backup.name)
-            problems = ctx.database.restore_problems()
+            method, problems = restore_plan(ctx.database)
         if problems:
             raise BackupError(
                 f"The database cannot be restored: {'; '.join(problems)}.",
@@ -243,10 +248,17 @@ class RollbackRun:
                 "Nothing was changed.",
             )
         server_folder = ctx.database.server_folder() if snapshot is None else None
-        if server_folder is not None:  # the copy is restored beside the live database
-            size = int(ctx.database.properties()["size"])
-            need = Need(server_folder, "a database restore beside the live one (database server)", size, 0)
-            check_space([need], int(ctx.settings.free_space_margin), action="roll back")
+        in_place = snapshot is None and method == IN_PLACE  # the live database kept as a dump; a script
+        if server_folder is None and not in_place:
+            return
+        size = int(ctx.database.properties()["size"])
+        label = "an in-place restore" if in_place else "a database restore beside the live one"
+        needs = [] if server_folder is None else [Need(server_folder, f"{label} (database server)", size, 0)]
+        if in_place:
+            needs.append(
+                Need(backup.folder, "an in-place restore (a dump of the live database, a script)", 2 * size, 2)
+            )
+        check_space(needs, int(ctx.settings.free_space_margin), action="roll back")
 
     def choose(self) -> None:
         """Choose the backup, check the installed version, prove the dump, ask for confirmation."""
@@ -375,17 +387,26 @@ class RollbackRun:
         restore_code(self._backup(), self.ctx.paths, log=self.ctx.log, progress=self.ctx.progress.files("restored"))
 
     def restore_database(self) -> None:
-        """Restore the database beside the live one and swap, when this rollback must."""
+        """Restore the database (beside the live one and swap, or in place: :func:`restore_database`)
+        when this rollback must; the method is noted first, so a recovery restores the same way."""
         ctx = self.ctx
         journal = self._journal()
         if not journal.notes.get("restore_database") or ctx.database is None:
             ctx.log("   database kept as it is: the apply being rolled back ran no migration")
             return
         stamp = journal.notes.get("restore_stamp") or stamp_now()
-        journal.note(restore_stamp=stamp)
+        method = journal.notes.get("restore_method") or restore_method(ctx.database)  # a recovery: as noted
+        journal.note(restore_stamp=stamp, restore_method=method)
         displaced = restore_database(
-            ctx.database, self._backup(), stamp, ctx.paths, log=ctx.log, wait=ctx.settings.db_wait_timeout
+            ctx.database,
+            self._backup(),
+            stamp,
+            ctx.paths,
+            log=ctx.log,
+            wait=ctx.settings.db_wait_timeout,
+            method=method,
         )
+        ctx.settings.faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
         journal.note(displaced_database=displaced)
 
     def _old_health(self) -> OldHealth:

@@ -221,4 +221,6 @@ def rollback_patch(
         f"{source} in {result.duration_seconds:.1f} s (services down {result.stopped_seconds:.1f} s)"
     )
     if result.displaced_database:
-        console.print(f"  database restored; the one it replaced is kept as {result.displaced_database}")
+        from patchflow.restore_in_place import kept_as
+
+        console.print(f"  database restored; the one it replaced is kept as {kept_as(result.displaced_database)}")

@@ -31,7 +31,7 @@ TOP_LEVEL = "(top level)"
 def print_plan(plan: Plan, ctx: CoreContext | None = None, *, list_files: bool = False) -> None:
     """Print ``plan`` (an apply's); with ``ctx``, also write every path to its operation log (once
     the run holds the lock) and estimate the stopped window from its history."""
-    from patchflow.lifecycle.apply_dump import dump_place
+    from patchflow.lifecycle.apply_dump import dump_place, undo_place
     from patchflow.lifecycle.journal import read_history
     from patchflow.rehearse import rehearsed_seconds
     from patchflow.stopped_window import estimate_window, human_seconds, plan_work, step_estimate
@@ -82,6 +82,9 @@ def print_plan(plan: Plan, ctx: CoreContext | None = None, *, list_files: bool =
             what = "the snapshot" if plan.snapshot else "the dump (with the files, the backup step)"
             cost = f"about {human_seconds(seconds)}" if seconds is not None else "not timed yet on this install"
             console.print(f"  database copy  {what} in the stopped window: {cost}", markup=False)
+    undo = undo_place(plan)
+    if undo:
+        console.print(f"  database undo  {undo}", markup=False)
     if pending:
         if plan.lint is None:
             console.print("  migration lint skipped (squawk is not installed, or migration_lint = off)")

@@ -379,21 +379,23 @@ CREATE EXTENSION IF NOT EXISTS citext;
     yield "app"
 
 
-def test_c11_non_superuser_without_createdb_is_refused_then_works_with_an_admin_url(
+def test_c11_non_superuser_without_createdb_falls_back_in_place_and_an_admin_url_restores_beside(
     install: Install, app_role: str, tmp_path: Path
 ) -> None:
-    """The app's role may not create databases: a restore beside the live database would be
-    impossible, so an apply that migrates is refused before anything stops, naming the fix; with
-    ``PATCHFLOW_DATABASE_ADMIN_URL`` (the superuser) apply and rollback are exact."""
+    """The app's role may not create databases: a restore beside the live database is impossible,
+    so the plan falls back to a restore in place (test_in_place_restore runs it), naming the cost
+    and the fix; with ``PATCHFLOW_DATABASE_ADMIN_URL`` (the superuser) apply and rollback are exact,
+    beside the live database."""
     assert install.sql("SELECT extname FROM pg_extension WHERE extname = 'citext'") == "citext"
     dump_before = install.pg_dump()
     tree_before = install.state()
     install.release(tmp_path, "2.3.0")
 
-    refused = install.inv("apply-patch", "--version", "2.3.0", "--yes")
-    assert refused.returncode == 1, _out(refused)
-    assert "may not create databases" in refused.stderr and "PATCHFLOW_DATABASE_ADMIN_URL" in refused.stderr
-    assert "Nothing was stopped or changed" in refused.stderr
+    planned = install.inv("apply-patch", "--version", "2.3.0", "--dry-run")
+    assert planned.returncode == 0, _out(planned)
+    flat = " ".join(planned.stdout.split())
+    assert "may not create databases" in flat and "PATCHFLOW_DATABASE_ADMIN_URL" in flat, flat
+    assert "database undo in place, in one transaction" in flat, flat
     assert install.pg_dump() == dump_before
     assert health(install) == (200, "2.2.0")
 

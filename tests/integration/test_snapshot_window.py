@@ -284,17 +284,17 @@ def test_a_role_without_createdb_is_planned_without_a_snapshot_and_a_role_that_m
     install: Install, app_role: str, tmp_path: Path
 ) -> None:
     """Without CREATEDB the role can neither snapshot the database nor restore it beside the live
-    one: the plan says both, before anything stops (a failed migration could not be undone). Given
-    CREATEDB, the same role (no superuser) snapshots, and a failed apply is undone from the
-    snapshot exactly."""
+    one: the plan says so and falls back to the dump inside the window and a restore in place
+    (test_in_place_restore runs it). Given CREATEDB, the same role (no superuser) snapshots, and a
+    failed apply is undone from the snapshot exactly."""
     install.release(tmp_path, NEW, health_status=500)
     tree_before, db_before = install.state(), install.pg_dump()
-    refused = install.inv(*APPLY, *FAST_HEALTH)
-    assert refused.returncode == 1, _out(refused)
-    flat = _flat(refused)
-    assert "may not create databases" in flat and "Nothing was stopped or changed" in flat, flat
-    assert f"cannot be copied by a snapshot either: role {app_role} may not create databases (no CREATEDB)" in flat
-    assert install.pg_dump() == db_before and get(install.health_url)[0] == 200
+    planned = install.inv(*APPLY, "--dry-run")
+    assert planned.returncode == 0, _out(planned)
+    flat = _flat(planned)
+    assert "taken after the stop, inside the stopped window: 1 migration(s) pending" in flat, flat
+    assert f"no snapshot: role {app_role} may not create databases (no CREATEDB)" in flat, flat
+    assert f"database undo in place, in one transaction (role {app_role} may not create databases" in flat, flat
 
     install.cluster.psql("postgres", f"ALTER ROLE {app_role} CREATEDB;\n")
     try:

@@ -194,6 +194,15 @@ def test_psql_has_on_error_stop() -> None:
     assert query[query.index("-h") + 1] == "/run/pg"
 
 
+def test_the_in_place_restore_runs_one_transaction_from_a_script() -> None:
+    whole = postgres.psql(PSQL, single_transaction=True)
+    assert "--single-transaction" in whole and whole[-2:] == ["-f", "-"] and "ON_ERROR_STOP=1" in whole
+    assert "--single-transaction" not in postgres.psql(PSQL)
+    script = postgres.pg_restore_script(["pg_restore"], "/b/.restore.sql", use_list="/tmp/toc.list")
+    assert script == ["pg_restore", "--no-password", "--file=/b/.restore.sql", "--use-list=/tmp/toc.list"]
+    assert "--dbname" not in " ".join(script), "a script, nothing restored"
+
+
 def test_pg_dump_and_list() -> None:
     assert postgres.pg_dump(["pg_dump"]) == ["pg_dump", "--format=custom", "--no-password"]
     assert postgres.pg_restore_list(["pg_restore"], "/b/database.dump") == ["pg_restore", "--list", "/b/database.dump"]
