@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from patchflow.backup import Backup
@@ -62,6 +62,7 @@ def restore_code(
     *,
     log: Callable[[str], None] = lambda line: None,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    trash: Path | None = None,
 ) -> list[str]:
     """Put back the code saved in ``backup``: remove what the apply added (and any temporary
     file an interrupted switch left), restore what it replaced or deleted with its exact owner,
@@ -69,6 +70,13 @@ def restore_code(
     installed manifest and record. Returns the folders kept because they hold files the patch
     does not own (written since, e.g. uploads), which are also logged. ``progress(done, total)``
     is called after each path removed or put back.
+
+    With ``trash`` (a folder on the install's filesystem, e.g. ``.patchflow/trash-<run>``), each
+    folder the apply added whole (every path in it is one the patch added: no file written since)
+    is renamed into it in one ``rename`` instead of deleted file by file, so tens of thousands of
+    added files cost the stopped window nothing; the caller deletes ``trash`` once the services
+    are back (:func:`patchflow.trash.delete_detached`; a folder left by a kill is a leftover the
+    next run removes).
 
     Raises:
         BackupError: a saved file is missing from the backup, or the tree cannot be written.
@@ -88,6 +96,12 @@ def restore_code(
             check_inside(root, root / rel)
             remove_path(temp_name(root / rel))
         remove_path(paths.version_temp)
+        if trash is not None:
+            moved = move_added_folders(root, added, trash)
+            if moved:
+                added = [rel for rel in added if rel not in moved]
+                done += len(moved)
+                progress(done, total)
         for rel in sorted(added, key=lambda p: p.count("/"), reverse=True):
             done += 1
             progress(done, total)
@@ -135,6 +149,64 @@ def restore_code(
     for rel in sorted(kept):
         log(f"   kept {rel}/: it holds files the patch does not own")
     return kept
+
+
+def _only_added(folder: Path, rel: str, added: set[str]) -> list[str] | None:
+    """Every path under ``folder`` (``rel`` in the tree), when each is in ``added``; None when one
+    is not (a file written since the apply, e.g. an upload) or the folder cannot be read."""
+    inside: list[str] = []
+    try:
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+            base = rel + dirpath[len(str(folder)) :].replace(os.sep, "/")
+            for name in (*dirnames, *filenames):
+                path = f"{base}/{name}"
+                if path not in added:
+                    return None
+                inside.append(path)
+    except OSError:
+        return None
+    return inside
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def move_added_folders(root: Path, added: Sequence[str], trash: Path) -> set[str]:
+    """Rename into ``trash`` (keeping their relative paths) the outermost folders of ``added``
+    (paths relative to ``root``) that hold nothing but paths of ``added``; returns every path so
+    moved (the folders and all they hold). A folder holding another file, a rename the filesystem
+    refuses (``trash`` on another filesystem) or a trash folder that cannot be made (a full disk:
+    deleting path by path frees room, making folders takes it) is left for the caller to remove
+    path by path; this never raises.
+    """
+    wanted = set(added)
+    moved: set[str] = set()
+    outermost: set[str] = set()
+    folders = sorted(
+        (rel for rel in wanted if (root / rel).is_dir() and not (root / rel).is_symlink()),
+        key=lambda p: (p.count("/"), p),
+    )
+    for rel in folders:
+        parts = rel.split("/")
+        if any("/".join(parts[:i]) in outermost for i in range(1, len(parts))):
+            continue  # inside a folder already moved
+        inside = _only_added(root / rel, rel, wanted)
+        if inside is None:
+            continue
+        dest = trash / rel
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            break  # no room for the trash folder (a full disk, no inodes): the rest is removed path by path
+        try:
+            os.rename(root / rel, dest)
+        except OSError:
+            continue  # another filesystem (EXDEV) or a name in the way: removed path by path
+        outermost.add(rel)
+        moved.add(rel)
+        moved.update(inside)
+    return moved
 
 
 def _restore_version(backup: Backup, paths: ProjectPaths) -> None:

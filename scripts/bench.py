@@ -434,6 +434,11 @@ def main() -> int:
             back = Row("  its rollback's stopped window", "floor", None, "info")
             back.ours, back.theirs = samples["rollback"], samples["floor"]
             rows += [stopped, dumped, back]
+            window = measure_window(options.repeat, INV, settle, files=20_000)
+            samples = window["samples"]
+            grown = Row("stopped window, a release adding 20,000 files: rollback", "its apply", None, margin=0.25)
+            grown.ours, grown.theirs = samples["rollback"], samples["apply"]
+            rows.append(grown)
             for mode, label in (("auto", "snapshot"), ("off", "dump inside, database_snapshot=off")):
                 window = measure_window(options.repeat, INV, settle, migration=True, snapshot=mode)
                 samples = window["samples"]

@@ -97,10 +97,12 @@ def measure_window(
     *,
     migration: bool = False,
     snapshot: str | None = None,
+    files: int = 0,
 ) -> dict[str, Any]:
     """Set up the install, then time (interleaved, ``repeat`` times) the floor and the stopped
     window of an apply (with the sample's migration when ``migration``; ``snapshot`` sets
-    ``database_snapshot``). Returns the samples (seconds) and the database size (bytes)."""
+    ``database_snapshot``; ``files``: the release also adds that many small files in a new folder,
+    which its rollback must take away). Returns the samples (seconds) and the database size (bytes)."""
     sys.path.insert(0, str(REPO / "tests"))
     sys.path.insert(0, str(REPO / "scripts"))
     from sample_workspace import copy_patch, make_release, prepare_workspace
@@ -126,6 +128,10 @@ def measure_window(
             source = make_release(root, work / "source", "2.3.0")
         else:
             source = make_release(root, work / "source", "2.3.0", migration=None)
+        for index in range(files):  # a release adding a generated folder (a build, a vendored package)
+            item = source / "src" / "generated" / f"part{index // 500:03d}" / f"module{index}.js"
+            item.parent.mkdir(parents=True, exist_ok=True)
+            item.write_text(f"export const value{index} = {index};\n")
         _inv(inv, source, "create-patch")
         copy_patch(source, root, "2.3.0")
         samples: dict[str, list[float]] = {
@@ -170,7 +176,7 @@ def measure_window(
 
 def main() -> None:  # pragma: no cover - manual use
     """``python scripts/bench_window.py [--repeat N] [--rows N] [--migration] [--snapshot auto|off]
-    [--inv-root CHECKOUT]``: print the medians of one scenario (``--inv-root``: time another
+    [--files N] [--inv-root CHECKOUT]``: print the medians of one scenario (``--inv-root``: time another
     checkout's patchflow, with its own ``.venv``)."""
     import argparse
     import os
@@ -181,6 +187,7 @@ def main() -> None:  # pragma: no cover - manual use
     parser.add_argument("--rows", type=int, default=350_000)
     parser.add_argument("--migration", action="store_true")
     parser.add_argument("--snapshot", choices=("auto", "off"), default=None)
+    parser.add_argument("--files", type=int, default=0, help="files the release adds in a new folder")
     parser.add_argument("--inv-root", type=Path, default=REPO)
     options = parser.parse_args()
     checkout = options.inv_root.resolve()
@@ -191,7 +198,13 @@ def main() -> None:  # pragma: no cover - manual use
         time.sleep(0.5)
 
     result = measure_window(
-        options.repeat, inv, settle, options.rows, migration=options.migration, snapshot=options.snapshot
+        options.repeat,
+        inv,
+        settle,
+        options.rows,
+        migration=options.migration,
+        snapshot=options.snapshot,
+        files=options.files,
     )
     samples = result["samples"]
     print(f"database {result['database_bytes'] / 1e6:.0f} MB, {options.repeat} rounds, patchflow of {checkout}")

@@ -246,6 +246,7 @@ class ApplyRun(PrepareSteps, ChangeSteps):
         stopped_for = time.monotonic() - self.stopped_at if self.stopped_at else 0.0
         displaced = journal.notes.get("displaced_database")
         journal.clear()
+        self._empty_trash()  # what the undo renamed aside, now that the old version is back
         kept = f" The database was restored; the one it replaced is kept as {kept_as(displaced)}." if displaced else ""
         if self.old_unhealthy:
             self._record(

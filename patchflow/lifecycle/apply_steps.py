@@ -254,9 +254,16 @@ class ChangeSteps(SnapshotSteps):
             ctx.log(f"   build outputs switched: {', '.join(swapped)}")
 
     def restore_code(self) -> None:
-        """Undo of switch: put back the code from the backup."""
+        """Undo of switch: put back the code from the backup (folders the apply added whole are
+        renamed into a trash folder, deleted once the old version is back)."""
+        trash = self.ctx.paths.trash(f"restore-{self._require_journal().run_id}")
+        self.trash.append(trash)
         restore_code(
-            self._require_backup(), self.ctx.paths, log=self.ctx.log, progress=self.ctx.progress.files("restored")
+            self._require_backup(),
+            self.ctx.paths,
+            log=self.ctx.log,
+            progress=self.ctx.progress.files("restored"),
+            trash=trash,
         )
 
     def migrate(self) -> None:
@@ -298,7 +305,11 @@ class ChangeSteps(SnapshotSteps):
         ctx.database.terminate_sessions()
         stamp = journal.notes.get("restore_stamp") or stamp_now()
         # chosen once by the role's rights, noted before the restore: a recovery restores the same way
-        method = journal.notes.get("restore_method") or chosen_method(ctx.database, self.plan)
+        method = journal.notes.get("restore_method")
+        if not method:
+            if self.plan is None:  # a recovery reads the role's rights: wait for a restarting server first
+                ctx.database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)
+            method = chosen_method(ctx.database, self.plan)
         journal.note(restore_stamp=stamp, restore_method=method)
         displaced = restore_database(
             ctx.database,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import cast
 
 from patchflow.backup import Backup, load_backup
@@ -69,6 +70,7 @@ from patchflow.services import NotServing, health_now, start_with_retries
 from patchflow.snapshot import snapshot_of, snapshot_problem, usable_snapshot
 from patchflow.space import Need, check_space
 from patchflow.stopped_window import step_record
+from patchflow.trash import delete_detached
 from patchflow.version import PatchVersion, parse_version
 
 
@@ -115,6 +117,7 @@ class RollbackRun:
     result: RollbackResult | None = None
     proven: HealthRecord | None = None
     step_seconds: dict[str, float] = field(default_factory=dict)
+    trash: list[Path] = field(default_factory=list)  # folders the restore renamed aside, deleted at the end
 
     def steps(self) -> list[Step]:
         """The rollback, in order (:data:`ROLLBACK_STEPS` bound to this run; no undo: a rollback
@@ -384,7 +387,10 @@ class RollbackRun:
         self.ctx.services.stop()
 
     def restore_code(self) -> None:
-        restore_code(self._backup(), self.ctx.paths, log=self.ctx.log, progress=self.ctx.progress.files("restored"))
+        """Put the code back; folders the apply added whole go to a trash folder deleted at the end."""
+        ctx = self.ctx
+        self.trash.append(trash := ctx.paths.trash(f"restore-{self._journal().run_id}"))
+        restore_code(self._backup(), ctx.paths, log=ctx.log, progress=ctx.progress.files("restored"), trash=trash)
 
     def restore_database(self) -> None:
         """Restore the database (beside the live one and swap, or in place: :func:`restore_database`)
@@ -395,7 +401,10 @@ class RollbackRun:
             ctx.log("   database kept as it is: the apply being rolled back ran no migration")
             return
         stamp = journal.notes.get("restore_stamp") or stamp_now()
-        method = journal.notes.get("restore_method") or restore_method(ctx.database)  # a recovery: as noted
+        method = journal.notes.get("restore_method")  # a recovery restores as the killed run noted
+        if not method:
+            ctx.database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)  # a restarting server: wait, say so
+            method = restore_method(ctx.database)
         journal.note(restore_stamp=stamp, restore_method=method)
         displaced = restore_database(
             ctx.database,
@@ -532,6 +541,7 @@ class RollbackRun:
             deactivate_reserve()
             if self.lock is not None:
                 self.lock.release()
+        delete_detached(self.trash, self.ctx.log, faults=self.ctx.settings.faults)  # the services are back
         assert self.result is not None
         return self.result
 
