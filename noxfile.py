@@ -64,12 +64,15 @@ def bench(session: nox.Session) -> None:
     """Benchmark patchflow against tar/sha256sum/pg_dump on generated trees (ratios, medians, one run).
 
     Options after --: --small-only, --repeat N, --keep DIR (reuse the generated trees), --workdir DIR,
-    --skip-db, --skip-upload, --skip-rehearse, --skip-window. The database row starts a throwaway PostgreSQL
+    --skip-db, --skip-upload, --skip-rehearse, --skip-window, --window-large-rows N (the stopped-window rows
+    also with a database of N rows: 3500000 is about 1 GB). The database row starts a throwaway PostgreSQL
     cluster (Debian's postgresql binaries); the upload row (one patch to three hosts with --parallel 3, as a
     ratio to one host) three private sshd on 127.0.0.1 (Debian's openssh-server); the rehearsal row (inv
     rehearse against the apply's migrate step, within 2x both ways) the sample with node and a ~100 MB
     database; the stopped-window rows (an apply without migrations against the floor: the same services
-    stopped, started and healthy) a sample install with a ~100 MB database in another throwaway cluster.
+    stopped, started and healthy; with a migration against the floor plus its migrate step; a rollback of
+    a release adding 20,000 files against its apply) a sample install with a ~100 MB database in another
+    throwaway cluster.
     """
     session.install("-e", ".[dev]")
     session.run("python", "scripts/bench.py", *session.posargs)

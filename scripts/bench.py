@@ -345,6 +345,12 @@ def main() -> int:
     parser.add_argument("--skip-upload", action="store_true", help="skip the upload row (three local sshd)")
     parser.add_argument("--skip-rehearse", action="store_true", help="skip the rehearsal row (sample at ~100 MB)")
     parser.add_argument("--skip-window", action="store_true", help="skip the stopped-window rows (sample install)")
+    parser.add_argument(
+        "--window-large-rows",
+        type=int,
+        default=0,
+        help="also time the stopped-window rows with a database of this many rows (3,500,000: about 1 GB)",
+    )
     options = parser.parse_args()
 
     load_start = os.getloadavg()
@@ -424,34 +430,45 @@ def main() -> int:
         if not options.skip_window:
             from bench_window import measure_window
 
-            window = measure_window(options.repeat, INV, settle)
-            samples = window["samples"]
-            megabytes = window["database_bytes"] / 1e6
-            stopped = Row(f"stopped window, no migration, {megabytes:.0f} MB db", "floor", None, margin=0.5)
-            stopped.ours, stopped.theirs = samples["apply"], samples["floor"]
-            dumped = Row("  its dump, before the stop (not in it)", "—", None, "info")
-            dumped.ours = samples["dump"]
-            back = Row("  its rollback's stopped window", "floor", None, "info")
-            back.ours, back.theirs = samples["rollback"], samples["floor"]
-            rows += [stopped, dumped, back]
+            for size in (350_000, *([options.window_large_rows] if options.window_large_rows else [])):
+                window = measure_window(options.repeat, INV, settle, size)
+                samples = window["samples"]
+                megabytes = window["database_bytes"] / 1e6
+                stopped = Row(f"stopped window, no migration, {megabytes:.0f} MB db", "floor", None, margin=0.5)
+                stopped.ours, stopped.theirs = samples["apply"], samples["floor"]
+                dumped = Row("  its dump, before the stop (not in it)", "—", None, "info")
+                dumped.ours = samples["dump"]
+                back = Row("  its rollback's stopped window", "floor", None, "info")
+                back.ours, back.theirs = samples["rollback"], samples["floor"]
+                rows += [stopped, dumped, back]
+                window = measure_window(options.repeat, INV, settle, size, migration=True, snapshot="auto")
+                samples = window["samples"]
+                megabytes = window["database_bytes"] / 1e6
+                label = f"stopped window, a migration, snapshot, {megabytes:.0f} MB db"
+                stopped = Row(label, "floor + its migrate step", None, margin=1.0)
+                stopped.ours = samples["apply"]
+                stopped.theirs = [f + m for f, m in zip(samples["floor"], samples["migrate"], strict=True)]
+                copied = Row("  its snapshot step (in it)", "—", None, "info")
+                copied.ours = samples["snapshot"]
+                after = Row("  its dump of the snapshot, after the commit (not in it)", "—", None, "info")
+                after.ours = samples["dump_after"]
+                back = Row("  its rollback's stopped window (the snapshot renamed back)", "its apply", None, "info")
+                back.ours, back.theirs = samples["rollback"], samples["apply"]
+                rows += [stopped, copied, after, back]
             window = measure_window(options.repeat, INV, settle, files=20_000)
             samples = window["samples"]
             grown = Row("stopped window, a release adding 20,000 files: rollback", "its apply", None, margin=0.25)
             grown.ours, grown.theirs = samples["rollback"], samples["apply"]
             rows.append(grown)
-            for mode, label in (("auto", "snapshot"), ("off", "dump inside, database_snapshot=off")):
-                window = measure_window(options.repeat, INV, settle, migration=True, snapshot=mode)
-                samples = window["samples"]
-                megabytes = window["database_bytes"] / 1e6
-                stopped = Row(f"stopped window, a migration, {label}, {megabytes:.0f} MB db", "floor", None, "info")
-                stopped.ours, stopped.theirs = samples["apply"], samples["floor"]
-                copied = Row(f"  its {'snapshot' if mode == 'auto' else 'backup'} step (in it)", "—", None, "info")
-                copied.ours = samples["snapshot" if mode == "auto" else "backup"]
-                rows += [stopped, copied]
-                if mode == "auto":
-                    after = Row("  its dump of the snapshot, after the commit (not in it)", "—", None, "info")
-                    after.ours = samples["dump_after"]
-                    rows.append(after)
+            window = measure_window(options.repeat, INV, settle, migration=True, snapshot="off")
+            samples = window["samples"]
+            megabytes = window["database_bytes"] / 1e6
+            label = f"stopped window, a migration, dump inside, database_snapshot=off, {megabytes:.0f} MB db"
+            stopped = Row(label, "floor", None, "info")
+            stopped.ours, stopped.theirs = samples["apply"], samples["floor"]
+            copied = Row("  its backup step (in it)", "—", None, "info")
+            copied.ours = samples["backup"]
+            rows += [stopped, copied]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -141,6 +141,7 @@ def measure_window(
             "snapshot": [],
             "backup": [],
             "dump_after": [],
+            "migrate": [],
             "rollback": [],
         }
         history = root / ".patchflow" / "history.jsonl"
@@ -156,6 +157,7 @@ def measure_window(
                 samples["dump"].append(float(record["steps"].get("dump", 0.0)))
                 samples["snapshot"].append(float(record["steps"].get("snapshot", 0.0)))
                 samples["backup"].append(float(record["steps"]["backup"]))
+                samples["migrate"].append(float(record["steps"].get("migrate", 0.0)))
                 after = re.search(r"dump-snapshot done in ([0-9.]+) s", done.stdout)
                 samples["dump_after"].append(float(after.group(1)) if after else 0.0)
                 _inv(inv, root, "rollback-patch", "--yes")
