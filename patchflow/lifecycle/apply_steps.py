@@ -23,7 +23,7 @@ from patchflow.archive.extract import extract_archive
 from patchflow.backup import save_files, swap_build_outputs
 from patchflow.commands import split_command
 from patchflow.database import Database, stamp_now
-from patchflow.errors import ApplyError, CommandError, PatchflowError, VerifyError
+from patchflow.errors import ApplyError, CommandError, DatabaseError, PatchflowError, VerifyError
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
 from patchflow.installed import HealthRecord, InstalledRecord
 from patchflow.lifecycle.apply_snapshot import SnapshotSteps
@@ -164,7 +164,15 @@ class ChangeSteps(SnapshotSteps):
             self.ctx.services.restore_images(self.from_version)
 
     def stop(self) -> None:
-        """Stop the application services (data services keep running)."""
+        """Stop the application services (data services keep running). With a snapshot to take, a
+        ``CHECKPOINT`` first, while they still run: the snapshot's copy (``STRATEGY FILE_COPY``)
+        starts with a checkpoint of its own inside the stopped window, which then has only the
+        pages written since to flush, not everything since the server's last checkpoint."""
+        if self.plan is not None and self.plan.snapshot and self.ctx.database is not None:
+            try:
+                self.ctx.database.execute("CHECKPOINT", admin=True, what="checkpoint before the stop")
+            except DatabaseError:
+                self.ctx.log("   no checkpoint before the stop (the role is not superuser nor pg_checkpoint)")
         self.stopped_at = time.monotonic()
         self.stopped_wall = time.time()
         self.ctx.services.stop()

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from support.exact import NEW, assert_exactly_old, status_json
-from support.installs import Install, get, history, inv_popen, set_dotenv
+from support.installs import Install, get, history, inv_popen, set_dotenv, wait_until
 from support.killing import wait_stopped
 from support.pgbin import wrapped_pg_bindir
 
@@ -92,10 +92,19 @@ def test_an_apply_with_a_migration_snapshots_then_dumps_after_the_restart_and_ro
 ) -> None:
     install.release(tmp_path, NEW)
     tree_before, db_before = install.state(), install.pg_dump()
+    checkpoints = int(install.sql("SELECT checkpoints_req FROM pg_stat_bgwriter"))
     done = install.inv(*APPLY)
     assert done.returncode == 0, _out(done)
     flat = _flat(done)
     assert "taken after the restart, from a snapshot: 1 migration(s) pending" in flat, flat  # the plan
+    # a CHECKPOINT while the services still ran, then the two of the snapshot's file copy (before and
+    # after it): the one inside the window has only the pages written since to flush
+    assert "no checkpoint before the stop" not in flat, flat
+    wait_until(  # the checkpointer reports its counts once each checkpoint has ended
+        lambda: int(install.sql("SELECT checkpoints_req FROM pg_stat_bgwriter")) >= checkpoints + 3,
+        30,
+        "three requested checkpoints counted",
+    )
     assert "database copy the snapshot in the stopped window:" in flat, flat
     for before, after in (("-> stop", "-> snapshot"), ("-> snapshot", "-> backup"), ("-> commit", "-> dump-snapshot")):
         assert flat.index(before) < flat.index(after), (before, after)
@@ -303,6 +312,8 @@ def test_a_role_without_createdb_is_planned_without_a_snapshot_and_a_role_that_m
         failed = install.inv(*APPLY, *FAST_HEALTH)
         assert failed.returncode == 2 and "rolled back automatically" in failed.stderr, _out(failed)
         assert "putting the snapshot" in failed.stdout, failed.stdout
+        # CREATEDB but neither superuser nor pg_checkpoint: no checkpoint before the stop, said once
+        assert "no checkpoint before the stop (the role is not superuser nor pg_checkpoint)" in failed.stdout
         assert install.pg_dump() == db_before
         assert install.sql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{install.dbname}'") == (
             app_role
