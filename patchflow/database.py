@@ -208,6 +208,17 @@ class Database:
 
         return wait_for_server(self, timeout, log)
 
+    def server_version(self, *, admin: bool = False) -> int | None:
+        """The server's ``server_version_num`` (e.g. 150018 for 15.18; None when it cannot be read
+        as a number), asked as the admin role with ``admin``.
+
+        Raises:
+            DatabaseError: the database cannot be queried.
+        """
+        rows = self.query("SHOW server_version_num", admin=admin)
+        text = rows[0][0] if rows and rows[0] else ""
+        return int(text) if text.isdigit() else None
+
     def ping(self, *, admin: bool = False) -> None:
         """Connect (5 s connect timeout) and run ``SELECT 1``, as the admin role with ``admin``.
 

@@ -38,7 +38,7 @@ from patchflow.errors import CommandError, DatabaseError, MigrationError
 from patchflow.migration_locks import LockPolicy, LockWaitError, run_with_lock_retries
 from patchflow.pg_target import MIGRATE_APP_NAME
 from patchflow.runner import Runner
-from patchflow.txn_statements import mixed_refusal, server_version, transaction_mode
+from patchflow.txn_statements import mixed_refusal, transaction_mode
 
 MIGRATIONS_DIR = "prisma/migrations"
 MIGRATIONS_TABLE = "_prisma_migrations"
@@ -231,7 +231,7 @@ class MigrationHistory:
         """
         policy = lock or LockPolicy(0, 0, timeout)
         sql = (root / migration.path).read_text(encoding="utf-8")
-        mode = transaction_mode(sql, server_version(self.database))  # statements refused in a transaction
+        mode = transaction_mode(sql, self.database.server_version())  # statements refused in a transaction
         if mode.kind == "mixed":
             raise mixed_refusal(migration.name, migration.path, mode)
         outside = mode.kind == "none"

@@ -42,7 +42,7 @@ from patchflow.database import DISPLACED_MARK, RESTORING_MARK, Database, derived
 from patchflow.errors import ConfigError, DatabaseError, MigrationError
 from patchflow.migration_locks import MODES, LockPolicy, Touch, locked_tables
 from patchflow.migrations import Migration, MigrationHistory, from_manifest, migrate_command
-from patchflow.txn_statements import server_version, transaction_mode
+from patchflow.txn_statements import transaction_mode
 
 if TYPE_CHECKING:
     from patchflow.context import Context
@@ -182,7 +182,7 @@ def _run_one(
     database = history.database
     sql = (tree / migration.path).read_text(encoding="utf-8")
     touches = locked_tables(sql, database.target.schema)
-    outside = transaction_mode(sql, server_version(database)).kind == "none"
+    outside = transaction_mode(sql, database.server_version()).kind == "none"
     rows = count_rows(database, touches)
     began = time.monotonic()
     probe = "" if outside else LOCKS_PROBE

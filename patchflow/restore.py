@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from patchflow.backup import Backup
-from patchflow.database import DISPLACED_MARK, Database, derived_name, verify_recorded_dump
+from patchflow.database import DISPLACED_MARK, Database, derived_name, stamp_now, verify_recorded_dump
 from patchflow.displaced import record_displaced
 from patchflow.errors import BackupError, DatabaseError
+from patchflow.faults import FaultHooks
 from patchflow.files import (
     check_inside,
     move,
@@ -30,6 +31,7 @@ from patchflow.files import (
     set_ownership,
     temp_name,
 )
+from patchflow.lifecycle.journal import Journal
 from patchflow.paths import ProjectPaths
 from patchflow.restore_in_place import IN_PLACE, restore_in_place
 from patchflow.snapshot import forget_snapshots, restore_from_snapshot, snapshot_of
@@ -306,4 +308,32 @@ def restore_database(
     if use_snapshot and snapshot is not None:
         forget_snapshots(paths, {snapshot})  # it is the live database now
     log(f"   rows written since {backup.created_at[:19]}Z are kept in database {displaced}")
+    return displaced
+
+
+def restore_database_journaled(
+    database: Database,
+    backup: Backup,
+    journal: Journal,
+    paths: ProjectPaths,
+    choose_method: Callable[[], str],
+    *,
+    log: Callable[[str], None],
+    wait: float,
+    faults: FaultHooks,
+) -> str:
+    """:func:`restore_database` as a step of an apply's undo or of a rollback: the time stamp and
+    the method (``choose_method()`` when the journal has none yet) are noted in ``journal`` before
+    the restore starts, so a recovery after a kill restores the same way into the same names; the
+    displaced database is noted after it. Returns its name (in place: the path of its dump).
+
+    Raises:
+        BackupError, DatabaseError: as :func:`restore_database` (the live database unchanged).
+    """
+    stamp = journal.notes.get("restore_stamp") or stamp_now()
+    method = journal.notes.get("restore_method") or choose_method()
+    journal.note(restore_stamp=stamp, restore_method=method)
+    displaced = restore_database(database, backup, stamp, paths, log=log, wait=wait, method=method)
+    faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
+    journal.note(displaced_database=displaced)
     return displaced

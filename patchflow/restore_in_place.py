@@ -83,14 +83,6 @@ def restore_plan(database: Database) -> tuple[str, list[str]]:
     return method, problems
 
 
-def _server_version(database: Database) -> int:
-    rows = database.query("SHOW server_version_num", admin=True)
-    try:
-        return int(rows[0][0])
-    except (IndexError, ValueError):
-        return 0
-
-
 def _replaced(replace_public: bool) -> str:
     """SQL: the schema ``n`` is one the restore drops and the dump creates again."""
     public = "" if replace_public else " AND n.nspname <> 'public'"
@@ -119,7 +111,7 @@ def in_place_problems(database: Database) -> list[str]:
             f"role {role} may not create temporary tables in database {live} (the restore's guard against a "
             f"half-run script is one): GRANT TEMPORARY ON DATABASE {live} TO {role}"
         )
-    replaced = _replaced(_server_version(database) >= 150000)
+    replaced = _replaced((database.server_version(admin=True) or 0) >= 150000)
     rows = database.query(
         "WITH objects AS ("
         " SELECT c.relnamespace AS ns, c.relname AS name, c.relowner AS owner, 'pg_catalog.pg_class'::regclass AS cls,"
@@ -411,7 +403,7 @@ def restore_in_place(
         log(f"   keeping {live} as it is now: dump into {kept}")
         database.dump(partial)
         os.replace(partial, kept)
-    version = _server_version(database)
+    version = database.server_version(admin=True) or 0
     schemas, extensions = _kept_on_server(database, version >= 150000)
     listing, _, _ = database._run(pg.pg_restore_list, "pg_restore", admin=True, input_file=dump, what="toc")
     filtered, tables = filter_listing(listing, schemas, extensions)

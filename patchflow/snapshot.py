@@ -216,14 +216,6 @@ def snapshot_problem(database: Database, setting: str = "auto") -> str:
     return ""
 
 
-def _server_version(database: Database) -> int:
-    rows = database.query("SHOW server_version_num", admin=True)
-    try:
-        return int(rows[0][0])
-    except (IndexError, ValueError):
-        return 0
-
-
 def create_snapshot(
     database: Database, name: str, log: Callable[[str], None] = lambda line: None, attempts: int = 5
 ) -> None:
@@ -237,7 +229,7 @@ def create_snapshot(
     """
     live = database.target.dbname
     props = database.properties(admin=True)
-    strategy = " STRATEGY FILE_COPY" if _server_version(database) >= 150000 else ""
+    strategy = " STRATEGY FILE_COPY" if (database.server_version(admin=True) or 0) >= 150000 else ""
     drop_snapshot(database, name)
     sql = (
         f"CREATE DATABASE {pg.quote_ident(name)} OWNER {pg.quote_ident(props['owner'])} "

@@ -37,7 +37,6 @@ from patchflow.errors import MigrationError
 
 if TYPE_CHECKING:
     from patchflow.context import Context
-    from patchflow.database import Database
     from patchflow.migrations import Migration
     from patchflow.verify import VerifyReport
 
@@ -144,17 +143,6 @@ def mixed_refusal(name: str, path: str, mode: Mode) -> MigrationError:
     )
 
 
-def server_version(database: Database) -> int | None:
-    """The server's ``server_version_num`` (None when it cannot be read as a number).
-
-    Raises:
-        DatabaseError: the database cannot be queried.
-    """
-    rows = database.query("SHOW server_version_num")
-    text = rows[0][0] if rows and rows[0] else ""
-    return int(text) if text.isdigit() else None
-
-
 def create_warnings(root: Path, migrations: Sequence[Migration]) -> list[str]:
     """create-patch's warnings for ``migrations`` of the tree at ``root``: those that run
     without a transaction, and those mixing statements refused in a transaction block with others
@@ -201,7 +189,7 @@ def plan_transactions(ctx: Context, report: VerifyReport, pending: Sequence[str]
     assert ctx.database is not None
     migrations = [m for m in from_manifest(report.manifest) if m.name in set(pending)]
     contents = patch_sql(ctx, report)(migrations)
-    version = server_version(ctx.database)
+    version = ctx.database.server_version()
     warnings = []
     for migration in migrations:
         data = contents.get(migration.path)

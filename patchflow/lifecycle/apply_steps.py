@@ -22,7 +22,7 @@ from typing import cast
 from patchflow.archive.extract import extract_archive
 from patchflow.backup import save_files, swap_build_outputs
 from patchflow.commands import split_command
-from patchflow.database import Database, stamp_now
+from patchflow.database import Database
 from patchflow.errors import ApplyError, CommandError, DatabaseError, PatchflowError, VerifyError
 from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
 from patchflow.installed import HealthRecord, InstalledRecord
@@ -32,7 +32,7 @@ from patchflow.lifecycle.planning import Plan
 from patchflow.migrations import MigrationHistory, find_migrations, run_migrations
 from patchflow.paths import VERSION_FILE, VERSION_TEMP
 from patchflow.proving import old_version_health, start_old_version
-from patchflow.restore import restore_code, restore_database
+from patchflow.restore import restore_code, restore_database_journaled
 from patchflow.restore_in_place import restore_method
 from patchflow.services import start_with_retries
 from patchflow.snapshot import snapshot_of
@@ -311,25 +311,23 @@ class ChangeSteps(SnapshotSteps):
             ctx.log("   database kept: this apply ran no migration")
             return
         ctx.database.terminate_sessions()
-        stamp = journal.notes.get("restore_stamp") or stamp_now()
-        # chosen once by the role's rights, noted before the restore: a recovery restores the same way
-        method = journal.notes.get("restore_method")
-        if not method:
+        database = ctx.database
+
+        def choose() -> str:  # once, by the role's rights (the plan's choice, else read now)
             if self.plan is None:  # a recovery reads the role's rights: wait for a restarting server first
-                ctx.database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)
-            method = chosen_method(ctx.database, self.plan)
-        journal.note(restore_stamp=stamp, restore_method=method)
-        displaced = restore_database(
-            ctx.database,
+                database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)
+            return chosen_method(database, self.plan)
+
+        restore_database_journaled(
+            database,
             self._require_backup(),
-            stamp,
+            journal,
             ctx.paths,
+            choose,
             log=ctx.log,
             wait=ctx.settings.db_wait_timeout,
-            method=method,
+            faults=ctx.settings.faults,
         )
-        ctx.settings.faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
-        journal.note(displaced_database=displaced)
 
     def start(self) -> None:
         """Start the new version (bounded retries) and wait until it serves its ports."""

@@ -26,7 +26,6 @@ from typing import cast
 
 from patchflow.backup import Backup, load_backup
 from patchflow.context import Context
-from patchflow.database import stamp_now
 from patchflow.errors import BackupError, PatchflowError, RollbackError, VersionError
 from patchflow.installed import HealthRecord, installed_version, read_installed_record
 from patchflow.leftovers import remove_leftovers
@@ -64,7 +63,7 @@ from patchflow.lifecycle.steps import (
 from patchflow.lock import InstallLock
 from patchflow.preconditions import check_rollback_access
 from patchflow.proving import OldHealth, old_version_health, prove_old_version, start_kept_images
-from patchflow.restore import restore_code, restore_database
+from patchflow.restore import restore_code, restore_database_journaled
 from patchflow.restore_in_place import BESIDE, IN_PLACE, restore_method, restore_plan
 from patchflow.services import NotServing, health_now, start_with_retries
 from patchflow.snapshot import snapshot_of, snapshot_problem, usable_snapshot
@@ -400,23 +399,22 @@ class RollbackRun:
         if not journal.notes.get("restore_database") or ctx.database is None:
             ctx.log("   database kept as it is: the apply being rolled back ran no migration")
             return
-        stamp = journal.notes.get("restore_stamp") or stamp_now()
-        method = journal.notes.get("restore_method")  # a recovery restores as the killed run noted
-        if not method:
-            ctx.database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)  # a restarting server: wait, say so
-            method = restore_method(ctx.database)
-        journal.note(restore_stamp=stamp, restore_method=method)
-        displaced = restore_database(
-            ctx.database,
+        database = ctx.database
+
+        def choose() -> str:  # a restarting server is waited for (and said so) before its rights are read
+            database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)
+            return restore_method(database)
+
+        restore_database_journaled(
+            database,
             self._backup(),
-            stamp,
+            journal,
             ctx.paths,
+            choose,
             log=ctx.log,
             wait=ctx.settings.db_wait_timeout,
-            method=method,
+            faults=ctx.settings.faults,
         )
-        ctx.settings.faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
-        journal.note(displaced_database=displaced)
 
     def _old_health(self) -> OldHealth:
         """The health settings judging the restored version (:func:`patchflow.proving.old_version_health`)."""
