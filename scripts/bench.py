@@ -448,8 +448,8 @@ def main() -> int:
                 stopped = Row(label, "floor + its migrate step", None, margin=1.0)
                 stopped.ours = samples["apply"]
                 stopped.theirs = [f + m for f, m in zip(samples["floor"], samples["migrate"], strict=True)]
-                copied = Row("  its snapshot step (in it)", "—", None, "info")
-                copied.ours = samples["snapshot"]
+                copied = Row("  its snapshot step (in it)", "cp -r + sync of the db files", None, "info")
+                copied.ours, copied.theirs = samples["snapshot"], samples["disk_copy"]
                 after = Row("  its dump of the snapshot, after the commit (not in it)", "—", None, "info")
                 after.ours = samples["dump_after"]
                 back = Row("  its rollback's stopped window (the snapshot renamed back)", "its apply", None, "info")

@@ -89,6 +89,21 @@ def _floor(root: Path) -> float:
     return time.perf_counter() - started
 
 
+def _disk_copy(cluster: Any, work: Path) -> float:
+    """Seconds to copy the live database's files (``cp -r`` of its ``base/<oid>`` folder, then
+    ``sync -f``): the disk's own price for a full copy, measured just before the apply (the
+    snapshot's ``STRATEGY FILE_COPY`` writes the same bytes and fsyncs them; on a virtual disk
+    its speed varies several-fold from minute to minute)."""
+    oid = cluster.psql("postgres", "SELECT oid FROM pg_database WHERE datname = 'window';").strip()
+    target = work / "disk-copy"
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(cluster.datadir / "base" / oid), str(target)], check=True)
+    subprocess.run(["sync", "-f", str(target)], check=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(target)
+    return seconds
+
+
 def measure_window(
     repeat: int,
     inv: list[str],
@@ -102,7 +117,9 @@ def measure_window(
     """Set up the install, then time (interleaved, ``repeat`` times) the floor and the stopped
     window of an apply (with the sample's migration when ``migration``; ``snapshot`` sets
     ``database_snapshot``; ``files``: the release also adds that many small files in a new folder,
-    which its rollback must take away). Returns the samples (seconds) and the database size (bytes)."""
+    which its rollback must take away). With ``migration``, each apply follows a plain copy of the
+    database's files (``disk_copy``: the baseline of its snapshot step). Returns the samples
+    (seconds) and the database size (bytes)."""
     sys.path.insert(0, str(REPO / "tests"))
     sys.path.insert(0, str(REPO / "scripts"))
     from sample_workspace import copy_patch, make_release, prepare_workspace
@@ -143,6 +160,7 @@ def measure_window(
             "dump_after": [],
             "migrate": [],
             "rollback": [],
+            "disk_copy": [],
         }
         history = root / ".patchflow" / "history.jsonl"
         for index in range(repeat):
@@ -151,6 +169,9 @@ def measure_window(
                 samples["floor"].append(_floor(root))
 
             def apply() -> None:
+                if migration:
+                    samples["disk_copy"].append(_disk_copy(cluster, work))
+                    settle()
                 done = _inv(inv, root, "apply-patch", "--version", "2.3.0", "--yes")
                 record = json.loads(history.read_text().splitlines()[-1])
                 samples["apply"].append(float(record["stopped_seconds"]))
