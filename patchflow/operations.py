@@ -53,17 +53,21 @@ def rollback_patch(
     break_lock: bool = False,
     backup_id: str | None = None,
     restore_database: bool | None = None,
+    others_stopped: bool = False,
     confirm: Callable[[str], None] = lambda text: None,
     reconfirm: Callable[[Change], None] = refuse_changes,
 ) -> RollbackResult:
     """Roll ``version`` back: restore code (and, when it must, the database) and VERSION from the
-    backup that the apply of ``version`` took (see :mod:`patchflow.lifecycle.rollback`). An interrupted
+    backup that the apply of ``version`` took (see :mod:`patchflow.lifecycle.rollback`). A restore of
+    a database other clients still use after the stop is refused unless ``others_stopped``
+    (:mod:`patchflow.shared_database`). An interrupted
     apply or rollback is finished or undone first. The backup is chosen again under the lock;
     ``reconfirm`` sees a choice that changed (default: refuse it).
 
     Raises:
         VersionError: the installed version is not ``version`` (without ``force``).
         RollbackError: a step failed (the journal stays; running it again finishes it).
+        PreconditionError: the database would be restored under other clients (nothing changed).
         BackupError: no suitable backup, or its dump is corrupt.
         LockError: another operation holds the lock, or a stale lock without ``break_lock``.
         ConfirmationRefused: not confirmed (PlanChanged: the choice changed while it waited).
@@ -79,6 +83,7 @@ def rollback_patch(
         force=force,
         break_lock=break_lock,
         restore_db=restore_database,
+        others_stopped=others_stopped,
         confirm=confirm,
         recover=recover,
         reconfirm=reconfirm,

@@ -34,6 +34,7 @@ from patchflow.files import (
 from patchflow.lifecycle.journal import Journal
 from patchflow.paths import ProjectPaths
 from patchflow.restore_in_place import IN_PLACE, restore_in_place
+from patchflow.shared_database import write_counters, writes_since
 from patchflow.snapshot import forget_snapshots, restore_from_snapshot, snapshot_of
 
 
@@ -308,6 +309,16 @@ def restore_database(
     if use_snapshot and snapshot is not None:
         forget_snapshots(paths, {snapshot})  # it is the live database now
     log(f"   rows written since {backup.created_at[:19]}Z are kept in database {displaced}")
+    baseline = backup.data.get("writes_baseline")
+    if isinstance(baseline, dict):  # noted by the apply before its services started
+        try:
+            written = writes_since(baseline, write_counters(database, displaced))
+        except DatabaseError as exc:
+            written = [f"not known ({exc.message})"]
+        head = f"   rows written since the new version started, kept only in {displaced}"
+        log(f"{head}: none" if not written else f"{head}:")
+        for line in written:
+            log(f"     {line}")
     return displaced
 
 

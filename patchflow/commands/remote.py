@@ -45,11 +45,25 @@ def receive_patch_args(root: str, version: str, upload: str) -> list[str]:
 
 
 def apply_patch_args(
-    root: str, version: str, *, force: bool = False, allow_downgrade: bool = False, break_lock: bool = False
+    root: str,
+    version: str,
+    *,
+    force: bool = False,
+    allow_downgrade: bool = False,
+    break_lock: bool = False,
+    others_stopped: bool = False,
+    database_backup_on: str = "",
 ) -> list[str]:
-    """``apply-patch --yes`` of ``version`` in the checkout ``root`` (deploy's detached run)."""
-    flags = (("--force", force), ("--allow-downgrade", allow_downgrade), ("--break-lock", break_lock))
-    return ["apply-patch", "--root", root, "--version", version, "--yes", *(flag for flag, on in flags if on)]
+    """``apply-patch --yes`` of ``version`` in the checkout ``root`` (deploy's detached run); in a
+    group window ``--others-stopped`` and, on the hosts after the first, ``--database-backup-on``."""
+    flags = (
+        ("--force", force),
+        ("--allow-downgrade", allow_downgrade),
+        ("--break-lock", break_lock),
+        ("--others-stopped", others_stopped),
+    )
+    args = ["apply-patch", "--root", root, "--version", version, "--yes", *(flag for flag, on in flags if on)]
+    return [*args, "--database-backup-on", database_backup_on] if database_backup_on else args
 
 
 def rollback_patch_args(
@@ -60,6 +74,7 @@ def rollback_patch_args(
     force: bool = False,
     break_lock: bool = False,
     restore_database: bool = False,
+    others_stopped: bool = False,
 ) -> list[str]:
     """``rollback-patch --yes`` in the checkout ``root``: of ``version`` (None: the installed one),
     from ``backup`` when given (a remote rollback's detached run)."""
@@ -68,7 +83,12 @@ def rollback_patch_args(
         args += ["--version", version]
     if backup:
         args += ["--backup", backup]
-    flags = (("--force", force), ("--break-lock", break_lock), ("--restore-database", restore_database))
+    flags = (
+        ("--force", force),
+        ("--break-lock", break_lock),
+        ("--restore-database", restore_database),
+        ("--others-stopped", others_stopped),
+    )
     return [*args, *(flag for flag, on in flags if on)]
 
 

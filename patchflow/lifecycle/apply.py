@@ -18,7 +18,7 @@ import time
 
 from patchflow.backup import load_backup
 from patchflow.context import Context
-from patchflow.errors import ApplyError, PatchflowError, RollbackError
+from patchflow.errors import ApplyError, PatchflowError, PreconditionError, RollbackError
 from patchflow.files import remove_tree
 from patchflow.leftovers import remove_leftovers
 from patchflow.lifecycle.apply_prepare import PrepareSteps
@@ -268,7 +268,8 @@ class ApplyRun(PrepareSteps, ChangeSteps):
         raise ApplyError(
             f"Apply of {self.version} failed {where}: {failure}. It was rolled back automatically: "
             f"{self.from_version or 'the previous version'} is running again and passed its health check.{kept}",
-            f"Logs: {self.ctx.paths.operation_log}; {self.ctx.services.logs_hint()}; history in "
+            (f"{exc.hint} " if isinstance(exc, PreconditionError) and exc.hint else "")
+            + f"Logs: {self.ctx.paths.operation_log}; {self.ctx.services.logs_hint()}; history in "
             f"{self.ctx.paths.history}.",
             rolled_back=True,
         )

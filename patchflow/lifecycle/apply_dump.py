@@ -154,8 +154,8 @@ class DumpSteps(ApplyState):
         and dump the database into it (see the module docstring); otherwise nothing (the backup
         step dumps inside the stopped window)."""
         plan = self.plan
-        if self.ctx.database is None or plan is None or not plan.dump_before_stop:
-            return
+        if self.ctx.database is None or plan is None or not plan.dump_before_stop or self.options.database_backup_on:
+            return  # (in deploy's group window the first host's apply backed the database up)
         journal = self.journal
         assert journal is not None
         journal.note(dump_before_stop=True)  # before the dump: migrate and restore-database read it

@@ -100,7 +100,7 @@ class PrepareSteps(ApplyState):
             self.version,
             self.report,
             remove_unowned=self.options.remove_unowned,
-            force=self.options.force,
+            force=self.options.force or bool(self.options.database_backup_on),
             interrupted=interrupted is not None,
         )
         if interrupted is not None:
@@ -208,7 +208,7 @@ class PrepareSteps(ApplyState):
                 self.report,
                 remove_unowned=self.options.remove_unowned,
                 known=confirmed.seen,
-                force=self.options.force,
+                force=self.options.force or bool(self.options.database_backup_on),
             )
             reasons += plan_differences(confirmed, plan)
             self.plan = plan

@@ -36,6 +36,10 @@ class ApplyOptions:
     dry_run: bool = False
     break_lock: bool = False
     remove_unowned: bool = False
+    # deploy's group window: every other client of the database is stopped (patchflow.shared_database)
+    others_stopped: bool = False
+    # deploy's group window: the database was backed up once, by the apply named here; none is taken here
+    database_backup_on: str = ""
 
 
 @dataclass

@@ -35,6 +35,7 @@ from patchflow.proving import old_version_health, start_old_version
 from patchflow.restore import restore_code, restore_database_journaled
 from patchflow.restore_in_place import restore_method
 from patchflow.services import start_with_retries
+from patchflow.shared_database import refuse_other_clients, write_counters
 from patchflow.snapshot import snapshot_of
 from patchflow.space import check_space
 from patchflow.stopped_window import step_record
@@ -176,6 +177,16 @@ class ChangeSteps(SnapshotSteps):
         self.stopped_at = time.monotonic()
         self.stopped_wall = time.time()
         self.ctx.services.stop()
+        plan, database = self.plan, self.ctx.database
+        if plan is not None and plan.pending_migrations and database is not None:
+            if self.options.database_backup_on:
+                raise ApplyError(
+                    f"{len(plan.pending_migrations)} migration(s) are pending here, but this apply was told the "
+                    f"database was backed up and migrated by {self.options.database_backup_on}: nothing was migrated.",
+                    "Run `inv deploy` again: its group window migrates once, on the first host of the group.",
+                )
+            if not self.options.others_stopped:  # a shared database: deploy's group window, or --others-stopped
+                refuse_other_clients(database, "migrate")
 
     def start_old(self) -> None:
         """Undo of stop: start the old version again (whatever its health says) and prove it
@@ -212,6 +223,9 @@ class ChangeSteps(SnapshotSteps):
         snapshot = snapshot_of(backup)
         if snapshot is not None:
             ctx.log(f"   database: copied by the snapshot {snapshot} (dumped from it after the restart)")
+        elif ctx.database is not None and self.options.database_backup_on:
+            backup.data["database_backup_on"] = self.options.database_backup_on
+            ctx.log(f"   database: backed up once for the group, by {self.options.database_backup_on}")
         elif ctx.database is not None and not backup.data.get("database"):
             self.dump_into(backup, when="after the stop")
             # how this apply undoes a failed migration from it (the undo records its own choice too)
@@ -330,8 +344,17 @@ class ChangeSteps(SnapshotSteps):
         )
 
     def start(self) -> None:
-        """Start the new version (bounded retries) and wait until it serves its ports."""
+        """Start the new version (bounded retries) and wait until it serves its ports. First, with a
+        database in the backup, the rows written per table so far are noted in it (``writes_baseline``:
+        a restore names what was written since, :func:`patchflow.shared_database.writes_since`)."""
         ctx = self.ctx
+        backup = self._backup()
+        if ctx.database is not None and backup is not None and (backup.database or snapshot_of(backup)):
+            try:
+                backup.data["writes_baseline"] = write_counters(ctx.database)
+                backup.save()
+            except DatabaseError as exc:
+                ctx.log(f"   rows written per table not noted ({exc.message})")
         start_with_retries(
             ctx.services,
             ctx.settings.start_retries,

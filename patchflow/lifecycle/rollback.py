@@ -1,19 +1,15 @@
-"""rollback-patch's step list as data (ROLLBACK_STEPS) and the run that executes it (never undone).
-
-The steps: choose, lock, stop, restore-code, restore-database, start, health, commit
-(:data:`ROLLBACK_STEPS`).
+"""rollback-patch's steps as data (:data:`ROLLBACK_STEPS`: choose, lock, stop, restore-code,
+restore-database, start, health, commit) and the run that executes them (never undone).
 
 The backup restored is the one recorded by the apply that installed the current version
 (``.patchflow/installed.json``), or the one named with ``--backup``; never one picked by clock
-(:mod:`patchflow.lifecycle.rollback_choice`). It is chosen before the confirmation and chosen again
-under the lock (with the installed version and any interrupted run): when another run changed them
-meanwhile, the rollback asks again or refuses (:mod:`patchflow.lifecycle.decisions`), so one backup
-is never restored twice (field failure R01).
+(:mod:`patchflow.lifecycle.rollback_choice`). It is chosen before the confirmation and again under
+the lock: when another run changed things meanwhile, the rollback asks again or refuses
+(:mod:`patchflow.lifecycle.decisions`), so one backup is never restored twice (field failure R01).
 The database is restored only when the apply being undone ran migrations (or with
-``--restore-database``); it is restored beside the live one and swapped in, the displaced
-database being kept. A rollback is never undone: if a step fails, the journal stays and the next
-rollback-patch finishes it (:mod:`patchflow.lifecycle.recovery`). It is recorded as successful only when
-the services are back and healthy (field failure C18).
+``--restore-database``), and never under other clients (:mod:`patchflow.shared_database`); the
+displaced database is kept. A failed step leaves the journal and the next rollback-patch finishes
+it (:mod:`patchflow.lifecycle.recovery`). Successful only when the services are back and healthy (C18).
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from typing import cast
 
 from patchflow.backup import Backup, load_backup
 from patchflow.context import Context
-from patchflow.errors import BackupError, PatchflowError, RollbackError, VersionError
+from patchflow.errors import BackupError, PatchflowError, PreconditionError, RollbackError, VersionError
 from patchflow.installed import HealthRecord, installed_version, read_installed_record
 from patchflow.leftovers import remove_leftovers
 from patchflow.lifecycle.decisions import (
@@ -66,6 +62,7 @@ from patchflow.proving import OldHealth, old_version_health, prove_old_version, 
 from patchflow.restore import restore_code, restore_database_journaled
 from patchflow.restore_in_place import BESIDE, IN_PLACE, restore_method, restore_plan
 from patchflow.services import NotServing, health_now, start_with_retries
+from patchflow.shared_database import restore_alone
 from patchflow.snapshot import snapshot_of, snapshot_problem, usable_snapshot
 from patchflow.space import Need, check_space
 from patchflow.stopped_window import step_record
@@ -100,6 +97,7 @@ class RollbackRun:
     force: bool = False
     break_lock: bool = False
     restore_db: bool | None = None
+    others_stopped: bool = False  # every other client of the database is stopped (deploy's group window)
     confirm: Callable[[str], None] = lambda text: None
     recover: Callable[[Journal], Recovery | None] = lambda journal: None
     reconfirm: Callable[[Change], None] = refuse_changes
@@ -143,7 +141,6 @@ class RollbackRun:
         run.backup = backup
         return run
 
-    # -- the steps ------------------------------------------------------------------------------
     def _must_restore_database(self, backup: Backup) -> bool:
         if self.ctx.database is None or (backup.database is None and snapshot_of(backup) is None):
             return False
@@ -382,8 +379,14 @@ class RollbackRun:
         ctx.settings.faults.checkpoint("journal-opened")  # lock not yet marked done
 
     def stop(self) -> None:
+        """Stop the application services; :func:`patchflow.shared_database.restore_alone` may refuse."""
         self.stopped_at = time.monotonic()
         self.ctx.services.stop()
+        try:
+            restore_alone(self.ctx, self._journal(), others_stopped=self.others_stopped)
+        except PreconditionError:
+            self.journal = None  # refused: the services run again, the journal is cleared, nothing changed
+            raise
 
     def restore_code(self) -> None:
         """Put the code back; folders the apply added whole go to a trash folder deleted at the end."""

@@ -38,6 +38,7 @@ from patchflow.lifecycle.steps import Step, StepSpec, bind, checked_specs, run_f
 from patchflow.remote.facts import fetch_facts
 from patchflow.remote.fleet import Fleet, combined_error, each_host
 from patchflow.remote.gates import check_delta_bases, check_ready, staging_gate
+from patchflow.remote.group_window import DatabaseGroup, database_groups, roll_back_group, run_group_window
 from patchflow.remote.hosts import Log, Target, operator
 from patchflow.remote.outcome import FleetReport, HostResult
 from patchflow.remote.runs import follow_and_judge, start_run
@@ -104,6 +105,7 @@ class DeployRun:
         self.running: dict[str, RunStatus] = {}
         self.pending: set[str] = set()
         self.todo: list[Target] = []
+        self.groups: list[DatabaseGroup] = []  # hosts on one database, one stopped window each
         self._sessions = ExitStack()
 
     def steps(self) -> list[Step]:
@@ -172,11 +174,17 @@ class DeployRun:
                 log(f"[{target.name}] a deploy of {version} you started is still running there: attaching to it")
             elif target not in todo:
                 log(f"[{target.name}] {version} is already installed (--force applies it again)")
+        if not options.upload_only:
+            self.groups = database_groups(todo, facts, patch.migrations)
+            for group in self.groups:
+                log(group.describe())
         plan = (
             "upload only"
             if options.upload_only
             else ("rolling" + (f", canary {ordered[0].name}" if options.canary else ""))
         )
+        if self.groups:
+            plan += "; one stopped window for " + "; ".join(", ".join(t.name for t in g.hosts) for g in self.groups)
         if todo:
             self.confirm(
                 f"{'Upload' if options.upload_only else 'Deploy'} {version} to {', '.join(t.name for t in todo)} "
@@ -217,49 +225,64 @@ class DeployRun:
             elif self.options.upload_only and target in todo:
                 result.result, result.after = "uploaded", result.before
 
-    def apply(self) -> None:
-        """Rolling: each host's apply (a detached run there) followed to its end, the canary's
-        health probed again after it, stopping at the first failure (``rollback_on_failure``: the
-        hosts this run updated are rolled back, newest first). A failing host is recorded in the
-        report (its exit code), not raised."""
+    def apply_host(self, target: Target, *, position: int, database_backup_on: str = "") -> HostResult:
+        """One host's apply (a detached run there, or the run already going that this deploy attaches
+        to) followed to its end and judged into the host's report entry, which is returned; the
+        canary (``position`` 0 with ``canary``) is probed again after it. Never raises."""
         fleet, _ = self._need()
-        options, version, log, report = self.options, self.version, self.log, self.report
+        options, version, log = self.options, self.version, self.log
+        result = self.report.get(target.name)
+        session = fleet.sessions[target.name]
+        try:
+            if target.name in self.running:
+                record = self.running[target.name].record
+                log(f"[{target.name}] attached to {record.id} (started by {record.operator} at {record.started_at})")
+            else:
+                args = apply_patch_args(
+                    target.path,
+                    version,
+                    force=options.force,
+                    allow_downgrade=options.allow_downgrade,
+                    break_lock=options.break_lock,
+                    database_backup_on=database_backup_on,
+                )
+                record = start_run(session, self.facts[target.name], "apply", version, args)
+                log(f"[{target.name}] apply started there (pid {record.launch_pid}, log {record.log})")
+            follow_and_judge(session, record, result, fleet.locked_log)
+            if result.ok and options.canary and position == 0:
+                checked = fetch_facts(session, health=True)
+                probe = checked.probe
+                detail = probe.get("detail") if probe else None
+                if not (probe and probe.get("healthy")) or checked.installed != version:
+                    result.result, result.exit_code = "failed", 2
+                    result.detail = f"canary not healthy after its apply: {detail}"
+                else:
+                    log(f"[{target.name}] canary healthy on {version}: {detail}")
+        except PatchflowError as exc:
+            result.result = "unknown" if isinstance(exc, ConnectionLost) else "failed"
+            result.exit_code, result.detail = exc.exit_code, f"{exc.message} {exc.hint}".strip()
+        return result
+
+    def apply(self) -> None:
+        """The groups of hosts on one database first, each in one stopped window
+        (:mod:`patchflow.remote.group_window`), then the other hosts rolling: each host's apply
+        followed to its end, stopping at the first failure (``rollback_on_failure``: the hosts this
+        run updated are rolled back, newest first; a group as a group). A failing host is recorded
+        in the report (its exit code), not raised."""
+        fleet, _ = self._need()
+        options, version, log = self.options, self.version, self.log
         updated: list[Target] = []
         failure: HostResult | None = None
-        for position, target in enumerate(self.ordered):
-            result = report.get(target.name)
-            session = fleet.sessions[target.name]
+        in_groups = {t.name for g in self.groups for t in g.hosts}
+        for group in self.groups:
+            failure = run_group_window(self, group, updated)
+            if failure is not None:
+                break
+        rolling = [t for t in self.ordered if t.name not in in_groups]
+        for position, target in enumerate(rolling if failure is None else []):
             if target.name not in self.running and target not in self.todo:
                 continue
-            try:
-                if target.name in self.running:
-                    record = self.running[target.name].record
-                    log(
-                        f"[{target.name}] attached to {record.id} (started by {record.operator} at {record.started_at})"
-                    )
-                else:
-                    args = apply_patch_args(
-                        target.path,
-                        version,
-                        force=options.force,
-                        allow_downgrade=options.allow_downgrade,
-                        break_lock=options.break_lock,
-                    )
-                    record = start_run(session, self.facts[target.name], "apply", version, args)
-                    log(f"[{target.name}] apply started there (pid {record.launch_pid}, log {record.log})")
-                follow_and_judge(session, record, result, fleet.locked_log)
-                if result.ok and options.canary and position == 0:
-                    checked = fetch_facts(session, health=True)
-                    probe = checked.probe
-                    detail = probe.get("detail") if probe else None
-                    if not (probe and probe.get("healthy")) or checked.installed != version:
-                        result.result, result.exit_code = "failed", 2
-                        result.detail = f"canary not healthy after its apply: {detail}"
-                    else:
-                        log(f"[{target.name}] canary healthy on {version}: {detail}")
-            except PatchflowError as exc:
-                result.result = "unknown" if isinstance(exc, ConnectionLost) else "failed"
-                result.exit_code, result.detail = exc.exit_code, f"{exc.message} {exc.hint}".strip()
+            result = self.apply_host(target, position=position + len(in_groups))
             if result.ok:
                 if result.result == "updated":
                     updated.append(target)
@@ -269,7 +292,12 @@ class DeployRun:
         if failure is not None:
             log(f"[{failure.name}] {failure.result}: stopping the rollout (the remaining hosts are left as they are)")
             if options.rollback_on_failure and updated:
-                _roll_back_updated(fleet, self.facts, updated, report, version, log)
+                alone = [t for t in updated if t.name not in in_groups]
+                _roll_back_updated(fleet, self.facts, alone, self.report, version, log)
+                for group in reversed(self.groups):
+                    members = [t for t in updated if t in group.hosts]
+                    if members:
+                        roll_back_group(self, members, [])
 
 
 DEPLOY_STEPS: tuple[StepSpec, ...] = checked_specs(

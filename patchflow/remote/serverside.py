@@ -44,6 +44,7 @@ from patchflow.paths import SHA256SUMS, ProjectPaths
 from patchflow.remote.wire import (
     FACTS_FORMAT,
     UPLOAD_PREFIX,
+    DatabaseFactsJSON,
     HealthAnswerJSON,
     HealthJSON,
     HostFactsJSON,
@@ -369,7 +370,28 @@ def host_facts(
         "upload": _upload_state(paths, version) if version is not None else None,
         "installed_tree_sha256": installed_tree_sha256(paths) if version is not None else None,
         "journal": journal_facts(paths),
+        "database": database_facts(settings),
     }
+
+
+def database_facts(settings: Settings) -> DatabaseFactsJSON | None:
+    """Which database this checkout uses and the migrations applied there (deploy groups hosts
+    by ``identity``: :mod:`patchflow.shared_database`); None without a database. A database that
+    cannot be reached gives ``identity`` "" and the reason in ``error`` (never raises)."""
+    from patchflow.context import Context
+    from patchflow.migrations import MigrationHistory
+    from patchflow.shared_database import database_identity
+
+    try:
+        database = Context.create(settings).database
+        if database is None:
+            return None
+        identity = database_identity(database)
+        rows = MigrationHistory(database).rows()
+    except PatchflowError as exc:
+        return {"identity": "", "applied": [], "error": exc.message}
+    applied = [r["name"] for r in rows if r["finished"] and not r["rolled_back"]]
+    return {"identity": identity, "applied": applied, "error": ""}
 
 
 def installed_tree_sha256(paths: ProjectPaths) -> str | None:

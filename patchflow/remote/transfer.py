@@ -35,6 +35,7 @@ class LocalPatch:
     sums_sha256: str
     delta_base: str | None = None  # the version a delta patch is built on; None for a full patch
     base_tree_sha256: str | None = None  # the delta's base tree (patchflow.delta.tree_sha256)
+    migrations: tuple[str, ...] = ()  # the names of the migrations it carries (its manifest's)
 
     @property
     def upload_name(self) -> str:
@@ -71,7 +72,12 @@ def local_patch(settings: Settings, version: PatchVersion) -> LocalPatch:
     files[SHA256SUMS] = (len(sums_bytes), sums_sha256)
     delta = report.delta or {}
     base = str(delta["base_version"]) if delta else None
-    return LocalPatch(version, folder, files, sums_sha256, base, str(delta.get("base_tree_sha256") or "") or None)
+    from patchflow.migrations import from_manifest
+
+    names = tuple(m.name for m in from_manifest(report.manifest))
+    return LocalPatch(
+        version, folder, files, sums_sha256, base, str(delta.get("base_tree_sha256") or "") or None, names
+    )
 
 
 @dataclass

@@ -126,6 +126,16 @@ class JournalFactsJSON(TypedDict, total=False):
     services: str
 
 
+class DatabaseFactsJSON(TypedDict):
+    """The database a host uses (:func:`patchflow.remote.serverside.database_facts`): ``identity``
+    (``<system_identifier>/<name>``, equal on every host using it; "" when it could not be read:
+    ``error`` says why) and the migrations applied there (finished, not rolled back)."""
+
+    identity: str
+    applied: list[str]
+    error: str
+
+
 class HostFactsJSON(TypedDict):
     """The document ``host-facts`` prints (see :func:`patchflow.remote.serverside.host_facts`)."""
 
@@ -145,6 +155,7 @@ class HostFactsJSON(TypedDict):
     upload: UploadStateJSON | None
     installed_tree_sha256: NotRequired[str | None]  # not sent by patchflow before delta patches
     journal: NotRequired[JournalFactsJSON | None]  # not sent by older patchflow
+    database: NotRequired[DatabaseFactsJSON | None]  # None: no database configured; not sent by older patchflow
 
 
 def _text(data: Mapping[str, object], key: str, *, required: bool = False) -> str:
@@ -380,6 +391,12 @@ class HostFacts:
     def journal(self) -> JournalFactsJSON | None:
         """What the journal of an unfinished run says (None without one, or from older patchflow)."""
         value = self.data.get("journal")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def database(self) -> DatabaseFactsJSON | None:
+        """The database the host uses (None without one, or from older patchflow)."""
+        value = self.data.get("database")
         return value if isinstance(value, dict) else None
 
     @property

@@ -22,7 +22,7 @@ from patchflow.tasks.apply_rollback import apply_patch, rollback_patch
 from patchflow.tasks.deploy import deploy, setup_host
 from patchflow.tasks.maintenance import baseline_migrations, prune_backups
 from patchflow.tasks.migrations import rehearse, resolve_migration
-from patchflow.tasks.on_server import host_facts, receive_patch
+from patchflow.tasks.on_server import host_facts, receive_patch, start_services, stop_services
 from patchflow.tasks.patches import create_patch, create_signing_key, patch_status, verify_patch
 from patchflow.tasks.services import down, logs, ps, restart, up
 from patchflow.tasks.setup import init, preflight
@@ -49,6 +49,8 @@ ns = Collection(
     setup_host,
     host_facts,
     receive_patch,
+    stop_services,
+    start_services,
 )
 ns.configure({"run": {"echo": False}})
 

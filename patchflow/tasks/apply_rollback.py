@@ -37,6 +37,10 @@ if TYPE_CHECKING:
         "list_files": "list every path (and every migration lint finding) in the plan instead of a summary by folder",
         "rehearse": "first run the pending migrations on a copy of the database (as inv rehearse; services keep "
         "running): the plan shows their time as the migrate step, and a migration that fails there refuses the apply",
+        "others_stopped": "every other app server and client of the database is stopped (deploy's group window "
+        "passes it): migrate even if sessions from elsewhere remain (they are ended)",
+        "database_backup_on": "TEXT: deploy's group window: the database was backed up once, by the apply named "
+        "here; this apply takes none and refuses if a migration is pending",
     }
 )
 def apply_patch(
@@ -53,6 +57,8 @@ def apply_patch(
     remove_unowned: bool = False,
     list_files: bool = False,
     rehearse: bool = False,
+    others_stopped: bool = False,
+    database_backup_on: str = "",
 ) -> None:
     """Apply a patch: verify, back up, switch, migrate, restart, health-check; roll back on failure."""
     from patchflow.console import confirm
@@ -70,6 +76,8 @@ def apply_patch(
         dry_run=dry_run,
         break_lock=break_lock,
         remove_unowned=remove_unowned,
+        others_stopped=others_stopped,
+        database_backup_on=database_backup_on,
     )
 
     def ask(plan: Plan) -> None:
@@ -150,6 +158,8 @@ def rehearse_first(ctx: CoreContext, version: PatchVersion) -> None:
         "backup": "name of the backup folder to restore (default: the one the apply of VERSION took)",
         "break_lock": "take over a stale lock left by a dead apply/rollback",
         "restore_database": "restore the database even if the apply ran no migration",
+        "others_stopped": "every other app server and client of the database is stopped: restore it even if "
+        "sessions from elsewhere remain (they are ended)",
         **REMOTE_HELP,
     }
 )
@@ -162,6 +172,7 @@ def rollback_patch(
     backup: str | None = None,
     break_lock: bool = False,
     restore_database: bool = False,
+    others_stopped: bool = False,
     host: str | None = None,
     hosts: str | None = None,
     role: str | None = None,
@@ -212,6 +223,7 @@ def rollback_patch(
             break_lock=break_lock,
             backup_id=backup,
             restore_database=True if restore_database else None,
+            others_stopped=others_stopped,
             confirm=lambda text: confirm(text, yes=yes),
             reconfirm=pausing(ctx.progress, ask_again(yes, ctx)),  # asked in the lock step
         )

@@ -1,4 +1,4 @@
-"""The tasks deploy runs on a server over SSH: host-facts and receive-patch.
+"""The tasks deploy runs on a server over SSH: host-facts, receive-patch, stop-services, start-services.
 
 host-facts prints what deploy needs to know about the checkout there, as JSON; receive-patch
 checks an uploaded patch folder and puts it in place (see :mod:`patchflow.remote.serverside`)."""
@@ -54,3 +54,33 @@ def receive_patch(c: Context, root: str | None = None, version: str | None = Non
         print(NOT_VERIFIED, flush=True)  # deploy says "does not verify" only after this line
         raise
     print(outcome)
+
+
+@command(help={"root": ROOT_HELP})
+def stop_services(c: Context, root: str | None = None) -> None:
+    """Stop this checkout's application services (data services keep running): deploy's group window
+    runs it on every host that uses the database before the one migration (see
+    :mod:`patchflow.remote.group_window`)."""
+    from patchflow.tasks.edge import context_for
+
+    ctx = context_for(c, root)
+    ctx.services.stop()
+    print("stopped")
+
+
+@command(help={"root": ROOT_HELP})
+def start_services(c: Context, root: str | None = None) -> None:
+    """Start this checkout's application services and wait until the installed version answers
+    healthy (deploy's group window, after its hosts are done or undone)."""
+    from patchflow.installed import installed_version
+    from patchflow.services import start_with_retries, wait_services_healthy
+    from patchflow.tasks.edge import context_for
+
+    ctx = context_for(c, root)
+    settings = ctx.settings
+    start_with_retries(
+        ctx.services, settings.start_retries, urls=settings.health_url, ready_timeout=settings.health_timeout
+    )
+    installed = installed_version(ctx.paths)
+    wait_services_healthy(ctx.services, settings, expect_version=str(installed) if installed else None)
+    print(f"started {installed or '?'}")

@@ -174,7 +174,9 @@ def test_the_plan_waits_for_old_transactions_when_told_to(install: Install) -> N
     with holding(install, 'SELECT count(*) FROM "User"') as blocker:
         pid = blocker.info.backend_pid
         wait_until(lambda: _xact_age(install, pid) > 1.2, 30, "the blocking transaction older than the lock timeout")
-        apply = inv_popen(install, "apply-patch", "--version", "2.3.0", "--yes", env=env)
+        # the report's session stays connected once it commits: --others-stopped says the operator knows
+        # this client (the snapshot ends its session); without it the apply refuses (test_shared_database)
+        apply = inv_popen(install, "apply-patch", "--version", "2.3.0", "--yes", "--others-stopped", env=env)
         assert apply.stdout is not None and apply.stderr is not None
         readers = [_drain(apply.stdout, out), _drain(apply.stderr, err)]
         try:

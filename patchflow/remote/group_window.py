@@ -1,0 +1,195 @@
+"""Deploy's group window: several app servers on one database (issue 24).
+
+``host-facts`` reports the identity of the database each host uses (``<system_identifier>/<name>``:
+:func:`patchflow.shared_database.database_identity`) and the migrations applied there. Hosts of
+one deploy with the same identity form a *group*. For a patch whose migrations are not all applied
+on the group's database, the group gets **one stopped window** instead of a host-by-host roll:
+
+1. the application services of every host of the group but the first are stopped
+   (``stop-services`` there), so nobody writes to the database;
+2. the first host (the group's *migration host*, Capistrano's ``migration_role``) applies the patch:
+   its own stop, the snapshot or dump of the database, the migrations, once; its apply refuses if a
+   client it does not know is still connected (:func:`patchflow.shared_database.refuse_other_clients`);
+3. every other host applies it with ``--database-backup-on <first host>``: no database backup of
+   its own, no migration (it refuses if one is pending), its code switched and its services started
+   and proven healthy;
+4. a failure undoes the group: when the first host failed, its own apply restored the database
+   with every other host stopped, and the others are started again on the old version. When a
+   later host failed and ``--rollback-on-failure`` is given, every host of the group is stopped,
+   the first host rolls back (the database restored once, from its snapshot: the rows written
+   since the new version started are named and kept in the displaced database), then each updated
+   host rolls back its code, then the hosts left stopped are started. Without it, the hosts left
+   stopped are started on the old version (and said to run it on the migrated schema).
+
+A patch without pending migrations keeps the host-by-host roll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from patchflow.commands.remote import rollback_patch_args, task_command
+from patchflow.errors import PatchflowError, RemoteError
+from patchflow.remote.hosts import Target
+from patchflow.remote.outcome import HostResult
+from patchflow.remote.runs import follow_and_judge, start_run
+from patchflow.remote.wire import HostFacts
+
+if TYPE_CHECKING:
+    from patchflow.remote.rolling import DeployRun
+
+
+@dataclass
+class DatabaseGroup:
+    """Hosts of one deploy that use one database (``identity``), in rolling order: the first
+    migrates; ``pending``: the patch's migrations not applied there."""
+
+    identity: str
+    hosts: list[Target]
+    pending: list[str]
+
+    def describe(self) -> str:
+        """``database 7716.../app used by a, b, c: one stopped window, 1 migration on a``."""
+        names = ", ".join(t.name for t in self.hosts)
+        return (
+            f"database {self.identity} is used by {names}: one stopped window for the group "
+            f"({len(self.pending)} migration(s) run once, on {self.hosts[0].name}; its backup is the group's)"
+        )
+
+
+def database_groups(
+    todo: Sequence[Target], facts: dict[str, HostFacts], migrations: Sequence[str]
+) -> list[DatabaseGroup]:
+    """The groups of two or more hosts of ``todo`` (rolling order kept) whose database is the same
+    and lacks some of ``migrations`` (the patch's, by name). Hosts whose database identity is not
+    known (no database, an older patchflow, unreachable) are in no group."""
+    by_identity: dict[str, list[Target]] = {}
+    for target in todo:
+        database = facts[target.name].database
+        identity = database.get("identity") if database else ""
+        if identity:
+            by_identity.setdefault(identity, []).append(target)
+    groups = []
+    for identity, hosts in by_identity.items():
+        if len(hosts) < 2:
+            continue
+        database = facts[hosts[0].name].database
+        applied = set(database.get("applied", [])) if database else set()
+        pending = [m for m in migrations if m not in applied]
+        if pending:
+            groups.append(DatabaseGroup(identity, hosts, pending))
+    return groups
+
+
+def _service_task(run: DeployRun, target: Target, task: str) -> None:
+    """Run ``stop-services`` or ``start-services`` in ``target``'s checkout and wait for it.
+
+    Raises:
+        RemoteError: it failed there (its last error line in the message).
+        ConnectionLost: the host did not answer.
+    """
+    fleet, _ = run._need()
+    python = str(run.facts[target.name].data.get("python") or "python3")
+    done = fleet.sessions[target.name].run(task_command(target.path, python, [task, "--root", target.path]), what=task)
+    if done.exited != 0:
+        raise RemoteError(f"{target.name}: {task} failed there: {done.last_error()}")
+    fleet.locked_log(f"[{target.name}] {task}: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else 'ok'}")
+
+
+def _each(run: DeployRun, targets: Sequence[Target], task: str) -> list[str]:
+    """``task`` on each of ``targets`` in turn; the failures, as lines (the others still run)."""
+    problems = []
+    for target in targets:
+        try:
+            _service_task(run, target, task)
+        except PatchflowError as exc:
+            problems.append(f"{target.name}: {exc.message}")
+            run.log(f"[{target.name}] !! {task} failed: {exc.message}")
+    return problems
+
+
+def run_group_window(run: DeployRun, group: DatabaseGroup, updated: list[Target]) -> HostResult | None:
+    """The group window of the module docstring for ``group``; the hosts it updated are added to
+    ``updated`` (they are rolled back here on a failure with ``rollback_on_failure``). Returns the
+    failing host's result, or None when every host of the group ended on the new version."""
+    log, report = run.log, run.report
+    first, others = group.hosts[0], group.hosts[1:]
+    log(group.describe())
+    log(f"stopping the application services of {', '.join(t.name for t in others)} (the group's window opens)")
+    problems = _each(run, others, "stop-services")
+    if problems:
+        _each(run, others, "start-services")
+        result = report.get(others[0].name)
+        result.result, result.exit_code = "refused", 2
+        result.detail = "the group's window could not open: " + "; ".join(problems)
+        return result
+    done: list[Target] = []
+    failure: HostResult | None = None
+    for target in group.hosts:
+        backup_on = "" if target is first else f"{first.name} (the group's first host)"
+        result = run.apply_host(target, position=len(done), database_backup_on=backup_on)
+        if not result.ok:
+            failure = result
+            break
+        done.append(target)
+        if result.result == "updated":
+            updated.append(target)
+    if failure is None:
+        log(f"the group of {first.name} is on {run.version}: its window is closed")
+        return None
+    left = [t for t in group.hosts if t not in done and t.name != failure.name]
+    in_group = [t for t in updated if t in group.hosts]
+    if failure.name == first.name or not run.options.rollback_on_failure or not in_group:
+        if failure.name != first.name and in_group:
+            log(
+                f"!! {', '.join(t.name for t in in_group)} run {run.version} and the database is migrated; "
+                f"{', '.join(t.name for t in left) or 'no other host'} start again on the old version against it "
+                "(--rollback-on-failure undoes the group)"
+            )
+        _each(run, left, "start-services")
+        return failure
+    roll_back_group(run, in_group, [t for t in group.hosts if t.name == failure.name] + left)
+    for target in in_group:
+        updated.remove(target)
+    return failure
+
+
+def roll_back_group(run: DeployRun, updated: list[Target], idle: list[Target]) -> None:
+    """Undo a group: stop every host (``updated``, first the group's first host, and ``idle``: the
+    failed one, restarted on the old version by its own undo, and those not reached), roll back
+    the first host (the database restored once), then the other updated hosts (their code), then
+    start ``idle`` again. Each rollback is a detached run judged like deploy's applies."""
+    fleet, _ = run._need()
+    log, version, report = run.log, run.version, run.report
+    log(f"undoing the group: stopping {', '.join(t.name for t in [*updated, *idle])} before the database is restored")
+    stop_problems = _each(run, [*updated, *idle], "stop-services")
+    if stop_problems:
+        log("!! not every host of the group stopped: the first host's rollback refuses to restore under them")
+    for target in updated:
+        result = report.get(target.name)
+        log(f"[{target.name}] rolling back {version} (--rollback-on-failure, the group's window)")
+        back = HostResult(target.name, target.role, before=version)
+        try:
+            record = start_run(
+                fleet.sessions[target.name],
+                run.facts[target.name],
+                "rollback",
+                version,
+                rollback_patch_args(target.path, version),
+                installed=version,
+            )
+            follow_and_judge(fleet.sessions[target.name], record, back, fleet.locked_log)
+        except PatchflowError as exc:
+            back.result, back.exit_code, back.detail = "unknown", exc.exit_code, f"{exc.message} {exc.hint}".strip()
+        result.after = back.after
+        result.recovery, result.recovery_does = back.recovery, back.recovery_does
+        if back.result == "rolled back":
+            result.result, result.detail = "rolled back", f"updated to {version}, then rolled back with its group"
+        else:
+            result.result = back.result if back.result.startswith("rollback") else f"rollback {back.result}"
+            result.exit_code, result.detail = back.exit_code or 4, back.detail
+            log(f"[{target.name}] !! its rollback did not end well: the rest of the group is left stopped")
+            return
+    _each(run, idle, "start-services")
