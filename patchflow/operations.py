@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from patchflow.context import Context
+from patchflow.errors import ApplyError
 from patchflow.lifecycle.apply import ApplyOptions, ApplyResult, ApplyRun
 from patchflow.lifecycle.decisions import Change, refuse_changes
 from patchflow.lifecycle.journal import Journal
@@ -17,6 +18,7 @@ from patchflow.lifecycle.planning import Plan
 from patchflow.lifecycle.recovery import recover_interrupted
 from patchflow.lifecycle.rollback import RollbackResult, RollbackRun
 from patchflow.lifecycle.steps import Recovery
+from patchflow.shared_database import clear_group_window
 from patchflow.version import PatchVersion
 
 
@@ -42,7 +44,16 @@ def apply_patch(
     def recover(journal: Journal) -> Recovery:
         return recover_interrupted(ctx, journal)
 
-    return ApplyRun(ctx, version, options, confirm=confirm, recover=recover, reconfirm=reconfirm).execute()
+    run = ApplyRun(ctx, version, options, confirm=confirm, recover=recover, reconfirm=reconfirm)
+    try:
+        result = run.execute()
+    except ApplyError as exc:
+        if exc.rolled_back:  # the old version's services run again: no group window holds them
+            clear_group_window(ctx.paths)
+        raise
+    if not (result.dry_run or result.noop):
+        clear_group_window(ctx.paths)  # its services run: deploy's group window (if any) is over here
+    return result
 
 
 def rollback_patch(
@@ -88,4 +99,6 @@ def rollback_patch(
         recover=recover,
         reconfirm=reconfirm,
     )
-    return run.execute()
+    result = run.execute()
+    clear_group_window(ctx.paths)
+    return result

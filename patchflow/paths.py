@@ -177,6 +177,12 @@ class ProjectPaths:
         return self.state / "displaced-databases.json"
 
     @property
+    def group_window(self) -> Path:
+        """The record of deploy's group window that stopped this host's services (cleared by the
+        next apply's or rollback's commit, or start-services)."""
+        return self.state / "group-window.json"
+
+    @property
     def snapshots(self) -> Path:
         """The record of the database snapshots applies took on the database server (listed, pruned)."""
         return self.state / "snapshots.json"

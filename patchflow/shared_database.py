@@ -10,6 +10,11 @@
   other hosts are stopped (``--others-stopped``, which ``deploy``'s group window passes): their
   rows would be moved out of the live database by a restore, and their code would run on a
   schema it does not know.
+* :func:`record_group_window`, :func:`read_group_window`, :func:`clear_group_window`: the record
+  ``.patchflow/group-window.json`` (``version``, ``first``: the host that migrates, ``hosts``,
+  ``stopped_at`` UTC, ``by``) that deploy's group window leaves on a host it stopped, until the
+  host's next apply or rollback commits or its services are started again: a deploy killed
+  mid-window leaves it, ``patch-status --hosts`` shows it, and deploy again finishes the group.
 * :func:`write_counters` and :func:`writes_since`: the rows inserted, updated and deleted per table
   (PostgreSQL's cumulative statistics, ``pg_stat_user_tables``), so a restore can name the tables
   whose rows written since the new version started are kept only in the displaced database.
@@ -17,13 +22,15 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from patchflow.database import Database
 from patchflow.errors import DatabaseError, PreconditionError
+from patchflow.paths import ProjectPaths
 
 if TYPE_CHECKING:
     from patchflow.context import Context
@@ -137,6 +144,37 @@ def restore_alone(ctx: Context, journal: Journal, *, others_stopped: bool) -> No
         start_with_retries(ctx.services, ctx.settings.start_retries)
         journal.clear()
         raise
+
+
+def record_group_window(paths: ProjectPaths, version: str, first: str, hosts: Sequence[str], by: str) -> None:
+    """Write the group-window record (see the module docstring).
+
+    Raises:
+        OSError: it cannot be written.
+    """
+    from patchflow.lifecycle.journal import utc_now, write_json_atomic
+
+    record = {"version": version, "first": first, "hosts": list(hosts), "stopped_at": utc_now(), "by": by}
+    write_json_atomic(paths.group_window, record, mode=0o644)
+
+
+def read_group_window(paths: ProjectPaths) -> dict[str, Any] | None:
+    """The group-window record, None when there is none (or it cannot be read)."""
+    try:
+        data = json.loads(paths.group_window.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(data.get("first"), str):
+        return None
+    return data
+
+
+def clear_group_window(paths: ProjectPaths) -> None:
+    """Remove the group-window record (nothing when there is none)."""
+    try:
+        paths.group_window.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def write_counters(database: Database, name: str | None = None) -> dict[str, list[int]]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from patchflow.commands.remote import rollback_patch_args, task_command
 from patchflow.errors import PatchflowError, RemoteError
+from patchflow.remote.fleet import Fleet
 from patchflow.remote.hosts import Target
 from patchflow.remote.outcome import HostResult
 from patchflow.remote.runs import follow_and_judge, start_run
@@ -59,55 +60,67 @@ class DatabaseGroup:
         )
 
 
+def sharing(targets: Sequence[Target], facts: dict[str, HostFacts]) -> list[list[Target]]:
+    """The hosts of ``targets`` (order kept) that share their database with another of them, one
+    list per database; hosts whose database identity is not known are in none."""
+    by_identity: dict[str, list[Target]] = {}
+    for target in targets:
+        database = facts[target.name].database
+        identity = database.get("identity") if database else ""
+        if identity:
+            by_identity.setdefault(identity, []).append(target)
+    return [hosts for hosts in by_identity.values() if len(hosts) > 1]
+
+
 def database_groups(
     todo: Sequence[Target], facts: dict[str, HostFacts], migrations: Sequence[str]
 ) -> list[DatabaseGroup]:
     """The groups of two or more hosts of ``todo`` (rolling order kept) whose database is the same
     and lacks some of ``migrations`` (the patch's, by name). Hosts whose database identity is not
     known (no database, an older patchflow, unreachable) are in no group."""
-    by_identity: dict[str, list[Target]] = {}
-    for target in todo:
-        database = facts[target.name].database
-        identity = database.get("identity") if database else ""
-        if identity:
-            by_identity.setdefault(identity, []).append(target)
     groups = []
-    for identity, hosts in by_identity.items():
-        if len(hosts) < 2:
-            continue
-        database = facts[hosts[0].name].database
-        applied = set(database.get("applied", [])) if database else set()
+    for hosts in sharing(todo, facts):
+        database = facts[hosts[0].name].database or {"identity": "", "applied": [], "error": ""}
+        applied = set(database.get("applied", []))
         pending = [m for m in migrations if m not in applied]
         if pending:
-            groups.append(DatabaseGroup(identity, hosts, pending))
+            groups.append(DatabaseGroup(database["identity"], hosts, pending))
     return groups
 
 
-def _service_task(run: DeployRun, target: Target, task: str) -> None:
-    """Run ``stop-services`` or ``start-services`` in ``target``'s checkout and wait for it.
+def service_task(fleet: Fleet, facts: dict[str, HostFacts], target: Target, task: str, *extra: str) -> None:
+    """Run ``stop-services`` or ``start-services`` (with ``extra`` arguments) in ``target``'s checkout
+    and wait for it.
 
     Raises:
         RemoteError: it failed there (its last error line in the message).
         ConnectionLost: the host did not answer.
     """
-    fleet, _ = run._need()
-    python = str(run.facts[target.name].data.get("python") or "python3")
-    done = fleet.sessions[target.name].run(task_command(target.path, python, [task, "--root", target.path]), what=task)
+    args = [task, "--root", target.path, *extra]
+    done = fleet.sessions[target.name].run(task_command(target.path, facts[target.name].python, args), what=task)
     if done.exited != 0:
         raise RemoteError(f"{target.name}: {task} failed there: {done.last_error()}")
-    fleet.locked_log(f"[{target.name}] {task}: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else 'ok'}")
+    said = done.stdout.strip().splitlines()
+    fleet.locked_log(f"[{target.name}] {task}: {said[-1] if said else 'ok'}")
 
 
-def _each(run: DeployRun, targets: Sequence[Target], task: str) -> list[str]:
+def each_service_task(
+    fleet: Fleet, facts: dict[str, HostFacts], targets: Sequence[Target], task: str, *extra: str
+) -> list[str]:
     """``task`` on each of ``targets`` in turn; the failures, as lines (the others still run)."""
     problems = []
     for target in targets:
         try:
-            _service_task(run, target, task)
+            service_task(fleet, facts, target, task, *extra)
         except PatchflowError as exc:
             problems.append(f"{target.name}: {exc.message}")
-            run.log(f"[{target.name}] !! {task} failed: {exc.message}")
+            fleet.locked_log(f"[{target.name}] !! {task} failed: {exc.message}")
     return problems
+
+
+def _each(run: DeployRun, targets: Sequence[Target], task: str, *extra: str) -> list[str]:
+    fleet, _ = run._need()
+    return each_service_task(fleet, run.facts, targets, task, *extra)
 
 
 def run_group_window(run: DeployRun, group: DatabaseGroup, updated: list[Target]) -> HostResult | None:
@@ -118,7 +131,9 @@ def run_group_window(run: DeployRun, group: DatabaseGroup, updated: list[Target]
     first, others = group.hosts[0], group.hosts[1:]
     log(group.describe())
     log(f"stopping the application services of {', '.join(t.name for t in others)} (the group's window opens)")
-    problems = _each(run, others, "stop-services")
+    names = ",".join(t.name for t in group.hosts)
+    record = ("--group-version", run.version, "--group-first", first.name, "--group-hosts", names)
+    problems = _each(run, others, "stop-services", *record)
     if problems:
         _each(run, others, "start-services")
         result = report.get(others[0].name)
@@ -193,3 +208,77 @@ def roll_back_group(run: DeployRun, updated: list[Target], idle: list[Target]) -
             log(f"[{target.name}] !! its rollback did not end well: the rest of the group is left stopped")
             return
     _each(run, idle, "start-services")
+
+
+def rollback_order(
+    targets: Sequence[Target], facts: dict[str, HostFacts], groups: list[list[Target]], *, restore_database: bool
+) -> list[Target]:
+    """``targets`` in the order a remote rollback takes them: in each group of hosts on one database
+    (:func:`sharing`) the host whose rollback restores the database (its installing apply ran
+    migrations) first, moved to the group's first place in ``groups`` too, so it restores with
+    every other host of the group stopped.
+
+    Raises:
+        RemoteError: in a group, more than one host would restore the shared database (or
+            ``--restore-database`` asks each to): one restore must be chosen (nothing changed).
+    """
+    order = list(targets)
+    for group in groups:
+        restoring = [t for t in group if _installed_migrations(facts[t.name])]
+        if restore_database or len(restoring) > 1:
+            names = ", ".join(t.name for t in (group if restore_database else restoring))
+            raise RemoteError(
+                f"{names} use one database and the rollback of each would restore it: the second restore would "
+                "move the rows the first kept out of the live database. Nothing was rolled back.",
+                "Roll back the host whose apply ran the migrations alone first (--host NAME, with the others "
+                "stopped: --others-stopped there), then the others without --restore-database.",
+                exit_code=1,
+            )
+        if restoring and restoring[0] is not group[0]:
+            group.remove(restoring[0])
+            group.insert(0, restoring[0])
+        first = order.index(group[0])
+        for target in group[1:]:
+            if order.index(target) < first:
+                order.remove(target)
+                order.insert(order.index(group[0]) + 1, target)
+    return order
+
+
+def _installed_migrations(facts: HostFacts) -> list[str]:
+    """The migrations the apply that installed the host's version ran (its ``installed_record``)."""
+    record = facts.report.get("installed_record")
+    migrations = record.get("migrations") if isinstance(record, dict) else None
+    return [str(m) for m in migrations] if isinstance(migrations, list) else []
+
+
+def left_by_a_window(
+    todo: Sequence[Target], facts: dict[str, HostFacts], version: str, groups: Sequence[DatabaseGroup]
+) -> dict[str, str]:
+    """Hosts of ``todo`` that a group window of ``version`` stopped and that were never applied
+    (a deploy killed mid-window: their record, :func:`patchflow.shared_database.read_group_window`),
+    whose database needs no migration any more, in no new group: ``name -> the first host`` (their
+    apply then runs with ``--database-backup-on``, as in the window)."""
+    in_groups = {t.name for g in groups for t in g.hosts}
+    left = {}
+    for target in todo:
+        record = facts[target.name].group_window
+        if record and record.get("version") == version and target.name not in in_groups:
+            left[target.name] = f"{record.get('first')} (the group's first host)"
+    return left
+
+
+def unfinished_windows(rows: Sequence[tuple[str, HostFacts | None]]) -> list[str]:
+    """Lines for ``patch-status --hosts``: each group window a killed deploy left (hosts stopped by
+    it, not applied since), with the command that finishes it."""
+    windows: dict[tuple[str, str, str], list[str]] = {}
+    for name, facts in rows:
+        record = facts.group_window if facts is not None else None
+        if record:
+            key = (str(record.get("version")), str(record.get("first")), ",".join(record.get("hosts") or []))
+            windows.setdefault(key, []).append(f"{name} (since {str(record.get('stopped_at', ''))[:19]}Z)")
+    return [
+        f"group window of {version} left unfinished: {', '.join(stopped)} stopped by it (first host {first}); "
+        f"finish it with `inv deploy --hosts {hosts} --version {version}`"
+        for (version, first, hosts), stopped in windows.items()
+    ]

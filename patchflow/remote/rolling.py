@@ -38,7 +38,16 @@ from patchflow.lifecycle.steps import Step, StepSpec, bind, checked_specs, run_f
 from patchflow.remote.facts import fetch_facts
 from patchflow.remote.fleet import Fleet, combined_error, each_host
 from patchflow.remote.gates import check_delta_bases, check_ready, staging_gate
-from patchflow.remote.group_window import DatabaseGroup, database_groups, roll_back_group, run_group_window
+from patchflow.remote.group_window import (
+    DatabaseGroup,
+    database_groups,
+    each_service_task,
+    left_by_a_window,
+    roll_back_group,
+    rollback_order,
+    run_group_window,
+    sharing,
+)
 from patchflow.remote.hosts import Log, Target, operator
 from patchflow.remote.outcome import FleetReport, HostResult
 from patchflow.remote.runs import follow_and_judge, start_run
@@ -106,6 +115,7 @@ class DeployRun:
         self.pending: set[str] = set()
         self.todo: list[Target] = []
         self.groups: list[DatabaseGroup] = []  # hosts on one database, one stopped window each
+        self.finishing: dict[str, str] = {}  # hosts a killed group window left stopped -> its first host
         self._sessions = ExitStack()
 
     def steps(self) -> list[Step]:
@@ -178,6 +188,12 @@ class DeployRun:
             self.groups = database_groups(todo, facts, patch.migrations)
             for group in self.groups:
                 log(group.describe())
+            self.finishing = left_by_a_window(todo, facts, version, self.groups)
+            for name, first in self.finishing.items():
+                log(
+                    f"[{name}] stopped by an unfinished group window of {version} (its database migrated by {first}): "
+                    "its apply finishes it, with no database backup of its own"
+                )
         plan = (
             "upload only"
             if options.upload_only
@@ -282,7 +298,9 @@ class DeployRun:
         for position, target in enumerate(rolling if failure is None else []):
             if target.name not in self.running and target not in self.todo:
                 continue
-            result = self.apply_host(target, position=position + len(in_groups))
+            result = self.apply_host(
+                target, position=position + len(in_groups), database_backup_on=self.finishing.get(target.name, "")
+            )
             if result.ok:
                 if result.result == "updated":
                     updated.append(target)
@@ -400,11 +418,28 @@ def rollback(
         check_ready(facts, "", None, break_lock=options.break_lock)
         for target in targets:
             report.get(target.name).before = facts[target.name].installed
+        groups = sharing(targets, facts)
+        targets = rollback_order(targets, facts, groups, restore_database=options.restore_database)
+        for group in groups:
+            log(
+                f"{', '.join(t.name for t in group)} use one database: all stopped first, {group[0].name} rolls back "
+                "first (it restores the database, once), then the others"
+            )
         confirm(
             f"Roll back {version or 'the installed version'} on "
             + ", ".join(f"{t.name} ({facts[t.name].installed or '?'})" for t in targets)
             + ", one host at a time?"
         )
+        for group in groups:
+            problems = each_service_task(fleet, facts, group, "stop-services")
+            if problems:
+                each_service_task(fleet, facts, group, "start-services")
+                raise RemoteError(
+                    "Nothing was rolled back: the hosts that use one database could not all be stopped ("
+                    + "; ".join(problems)
+                    + ").",
+                    "Fix the host named and run the rollback again.",
+                )
         for target in targets:
             session = fleet.sessions[target.name]
             result = report.get(target.name)
@@ -425,6 +460,12 @@ def rollback(
                 result.exit_code, result.detail = exc.exit_code, f"{exc.message} {exc.hint}".strip()
             if not result.ok:
                 log(f"[{target.name}] {result.result}: stopping (the remaining hosts are left as they are)")
+                left = [t for g in groups if target in g for t in g[g.index(target) + 1 :]]
+                if left:
+                    log(
+                        f"!! {', '.join(t.name for t in left)} (same database) are left stopped: finish the "
+                        f"rollback of {target.name} first, then roll them back"
+                    )
                 break
     return report
 

@@ -57,6 +57,7 @@ from patchflow.remote.wire import (
     UploadFinalJSON,
     UploadStateJSON,
 )
+from patchflow.shared_database import read_group_window
 from patchflow.version import PatchVersion
 
 RUN_LIMIT = 20
@@ -371,6 +372,7 @@ def host_facts(
         "installed_tree_sha256": installed_tree_sha256(paths) if version is not None else None,
         "journal": journal_facts(paths),
         "database": database_facts(settings),
+        "group_window": read_group_window(paths),
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, NotRequired, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from patchflow.commands.remote import task_command
 from patchflow.status_schema import InterruptedRun, LockInfo, RecoveryAdvice, StatusReport
@@ -156,6 +156,7 @@ class HostFactsJSON(TypedDict):
     installed_tree_sha256: NotRequired[str | None]  # not sent by patchflow before delta patches
     journal: NotRequired[JournalFactsJSON | None]  # not sent by older patchflow
     database: NotRequired[DatabaseFactsJSON | None]  # None: no database configured; not sent by older patchflow
+    group_window: NotRequired[dict[str, Any] | None]  # patchflow.shared_database.read_group_window
 
 
 def _text(data: Mapping[str, object], key: str, *, required: bool = False) -> str:
@@ -397,6 +398,12 @@ class HostFacts:
     def database(self) -> DatabaseFactsJSON | None:
         """The database the host uses (None without one, or from older patchflow)."""
         value = self.data.get("database")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def group_window(self) -> dict[str, Any] | None:
+        """The record deploy's group window left when it stopped the host (None: none)."""
+        value = self.data.get("group_window")
         return value if isinstance(value, dict) else None
 
     @property

@@ -6,7 +6,7 @@ The summary table of a deploy, rollback or attach (and its exit code), the hosts
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from invoke.exceptions import Exit
 from rich.table import Table
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from patchflow.remote.hosts import Target
     from patchflow.remote.outcome import FleetReport
     from patchflow.remote.provision import SetupReport
-    from patchflow.remote.wire import HealthJSON
+    from patchflow.remote.wire import DatabaseFactsJSON, HealthJSON
     from patchflow.status_schema import StatusReport
 
 #: Exit code of a remote task when a host cannot be read or is not ready (the README's "unknown").
@@ -39,6 +39,8 @@ class HostStatusJson(TypedDict):
     error: NotRequired[str]
     health: NotRequired[HealthJSON | None]
     status: NotRequired[StatusReport]
+    database: NotRequired[DatabaseFactsJSON | None]  # which database it uses (hosts sharing one: same identity)
+    group_window: NotRequired[dict[str, Any] | None]  # the record of a group window that stopped it
 
 
 def exit_with(report: FleetReport) -> None:
@@ -88,7 +90,16 @@ def host_status_json(rows: Sequence[HostStatus]) -> list[HostStatusJson]:
         else:
             health, status = row.facts.probe, row.facts.report
             out.append(
-                {"name": name, "host": host, "role": role, "reachable": True, "health": health, "status": status}
+                {
+                    "name": name,
+                    "host": host,
+                    "role": role,
+                    "reachable": True,
+                    "health": health,
+                    "status": status,
+                    "database": row.facts.database,
+                    "group_window": row.facts.group_window,
+                }
             )
     return out
 
@@ -115,6 +126,11 @@ def show_fleet_status(rows: Sequence[HostStatus], *, json_: bool, one_host: bool
         render_status(facts.report, console)
     else:
         console.print(_hosts_table(rows))
+    if not json_:
+        from patchflow.remote.group_window import unfinished_windows
+
+        for line in unfinished_windows([(row.target.name, row.facts) for row in rows]):
+            console.print(f"[bold yellow]{line}[/]")
     unreachable = [row for row in rows if row.facts is None]
     if unreachable:
         for row in unreachable:

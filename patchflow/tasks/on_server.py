@@ -56,14 +56,27 @@ def receive_patch(c: Context, root: str | None = None, version: str | None = Non
     print(outcome)
 
 
-@command(help={"root": ROOT_HELP})
-def stop_services(c: Context, root: str | None = None) -> None:
+@command(
+    help={
+        "root": ROOT_HELP,
+        "group_version": "deploy's group window: the version it deploys (recorded in .patchflow/group-window.json)",
+        "group_first": "deploy's group window: the host that migrates",
+        "group_hosts": "deploy's group window: every host of the group, comma separated",
+    }
+)
+def stop_services(
+    c: Context, root: str | None = None, group_version: str = "", group_first: str = "", group_hosts: str = ""
+) -> None:
     """Stop this checkout's application services (data services keep running): deploy's group window
-    runs it on every host that uses the database before the one migration (see
+    runs it on every host that uses the database before the one migration, and records it (see
     :mod:`patchflow.remote.group_window`)."""
+    from patchflow.lock import _user
+    from patchflow.shared_database import record_group_window
     from patchflow.tasks.edge import context_for
 
     ctx = context_for(c, root)
+    if group_version:  # first: a kill after the stop still leaves the record saying why it is down
+        record_group_window(ctx.paths, group_version, group_first, [h for h in group_hosts.split(",") if h], _user())
     ctx.services.stop()
     print("stopped")
 
@@ -74,6 +87,7 @@ def start_services(c: Context, root: str | None = None) -> None:
     healthy (deploy's group window, after its hosts are done or undone)."""
     from patchflow.installed import installed_version
     from patchflow.services import start_with_retries, wait_services_healthy
+    from patchflow.shared_database import clear_group_window
     from patchflow.tasks.edge import context_for
 
     ctx = context_for(c, root)
@@ -83,4 +97,5 @@ def start_services(c: Context, root: str | None = None) -> None:
     )
     installed = installed_version(ctx.paths)
     wait_services_healthy(ctx.services, settings, expect_version=str(installed) if installed else None)
+    clear_group_window(ctx.paths)
     print(f"started {installed or '?'}")

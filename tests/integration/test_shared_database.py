@@ -15,8 +15,10 @@ and worker write while they serve. The release 2.3.0 carries a migration.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +139,17 @@ def test_a_deploy_stops_the_group_once_migrates_once_backs_up_once_then_a_lone_r
     wait_until(lambda: fleet.hosts[0].health_version() == RELEASE, 30, "app1 serving 2.3.0 again")
     assert _migration_rows(fleet, migration) == 1, "nothing was restored"
     assert not (fleet.hosts[0].root / ".patchflow" / "journal.json").exists()
+    # the rollback of the group from the operator's checkout: all stopped, app1 restores the database once
+    back = fleet.inv("rollback-patch", "--hosts", "app3,app2,app1", "--version", RELEASE, "--yes", timeout=600)
+    text = back.stdout + back.stderr
+    assert back.returncode == 0, text
+    assert "app1, app3, app2 use one database: all stopped first, app1 rolls back first" in text, text
+    assert text.index("[app1] rollback started") < text.index("[app3] rollback started"), text
+    assert len(re.findall(r"rows written since the new version started, kept only in", text)) == 1, text
+    for host in fleet.hosts:
+        assert host.version() == BASE, host.name
+    wait_until(lambda: all(h.health_version() == BASE for h in fleet.hosts), 60, "the three on 2.2.0")
+    assert _migration_rows(fleet, migration) == 0, "the database restored, once"
 
 
 def test_a_health_failure_on_the_third_host_undoes_the_group_and_restores_the_database_once(
@@ -204,3 +217,56 @@ def test_a_lone_apply_with_a_pending_migration_on_the_shared_database_is_refused
     wait_until(lambda: first.health_version() == BASE, 30, "app1 serving 2.2.0 again")
     assert _migration_rows(fleet, migration) == 0
     assert _writers(fleet) >= {"app2", "app3"}
+    # a host told the group's first host backed the database up and migrated it never migrates itself
+    told = first.install.inv("apply-patch", "--version", RELEASE, "--yes", "--database-backup-on", "app9")
+    said = told.stdout + told.stderr
+    assert told.returncode != 0, said
+    assert "this apply was told the database was backed up and migrated by app9: nothing was migrated" in said
+    assert first.version() == BASE and _migration_rows(fleet, migration) == 0
+    wait_until(lambda: first.health_version() == BASE, 30, "app1 serving 2.2.0 again")
+
+
+def test_a_deploy_killed_inside_the_group_window_is_shown_by_status_and_finished_by_deploy_again(
+    shared_fleet: HostFleet,
+) -> None:
+    fleet = shared_fleet
+    migration = _new_migration(fleet)
+    first = fleet.hosts[0]
+    first.set_env(PATCHFLOW_TEST_KILL_AT="migrate=SIGSTOP")  # holds app1's apply inside the group's window
+    deploy = fleet.popen("deploy", "--hosts", "app1,app2,app3", "--version", RELEASE, "--skip-staging", "--yes")
+    try:
+        _, group = first.stopped_run("apply")
+        os.killpg(deploy.pid, signal.SIGKILL)  # the operator's deploy dies: app2 and app3 are left stopped
+        deploy.wait(timeout=30)
+        os.killpg(group, signal.SIGCONT)  # app1's own apply goes on to its end (a detached run there)
+        wait_until(
+            lambda: first.version() == RELEASE and not (first.root / ".patchflow" / "journal.json").exists(),
+            180,
+            "app1's apply to end",
+        )
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+    first.set_env(PATCHFLOW_TEST_KILL_AT="")
+    for host in fleet.hosts[1:]:
+        assert host.version() == BASE and host.health_version() is None, host.name  # stopped by the window
+        assert (host.root / ".patchflow" / "group-window.json").is_file()
+    status = fleet.inv("patch-status", "--hosts", "app1,app2,app3")
+    said = " ".join((status.stdout + status.stderr).split())
+    assert "group window of 2.3.0 left unfinished: app2 (since" in said and "app3 (since" in said, said
+    assert f"inv deploy --hosts app1,app2,app3 --version {RELEASE}" in said, said
+    as_json = json.loads(fleet.inv("patch-status", "--hosts", "app1,app2,app3", "--json").stdout)
+    identities = {item["database"]["identity"] for item in as_json}
+    assert len(identities) == 1, "one database, one identity on every host"
+    assert [bool(item["group_window"]) for item in as_json] == [False, True, True]
+
+    again = fleet.inv("deploy", "--hosts", "app1,app2,app3", "--version", RELEASE, "--skip-staging", "--yes")
+    text = again.stdout + again.stderr
+    assert again.returncode == 0, text
+    assert "stopped by an unfinished group window of 2.3.0" in text
+    for host in fleet.hosts:
+        assert host.version() == RELEASE and host.health_version() == RELEASE, host.name
+        assert not (host.root / ".patchflow" / "group-window.json").exists(), host.name
+    assert _migration_rows(fleet, migration) == 1
+    backups = _backups(fleet)
+    assert all(b.get("database_backup_on") for name in ("app2", "app3") for b in backups[name][-1:])
