@@ -138,16 +138,33 @@ def show_fleet_status(rows: Sequence[HostStatus], *, json_: bool, one_host: bool
         raise Exit(code=UNREACHABLE_EXIT)
 
 
+def _database_cells(rows: Sequence[HostStatus]) -> dict[str, str]:
+    """``host -> its database's name`` (``, shared with a, b`` when other hosts listed use it too)."""
+    users: dict[str, list[str]] = {}
+    for row in rows:
+        database = row.facts.database if row.facts is not None else None
+        if database and database.get("identity"):
+            users.setdefault(database["identity"], []).append(row.target.name)
+    cells = {}
+    for identity, names in users.items():
+        for name in names:
+            others = [n for n in names if n != name]
+            cells[name] = identity.rsplit("/", 1)[-1] + (f", shared with {', '.join(others)}" if others else "")
+    return cells
+
+
 def _hosts_table(rows: Sequence[HostStatus]) -> Table:
     table = Table(title="hosts")
-    for column in ("host", "role", "installed", "last apply (UTC)", "health", "lock", "interrupted"):
+    for column in ("host", "role", "installed", "last apply (UTC)", "health", "database", "lock", "interrupted"):
         table.add_column(column, overflow="fold")
+    databases = _database_cells(rows)
     for row in rows:
         if row.facts is None:
             table.add_row(
                 row.target.name,
                 row.target.role,
                 "[red]unknown[/]",
+                "",
                 "",
                 "",
                 "",
@@ -168,6 +185,7 @@ def _hosts_table(rows: Sequence[HostStatus]) -> Table:
             "[green]healthy[/]"
             if probe and probe.get("healthy")
             else f"[red]{probe.get('detail', 'no answer') if probe else 'no answer'}[/]",
+            databases.get(row.target.name, ""),
             f"{lock.get('state')}: {lock.get('action')} {lock.get('version')} pid {lock.get('pid')}" if lock else "",
             f"{interrupted.get('action')} {interrupted.get('version')} at {interrupted.get('step')}"
             if interrupted
