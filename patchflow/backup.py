@@ -20,13 +20,14 @@ them back as they were.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,7 +104,8 @@ class Backup:
             return 0.0
 
     def save(self) -> None:
-        """Write ``backup.json`` atomically (0600)."""
+        """Write ``backup.json`` atomically (0600), sealed with its checksum (:func:`record_checksum`)."""
+        self.data[CHECKSUM_KEY] = record_checksum(self.data)
         write_json_atomic(self.paths.record, self.data)
 
     def size_bytes(self) -> int:
@@ -151,6 +153,18 @@ class Backup:
         """Migrations the apply ran after this backup (None: not recorded, i.e. unknown)."""
         value = self.data.get("migrations_applied")
         return [str(v) for v in value] if isinstance(value, list) else None
+
+
+CHECKSUM_KEY = "checksum"
+
+
+def record_checksum(data: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``data`` without its ``checksum`` key, as canonical JSON (sorted keys,
+    compact separators, UTF-8): what :meth:`Backup.save` seals ``backup.json`` with and
+    :func:`patchflow.backup_check.backup_problems` checks."""
+    body = {key: value for key, value in data.items() if key != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_backup(folder: Path) -> Backup | None:

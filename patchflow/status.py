@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
 from patchflow.backup import Backup, list_backups
+from patchflow.backup_check import backup_problems
 from patchflow.config import Settings
 from patchflow.errors import PatchflowError
 from patchflow.installed import installed_version_or_error, read_installed_record
@@ -174,7 +175,8 @@ def collect_status(
         settings: resolved settings.
         history_limit: number of history records.
         verify_archives: verify every patch deeply (archive members against the manifest) and
-            refresh the cache; default: the shallow check, cached (see the module docstring).
+            refresh the cache, and every backup's saved files and dump against their SHA-256;
+            default: the shallow check, cached (see the module docstring).
         use_cache: read and write ``.patchflow/verify-cache.json``.
 
     Returns:
@@ -242,6 +244,8 @@ def collect_status(
                 "size_bytes": backup_size(backup),
                 "age_seconds": round(now - backup.created_timestamp(), 1),
                 "database": bool(backup.data.get("database")),
+                # the record's checksum and the saved files' sizes; with --verify also their sha256
+                "problems": backup_problems(backup, deep=verify_archives),
             }
         )
     record = read_installed_record(paths)

@@ -37,6 +37,7 @@ class BackupItem(TypedDict):
     size_bytes: int
     age_seconds: float
     database: bool
+    problems: list[str]
 
 
 class RunningRun(TypedDict):

@@ -198,7 +198,9 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> bool:
 
 def append_line(path: Path, line: str) -> bool:
     """Append ``line`` (with a newline) to ``path`` and fsync, falling back on the reserve like
-    :func:`write_json_atomic`. Returns True when the reserve was needed.
+    :func:`write_json_atomic`. Returns True when the reserve was needed. An append begins on a line
+    boundary: when the file does not end with a newline (a crash cut the last append), one is
+    written first, so the torn line stays alone (its readers skip it) and this one is whole.
 
     Raises:
         OSError: the write failed.
@@ -206,8 +208,9 @@ def append_line(path: Path, line: str) -> bool:
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        with open(path, "a+b") as handle:
+            torn = handle.seek(0, os.SEEK_END) > 0 and handle.seek(-1, os.SEEK_END) >= 0 and handle.read(1) != b"\n"
+            handle.write((b"\n" if torn else b"") + line.encode("utf-8") + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -295,6 +298,16 @@ class HistoryRecord(TypedDict, total=False):
     displaced_database: str | None
 
 
+def _patchflow_version() -> str:
+    from patchflow import __version__
+
+    return __version__
+
+
+#: The journal's format: a journal of a higher format was written by a newer patchflow and is refused.
+JOURNAL_FORMAT = 1
+
+
 @dataclass
 class Journal:
     """State of one operation. ``phase`` is ``forward`` or ``rolling_back``; ``steps`` lists the
@@ -314,6 +327,8 @@ class Journal:
     error: str | None = None
     notes: JournalNotes = field(default_factory=lambda: JournalNotes())
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    format: int = JOURNAL_FORMAT  # absent (read as 1) in journals of patchflow before formats
+    written_by: str = field(default_factory=_patchflow_version)  # the patchflow that wrote it
 
     def note(self, **values: Unpack[JournalNotes]) -> None:
         """Record ``values`` in :attr:`notes` (names chosen before work that must be found again
@@ -416,7 +431,8 @@ class Journal:
 
         Raises:
             PatchflowError: the journal exists but is unreadable or malformed (an operation was
-                interrupted and its record is damaged: nothing may run until someone looks).
+                interrupted and its record is damaged: nothing may run until someone looks), or
+                it was written by a newer patchflow (a higher ``format``): never guessed at.
         """
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -435,8 +451,18 @@ class Journal:
             or not isinstance(data.get("backup"), (str, type(None)))
             or not isinstance(data.get("notes", {}), dict)
             or not isinstance(data.get("run_id", ""), str)
+            or not isinstance(data.get("format", 1), int)
         ):
             raise _damaged(path, "unexpected structure")
+        if data.get("format", 1) > JOURNAL_FORMAT:
+            raise PatchflowError(
+                f"The journal {path} of an interrupted {data['action']} of {data['version']} was written by a newer "
+                f"patchflow ({data.get('written_by') or 'unknown version'}, journal format {data['format']}; this "
+                f"patchflow {_patchflow_version()} reads format {JOURNAL_FORMAT}): its steps cannot be finished or "
+                "undone by this version. Nothing was changed.",
+                "Recover it with the patchflow that wrote it (upgrade patchflow here: `inv setup-host --upgrade` "
+                "from the operator's checkout, or pip install the newer wheel), then run the command again.",
+            )
         fields = (
             "action",
             "version",
@@ -450,8 +476,11 @@ class Journal:
             "error",
             "notes",
             "run_id",
+            "format",
+            "written_by",
         )
         known = {k: data[k] for k in fields if k in data}
+        known.setdefault("written_by", "")  # older journals do not say
         return cls(path=path, **known)
 
 

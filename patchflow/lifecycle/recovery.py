@@ -109,14 +109,23 @@ def _specs(journal: Journal) -> tuple[StepSpec, ...]:
     Raises:
         PatchflowError: the journal records an unknown action.
     """
-    if journal.action == "apply":
-        return APPLY_STEPS
-    if journal.action == "rollback":
-        return ROLLBACK_STEPS
-    raise PatchflowError(
-        f"The journal {journal.path} records an unknown action {journal.action!r}.",
-        "Check the install by hand and move the journal away.",
-    )
+    specs = {"apply": APPLY_STEPS, "rollback": ROLLBACK_STEPS}.get(journal.action)
+    if specs is None:
+        raise PatchflowError(
+            f"The journal {journal.path} records an unknown action {journal.action!r}.",
+            "Check the install by hand and move the journal away.",
+        )
+    # an apply's journal also holds the steps of the rollback that finishes it, and their undos
+    known = {name for spec in (*APPLY_STEPS, *ROLLBACK_STEPS) for name in (spec.name, spec.undo_label)}
+    unknown = sorted({step["name"] for step in journal.steps} - known)
+    if unknown:
+        raise PatchflowError(
+            f"The journal {journal.path} of an interrupted {journal.action} of {journal.version} records steps this "
+            f"patchflow does not know ({', '.join(unknown)}; written by {journal.written_by or 'an unknown version'}): "
+            "finishing or undoing it would skip them. Nothing was changed.",
+            "Recover it with the patchflow that wrote it (upgrade patchflow here), then run the command again.",
+        )
+    return specs
 
 
 def _run_of(ctx: Context, journal: Journal) -> tuple[list[Step], ApplyRun | RollbackRun]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from patchflow.backup import Backup, load_backup
+from patchflow.backup_check import check_backup
 from patchflow.context import Context
 from patchflow.errors import BackupError, PatchflowError, PreconditionError, RollbackError, VersionError
 from patchflow.installed import HealthRecord, installed_version, read_installed_record
@@ -117,16 +118,14 @@ class RollbackRun:
     trash: list[Path] = field(default_factory=list)  # folders the restore renamed aside, deleted at the end
 
     def steps(self) -> list[Step]:
-        """The rollback, in order (:data:`ROLLBACK_STEPS` bound to this run; no undo: a rollback
-        that fails is finished, not undone)."""
+        """The rollback, in order (:data:`ROLLBACK_STEPS` bound to this run; never undone: finished)."""
         return bind(ROLLBACK_STEPS, self)
 
     @classmethod
     def resume(cls, ctx: Context, journal: Journal) -> RollbackRun:
         """The rollback recorded in ``journal`` (killed or failed), ready to be finished.
 
-        Raises:
-            RollbackError: its backup is missing or incomplete.
+        Raises: RollbackError: its backup is missing or incomplete.
         """
         run = cls(ctx, parse_version(journal.version), journal=journal, current=journal.from_version)
         run.started_at = journal.started_at
@@ -215,14 +214,15 @@ class RollbackRun:
         return RollbackDecision(current, key, backup.name, database), question, backup
 
     def _prove(self, backup: Backup, database: bool) -> None:
-        """Prove that a restore is possible (when ``database``): by its snapshot while it exists (a
-        rename), else by its recorded dump, proven here.
+        """Check the backup as written (:func:`patchflow.backup_check.check_backup`) and prove that a
+        restore is possible (when ``database``): by its snapshot while it exists, else by its dump.
 
         Raises:
-            BackupError: no snapshot left and no dump, the dump does not match its record, the role
-                may not restore, or the database server lacks room for a restore beside the live one.
+            BackupError: the backup was changed or damaged, no snapshot left and no dump, the dump does not match
+                its record, the role may not restore, or the database server lacks room for a restore beside it.
         """
         ctx = self.ctx
+        check_backup(backup, ctx.paths)
         if not database:
             return
         assert ctx.database is not None

@@ -157,9 +157,10 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     console.print(table if status["patches"] else "patches: none")
 
     table = Table(title="Backups (newest first)")
-    for column in ("name", "before", "restores", "created (UTC)", "age", "size", "database"):
+    for column in ("name", "before", "restores", "created (UTC)", "age", "size", "database", "state"):
         table.add_column(column, overflow="fold")
     for backup in status["backups"]:
+        problems = backup.get("problems") or []
         table.add_row(
             backup["name"],
             backup["version"],
@@ -168,6 +169,7 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
             human_age(backup["age_seconds"]),
             human_bytes(backup["size_bytes"]),
             "yes" if backup["database"] else "no",
+            f"[red]DAMAGED: {'; '.join(problems[:3])}[/]" if problems else "[green]ok[/]",
         )
     console.print(table if status["backups"] else "backups: none")
 

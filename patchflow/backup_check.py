@@ -1,0 +1,92 @@
+"""A backup is an input (issue 22): checked before a rollback restores it and by ``patch-status --verify``.
+
+``backup.json`` carries ``checksum``: the SHA-256 of its own JSON without that key (sorted keys,
+compact separators, UTF-8), set by every :meth:`patchflow.backup.Backup.save`. A backup whose
+record was changed since (a path added to ``new_paths``, ``old_entries`` emptied, another
+``restores_version``) is refused, never restored as it says; a backup of patchflow before the
+checksum has none and is read as before.
+
+:func:`backup_problems` lists, in words, what makes a backup unfit to restore: the checksum; each
+saved file missing, of another size or (``deep``) another SHA-256 than recorded; the database dump
+missing, short or (``deep``) another SHA-256; and, given the installed tree, a path the rollback
+would delete that the installed version does not hold (it can only be a file of the host: an
+upload, a setting), so a rollback never deletes what the patch did not add.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from patchflow.backup import CHECKSUM_KEY, Backup, record_checksum
+from patchflow.delta import manifest_entries
+from patchflow.digests import file_digest
+from patchflow.errors import BackupError
+from patchflow.installed import installed_version
+from patchflow.manifest import Entry
+from patchflow.paths import ProjectPaths
+
+
+def backup_problems(backup: Backup, *, tree: Mapping[str, Entry] | None = None, deep: bool = False) -> list[str]:
+    """What makes ``backup`` unfit to restore, one phrase each (empty: fit). ``tree``: the
+    installed version's entries (``.patchflow/installed-manifest.json``), when the backup is the
+    one restoring from it; ``deep``: also hash every saved file and the dump (seconds per GB)."""
+    problems = []
+    recorded = backup.data.get(CHECKSUM_KEY)
+    if isinstance(recorded, str) and recorded != record_checksum(backup.data):
+        problems.append("its backup.json was changed after patchflow wrote it (its checksum does not match)")
+    if tree is not None:
+        foreign = [rel for rel in backup.new_paths() if rel not in tree]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            problems.append(
+                f"it would delete {len(foreign)} path(s) the installed version's tree does not hold ({shown})"
+            )
+    files = backup.paths.files
+    for rel, entry in sorted(backup.old_entries().items()):
+        if entry.type != "file":
+            continue
+        saved = files / rel
+        try:
+            size = saved.lstat().st_size
+        except OSError:
+            problems.append(f"the saved copy of {rel} is missing")
+            continue
+        if size != entry.size:
+            problems.append(f"the saved copy of {rel} has {size} bytes, {entry.size} recorded")
+        elif deep and file_digest(saved)[0] != entry.sha256:
+            problems.append(f"the saved copy of {rel} differs from its recorded sha256")
+    dump, path = backup.database, backup.dump_path
+    if dump is not None and path is not None:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"its database dump {dump['file']} is missing")
+        else:
+            if size != int(dump["size"]):
+                problems.append(f"its database dump has {size} bytes, {dump['size']} recorded (cut short?)")
+            elif deep and file_digest(path)[0] != dump["sha256"]:
+                problems.append("its database dump differs from its recorded sha256")
+    return problems
+
+
+def check_backup(backup: Backup, paths: ProjectPaths) -> None:
+    """Refuse to restore ``backup`` when :func:`backup_problems` finds anything (``deep``; the
+    installed tree is the one it restores from when the installed version is the backup's).
+
+    Raises:
+        BackupError: the backup is damaged or was changed (each problem named; nothing changed).
+    """
+    tree = None
+    if installed_version(paths) == backup.version:
+        try:
+            tree = manifest_entries(json.loads(paths.installed_manifest.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            tree = None  # no record of the tree (an install older than it): the checksum still holds
+    problems = backup_problems(backup, tree=tree, deep=True)
+    if problems:
+        raise BackupError(
+            f"Backup {backup.name} cannot be trusted to restore: {'; '.join(problems)}. Nothing was changed.",
+            "Roll back from another backup (--backup NAME; inv patch-status --verify lists them and their state), "
+            "or restore by hand from this one after checking what is named.",
+        )
