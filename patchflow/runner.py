@@ -100,6 +100,26 @@ def end_group(pid: int, grace: float = KILL_GRACE_SECONDS, poll: Callable[[], ob
             time.sleep(0.02)
 
 
+def end_groups(groups: Sequence[int], grace: float = KILL_GRACE_SECONDS) -> None:
+    """End the process groups ``groups`` together, under one deadline: SIGTERM to each, then SIGKILL
+    to those left ``grace`` seconds later (a group that ignores SIGTERM costs ``grace`` once, not
+    once per group). Groups that are gone or not ours are skipped."""
+    left = list(dict.fromkeys(groups))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in list(left):
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                left.remove(group)
+        deadline = time.monotonic() + grace
+        while left and time.monotonic() < deadline:
+            left = [group for group in left if not group_gone(group, None)]
+            if left:
+                time.sleep(0.02)
+        if not left:
+            return
+
+
 def process_start_ticks(pid: int) -> str | None:
     """The kernel start time of ``pid`` (``/proc/<pid>/stat`` field 22), None when it is gone or a
     zombie. Together with the pid it names one process even after pid reuse."""

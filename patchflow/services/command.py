@@ -28,7 +28,7 @@ from patchflow.config import Settings
 from patchflow.errors import CommandError, ConfigError, ServiceError
 from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.paths import ProjectPaths
-from patchflow.runner import Runner, end_group, group_members, process_start_ticks, processes_with_env
+from patchflow.runner import Runner, end_groups, group_members, process_start_ticks, processes_with_env
 from patchflow.services import NoImages, ServiceState
 
 SERVICE_MARKER = "PF_SERVICE_ID"
@@ -263,22 +263,31 @@ class CommandManager(NoImages):
         return cause_lines(text[-65536:])
 
     def stop(self, services: Sequence[str] | None = None) -> None:
-        """SIGTERM each service's process groups, SIGKILL after ``stop_timeout`` seconds; remove pidfiles."""
-        for name in self._select(services):
-            left = self._members(name)
-            for _ in range(STOP_ROUNDS):  # a process started while the service shut down is ended too
-                if not left:
-                    break
-                for pid in left:
-                    try:
-                        group = os.getpgid(pid)
-                    except ProcessLookupError:
-                        continue
-                    end_group(group, grace=float(self.settings.stop_timeout))
-                left = self._members(name)
-            if left:
+        """SIGTERM the process groups of every service at once, SIGKILL those left after
+        ``stop_timeout`` seconds (one deadline for all: services that ignore SIGTERM cost it once);
+        remove pidfiles.
+
+        Raises:
+            ServiceError: a service still runs after SIGKILL (the first such is named).
+        """
+        names = self._select(services)
+        left = {name: self._members(name) for name in names}
+        for _ in range(STOP_ROUNDS):  # a process started while the services shut down is ended too
+            groups = []
+            for pid in (pid for members in left.values() for pid in members):
+                try:
+                    groups.append(os.getpgid(pid))
+                except ProcessLookupError:
+                    continue
+            if not groups:
+                break
+            end_groups(groups, grace=float(self.settings.stop_timeout))
+            left = {name: self._members(name) for name in names}
+        for name in names:
+            if left[name]:
                 raise ServiceError(
-                    f"Service {name} did not stop (pid {', '.join(map(str, left))}).", "Stop it by hand (kill -9)."
+                    f"Service {name} did not stop (pid {', '.join(map(str, left[name]))}).",
+                    "Stop it by hand (kill -9).",
                 )
             self._pidfile(name).unlink(missing_ok=True)
             if name in self._started:
