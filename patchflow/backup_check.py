@@ -27,10 +27,13 @@ from patchflow.manifest import Entry
 from patchflow.paths import ProjectPaths
 
 
-def backup_problems(backup: Backup, *, tree: Mapping[str, Entry] | None = None, deep: bool = False) -> list[str]:
+def backup_problems(
+    backup: Backup, *, tree: Mapping[str, Entry] | None = None, deep: bool = False, dump_digest: bool = True
+) -> list[str]:
     """What makes ``backup`` unfit to restore, one phrase each (empty: fit). ``tree``: the
     installed version's entries (``.patchflow/installed-manifest.json``), when the backup is the
-    one restoring from it; ``deep``: also hash every saved file and the dump (seconds per GB)."""
+    one restoring from it; ``deep``: also hash every saved file and (with ``dump_digest``) the dump
+    (seconds per GB; a rollback proves its dump itself, :func:`patchflow.database.verify_recorded_dump`)."""
     problems = []
     recorded = backup.data.get(CHECKSUM_KEY)
     if isinstance(recorded, str) and recorded != record_checksum(backup.data):
@@ -58,15 +61,20 @@ def backup_problems(backup: Backup, *, tree: Mapping[str, Entry] | None = None, 
             problems.append(f"the saved copy of {rel} differs from its recorded sha256")
     dump, path = backup.database, backup.dump_path
     if dump is not None and path is not None:
+        recorded_size, recorded_sha = dump.get("size"), dump.get("sha256")
         try:
             size = path.stat().st_size
         except OSError:
-            problems.append(f"its database dump {dump['file']} is missing")
+            problems.append(f"its database dump {dump.get('file')} is missing")
         else:
-            if size != int(dump["size"]):
-                problems.append(f"its database dump has {size} bytes, {dump['size']} recorded (cut short?)")
-            elif deep and file_digest(path)[0] != dump["sha256"]:
-                problems.append("its database dump differs from its recorded sha256")
+            if not isinstance(recorded_size, int) or not isinstance(recorded_sha, str):
+                problems.append("its database dump has no size or sha256 on record")
+            elif size != recorded_size:
+                problems.append(
+                    f"its database dump is corrupt or incomplete: {size} bytes, {recorded_size} recorded (cut short?)"
+                )
+            elif deep and dump_digest and file_digest(path)[0] != recorded_sha:
+                problems.append("its database dump is corrupt or incomplete: it differs from its recorded sha256")
     return problems
 
 
@@ -83,7 +91,7 @@ def check_backup(backup: Backup, paths: ProjectPaths) -> None:
             tree = manifest_entries(json.loads(paths.installed_manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError):
             tree = None  # no record of the tree (an install older than it): the checksum still holds
-    problems = backup_problems(backup, tree=tree, deep=True)
+    problems = backup_problems(backup, tree=tree, deep=True, dump_digest=False)  # the rollback proves the dump
     if problems:
         raise BackupError(
             f"Backup {backup.name} cannot be trusted to restore: {'; '.join(problems)}. Nothing was changed.",

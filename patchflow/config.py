@@ -179,12 +179,7 @@ class Settings:
     commands: Commands = _setting(  # noqa: RUF009 - a tuple of pairs is immutable
         (), to_commands, "command manager: services as name=command;name=command"
     )
-    stop_timeout: float = _setting(
-        20.0,
-        to_float,
-        "seconds to wait after SIGTERM before SIGKILL (command manager: every service gets its SIGTERM at once, "
-        "one deadline for all)",
-    )
+    stop_timeout: float = _setting(20.0, to_float, "seconds to wait after SIGTERM before SIGKILL (command manager)")
     compose_files: tuple[str, ...] = _setting(
         ("docker/docker-compose.yml",), to_list, "compose file(s), relative to the root"
     )

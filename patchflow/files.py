@@ -276,3 +276,43 @@ def nearest_existing(path: Path) -> Path:
     while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
     return probe
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make every write to the filesystem holding ``path`` durable (``syncfs(2)`` on it; ``sync(2)``
+    where ``syncfs`` is missing): the data a step wrote (the backup's copies, the switched tree),
+    before the journal entry that vouches for it is written (README: Durability). Never raises: a
+    sync that fails leaves the data as durable as the kernel's own write-back makes it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if _syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _syncfs(fd: int) -> int:
+    """``syncfs(fd)`` through the C library (0 when done, -1 when it failed or does not exist)."""
+    import ctypes
+
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).syncfs(fd))
+    except (AttributeError, OSError):
+        return -1
+
+
+def fsync_directory(path: Path) -> None:
+    """fsync the folder ``path`` (its entries: a rename into it is durable once this returns).
+
+    Raises:
+        OSError: it cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

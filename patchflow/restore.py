@@ -29,6 +29,7 @@ from patchflow.files import (
     remove_temporaries,
     remove_tree,
     set_ownership,
+    sync_filesystem,
     temp_name,
 )
 from patchflow.lifecycle.journal import Journal
@@ -144,6 +145,7 @@ def restore_code(
                 os.replace(tmp, live)
             else:
                 live.unlink(missing_ok=True)
+        sync_filesystem(root)  # the restored tree on disk before the journal says the step is done
     except OSError as exc:
         raise BackupError(
             f"Restoring code from {backup.name} failed: {exc}.",

@@ -1,8 +1,8 @@
 """One database, several app servers (issue 24): who else uses the database, and what they wrote.
 
 * :func:`database_identity`: which database this install uses, the same answer on every host that
-  uses it (the server's ``system_identifier`` from ``pg_control_system()`` plus the database's
-  name): ``deploy`` groups hosts by it.
+  uses it (the server's ``system_identifier`` from ``pg_control_system()`` and start time, plus the
+  database's name): ``deploy`` groups hosts by it.
 * :func:`other_clients`: the sessions on the live database that are neither patchflow's nor this
   process's, once this host's application services are stopped: another host's app, a worker
   elsewhere, a pooler, somebody's ``psql``. An apply that would migrate, or a rollback that would
@@ -54,20 +54,27 @@ class Client:
     def describe(self) -> str:
         """``pid 123 from 10.0.0.7 (app "api", role app) since 2026-12-07 21:00:01``."""
         app = f'app "{self.application}", ' if self.application else ""
-        return f"pid {self.pid} from {self.address} ({app}role {self.role}) since {self.since[:19]}"
+        since = f" since {self.since[:19]}" if self.since else ""
+        return f"pid {self.pid} from {self.address} ({app}role {self.role}){since}"
 
 
 def database_identity(database: Database) -> str:
-    """``<system_identifier>/<database name>``: the same text on every host whose settings name
-    this database, whatever host name, port or address each uses to reach it.
+    """``<system_identifier>-<server start, epoch seconds>/<database name>``: the same text on every
+    host whose settings name this database, whatever host name, port, socket or role each uses to
+    reach it. The start time tells apart servers cloned from one data folder (a VM image, a copied
+    volume: the same ``system_identifier``); a restart between two hosts' readings only splits a
+    group, and then the refusal of other clients still guards each host.
 
     Raises:
         DatabaseError: the server cannot be asked.
     """
-    rows = database.query("SELECT (SELECT system_identifier FROM pg_control_system()), current_database()")
-    if not rows or len(rows[0]) < 2 or not rows[0][0]:
+    rows = database.query(
+        "SELECT (SELECT system_identifier FROM pg_control_system()), "
+        "floor(extract(epoch FROM pg_postmaster_start_time()))::bigint, current_database()"
+    )
+    if not rows or len(rows[0]) < 3 or not rows[0][0]:
         raise DatabaseError("The database did not say which server it is on (pg_control_system()).")
-    return f"{rows[0][0]}/{rows[0][1]}"
+    return f"{rows[0][0]}-{rows[0][1]}/{rows[0][2]}"
 
 
 def other_clients(database: Database) -> list[Client]:
@@ -77,10 +84,14 @@ def other_clients(database: Database) -> list[Client]:
     Raises:
         DatabaseError: the server cannot be asked.
     """
+    # a role without pg_read_all_stats sees another role's session with backend_type, client_addr and
+    # backend_start NULL (its name and application_name stay visible): such a session counts too
     rows = database.query(
-        "SELECT pid, coalesce(host(client_addr), 'local'), application_name, usename, backend_start "
-        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND backend_type = 'client backend' AND application_name NOT LIKE 'patchflow%' ORDER BY backend_start",
+        "SELECT pid, coalesce(host(client_addr), CASE WHEN backend_type IS NULL THEN 'an address hidden from "
+        "this role' ELSE 'local' END), coalesce(application_name, ''), coalesce(usename, ''), "
+        "coalesce(backend_start::text, '') FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND (backend_type = 'client backend' OR (backend_type IS NULL AND usename IS "
+        "NOT NULL)) AND coalesce(application_name, '') NOT LIKE 'patchflow%' ORDER BY backend_start NULLS LAST, pid",
         admin=True,
     )
     return [Client(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows if r and r[0].isdigit()]

@@ -24,7 +24,15 @@ from patchflow.backup import save_files, swap_build_outputs
 from patchflow.commands import split_command
 from patchflow.database import Database
 from patchflow.errors import ApplyError, CommandError, DatabaseError, PatchflowError, VerifyError
-from patchflow.files import Ownership, check_inside, place_entry, remove_path, remove_tree, set_ownership
+from patchflow.files import (
+    Ownership,
+    check_inside,
+    place_entry,
+    remove_path,
+    remove_tree,
+    set_ownership,
+    sync_filesystem,
+)
 from patchflow.installed import HealthRecord, InstalledRecord
 from patchflow.lifecycle.apply_snapshot import SnapshotSteps
 from patchflow.lifecycle.journal import HistoryRecord, append_history, utc_now, write_json_atomic
@@ -235,6 +243,7 @@ class ChangeSteps(SnapshotSteps):
         backup.data["size_bytes"] = int(backup.data.get("files_bytes", 0)) + (
             int(backup.data["database"]["size"]) if backup.data.get("database") else 0
         )
+        sync_filesystem(backup.folder)  # the copies on disk before "complete" vouches for them (the switch is next)
         backup.data["complete"] = True
         backup.save()
 
@@ -274,6 +283,7 @@ class ChangeSteps(SnapshotSteps):
         swapped = swap_build_outputs(backup, self.staging, ctx.paths.root, tuple(ctx.settings.build_outputs))
         if swapped:
             ctx.log(f"   build outputs switched: {', '.join(swapped)}")
+        sync_filesystem(ctx.paths.root)  # the new tree on disk before the journal says the switch is done
 
     def restore_code(self) -> None:
         """Undo of switch: put back the code from the backup (folders the apply added whole are

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Required, TypedDict, Unpack
 
 from patchflow.errors import BackupError, PatchflowError
+from patchflow.files import fsync_directory
 from patchflow.lock import _user
 from patchflow.status_schema import HealthRecordJson, Work
 
@@ -169,7 +170,7 @@ def utc_now() -> str:
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> bool:
-    """Write JSON to ``path`` atomically (temporary file, fsync, rename) with ``mode``; a full
+    """Write JSON to ``path`` atomically (temporary file, fsync, rename, fsync of the folder) with ``mode``; a full
     filesystem is met with the run's :class:`SpaceReserve`. Returns True when the reserve was
     needed (the filesystem is full).
 
@@ -192,6 +193,7 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> bool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        fsync_directory(path.parent)  # the rename itself durable: the record is there after a power loss
 
     return _with_reserve(write)
 

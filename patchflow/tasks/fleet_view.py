@@ -149,7 +149,7 @@ def _database_cells(rows: Sequence[HostStatus]) -> dict[str, str]:
     for identity, names in users.items():
         for name in names:
             others = [n for n in names if n != name]
-            cells[name] = identity.rsplit("/", 1)[-1] + (f", shared with {', '.join(others)}" if others else "")
+            cells[name] = identity.split("/", 1)[-1] + (f", shared with {', '.join(others)}" if others else "")
     return cells
 
 

@@ -91,4 +91,4 @@ def test_a_saved_file_changed_inside_the_backup_is_refused_and_a_cut_dump_is_nam
     dumps[0].write_bytes(b"x" * (dumps[0].stat().st_size + 100))  # the right size, other bytes: --verify only
     assert json.loads(install.inv("patch-status", "--json").stdout)["backups"][0]["problems"] == []
     deep = json.loads(install.inv("patch-status", "--json", "--verify").stdout)["backups"][0]["problems"]
-    assert deep == ["its database dump differs from its recorded sha256"], deep
+    assert deep == ["its database dump is corrupt or incomplete: it differs from its recorded sha256"], deep

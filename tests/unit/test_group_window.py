@@ -21,7 +21,7 @@ from patchflow.remote.hosts import Target
 from patchflow.remote.wire import HostFacts
 from patchflow.shared_database import Client, writes_since
 
-SHARED = "7716667043309673183/primeflow"
+SHARED = "7716667043309673183-1796677200/primeflow"
 
 
 def facts(identity: str | None, applied: tuple[str, ...] = (), **extra: Any) -> HostFacts:
@@ -38,7 +38,7 @@ def test_hosts_on_one_database_form_a_group_only_when_a_migration_is_pending_the
     known = {
         "a": facts(SHARED, ("0001_init",)),
         "b": facts(SHARED, ("0001_init",)),
-        "c": facts("111/other"),
+        "c": facts("111-1796677200/other"),
         "d": facts(None),  # no database configured
     }
     groups = database_groups([a, b, c, d], known, ["0001_init", "0002_add_projects"])
@@ -66,7 +66,7 @@ def test_a_remote_rollback_takes_the_host_that_restores_the_database_first() -> 
         "a": facts(SHARED, status={"installed_record": {"version": "2.3.0", "migrations": []}}),
         "b": facts(SHARED, status={"installed_record": {"version": "2.3.0", "migrations": []}}),
         "c": facts(SHARED, status=record),
-        "lone": facts("222/elsewhere"),
+        "lone": facts("222-1796677200/elsewhere"),
     }
     groups = sharing([a, b, c, lone], known)
     order = rollback_order([a, b, c, lone], known, groups, restore_database=False)
