@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ def restore_alone(ctx: Context, journal: Journal, *, others_stopped: bool) -> No
     """A rollback's check once its services are stopped: when it is to restore the database
     (``restore_database`` in ``journal``'s notes) and ``others_stopped`` is not given, other
     clients refuse it (:func:`refuse_other_clients`); the services are then started again and the
-    journal cleared before the refusal is raised, so nothing has changed.
+    journal cleared before the refusal is raised, so nothing has changed. A recovery finishing a
+    rollback that a killed run started (its journal written by another process) is not refused.
 
     Raises:
         PreconditionError: other clients use the database (nothing changed).
@@ -148,6 +150,8 @@ def restore_alone(ctx: Context, journal: Journal, *, others_stopped: bool) -> No
     from patchflow.services import start_with_retries
 
     if not journal.notes.get("restore_database") or ctx.database is None or others_stopped:
+        return
+    if journal.pid != os.getpid():  # a recovery finishing a rollback a killed run decided: never refused midway
         return
     try:
         refuse_other_clients(ctx.database, "restore")

@@ -23,7 +23,7 @@ from patchflow.archive.extract import extract_archive
 from patchflow.backup import save_files, swap_build_outputs
 from patchflow.commands import split_command
 from patchflow.database import Database
-from patchflow.errors import ApplyError, CommandError, DatabaseError, PatchflowError, VerifyError
+from patchflow.errors import ApplyError, CommandError, DatabaseError, PatchflowError, PreconditionError, VerifyError
 from patchflow.files import (
     Ownership,
     check_inside,
@@ -305,6 +305,12 @@ class ChangeSteps(SnapshotSteps):
             return
         assert self.journal is not None
         ctx.database.wait_ready(ctx.settings.db_wait_timeout, ctx.log)  # first: the server may be restarting
+        if self.plan is not None and self.plan.pending_migrations and not self.options.others_stopped:
+            try:  # again: a client that connected since the stop (a host started meanwhile) refuses too
+                refuse_other_clients(ctx.database, "migrate", wait=0.5)
+            except PreconditionError:
+                self.journal.note(pending=[])  # none was run: the undo keeps the live database and its rows
+                raise
         pending = [m.name for m in MigrationHistory(ctx.database).pending(find_migrations(ctx.paths.root))]
         self.journal.note(pending=pending)
         if pending and self.journal.notes.get("dump_before_stop"):

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import cast
 
 from patchflow.backup import Backup, load_backup
-from patchflow.backup_check import check_backup
 from patchflow.context import Context
 from patchflow.errors import BackupError, PatchflowError, PreconditionError, RollbackError, VersionError
 from patchflow.installed import HealthRecord, installed_version, read_installed_record
@@ -45,6 +44,7 @@ from patchflow.lifecycle.journal import (
     utc_now,
 )
 from patchflow.lifecycle.rollback_choice import RollbackDecision, choose_backup
+from patchflow.lifecycle.rollback_prove import prove_restore
 from patchflow.lifecycle.steps import (
     ROLLING_BACK,
     Recovery,
@@ -61,11 +61,10 @@ from patchflow.lock import InstallLock
 from patchflow.preconditions import check_rollback_access
 from patchflow.proving import OldHealth, old_version_health, prove_old_version, start_kept_images
 from patchflow.restore import restore_code, restore_database_journaled
-from patchflow.restore_in_place import BESIDE, IN_PLACE, restore_method, restore_plan
+from patchflow.restore_in_place import IN_PLACE, restore_method
 from patchflow.services import NotServing, health_now, start_with_retries
 from patchflow.shared_database import restore_alone
-from patchflow.snapshot import snapshot_of, snapshot_problem, usable_snapshot
-from patchflow.space import Need, check_space
+from patchflow.snapshot import snapshot_of
 from patchflow.stopped_window import step_record
 from patchflow.trash import delete_detached
 from patchflow.version import PatchVersion, parse_version
@@ -213,52 +212,6 @@ class RollbackRun:
         )
         return RollbackDecision(current, key, backup.name, database), question, backup
 
-    def _prove(self, backup: Backup, database: bool) -> None:
-        """Check the backup as written (:func:`patchflow.backup_check.check_backup`) and prove that a
-        restore is possible (when ``database``): by its snapshot while it exists, else by its dump.
-
-        Raises:
-            BackupError: the backup was changed or damaged, no snapshot left and no dump, the dump does not match
-                its record, the role may not restore, or the database server lacks room for a restore beside it.
-        """
-        ctx = self.ctx
-        check_backup(backup, ctx.paths)
-        if not database:
-            return
-        assert ctx.database is not None
-        from patchflow.database import verify_recorded_dump
-
-        snapshot = usable_snapshot(ctx.database, ctx.paths, backup)
-        method = BESIDE
-        if snapshot is not None:  # put back by a rename: the role may create databases and owns it
-            problems = [problem for problem in [snapshot_problem(ctx.database)] if problem]
-        elif backup.dump_path is None or backup.database is None:
-            raise BackupError(
-                f"Backup {backup.name} holds no database dump and its snapshot is gone from the server.",
-                "Nothing was changed; restore by hand, or roll back the code alone without --restore-database.",
-            )
-        else:
-            verify_recorded_dump(ctx.database, backup.dump_path, backup.database, backup.name)
-            method, problems = restore_plan(ctx.database)
-        if problems:
-            raise BackupError(
-                f"The database cannot be restored: {'; '.join(problems)}.",
-                "Set PATCHFLOW_DATABASE_ADMIN_URL to a role that may (e.g. the PostgreSQL superuser). "
-                "Nothing was changed.",
-            )
-        server_folder = ctx.database.server_folder() if snapshot is None else None
-        in_place = snapshot is None and method == IN_PLACE  # the live database kept as a dump; a script
-        if server_folder is None and not in_place:
-            return
-        size = int(ctx.database.properties()["size"])
-        label = "an in-place restore" if in_place else "a database restore beside the live one"
-        needs = [] if server_folder is None else [Need(server_folder, f"{label} (database server)", size, 0)]
-        if in_place:
-            needs.append(
-                Need(backup.folder, "an in-place restore (a dump of the live database, a script)", 2 * size, 2)
-            )
-        check_space(needs, int(ctx.settings.free_space_margin), action="roll back")
-
     def choose(self) -> None:
         """Choose the backup, check the installed version, prove the dump, ask for confirmation."""
         self.chosen_at = utc_now()
@@ -268,7 +221,7 @@ class RollbackRun:
         self.decision = decision
         if backup is not None:
             self._check_installed(backup)
-            self._prove(backup, decision.database)
+            prove_restore(self.ctx, backup, decision.database)
         self.backup = backup
         self.confirm(question)
 
@@ -323,7 +276,7 @@ class RollbackRun:
                 change.hint = exc.hint.replace(" Nothing was changed.", "")
                 change.reasons.append(as_reason(exc.message))
             if change.question:
-                self._prove(backup, decision.database)
+                prove_restore(self.ctx, backup, decision.database)
         self.reconfirm(change)
         if not change.question:
             raise change.refusal()

@@ -136,7 +136,8 @@ def run_group_window(run: DeployRun, group: DatabaseGroup, updated: list[Target]
     problems = _each(run, others, "stop-services", *record)
     if problems:
         _each(run, others, "start-services")
-        result = report.get(others[0].name)
+        blamed = next(t for t in others if any(p.startswith(f"{t.name}:") for p in problems))
+        result = report.get(blamed.name)
         result.result, result.exit_code = "refused", 2
         result.detail = "the group's window could not open: " + "; ".join(problems)
         return result
@@ -155,20 +156,38 @@ def run_group_window(run: DeployRun, group: DatabaseGroup, updated: list[Target]
         log(f"the group of {first.name} is on {run.version}: its window is closed")
         return None
     left = [t for t in group.hosts if t not in done and t.name != failure.name]
+    failed = [t for t in group.hosts if t.name == failure.name]
     in_group = [t for t in updated if t in group.hosts]
+    if not settled(failure):
+        # its apply may still run or may yet restore the database (SSH lost, killed mid-way): nobody
+        # else may write to it before that host is recovered
+        log(
+            f"!! {failure.name} ended {failure.result} (exit {failure.exit_code}): "
+            f"{', '.join(t.name for t in left) or 'no other host'} of its group stay stopped until it is "
+            f"recovered ({failure.recovery or 'inv patch-status --host ' + failure.name}); then "
+            f"`inv deploy --hosts {','.join(t.name for t in group.hosts)} --version {run.version}` finishes the group"
+        )
+        return failure
     if failure.name == first.name or not run.options.rollback_on_failure or not in_group:
         if failure.name != first.name and in_group:
             log(
                 f"!! {', '.join(t.name for t in in_group)} run {run.version} and the database is migrated; "
-                f"{', '.join(t.name for t in left) or 'no other host'} start again on the old version against it "
-                "(--rollback-on-failure undoes the group)"
+                f"{', '.join(t.name for t in left + failed) or 'no other host'} start again on the old version "
+                "against it (--rollback-on-failure undoes the group)"
             )
-        _each(run, left, "start-services")
+        _each(run, left + failed, "start-services")  # the failed host too: refused before its own stop, it is down
         return failure
-    roll_back_group(run, in_group, [t for t in group.hosts if t.name == failure.name] + left)
+    roll_back_group(run, in_group, failed + left)
     for target in in_group:
         updated.remove(target)
     return failure
+
+
+def settled(result: HostResult) -> bool:
+    """True when the host's run ended with its install whole on a version: refused before any change
+    (exit 1, 3, 5) or failed and rolled back by itself (exit 2); not a run that died mid-way (4),
+    whose end is unknown (6) or that still runs."""
+    return result.exit_code in (1, 2, 3, 5) and result.result not in ("unknown", "running", "interrupted")
 
 
 def roll_back_group(run: DeployRun, updated: list[Target], idle: list[Target]) -> None:
@@ -224,7 +243,7 @@ def rollback_order(
     """
     order = list(targets)
     for group in groups:
-        restoring = [t for t in group if _installed_migrations(facts[t.name])]
+        restoring = [t for t in group if installed_migrations(facts[t.name])]
         if restore_database or len(restoring) > 1:
             names = ", ".join(t.name for t in (group if restore_database else restoring))
             raise RemoteError(
@@ -245,7 +264,13 @@ def rollback_order(
     return order
 
 
-def _installed_migrations(facts: HostFacts) -> list[str]:
+def restores(facts: HostFacts) -> bool:
+    """True when the host's rollback restores its database: the apply that installed its version ran
+    migrations (a group window's other hosts ran none)."""
+    return bool(installed_migrations(facts))
+
+
+def installed_migrations(facts: HostFacts) -> list[str]:
     """The migrations the apply that installed the host's version ran (its ``installed_record``)."""
     record = facts.report.get("installed_record")
     migrations = record.get("migrations") if isinstance(record, dict) else None

@@ -43,9 +43,11 @@ from patchflow.remote.group_window import (
     database_groups,
     each_service_task,
     left_by_a_window,
+    restores,
     roll_back_group,
     rollback_order,
     run_group_window,
+    settled,
     sharing,
 )
 from patchflow.remote.hosts import Log, Target, operator
@@ -71,6 +73,7 @@ class DeployOptions:
     force: bool = False
     allow_downgrade: bool = False
     break_lock: bool = False
+    others_stopped: bool = False  # apply-patch --others-stopped on every host
 
 
 def _order(targets: Sequence[Target], canary: str | None) -> list[Target]:
@@ -260,6 +263,7 @@ class DeployRun:
                     force=options.force,
                     allow_downgrade=options.allow_downgrade,
                     break_lock=options.break_lock,
+                    others_stopped=options.others_stopped,
                     database_backup_on=database_backup_on,
                 )
                 record = start_run(session, self.facts[target.name], "apply", version, args)
@@ -420,6 +424,7 @@ def rollback(
             report.get(target.name).before = facts[target.name].installed
         groups = sharing(targets, facts)
         targets = rollback_order(targets, facts, groups, restore_database=options.restore_database)
+        groups = [g for g in groups if restores(facts[g[0].name])]  # the others roll back code alone, host by host
         for group in groups:
             log(
                 f"{', '.join(t.name for t in group)} use one database: all stopped first, {group[0].name} rolls back "
@@ -430,17 +435,16 @@ def rollback(
             + ", ".join(f"{t.name} ({facts[t.name].installed or '?'})" for t in targets)
             + ", one host at a time?"
         )
-        for group in groups:
-            problems = each_service_task(fleet, facts, group, "stop-services")
-            if problems:
-                each_service_task(fleet, facts, group, "start-services")
-                raise RemoteError(
-                    "Nothing was rolled back: the hosts that use one database could not all be stopped ("
-                    + "; ".join(problems)
-                    + ").",
-                    "Fix the host named and run the rollback again.",
-                )
         for target in targets:
+            members: list[Target] = next((g for g in groups if g[0] is target), [])
+            problems = each_service_task(fleet, facts, members, "stop-services") if members else []
+            if problems:  # stopped when its first host's turn comes: nothing stopped before it
+                each_service_task(fleet, facts, members, "start-services")
+                result = report.get(target.name)
+                result.result, result.exit_code = "refused", 2
+                result.detail = "the hosts of its database could not all be stopped: " + "; ".join(problems)
+                log(f"[{target.name}] refused: {result.detail}; stopping (nothing of its group was rolled back)")
+                break
             session = fleet.sessions[target.name]
             result = report.get(target.name)
             args = rollback_patch_args(
@@ -461,7 +465,10 @@ def rollback(
             if not result.ok:
                 log(f"[{target.name}] {result.result}: stopping (the remaining hosts are left as they are)")
                 left = [t for g in groups if target in g for t in g[g.index(target) + 1 :]]
-                if left:
+                if left and any(g[0] is target for g in groups) and settled(result):
+                    each_service_task(fleet, facts, left, "start-services")  # the database was not restored
+                    log(f"{', '.join(t.name for t in left)} (same database) started again on {version}")
+                elif left:
                     log(
                         f"!! {', '.join(t.name for t in left)} (same database) are left stopped: finish the "
                         f"rollback of {target.name} first, then roll them back"

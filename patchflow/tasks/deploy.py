@@ -64,6 +64,8 @@ def _targets(
         "force": "apply even where this version is installed",
         "allow_downgrade": "allow applying a version older than the installed one",
         "break_lock": "take over a stale lock left by a dead apply on a host (it is recovered first)",
+        "others_stopped": "the database's other clients (a pooler, a report job) are known and may be ended: each "
+        "apply migrates even if sessions from elsewhere remain after its stop (apply-patch --others-stopped)",
     }
 )
 def deploy(
@@ -84,6 +86,7 @@ def deploy(
     force: bool = False,
     allow_downgrade: bool = False,
     break_lock: bool = False,
+    others_stopped: bool = False,
 ) -> None:
     """Upload a patch over SSH and apply it on hosts with the same apply-patch task, rolling."""
     from patchflow.console import confirm
@@ -115,6 +118,7 @@ def deploy(
         force=force,
         allow_downgrade=allow_downgrade,
         break_lock=break_lock,
+        others_stopped=others_stopped,
     )
     report = run_deploy(settings, targets, options, log=_log, confirm=lambda text: confirm(text, yes=yes))
     exit_with(report)

@@ -85,12 +85,22 @@ def stop_services(
 def start_services(c: Context, root: str | None = None) -> None:
     """Start this checkout's application services and wait until the installed version answers
     healthy (deploy's group window, after its hosts are done or undone)."""
+    from patchflow.errors import PatchflowError
     from patchflow.installed import installed_version
+    from patchflow.lifecycle.journal import Journal
     from patchflow.services import start_with_retries, wait_services_healthy
     from patchflow.shared_database import clear_group_window
     from patchflow.tasks.edge import context_for
 
     ctx = context_for(c, root)
+    pending = Journal.load(ctx.paths.journal)
+    if pending is not None:  # a half-done tree must not serve: its recovery starts what it should
+        raise PatchflowError(
+            f"An interrupted {pending.action} of {pending.version} is recorded in {ctx.paths.root} (last step "
+            f"{pending.current_step}): its services are not started over a half-done install.",
+            "Recover it first: `inv patch-status` there names the command (from the operator's checkout: "
+            "`inv patch-status --host NAME`).",
+        )
     settings = ctx.settings
     start_with_retries(
         ctx.services, settings.start_retries, urls=settings.health_url, ready_timeout=settings.health_timeout

@@ -62,11 +62,33 @@ def _xact_age(install: Install, pid: int) -> float:
     return float(found or 0)
 
 
+def test_a_client_that_connects_after_the_stop_refuses_the_migration(install: Install) -> None:
+    """Issue 24: a client that connects while the services are stopped (another app server started
+    meanwhile, a job) is found again right before the migrations: none runs, the live database and
+    the client's rows are kept, the old version serves again."""
+    install.release(install.root.parent, "2.3.0")
+    tree_before, db_before = install.state(), install.pg_dump()
+    proc = inv_popen(
+        install, "apply-patch", "--version", "2.3.0", "--yes", env={"PATCHFLOW_TEST_KILL_AT": "migrate=SIGSTOP"}
+    )
+    wait_stopped(proc.pid)  # stopped, checked alone at the stop; the migrate step is next
+    with holding(install, 'SELECT count(*) FROM "User"'):
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out + err
+    flat = " ".join(err.split())
+    assert "failed at migrate: Refusing to migrate database" in flat and "inv deploy" in flat, flat
+    assert "migration 20250301090000_audit_log (1 of 1)" not in out, "no migration ran"
+    assert_exactly_old(install, tree_before, db_before)
+
+
 def test_a_blocking_transaction_makes_the_migration_give_up_fast_and_name_it(install: Install) -> None:
     install.release(install.root.parent, "2.3.0")
     tree_before, db_before = install.state(), install.pg_dump()
     env = {**FAST, "PATCHFLOW_TEST_KILL_AT": "migrate=SIGSTOP"}
-    proc = inv_popen(install, "apply-patch", "--version", "2.3.0", "--yes", env=env)
+    # --others-stopped: the blocker is a client the operator knows (without it the migrate step refuses
+    # a client that connected after the stop: test_a_client_that_connects_after_the_stop_refuses_the_migration)
+    proc = inv_popen(install, "apply-patch", "--version", "2.3.0", "--yes", "--others-stopped", env=env)
     wait_stopped(proc.pid)  # the plan passed, the services are stopped, the migrate step is next
     with holding(install, 'SELECT count(*) FROM "User"') as blocker:
         started = time.monotonic()
@@ -99,7 +121,7 @@ def test_migrate_timeout_bounds_the_retries(install: Install) -> None:
         "PATCHFLOW_MIGRATE_TIMEOUT": "5",
         "PATCHFLOW_TEST_KILL_AT": "migrate=SIGSTOP",
     }
-    proc = inv_popen(install, "apply-patch", "--version", "2.3.0", "--yes", env=env)
+    proc = inv_popen(install, "apply-patch", "--version", "2.3.0", "--yes", "--others-stopped", env=env)
     wait_stopped(proc.pid)
     with holding(install, 'SELECT count(*) FROM "User"'):
         os.kill(proc.pid, signal.SIGCONT)
