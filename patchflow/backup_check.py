@@ -22,7 +22,7 @@ from patchflow.backup import CHECKSUM_KEY, Backup, record_checksum
 from patchflow.delta import manifest_entries
 from patchflow.digests import file_digest
 from patchflow.errors import BackupError
-from patchflow.installed import installed_version
+from patchflow.installed import read_installed_record
 from patchflow.manifest import Entry
 from patchflow.paths import ProjectPaths
 
@@ -80,13 +80,16 @@ def backup_problems(
 
 def check_backup(backup: Backup, paths: ProjectPaths) -> None:
     """Refuse to restore ``backup`` when :func:`backup_problems` finds anything (``deep``; the
-    installed tree is the one it restores from when the installed version is the backup's).
+    installed tree is the one it restores from when the install's record, written at the commit
+    with ``installed-manifest.json``, names the backup's version: an apply killed before its commit
+    has switched ``VERSION`` but not yet recorded its tree).
 
     Raises:
         BackupError: the backup is damaged or was changed (each problem named; nothing changed).
     """
     tree = None
-    if installed_version(paths) == backup.version:
+    record = read_installed_record(paths)
+    if record is not None and record.version == backup.version:
         try:
             tree = manifest_entries(json.loads(paths.installed_manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError):
