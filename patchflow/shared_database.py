@@ -7,7 +7,7 @@
   process's, once this host's application services are stopped: another host's app, a worker
   elsewhere, a pooler, somebody's ``psql``. An apply that would migrate, or a rollback that would
   restore, a database with such clients refuses (:func:`refuse_other_clients`) unless told the
-  other hosts are stopped (``--others-stopped``, which ``deploy``'s group window passes): their
+  clients are known and may be ended (``--others-stopped``; ``deploy``'s group window stops them instead): their
   rows would be moved out of the live database by a restore, and their code would run on a
   schema it does not know.
 * :func:`record_group_window`, :func:`read_group_window`, :func:`clear_group_window`: the record
