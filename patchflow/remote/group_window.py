@@ -202,31 +202,36 @@ def roll_back_group(run: DeployRun, updated: list[Target], idle: list[Target]) -
     if stop_problems:
         log("!! not every host of the group stopped: the first host's rollback refuses to restore under them")
     for target in updated:
-        result = report.get(target.name)
         log(f"[{target.name}] rolling back {version} (--rollback-on-failure, the group's window)")
-        back = HostResult(target.name, target.role, before=version)
-        try:
-            record = start_run(
-                fleet.sessions[target.name],
-                run.facts[target.name],
-                "rollback",
-                version,
-                rollback_patch_args(target.path, version),
-                installed=version,
-            )
-            follow_and_judge(fleet.sessions[target.name], record, back, fleet.locked_log)
-        except PatchflowError as exc:
-            back.result, back.exit_code, back.detail = "unknown", exc.exit_code, f"{exc.message} {exc.hint}".strip()
-        result.after = back.after
-        result.recovery, result.recovery_does = back.recovery, back.recovery_does
-        if back.result == "rolled back":
-            result.result, result.detail = "rolled back", f"updated to {version}, then rolled back with its group"
-        else:
-            result.result = back.result if back.result.startswith("rollback") else f"rollback {back.result}"
-            result.exit_code, result.detail = back.exit_code or 4, back.detail
+        if not roll_back_host(fleet, run.facts, target, report.get(target.name), version, "with its group"):
             log(f"[{target.name}] !! its rollback did not end well: the rest of the group is left stopped")
             return
     _each(run, idle, "start-services")
+
+
+def roll_back_host(
+    fleet: Fleet, facts: dict[str, HostFacts], target: Target, result: HostResult, version: str, why: str
+) -> bool:
+    """Roll back ``version`` on ``target`` (a detached ``rollback-patch`` run there, judged like
+    deploy's applies) after this deploy updated it; ``result`` (its report entry) says how it ended
+    (``updated to X, then rolled back <why>``). Returns True when it was rolled back. Never raises."""
+    back = HostResult(target.name, target.role, before=version)
+    try:
+        args = rollback_patch_args(target.path, version)
+        record = start_run(
+            fleet.sessions[target.name], facts[target.name], "rollback", version, args, installed=version
+        )
+        follow_and_judge(fleet.sessions[target.name], record, back, fleet.locked_log)
+    except PatchflowError as exc:
+        back.result, back.exit_code, back.detail = "unknown", exc.exit_code, f"{exc.message} {exc.hint}".strip()
+    result.after = back.after
+    result.recovery, result.recovery_does = back.recovery, back.recovery_does
+    if back.result == "rolled back":
+        result.result, result.detail = "rolled back", f"updated to {version}, then rolled back {why}"
+        return True
+    result.result = back.result if back.result.startswith("rollback") else f"rollback {back.result}"
+    result.exit_code, result.detail = back.exit_code or 4, back.detail
+    return False
 
 
 def rollback_order(

@@ -45,6 +45,7 @@ from patchflow.remote.group_window import (
     left_by_a_window,
     restores,
     roll_back_group,
+    roll_back_host,
     rollback_order,
     run_group_window,
     settled,
@@ -370,24 +371,8 @@ def _roll_back_updated(
 ) -> None:
     """Roll back, newest first, the hosts this deploy updated (``--rollback-on-failure``)."""
     for target in reversed(updated):
-        session = fleet.sessions[target.name]
-        result = report.get(target.name)
         log(f"[{target.name}] rolling back {version} (--rollback-on-failure)")
-        back = HostResult(target.name, target.role, before=version)
-        try:
-            args = rollback_patch_args(target.path, version)
-            record = start_run(session, facts[target.name], "rollback", version, args, installed=version)
-            follow_and_judge(session, record, back, fleet.locked_log)
-        except PatchflowError as exc:
-            back.result, back.exit_code, back.detail = "unknown", exc.exit_code, f"{exc.message} {exc.hint}".strip()
-        result.after = back.after
-        result.recovery, result.recovery_does = back.recovery, back.recovery_does
-        if back.result == "rolled back":
-            result.result, result.detail = "rolled back", f"updated to {version}, then rolled back after the failure"
-        else:
-            result.result = back.result if back.result.startswith("rollback") else f"rollback {back.result}"
-            result.exit_code = back.exit_code or 4
-            result.detail = back.detail
+        roll_back_host(fleet, facts, target, report.get(target.name), version, "after the failure")
 
 
 @dataclass
