@@ -20,14 +20,13 @@ them back as they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from patchflow.files import Ownership, move, remove_tree
 from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.manifest import Entry
 from patchflow.paths import BACKUP_PREFIX, BackupPaths, ProjectPaths
+from patchflow.state_files import CHECKSUM_KEY, record_checksum
 from patchflow.version import PatchVersion
 
 if TYPE_CHECKING:
@@ -153,18 +153,6 @@ class Backup:
         """Migrations the apply ran after this backup (None: not recorded, i.e. unknown)."""
         value = self.data.get("migrations_applied")
         return [str(v) for v in value] if isinstance(value, list) else None
-
-
-CHECKSUM_KEY = "checksum"
-
-
-def record_checksum(data: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of ``data`` without its ``checksum`` key, as canonical JSON (sorted keys,
-    compact separators, UTF-8): what :meth:`Backup.save` seals ``backup.json`` with and
-    :func:`patchflow.backup_check.backup_problems` checks."""
-    body = {key: value for key, value in data.items() if key != CHECKSUM_KEY}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_backup(folder: Path) -> Backup | None:

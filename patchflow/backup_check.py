@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from patchflow.backup import CHECKSUM_KEY, Backup, record_checksum
+from patchflow.backup import Backup
 from patchflow.delta import manifest_entries
 from patchflow.digests import file_digest
 from patchflow.errors import BackupError
 from patchflow.installed import read_installed_record
 from patchflow.manifest import Entry
 from patchflow.paths import ProjectPaths
+from patchflow.state_files import CHECKSUM_KEY, StateFileError, record_checksum
 
 
 def backup_problems(
@@ -88,7 +89,10 @@ def check_backup(backup: Backup, paths: ProjectPaths) -> None:
         BackupError: the backup is damaged or was changed (each problem named; nothing changed).
     """
     tree = None
-    record = read_installed_record(paths)
+    try:
+        record = read_installed_record(paths)
+    except StateFileError:
+        record = None  # a damaged record: the rollback puts the backup's copy back; its checksum holds
     if record is not None and record.version == backup.version:
         try:
             tree = manifest_entries(json.loads(paths.installed_manifest.read_text(encoding="utf-8")))

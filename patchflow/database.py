@@ -1,10 +1,8 @@
 """PostgreSQL operations on one database: readiness, proven dumps, restore beside the live one.
 
-Where and how the programs run is :mod:`patchflow.pg_target`.
-
-Dumps (``pg_dump --format=custom``, file mode 0600) count only when proven
-(:meth:`Database.dump`): the bytes streamed are hashed, the file read back matches, and
-``pg_restore`` reads the whole archive to the end.
+Where and how the programs run is :mod:`patchflow.pg_target`. Dumps (``pg_dump --format=custom``,
+file mode 0600) count only when proven (:meth:`Database.dump`): the bytes streamed are hashed, the
+file read back matches, and ``pg_restore`` reads the whole archive to the end.
 
 A restore never drops or changes the live database (:meth:`Database.restore_beside`): the dump
 is restored into a new database next to it, checked, and only then the names are swapped in one
@@ -451,12 +449,22 @@ class Database:
             ) from None
 
     # -- restore --------------------------------------------------------------------------
-    def restore_beside(self, dump: Path, stamp: str, log: Callable[[str], None] = lambda line: None) -> str:
+    def restore_beside(
+        self,
+        dump: Path,
+        stamp: str,
+        log: Callable[[str], None] = lambda line: None,
+        checkpoint: Callable[[str], None] = lambda point: None,
+    ) -> str:
         """Make the database equal to ``dump`` without ever changing the live database first:
         restore into ``<name>_restoring_<stamp>``, check it, then swap names in one transaction.
         Returns the name the displaced (previously live) database is kept under.
 
-        Idempotent for one ``stamp``: after the swap a second call only returns the name.
+        Idempotent for one ``stamp``: after the swap a second call only returns the name; whether
+        the swap happened is read from the server (which names exist), never assumed from a reply
+        a dying server may not have sent. ``checkpoint(point)`` is called between the parts
+        (``restore-created``, ``restore-loaded``, ``restore-checked``: the kill hooks of the tests
+        that stop the server inside a restore).
 
         Raises:
             DatabaseError: creating, restoring, checking or swapping failed; the live database is
@@ -491,9 +499,12 @@ class Database:
             what="create database",
         )
         try:
+            checkpoint("restore-created")
             self._restore_into(dump, restoring, superuser)
+            checkpoint("restore-loaded")
             self._check_restored(dump, restoring)
             copy_database_settings(self, live, restoring)
+            checkpoint("restore-checked")
             self._swap(live, restoring, displaced)
         except BaseException:  # any exit, an interrupt too: the half-restored copy is dropped; re-raised
             self.execute_quietly(f"DROP DATABASE IF EXISTS {pg.quote_ident(restoring)} WITH (FORCE)")

@@ -5,6 +5,8 @@ Only ``tasks.py`` turns these into exit codes; library code raises and never exi
 
 from __future__ import annotations
 
+import errno
+
 #: What each exit code of a patchflow command means (the README's "Exit codes" table). Through
 #: ``make`` every failing recipe is make's own exit 2; patchflow's last line names its own code.
 EXIT_CODES: dict[int, str] = {
@@ -22,6 +24,36 @@ EXIT_CODES: dict[int, str] = {
 def exit_line(code: int) -> str:
     """The last line a failing command prints: ``patchflow: exit 4 (rollback incomplete; ...)``."""
     return f"patchflow: exit {code} ({EXIT_CODES.get(code, 'failed')})"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed system call: what the kernel said, its errno name and the path(s),
+    e.g. ``Input/output error (EIO) on /srv/primeflow/.patchflow/journal.json``; a full
+    filesystem or quota reads as such (``ENOSPC``, ``EDQUOT``)."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text = (
+            "the filesystem is full, no space or no inodes left"
+            if exc.errno == errno.ENOSPC
+            else "the disk quota is exceeded"
+        )
+    else:
+        text = exc.strerror or str(exc)
+    where = ""
+    if exc.filename:
+        where = f" on {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{text}{f' ({name})' if name else ''}{where}"
+
+
+def os_error_hint(exc: OSError) -> str:
+    """What an operator does about a failed system call (the hint under :func:`describe_os_error`)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        first = "Free space on that filesystem (df -h, df -i) or raise the quota"
+    elif exc.errno in (errno.EIO, errno.EROFS):
+        first = "The disk reported a failure: read the kernel log (dmesg) and check the disk before anything else"
+    else:
+        first = "Fix what the error names"
+    return f"{first}; then `inv patch-status` names anything left to finish (and the command that finishes it)."
 
 
 class PatchflowError(Exception):

@@ -11,7 +11,8 @@ not settings: no settings table or pyproject/host.toml key names them.
   SIGKILL) before (or after) the point: a step or undo name of a lifecycle list, or one of the
   points inside steps (``switch-file#<n>``, ``switch-file@<path>``, ``spawn-<service>:after``,
   ``release``, ``empty-trash``, ``journal-opened``, ``manifest-recorded``, ``receive-check``,
-  ``trash-deleter``, ``snapshot-recorded``, ``snapshot-created``, ``database-restored``).
+  ``trash-deleter``, ``snapshot-recorded``, ``snapshot-created``, ``restore-created``, ``restore-loaded``,
+  ``restore-checked``, ``snapshot-swap``, ``database-restored``).
 * ``PATCHFLOW_TEST_UPLOAD_CUT=<bytes>``: deploy drops the SSH connection once that many bytes of an
   upload were sent (the resumable upload's tests).
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 KILL_AT_VARIABLE = "PATCHFLOW_TEST_KILL_AT"
 UPLOAD_CUT_VARIABLE = "PATCHFLOW_TEST_UPLOAD_CUT"
+_FIRED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,14 @@ class FaultHooks:
 
     def checkpoint(self, point: str, when: str = "before") -> None:
         """Send this process the signal ``kill_at`` asks for when it names ``point`` at ``when``
-        (``before``/``after``, e.g. ``migrate:after=SIGTERM``); otherwise do nothing."""
+        (``before``/``after``, e.g. ``migrate:after=SIGTERM``), the first time only (a step that is
+        retried, as a restore after the server came back, runs on); otherwise do nothing."""
         if not self.kill_at:
             return
         where, _, signame = self.kill_at.partition("=")
         name, _, moment = where.partition(":")
-        if name == point and (moment or "before") == when:
+        if name == point and (moment or "before") == when and not _FIRED:
+            _FIRED.add(self.kill_at)  # once per process: a step retried after SIGSTOP/SIGCONT goes on
             os.kill(os.getpid(), signal.Signals[signame or "SIGKILL"])
 
     def kill_point(self, name: str) -> Callable[[str], None]:

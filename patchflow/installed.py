@@ -16,13 +16,13 @@ written before they were kept): an automatic rollback judges the old version by 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
 from patchflow.config import Settings
 from patchflow.errors import PatchflowError
 from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.paths import ProjectPaths
+from patchflow.state_files import StateFileError, read_sealed, seal
 from patchflow.status_schema import HealthRecordJson, InstalledRecordJson
 from patchflow.version import PatchVersion, read_version_file
 
@@ -164,17 +164,30 @@ class InstalledRecord:
 
     def save(self, paths: ProjectPaths) -> None:
         """Write ``.patchflow/installed.json`` atomically."""
-        write_json_atomic(paths.installed_record, self.to_json(), mode=0o644)
+        write_json_atomic(paths.installed_record, seal(self.to_json()), mode=0o644)
+
+
+RECORD_REMEDY = (
+    "It says which version is installed and how it was proven healthy. Move it aside "
+    "(mv .patchflow/installed.json .patchflow/installed.json.damaged): patchflow then reads the version from "
+    "VERSION, as on an install older than the record. Nothing was changed."
+)
 
 
 def read_installed_record(paths: ProjectPaths) -> InstalledRecord | None:
-    """The installed record, None when missing or unreadable (installs older than the record)."""
-    try:
-        data = json.loads(paths.installed_record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The installed record, None when missing (installs older than the record).
+
+    Raises:
+        StateFileError: it is damaged (not JSON, no version), of a newer format or fails its
+            checksum (:mod:`patchflow.state_files`): what it says is not guessed at.
+    """
+    data = read_sealed(paths.installed_record, "the installed record", RECORD_REMEDY)
+    if data is None:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("version"), str):
-        return None
+    if not isinstance(data.get("version"), str):
+        raise StateFileError(
+            f"The installed record {paths.installed_record} is damaged: it names no version.", RECORD_REMEDY
+        )
     migrations = data.get("migrations") or []
     return InstalledRecord(
         version=data["version"],

@@ -24,6 +24,7 @@ from typing import TypedDict
 from filelock import FileLock, Timeout
 
 from patchflow.errors import LockError
+from patchflow.state_files import seal, seal_problem
 
 
 def pid_alive(pid: int) -> bool:
@@ -72,6 +73,8 @@ class LockHolder:
     def read(cls, path: Path) -> LockHolder | None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if seal_problem(data):
+                return None  # changed since it was written: the holder is not known
             return cls(
                 int(data["pid"]),
                 str(data["host"]),
@@ -151,7 +154,7 @@ class InstallLock:
                 version,
             )
             tmp = self.info_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(holder.__dict__) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(seal(holder.__dict__)) + "\n", encoding="utf-8")
             os.replace(tmp, self.info_path)
         except BaseException:  # any exit, an interrupt too: never keep the lock without its holder file
             self._lock.release()

@@ -11,6 +11,7 @@ the same install.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -113,7 +114,9 @@ def restore_code(
             check_inside(root, path)
             try:
                 remove_path(path)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
                 kept.append(rel)  # a folder the patch created that now holds files it does not own
         for rel in sorted(old, key=lambda p: (p.count("/"), p)):
             done += 1
@@ -236,6 +239,7 @@ def restore_database(
     wait: float = 0.0,
     attempts: int = 3,
     method: str = "",
+    checkpoint: Callable[[str], None] = lambda point: None,
 ) -> str:
     """Put the database of ``backup`` back in place of the live one and keep the live one: its
     snapshot on the database server when it is still there (a rename swap:
@@ -250,7 +254,8 @@ def restore_database(
     With ``wait`` (seconds: ``db_wait_timeout``) the server is waited for first, as after a
     fail-over or a crash (the undo of a migration the restart interrupted), and when it stops
     answering during the restore it is waited for again and the restore repeated (``attempts`` in
-    all; the restore is idempotent for one ``stamp``).
+    all; the restore is idempotent for one ``stamp``). ``checkpoint`` is passed to
+    :meth:`patchflow.database.Database.restore_beside` (the tests' kill hooks).
 
     Raises:
         BackupError: the backup has neither a snapshot left nor a dump, or its dump is corrupt or
@@ -287,13 +292,13 @@ def restore_database(
         try:
             if use_snapshot:
                 assert snapshot is not None
-                displaced = restore_from_snapshot(database, snapshot, stamp, log)
+                displaced = restore_from_snapshot(database, snapshot, stamp, log, checkpoint)
             elif in_place:
                 assert dump is not None
                 displaced = str(restore_in_place(database, dump, stamp, backup.folder, log))
             else:
                 assert dump is not None
-                displaced = database.restore_beside(dump, stamp, log)
+                displaced = database.restore_beside(dump, stamp, log, checkpoint)
             break
         except DatabaseError as exc:
             lost = answers(database, admin=True) if wait and attempt < attempts else None
@@ -346,7 +351,9 @@ def restore_database_journaled(
     stamp = journal.notes.get("restore_stamp") or stamp_now()
     method = journal.notes.get("restore_method") or choose_method()
     journal.note(restore_stamp=stamp, restore_method=method)
-    displaced = restore_database(database, backup, stamp, paths, log=log, wait=wait, method=method)
+    displaced = restore_database(
+        database, backup, stamp, paths, log=log, wait=wait, method=method, checkpoint=faults.checkpoint
+    )
     faults.checkpoint("database-restored")  # restored, the step not yet done: it runs again
     journal.note(displaced_database=displaced)
     return displaced

@@ -291,13 +291,18 @@ def drop_snapshot(database: Database, name: str) -> None:
 
 
 def restore_from_snapshot(
-    database: Database, name: str, stamp: str, log: Callable[[str], None] = lambda line: None
+    database: Database,
+    name: str,
+    stamp: str,
+    log: Callable[[str], None] = lambda line: None,
+    checkpoint: Callable[[str], None] = lambda point: None,
 ) -> str:
     """Put the snapshot ``name`` in place of the live database: the live database's settings and
     comment are given to it, then the names are swapped in one transaction (the swap of
     :meth:`Database.restore_beside`). Returns the name the displaced live database is kept under
     (``<live>_before_rollback_<stamp>``). Idempotent for one ``stamp``: after the swap a second call
-    only returns the name.
+    only returns the name (whether it happened is read from the server). ``checkpoint("snapshot-swap")``
+    is called just before the swap (a test's kill hook).
 
     Raises:
         DatabaseError: the snapshot is gone, or the swap failed (the live database is unchanged).
@@ -314,6 +319,7 @@ def restore_from_snapshot(
         )
     log(f"   putting the snapshot {name} back in place of {live}")
     copy_database_settings(database, live, name)
+    checkpoint("snapshot-swap")
     database._swap(live, name, displaced)
     log(f"   database {live} is the snapshot again; the displaced one is kept as {displaced}")
     return displaced

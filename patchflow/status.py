@@ -27,8 +27,9 @@ from patchflow.config import Settings
 from patchflow.errors import PatchflowError
 from patchflow.installed import installed_version_or_error, read_installed_record
 from patchflow.leftovers import leftovers
-from patchflow.lifecycle.journal import read_history
+from patchflow.lifecycle.journal import history_problems, read_history
 from patchflow.paths import ProjectPaths
+from patchflow.state_files import StateFileError, seal, seal_problem, tree_record_problem, unsealed
 from patchflow.status_runs import annotate_history, database_report, installing_apply, run_state
 from patchflow.status_schema import (
     SCHEMA_VERSION,
@@ -96,7 +97,8 @@ def _verify_key_id(verify_key: str) -> str:
 
 
 def _load_cache(path: Path) -> VerifyCache | None:
-    """The cache file's results (None: missing, unreadable or of another format; entries are
+    """The cache file's results (None: missing, unreadable, of another format or failing its seal:
+    :mod:`patchflow.state_files`; entries are
     trusted only when their ``key`` equals the folder's, see :func:`_patch_state`)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -104,7 +106,9 @@ def _load_cache(path: Path) -> VerifyCache | None:
         return None
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("patches"), dict):
         return None
-    return cast("VerifyCache", data)
+    if seal_problem(data):  # changed since it was written: a cache is re-made, never trusted
+        return None
+    return cast("VerifyCache", unsealed(data))
 
 
 def _save_cache(path: Path, data: VerifyCache) -> None:
@@ -112,7 +116,7 @@ def _save_cache(path: Path, data: VerifyCache) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+        tmp.write_text(json.dumps(seal(data), separators=(",", ":")), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -190,7 +194,8 @@ def collect_status(
         :func:`patchflow.lifecycle.recovery.recovery_advice`; None when nothing needs recovering),
         ``installed_record``, ``displaced_databases`` (with age and, when the database answers,
         size) and ``displaced_databases_note``, ``snapshots`` (kept by applies, with their dump
-        and expiry) and ``snapshots_note``.
+        and expiry) and ``snapshots_note``, ``damaged_state`` (state files and history lines that
+        fail their seal or do not parse, each named: :mod:`patchflow.state_files`).
     """
     paths = ProjectPaths.from_settings(settings)
     parsed, version_error = installed_version_or_error(paths)
@@ -248,7 +253,15 @@ def collect_status(
                 "problems": backup_problems(backup, deep=verify_archives),
             }
         )
-    record = read_installed_record(paths)
+    damaged = history_problems(paths.history)
+    try:
+        record = read_installed_record(paths)
+    except StateFileError as exc:
+        record = None
+        damaged.insert(0, exc.message)
+    tree_problem = tree_record_problem(paths)
+    if tree_problem:
+        damaged.insert(0, tree_problem)
     every = annotate_history(read_history(paths.history))
     history = every[-history_limit:] if history_limit else every
     applies = [h for h in every if h.get("action") == "apply"]
@@ -285,4 +298,5 @@ def collect_status(
         "displaced_databases_note": database_note if displaced else None,
         "snapshots": snapshots,
         "snapshots_note": database_note if snapshots else None,
+        "damaged_state": damaged,
     }

@@ -218,3 +218,4 @@ class StatusReport(TypedDict):
     displaced_databases_note: str | None
     snapshots: list[SnapshotItem]
     snapshots_note: str | None
+    damaged_state: list[str]

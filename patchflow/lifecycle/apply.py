@@ -208,6 +208,8 @@ class ApplyRun(PrepareSteps, ChangeSteps):
                 raise exc
             if isinstance(exc, (Interrupted, KeyboardInterrupt)):
                 raise ApplyError(f"Apply of {self.version} {failure} before anything changed.", "") from None
+            if isinstance(exc, OSError):
+                raise ApplyError(f"Apply of {self.version} failed before anything changed: {failure}.", "") from None
             raise exc
         where = f"at {failed_step}" if failed_step else ""
         names = undo_plan(APPLY_STEPS, journal.steps)

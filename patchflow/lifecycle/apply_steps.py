@@ -12,6 +12,7 @@ Every step and undo is idempotent: recovery may run one again after a kill insid
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -46,6 +47,7 @@ from patchflow.services import start_with_retries
 from patchflow.shared_database import refuse_other_clients, write_counters
 from patchflow.snapshot import snapshot_of
 from patchflow.space import check_space
+from patchflow.state_files import seal
 from patchflow.stopped_window import step_record
 from patchflow.verify import verify_patch
 from patchflow.version import PatchVersion, read_version_file
@@ -77,9 +79,9 @@ def switch_files(
         if plan.old_entries[rel].type == "dir" and path.is_dir() and not path.is_symlink():
             try:
                 path.rmdir()
-            except OSError:
+            except OSError as exc:
                 # the folder still holds files the patch does not own (e.g. node_modules): keep it
-                if rel in type_changed:
+                if rel in type_changed or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
             continue
         remove_path(path)
@@ -407,7 +409,7 @@ class ChangeSteps(SnapshotSteps):
         backup = self._backup()
         # a delta's whole tree: from the record of the base, or (a killed apply's record) its own
         report.expand(self._tree_records(None))
-        write_json_atomic(ctx.paths.installed_manifest, report.tree_manifest(), mode=0o644)
+        write_json_atomic(ctx.paths.installed_manifest, seal(report.tree_manifest()), mode=0o644)
         ctx.settings.faults.checkpoint("manifest-recorded")  # inside the commit
         if self.plan is not None:
             write_json_atomic(ctx.paths.installed_stats, self._stats_after_switch(self.plan), mode=0o644)

@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any, Literal, Required, TypedDict, Unpack
 from patchflow.errors import BackupError, PatchflowError
 from patchflow.files import fsync_directory
 from patchflow.lock import _user
+from patchflow.state_files import CHECKSUM_KEY, record_checksum, seal, seal_problem, unsealed
 from patchflow.status_schema import HealthRecordJson, Work
 
 RESERVE_BYTES = 4 * 1024 * 1024
@@ -137,10 +138,14 @@ def take_reserve(path: Path, *, required: bool, log: Callable[[str], None]) -> N
 
 
 def deactivate_reserve() -> None:
-    """Delete the active reserve (the run gave back its lock)."""
+    """Delete the active reserve (the run gave back its lock). Never raises: a reserve that cannot be
+    deleted now (a failing disk) is reused by the next run, which allocates it anyway."""
     global _reserve
     if _reserve is not None:
-        _reserve.release()
+        try:
+            _reserve.release()
+        except OSError:
+            pass
         _reserve = None
 
 
@@ -347,6 +352,7 @@ class Journal:
         reserve was needed to do it."""
         data = asdict(self)
         data.pop("path")
+        data[CHECKSUM_KEY] = record_checksum(data)  # its own ``format`` is the journal's (JOURNAL_FORMAT)
         return write_json_atomic(self.path, data)
 
     def _save_going_on(self) -> None:
@@ -465,6 +471,9 @@ class Journal:
                 "Recover it with the patchflow that wrote it (upgrade patchflow here: `inv setup-host --upgrade` "
                 "from the operator's checkout, or pip install the newer wheel), then run the command again.",
             )
+        recorded = data.get(CHECKSUM_KEY)
+        if recorded is not None and recorded != record_checksum(data):
+            raise _damaged(path, "it fails its checksum (changed after patchflow wrote it)")
         fields = (
             "action",
             "version",
@@ -510,7 +519,7 @@ def append_history(path: Path, record: HistoryRecord) -> bool:
     if key[0] and any((h.get("run_id"), h.get("action"), h.get("result")) == key for h in read_history(path, 50)):
         return True
     try:
-        append_line(path, json.dumps(record, ensure_ascii=False))
+        append_line(path, json.dumps(seal(record), ensure_ascii=False))
     except OSError as exc:
         if not is_no_space(exc):
             raise
@@ -519,17 +528,36 @@ def append_history(path: Path, record: HistoryRecord) -> bool:
 
 
 def read_history(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The last ``limit`` history records, oldest first (unparseable lines skipped), as the file
-    has them: written by this or an older version (:class:`HistoryRecord`, keys may be missing),
-    shown as they are by patch-status."""
-    if not path.is_file():
-        return []
+    """The last ``limit`` history records, oldest first, as the file has them: written by this or
+    an older version (:class:`HistoryRecord`, keys may be missing), shown as they are by
+    patch-status, without their seal. A line that is not a JSON object or fails its seal
+    (:mod:`patchflow.state_files`) is not trusted and left out; :func:`history_problems` names it."""
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for _, record, problem in _history_lines(path):
+        if record is not None and not problem:
+            records.append(unsealed(record))
+    return records[-limit:] if limit else records
+
+
+def _history_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """``(line number, record or None, why it may not be trusted)`` for each non-empty line."""
+    if not path.is_file():
+        return
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
+            yield number, None, "not JSON (a torn or damaged line)"
             continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records[-limit:] if limit else records
+        if not isinstance(record, dict):
+            yield number, None, "not a JSON object"
+            continue
+        yield number, record, seal_problem(record)
+
+
+def history_problems(path: Path) -> list[str]:
+    """One line per record of ``history.jsonl`` that is left out of the history (``history.jsonl
+    line 12: it fails its checksum ...``): damaged, torn, or from a newer patchflow."""
+    return [f"{path.name} line {number}: {problem}" for number, _, problem in _history_lines(path) if problem]

@@ -38,6 +38,7 @@ from patchflow.restore_in_place import BESIDE, IN_PLACE, restore_plan
 from patchflow.schema_drift import plan_schema_drift
 from patchflow.snapshot import snapshot_problem
 from patchflow.space import Need, check_space
+from patchflow.state_files import StateFileError, seal_problem
 from patchflow.txn_statements import plan_transactions
 from patchflow.verify import VerifyReport
 from patchflow.version import PatchVersion
@@ -129,11 +130,38 @@ def _parsed_once(path: Path, parse: Callable[[str], Any]) -> Any:
 
 
 def _read_installed_manifest(ctx: Context) -> dict[str, Entry]:
+    """The install's tree record (what the patches own here; empty when there is none: an install
+    older than the record, or adopted).
+
+    Raises:
+        StateFileError: the record is damaged or fails its seal: it decides which files an apply
+            deletes, so it is never guessed at (the hint says how to go on without it).
+    """
+    path = ctx.paths.installed_manifest
+
+    def parse(text: str) -> dict[str, Entry]:
+        data = json.loads(text)
+        problem = seal_problem(data) if isinstance(data, dict) else "it is not a JSON object"
+        if problem:
+            raise StateFileError(f"The install's tree record {path} may not be trusted: {problem}.", TREE_REMEDY)
+        return manifest_entries(data)
+
     try:
-        entries = _parsed_once(ctx.paths.installed_manifest, lambda text: manifest_entries(json.loads(text)))
-    except (OSError, ValueError, KeyError):
+        entries = _parsed_once(path, parse)
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise StateFileError(f"The install's tree record {path} cannot be read: {exc.strerror}.", TREE_REMEDY) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StateFileError(f"The install's tree record {path} is damaged: {exc}.", TREE_REMEDY) from None
     return dict(entries)
+
+
+TREE_REMEDY = (
+    "It says which files the installed patches own, so an apply deletes only those. Move it aside "
+    "(mv .patchflow/installed-manifest.json .patchflow/installed-manifest.json.damaged) and run the command "
+    "again: without it the apply deletes only what the patch itself lists as deleted. Nothing was changed."
+)
 
 
 def check_patch_paths(entries: dict[str, Entry], rules: ExcludeRules) -> None:

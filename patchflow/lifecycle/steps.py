@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Literal
 
-from patchflow.errors import PatchflowError
+from patchflow.errors import PatchflowError, describe_os_error
 from patchflow.faults import NO_FAULTS, FaultHooks
-from patchflow.lifecycle.journal import Journal, StepRecord, is_no_space
+from patchflow.lifecycle.journal import Journal, StepRecord
 from patchflow.progress import QUIET, Reporter
 
 FORWARD = "forward"
@@ -211,18 +211,16 @@ def held_back(log: Callable[[str], None]) -> Iterator[list[int]]:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """One line for the journal and history: a PatchflowError's message, the signal's name, or
-    the exception's text."""
+    """One line for the journal and history: a PatchflowError's message, the signal's name, a
+    system call's failure (:func:`patchflow.files.describe_os_error`), or the exception's text."""
     if isinstance(exc, PatchflowError):
         return exc.message
-    if is_no_space(exc):
-        assert isinstance(exc, OSError)
-        where = f" writing {exc.filename}" if exc.filename else ""
-        return f"the filesystem is full{where} (no space or no inodes left)"
     if isinstance(exc, Interrupted):
         return f"interrupted by {exc.name}"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by SIGINT"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return describe_os_error(exc)
     return str(exc) or type(exc).__name__
 
 

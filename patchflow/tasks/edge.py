@@ -76,6 +76,15 @@ def reports_errors(func: F) -> F:
             )
             error_console.print(exit_line(1), markup=False)
             raise Exit(code=1) from None
+        except OSError as exc:
+            # a system call nobody foresaw failed (a full disk, a disk error): one paragraph, never
+            # a traceback; every run leaves what patch-status needs to name the recovery
+            from patchflow.errors import describe_os_error, os_error_hint
+
+            error_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}.")
+            error_console.print(f"[yellow]hint:[/] {escape(os_error_hint(exc))}")
+            error_console.print(exit_line(1), markup=False)
+            raise Exit(code=1) from None
         except Exit as exc:
             if exc.code:
                 error_console.print(exit_line(exc.code), markup=False)

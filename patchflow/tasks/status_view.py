@@ -120,6 +120,8 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     if status["leftovers"]:
         console.print(f"[yellow]left by a killed run[/]: {', '.join(status['leftovers'])}")
+    for problem in status.get("damaged_state", []):
+        console.print(f"[bold red]not trusted[/]: {escape(problem)}")
     recovery = status["recovery"]
     if recovery and not running:
         if recovery["command"]:

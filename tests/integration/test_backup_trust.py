@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from support.installs import Install
 
-from patchflow.backup import record_checksum
+from patchflow.state_files import record_checksum
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +92,38 @@ def test_a_saved_file_changed_inside_the_backup_is_refused_and_a_cut_dump_is_nam
     assert json.loads(install.inv("patch-status", "--json").stdout)["backups"][0]["problems"] == []
     deep = json.loads(install.inv("patch-status", "--json", "--verify").stdout)["backups"][0]["problems"]
     assert deep == ["its database dump is corrupt or incomplete: it differs from its recorded sha256"], deep
+
+
+def test_a_tree_record_that_gained_a_host_file_refuses_the_next_apply_and_deletes_nothing(
+    install: Install, tmp_path: Path
+) -> None:
+    """The install's tree record decides what an apply deletes (the paths the patches own that the
+    new version no longer has): one that gained ``uploads/photo.jpg`` after patchflow wrote it
+    would make the next apply delete that upload. It fails its seal: the apply is refused with the
+    record named, ``patch-status`` lists it as not trusted, and once it is moved aside (the remedy
+    the hint gives) the apply goes on and the upload stays."""
+    _applied(install, tmp_path)
+    upload = install.root / "uploads" / "photo.jpg"
+    upload.parent.mkdir(exist_ok=True)
+    upload.write_bytes(b"\xff\xd8 a customer's photo")
+    record = install.root / ".patchflow" / "installed-manifest.json"
+    data = json.loads(record.read_text())
+    data["files"].append({**data["files"][-1], "path": "uploads/photo.jpg"})
+    record.write_text(json.dumps(data))
+    install.release(tmp_path, "2.4.0")
+    tree = install.state()
+
+    done = install.inv("apply-patch", "--version", "2.4.0", "--yes")
+    assert done.returncode == 1, done.stdout + done.stderr
+    flat = " ".join(done.stderr.split())
+    assert f"The install's tree record {record} may not be trusted: it fails its checksum" in flat, flat
+    assert "Move it aside" in flat and "Nothing was changed" in flat
+    assert install.state() == tree and upload.is_file()
+    status = json.loads(install.inv("patch-status", "--json").stdout)
+    assert any("installed-manifest.json may not be trusted" in line for line in status["damaged_state"]), status
+
+    record.rename(record.with_name("installed-manifest.json.damaged"))
+    done = install.inv("apply-patch", "--version", "2.4.0", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert upload.read_bytes() == b"\xff\xd8 a customer's photo"
+    assert json.loads(install.inv("patch-status", "--json").stdout)["damaged_state"] == []

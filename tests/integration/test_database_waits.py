@@ -151,3 +151,43 @@ def test_a_database_that_is_down_is_waited_for_briefly_and_visibly(install: Inst
     assert "does not accept connections (waited 15 s)" in flat and "should answer now" in flat, flat
     assert seconds < 60, "a brief wait, not db_wait_timeout (120 s here)"
     assert health(install) == (200, "2.2.0")
+
+
+@pytest.mark.parametrize(
+    ("point", "snapshot"),
+    [
+        ("restore-created", "off"),
+        ("restore-loaded", "off"),
+        ("restore-checked", "off"),
+        ("snapshot-swap", "auto"),
+    ],
+    ids=["after-create", "after-pg_restore", "before-swap", "before-snapshot-swap"],
+)
+def test_a_database_that_goes_away_inside_a_rollbacks_restore_is_waited_for_and_the_restore_completes(
+    install: Install, point: str, snapshot: str
+) -> None:
+    """Issue 22, fault 4: the server stops inside the restore (after the copy is created, after
+    pg_restore filled it, after its checks, just before a snapshot's rename swap); the restore
+    waits for it, finds out from the server what was done, and completes: exit 0, exactly old."""
+    tree_before, db_before = install.state(), install.pg_dump()
+    install.release(install.root.parent, "2.3.0")
+    applied = install.inv("apply-patch", "--version", "2.3.0", "--yes", env={"PATCHFLOW_DATABASE_SNAPSHOT": snapshot})
+    assert applied.returncode == 0, _out(applied)
+    held = {"PATCHFLOW_TEST_KILL_AT": f"{point}=SIGSTOP", "PATCHFLOW_DB_WAIT_TIMEOUT": "120"}
+    proc = inv_popen(install, "rollback-patch", "--version", "2.3.0", "--yes", env=held)
+    try:
+        wait_stopped(proc.pid)
+        install.cluster.stop_server()
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_until(lambda: _logged(install, "waiting up to 120 s"), 120, "the restore waiting for the database")
+    finally:
+        if not install.cluster.is_running():
+            install.cluster.start_server()
+    code, out, err = _finish(proc)
+    assert code == 0, out + err
+    assert "stopped answering during the restore" in out, out
+    assert_exactly_old(install, tree_before, db_before)
+    leftovers = install.cluster.psql(
+        "postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{install.dbname}\\_restoring%';\n"
+    )
+    assert leftovers.strip() == "", f"half-restored copies left: {leftovers}"

@@ -16,6 +16,7 @@ from patchflow.config import load_settings
 from patchflow.digests import PARALLEL_DIGEST_MIN, file_digests
 from patchflow.lifecycle.create import create_patch
 from patchflow.manifest import load_rules, scan_tree
+from patchflow.state_files import seal, unsealed
 from patchflow.status import backup_size, collect_status
 from patchflow.version import parse_version
 
@@ -49,7 +50,11 @@ def test_status_caches_results_and_notices_a_changed_archive(project: Path) -> N
 
     # a cached result is used as long as the folder's files are unchanged (size, mtime, ctime, inode)
     cache["patches"]["v1.0.0"]["problems"] = ["from the cache"]
-    cache_file.write_text(json.dumps(cache), encoding="utf-8")
+    cache_file.write_text(json.dumps(cache), encoding="utf-8")  # edited, not sealed: never trusted
+    assert status(project)["1.0.0"]["problems"] == [], "a cache that fails its seal is verified again"
+    cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    cache["patches"]["v1.0.0"]["problems"] = ["from the cache"]
+    cache_file.write_text(json.dumps(seal(unsealed(cache))), encoding="utf-8")
     assert status(project)["1.0.0"]["problems"] == ["from the cache"]
 
     # same size, same inode, new content: the key changes and the patch is verified again

@@ -240,7 +240,7 @@ def test_a_renamed_or_retyped_key_is_found() -> None:
     """The check itself: a key the README does not name, a wrong type and a missing field fail."""
     base: dict[str, Any] = {name: None for name in children(documented(), "")}
     base.update(schema_version=1, root="/srv", patches=[], backups=[], history=[], leftovers=[],
-                displaced_databases=[], snapshots=[])  # fmt: skip
+                displaced_databases=[], snapshots=[], damaged_state=[])  # fmt: skip
     assert problems(base) == []
     renamed = dict(base)
     renamed["installed"] = renamed.pop("installed_version")
