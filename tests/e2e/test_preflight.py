@@ -259,7 +259,7 @@ def test_ensure_system_names_the_pnpm_install_command_when_it_cannot_install(req
         if found is None:
             missing_service(f"{name} is not installed (scripts/ensure-system.sh --for test installs it)")
         os.symlink(found, tools / name)
-    for name in ("curl", "faketime", "strace"):
+    for name in ("curl", "faketime", "strace", "cc"):
         os.symlink(shutil.which(name) or f"/usr/bin/{name}", tools / name)
     home.chmod(0o755)
     tools.chmod(0o755)
