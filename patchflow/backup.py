@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from patchflow.digests import file_digest
 from patchflow.errors import BackupError
-from patchflow.files import Ownership, move, remove_tree
+from patchflow.files import Ownership, move, private_folder, remove_tree
 from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.manifest import Entry
 from patchflow.paths import BACKUP_PREFIX, BackupPaths, ProjectPaths
@@ -278,7 +278,7 @@ def next_sequence(paths: ProjectPaths) -> int:
         counter = 0
     existing = max((b.sequence for b in list_backups(paths, include_incomplete=True)), default=0)
     number = max(counter, existing) + 1
-    paths.state.mkdir(parents=True, exist_ok=True)
+    private_folder(paths.state)
     tmp = paths.sequence.with_name(f".sequence.tmp-{os.getpid()}")
     tmp.write_text(f"{number}\n", encoding="utf-8")
     os.replace(tmp, paths.sequence)
@@ -317,7 +317,7 @@ def new_backup(
     moment = now or datetime.now(UTC)
     try:
         sequence = next_sequence(paths)
-        paths.backups.mkdir(parents=True, exist_ok=True)
+        private_folder(paths.backups)
         while True:
             folder = paths.backups / (name or backup_name(version, moment))
             try:

@@ -15,10 +15,8 @@ belongs in; the converters of raw values are in :mod:`patchflow.setting_values`.
 
 ``database_url`` also reads the conventional ``DATABASE_URL`` at the ``.env`` and environment
 levels, and ``source_date_epoch`` the conventional ``SOURCE_DATE_EPOCH`` at the environment level
-(a ``PATCHFLOW_<NAME>`` at the same level wins). Values are validated when loaded;
-an invalid value raises :class:`ConfigError` naming the file or variable at fault.
-
-The process environment reaches patchflow's core only through :attr:`Settings.environ` (captured
+(a ``PATCHFLOW_<NAME>`` at the same level wins). Values are validated when loaded; an invalid
+value raises :class:`ConfigError` naming the file or variable at fault. The process environment reaches patchflow's core only through :attr:`Settings.environ` (captured
 once by :func:`load_settings`); no core module reads ``os.environ``.
 """
 
@@ -52,6 +50,7 @@ from patchflow.setting_values import (
     to_subdir,
 )
 from patchflow.settings_files import HOST_SETTINGS_FILE, host_settings_path, read_host_settings, read_pyproject
+from patchflow.trust import SAFE_FILE_VARIABLE, SAFE_VARIABLE
 
 ENV_PREFIX = "PATCHFLOW_"
 
@@ -448,7 +447,8 @@ FIELDS: tuple[Field, ...] = tuple(
     if f.metadata.get("setting", True)
 )
 _BY_NAME = {f.name: f for f in FIELDS}
-_KNOWN_ENV = {f.env for f in FIELDS} | {KILL_AT_VARIABLE, UPLOAD_CUT_VARIABLE}  # tests' fault hooks
+# the tests' fault hooks; the operator's trusted checkouts (not a setting: no checkout vouches for itself)
+_KNOWN_ENV = {f.env for f in FIELDS} | {KILL_AT_VARIABLE, UPLOAD_CUT_VARIABLE, SAFE_VARIABLE, SAFE_FILE_VARIABLE}
 
 
 # variables other tools define that patchflow reads as settings, per level (a PATCHFLOW_<NAME>

@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 
 from patchflow.config import Settings
 from patchflow.database import Database
+from patchflow.files import private_folder
 from patchflow.paths import ProjectPaths
 from patchflow.pg_target import target_from_settings
 from patchflow.progress import QUIET, Reporter
 from patchflow.runner import LocalRunner, Runner
 from patchflow.services import ServiceManager, make_manager
+from patchflow.trust import secure_state
 
 
 def _quiet(line: str) -> None:
@@ -70,9 +72,11 @@ class Context:
         """Build the context of ``settings``: service manager and database from the settings.
 
         Raises:
-            ConfigError: the settings name an unusable manager or database.
+            ConfigError: the settings name an unusable manager or database, or patchflow's own
+                state files could have been planted by another user (:func:`patchflow.trust.secure_state`).
         """
         paths = ProjectPaths.from_settings(settings)
+        secure_state(paths)
         show = log or _quiet
         recorder = Recorder(paths) if record else None
         write = recorder.write if recorder else _quiet
@@ -136,7 +140,7 @@ class Recorder:
 
     def _append(self, lines: list[str]) -> None:
         try:
-            self.paths.logs.mkdir(parents=True, exist_ok=True)
+            private_folder(self.paths.logs)
             with open(self.paths.operation_log, "a", encoding="utf-8") as handle:
                 handle.writelines(f"{line}\n" for line in lines)
         except OSError:

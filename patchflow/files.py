@@ -305,6 +305,39 @@ def _syncfs(fd: int) -> int:
         return -1
 
 
+def private_folder(path: Path) -> Path:
+    """Create ``path`` and every missing folder above it as folders only their owner may enter
+    (mode 0700 whatever the umask: the state folder, backups/, logs/). Existing folders are left as
+    they are (:func:`tighten_folder` tightens patchflow's own). Returns ``path``.
+
+    Raises:
+        OSError: a folder cannot be created.
+    """
+    missing = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask; this is exact
+    return path
+
+
+def tighten_folder(path: Path) -> None:
+    """Give group and other users no access to ``path`` (0700) when it is a folder of this user
+    that allows them any; nothing when it is missing, a link, or another user's. Never raises."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    except OSError:
+        pass
+
+
 def fsync_directory(path: Path) -> None:
     """fsync the folder ``path`` (its entries: a rename into it is durable once this returns).
 

@@ -24,6 +24,7 @@ from typing import TypedDict
 from filelock import FileLock, Timeout
 
 from patchflow.errors import LockError
+from patchflow.files import private_folder
 from patchflow.state_files import seal, seal_problem
 
 
@@ -125,7 +126,7 @@ class InstallLock:
             LockError: another apply/rollback holds it (named), or a stale lock is found and
                 ``break_stale`` is False (the error says who held it and how to break it).
         """
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.lock_path.parent)
         try:
             self._lock.acquire()
         except Timeout:

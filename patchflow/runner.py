@@ -213,13 +213,19 @@ def group_gone(pid: int, poll: Callable[[], object] | None = None) -> bool:
     return not group_members(pid)
 
 
+#: The prefix of patchflow's own settings in an environment (kept from every child it starts).
+OWN_PREFIX = "PATCHFLOW_"
+
+
 @dataclass
 class LocalRunner:
     """Run commands on this machine with :mod:`subprocess` (no shell).
 
     Args:
         base_env: the environment every child starts from (``Settings.environ``); ``env`` given
-            to :meth:`run` is added on top.
+            to :meth:`run` is added on top. Variables of patchflow's own settings (``PATCHFLOW_*``)
+            are removed from both: no child (a service, an install command, a package's script)
+            receives the admin URL or any other patchflow setting.
         log: receives one line per command (``$ <command>``, secrets masked as ``***``) and, for a
             failed command, its output; the operation's log file is fed from here.
         marker: given to every command (not to services) as ``PF_RUN_ID`` so a recovery can
@@ -231,8 +237,10 @@ class LocalRunner:
     marker: str = ""
 
     def _env(self, env: Mapping[str, str] | None, *, service: bool = False) -> dict[str, str]:
-        full = dict(self.base_env)
-        full.update(env or {})
+        # patchflow's own settings (PATCHFLOW_*: the admin URL among them) are not the app's: the
+        # services, the install/build commands and their packages' scripts never see them
+        full = {k: v for k, v in self.base_env.items() if not k.startswith(OWN_PREFIX)}
+        full.update({k: v for k, v in (env or {}).items() if not k.startswith(OWN_PREFIX)})
         if self.marker and not service:
             full[RUN_MARKER] = self.marker
         else:

@@ -25,6 +25,7 @@ from patchflow.backup import Backup, list_backups
 from patchflow.backup_check import backup_problems
 from patchflow.config import Settings
 from patchflow.errors import PatchflowError
+from patchflow.files import private_folder
 from patchflow.installed import installed_version_or_error, read_installed_record
 from patchflow.leftovers import leftovers
 from patchflow.lifecycle.journal import history_problems, read_history
@@ -115,7 +116,7 @@ def _save_cache(path: Path, data: VerifyCache) -> None:
     """Write the cache atomically; a state folder that cannot be written only costs speed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         tmp.write_text(json.dumps(seal(data), separators=(",", ":")), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:

@@ -29,6 +29,7 @@ from patchflow.files import (
     Ownership,
     check_inside,
     place_entry,
+    private_folder,
     remove_path,
     remove_tree,
     set_ownership,
@@ -126,7 +127,7 @@ class ChangeSteps(SnapshotSteps):
         assert self.report is not None
         ctx = self.ctx
         remove_tree(self.staging)
-        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.staging.parent)
         extract_archive(ctx.paths.archive(self.version), self.staging, self.report.archive_entries())
         staged_version = self.staging / VERSION_FILE
         if staged_version.is_file() and not staged_version.is_symlink():

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Required, TypedDict, Unpack
 
 from patchflow.errors import BackupError, PatchflowError
-from patchflow.files import fsync_directory
+from patchflow.files import fsync_directory, private_folder
 from patchflow.lock import _user
 from patchflow.state_files import CHECKSUM_KEY, record_checksum, seal, seal_problem, unsealed
 from patchflow.status_schema import HealthRecordJson, Work
@@ -68,7 +68,7 @@ class SpaceReserve:
         Raises:
             OSError: the filesystem has not even that much room (the plan checks space first).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         try:
             if self.path.stat().st_blocks * 512 >= self.size:
                 return
@@ -186,7 +186,7 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> bool:
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
     def write() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -214,7 +214,7 @@ def append_line(path: Path, line: str) -> bool:
     """
 
     def write() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         with open(path, "a+b") as handle:
             torn = handle.seek(0, os.SEEK_END) > 0 and handle.seek(-1, os.SEEK_END) >= 0 and handle.read(1) != b"\n"
             handle.write((b"\n" if torn else b"") + line.encode("utf-8") + b"\n")

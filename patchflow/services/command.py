@@ -26,6 +26,7 @@ from pathlib import Path
 
 from patchflow.config import Settings
 from patchflow.errors import CommandError, ConfigError, ServiceError
+from patchflow.files import private_folder
 from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.paths import ProjectPaths
 from patchflow.runner import Runner, end_groups, group_members, process_start_ticks, processes_with_env
@@ -197,8 +198,8 @@ class CommandManager(NoImages):
         Raises:
             ServiceError: a command cannot be started, or a service is already gone.
         """
-        self.paths.pids.mkdir(parents=True, exist_ok=True)
-        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        private_folder(self.paths.pids)
+        private_folder(self.paths.logs)
         for name in self._select(services):
             pid = self.running(name)
             if pid is not None:

@@ -10,6 +10,7 @@ the command starts inside it), else the nearest folder above holding ``VERSION``
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,6 +49,9 @@ def reports_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # whatever the operator's umask (000 included), nothing patchflow or the commands it runs
+        # create may be written by group or other users; its own folders are 0700 (files.private_folder)
+        os.umask(os.umask(0o022) | 0o022)
         try:
             return func(*args, **kwargs)
         except PatchflowError as exc:
@@ -107,18 +111,23 @@ def project_root(c: Context, root: str | None) -> Path:
     """The checkout a task acts on (see the module docstring).
 
     Raises:
-        ConfigError: no checkout found, or only patchflow's own repository.
+        ConfigError: no checkout found, or only patchflow's own repository; or another user
+            controls the checkout (:func:`patchflow.trust.check_checkout_trusted`).
     """
     from patchflow.project import find_root
+    from patchflow.trust import check_checkout_trusted
 
     if root:
-        return Path(root)
-    prefix = getattr(c.config, "_project_prefix", None)
-    if prefix and Path(prefix).resolve() == PACKAGE_DIR:
-        # invoke started in patchflow's package folder finds this package (``tasks/``) as its tasks
-        # module: that is no checkout's tasks.py, so the checkout is looked for from here upwards
-        prefix = None
-    return find_root(Path.cwd(), Path(prefix) if prefix else None)
+        found = Path(root)
+    else:
+        prefix = getattr(c.config, "_project_prefix", None)
+        if prefix and Path(prefix).resolve() == PACKAGE_DIR:
+            # invoke started in patchflow's package folder finds this package (``tasks/``) as its
+            # tasks module: that is no checkout's tasks.py, so the checkout is looked for upwards
+            prefix = None
+        found = find_root(Path.cwd(), Path(prefix) if prefix else None)
+    check_checkout_trusted(found)  # before anything is read from it (patchflow/trust.py)
+    return found
 
 
 def required_version(version: str | None, task: str) -> PatchVersion:

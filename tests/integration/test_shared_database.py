@@ -27,6 +27,8 @@ from support.hosts import BASE, RELEASE, HostFleet
 from support.installs import InstallTemplate, rewrite_dotenv, wait_until
 from support.missing import missing_service
 
+from patchflow.state_files import seal
+
 pytestmark = [pytest.mark.integration, pytest.mark.ssh]
 
 WRITER = """#!/bin/sh
@@ -89,7 +91,7 @@ def shared_fleet(
             data = json.loads(record.read_text())
             if isinstance(data.get("health"), dict):
                 data["health"]["urls"] = [host.install.health_url]
-                record.write_text(json.dumps(data))
+                record.write_text(json.dumps(seal(data)))  # as patchflow writes it on that server
             host.install.url, host.install.dbname = first.url, first.dbname
         wait_until(lambda: _writers(fleet) == {"app1", "app2", "app3"}, 30, "the three writers to connect")
         wait_until(lambda: all(h.health_version() == BASE for h in fleet.hosts), 30, "the three APIs")
