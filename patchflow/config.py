@@ -16,7 +16,8 @@ belongs in; the converters of raw values are in :mod:`patchflow.setting_values`.
 ``database_url`` also reads the conventional ``DATABASE_URL`` at the ``.env`` and environment
 levels, and ``source_date_epoch`` the conventional ``SOURCE_DATE_EPOCH`` at the environment level
 (a ``PATCHFLOW_<NAME>`` at the same level wins). Values are validated when loaded; an invalid
-value raises :class:`ConfigError` naming the file or variable at fault. The process environment reaches patchflow's core only through :attr:`Settings.environ` (captured
+value raises :class:`ConfigError` naming the file or variable at fault. The process environment
+reaches patchflow's core only through :attr:`Settings.environ` (captured
 once by :func:`load_settings`); no core module reads ``os.environ``.
 """
 
@@ -36,6 +37,7 @@ from dotenv import dotenv_values
 
 from patchflow.errors import ConfigError
 from patchflow.faults import KILL_AT_VARIABLE, NO_FAULTS, UPLOAD_CUT_VARIABLE, FaultHooks
+from patchflow.redact import remember_settings
 from patchflow.setting_values import (
     Commands,
     choice,
@@ -459,18 +461,6 @@ _CONVENTIONAL = {
 }
 
 
-def mask_url(url: str) -> str:
-    """Hide the password of a URL: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``,
-    and a libpq ``password=`` query parameter (``?password=secret`` -> ``?password=***``)."""
-    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
-
-
 def convert_setting(name: str, raw: Any, where: str) -> Any:
     """``raw`` converted and validated as the value of setting ``name`` (``where`` names its
     source in errors).
@@ -560,6 +550,8 @@ def load_settings(
             dotenv = {k: v for k, v in dotenv_values(dotenv_path, encoding="utf-8").items() if v is not None}
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"Cannot read {dotenv_path}: {exc}.", "Save it as UTF-8 and make it readable.") from None
+    # before any value is converted (an error names it): every password is known to the redaction
+    remember_settings(str(values.get("database_url", "")), str(values.get("database_admin_url", "")), env, dotenv)
     for layer, mapping, label in ((".env", dotenv, str(dotenv_path)), ("env", env, "the environment")):
         for variable, name in _CONVENTIONAL[layer].items():
             if mapping.get(variable):

@@ -9,14 +9,27 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO, cast
 
 from rich.console import Console
 
 from patchflow.errors import ConfirmationRefused
+from patchflow.redact import RedactingStream
 
 # without a terminal (logs, cron, SSH without a tty) lines and tables get room, never ANSI codes
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-error_console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+# every line goes through the one redaction point (patchflow/redact.py): no password on a screen
+console = Console(
+    file=cast(IO[str], RedactingStream(lambda: sys.stdout)),
+    highlight=False,
+    soft_wrap=True,
+    width=None if sys.stdout.isatty() else 160,
+)
+error_console = Console(
+    file=cast(IO[str], RedactingStream(lambda: sys.stderr)),
+    highlight=False,
+    soft_wrap=True,
+    width=None if sys.stderr.isatty() else 160,
+)
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 

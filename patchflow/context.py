@@ -20,6 +20,7 @@ from patchflow.files import private_folder
 from patchflow.paths import ProjectPaths
 from patchflow.pg_target import target_from_settings
 from patchflow.progress import QUIET, Reporter
+from patchflow.redact import redact
 from patchflow.runner import LocalRunner, Runner
 from patchflow.services import ServiceManager, make_manager
 from patchflow.trust import secure_state
@@ -126,7 +127,7 @@ class Recorder:
         self.pending: list[str] = []
 
     def write(self, line: str) -> None:
-        stamped = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}"
+        stamped = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {redact(line)}"
         if not self.started:
             self.pending.append(stamped)
             return

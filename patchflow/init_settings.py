@@ -25,8 +25,9 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from patchflow.config import FIELDS, HOST, HostEntry, mask_url
+from patchflow.config import FIELDS, HOST, HostEntry
 from patchflow.errors import ConfigError
+from patchflow.redact import mask_url
 from patchflow.settings_files import HOST_SETTINGS_FILE
 
 #: Host-scope settings ``init`` detects (and an older ``init`` wrote into pyproject.toml).

@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchflow.config import Settings, mask_url
+from patchflow.config import Settings
 from patchflow.errors import ConfigError, DatabaseError
+from patchflow.redact import mask_url
 
 APP_NAME = "patchflow"
 MIGRATE_APP_NAME = "patchflow-migrate"

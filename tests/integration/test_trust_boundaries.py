@@ -15,6 +15,7 @@ unprivileged side is ``nobody`` through setpriv).
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -132,3 +133,64 @@ def test_a_state_file_planted_as_a_link_is_refused_not_followed(install: Install
     assert f"{path} is a link (to {victim})" in flat and "Nothing was changed" in flat, flat
     assert victim.read_text() == "root's\n"
     assert health(install) == (200, "2.2.0")
+
+
+# -- secrets ------------------------------------------------------------------------------------------------------
+
+
+def _everything_written(install: Install) -> str:
+    """Every file patchflow wrote in the install's state and backup records (logs, history,
+    journal, run logs, backup.json), as one text."""
+    texts = []
+    for top in (install.root / ".patchflow", install.root / "backups"):
+        for path in top.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.suffix in (".log", ".jsonl", ".json", ""):
+                texts.append(path.read_text(errors="replace"))
+    return "\n".join(texts)
+
+
+def test_no_password_reaches_a_screen_a_log_or_a_file_and_no_patchflow_setting_reaches_the_app(
+    install: Install, tmp_path: Path
+) -> None:
+    """A hostile password (``@ : / % ? # & =`` in it), given in the URL's userinfo and as a
+    ``password=`` parameter, and a superuser admin URL: none of them is printed by the plan, the
+    apply, an error or patch-status, or written to the logs, the history or a backup record; the
+    app's processes get no ``PATCHFLOW_*`` variable. A password with a bad ``%`` escape, which libpq
+    repeats in its error, is masked there too."""
+    from urllib.parse import quote
+
+    secret = f"Pw@:/?#&=x{os.getpid()}"
+    role = f"pf_secret_{os.getpid()}"
+    install.cluster.add_password_role(role, secret)
+    port = install.cluster.port
+    url = f"postgresql://{role}:{quote(secret, safe='')}@127.0.0.1:{port}/{install.dbname}"
+    admin = f"postgresql://{role}@127.0.0.1:{port}/{install.dbname}?sslmode=disable&password={quote(secret, safe='')}"
+    install.release(tmp_path, "2.3.0")
+    with open(install.root / ".env", "a") as handle:
+        handle.write(f"DATABASE_URL={url}\nPATCHFLOW_DATABASE_ADMIN_URL={admin}\n")
+    outputs = []
+    for args in (
+        ("apply-patch", "--version", "2.3.0", "--dry-run"),
+        ("apply-patch", "--version", "2.3.0", "--yes"),
+        ("patch-status",),
+        ("patch-status", "--json"),
+    ):
+        done = install.inv(*args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done.stdout + done.stderr)
+    broken = install.inv(
+        "apply-patch", "--version", "2.3.0", "--dry-run", env={"DATABASE_URL": url.replace("Pw%40", "Pw%zz")}
+    )
+    assert broken.returncode != 0
+    outputs.append(broken.stdout + broken.stderr)
+    assert 'invalid percent-encoded token: "***"' in broken.stderr, broken.stderr
+    written = "\n".join(outputs) + _everything_written(install)
+    for form in (secret, quote(secret, safe=""), "Pw%zz"):
+        assert form not in written, f"{form!r} was shown or written"
+    assert "***" in "\n".join(outputs)
+
+    api = json.loads((install.root / ".patchflow" / "run" / "api.pid").read_text())["pid"]
+    environ = Path(f"/proc/{api}/environ").read_bytes().split(b"\0")
+    own = sorted(v.split(b"=")[0].decode() for v in environ if v.startswith(b"PATCHFLOW_"))
+    assert own == [], f"the app's environment holds patchflow's settings: {own}"
+    assert any(v.startswith(b"DATABASE_URL=") for v in environ), "the app keeps its own .env"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from patchflow.config import FIELDS, load_settings, mask_url, settings_table_markdown
+from patchflow.config import FIELDS, load_settings, settings_table_markdown
 from patchflow.errors import ConfigError
+from patchflow.redact import mask_url
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
