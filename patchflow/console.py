@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from typing import IO, cast
 
 from rich.console import Console
+from rich.markup import escape
 
 from patchflow.errors import ConfirmationRefused
-from patchflow.redact import RedactingStream
+from patchflow.redact import RedactingStream, shown
 
 # without a terminal (logs, cron, SSH without a tty) lines and tables get room, never ANSI codes
 # every line goes through the one redaction point (patchflow/redact.py): no password on a screen
@@ -32,6 +33,11 @@ error_console = Console(
 )
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+
+
+def cell(value: object) -> str:
+    """A value from a host for a rich table cell or a markup line: :func:`shown`, markup escaped."""
+    return escape(shown(str(value)))
 
 
 def stdin_is_terminal() -> bool:

@@ -103,6 +103,22 @@ def forget_all() -> None:
         _pattern = None
 
 
+#: The most characters of one line from a host shown on the operator's terminal.
+MAX_SHOWN = 2000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` safe to print on the operator's terminal: every control character but the tab (ESC,
+    BEL, CR, backspace, the C1 range) shown as ``\\x1b``, so a host or a service cannot set the
+    title, clear the screen or overwrite a line; cut after ``limit`` characters, saying how many
+    more there were. (Text that came from a host, a service or a patch goes through here.)"""
+    safe = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if len(safe) > limit:
+        safe = f"{safe[:limit]} ... ({len(safe) - limit} more characters)"
+    return safe
+
+
 class RedactingStream:
     """A text stream that writes :func:`redact` of everything written to it to ``target()`` (the
     consoles' ``sys.stdout`` and ``sys.stderr``, looked up at each write: a test may replace them).

@@ -23,6 +23,7 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import IO, Protocol
 
 from patchflow.commands import display
 from patchflow.errors import CommandError
+from patchflow.redact import shown
 
 CHUNK = 1024 * 1024
 KILL_GRACE_SECONDS = 3.0
@@ -79,7 +81,14 @@ class Runner(Protocol):
 
     def spawn(self, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_file: Path) -> int: ...
 
-    def attach(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int: ...
+    def attach(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        escape: bool = False,
+    ) -> int: ...
 
 
 def end_group(pid: int, grace: float = KILL_GRACE_SECONDS, poll: Callable[[], object] | None = None) -> None:
@@ -367,17 +376,37 @@ class LocalRunner:
                 raise CommandError(f"Cannot start {display(args)}: {exc.strerror}.", "", returncode=127) from None
         return proc.pid
 
-    def attach(self, args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int:
+    def attach(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        escape: bool = False,
+    ) -> int:
         """Run ``args`` with this terminal's stdout/stderr (``logs --follow``, preflight checks);
-        returns the exit code. An interruption ends the child's process group first."""
+        returns the exit code. An interruption ends the child's process group first. With
+        ``escape`` (a service's own output: ``logs``) its lines are relayed through
+        :func:`patchflow.redact.shown`: no control character of theirs reaches the terminal."""
         self._note(f"$ {display(args)}")
         try:
             proc = subprocess.Popen(
-                [str(a) for a in args], cwd=cwd, env=self._env(env), stdin=subprocess.DEVNULL, start_new_session=True
+                [str(a) for a in args],
+                cwd=cwd,
+                env=self._env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if escape else None,
+                stderr=subprocess.STDOUT if escape else None,
+                start_new_session=True,
             )
         except FileNotFoundError:
             raise CommandError(f"The program {str(args[0])!r} was not found.", "Install it.", returncode=127) from None
         try:
+            if escape:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    sys.stdout.write(shown(raw.decode("utf-8", "replace").rstrip("\n")) + "\n")
+                    sys.stdout.flush()
             return proc.wait()
         except BaseException:
             end_group(proc.pid, poll=proc.poll)

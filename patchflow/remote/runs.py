@@ -102,27 +102,43 @@ def start_run(
     return dataclasses.replace(record, launch_pid=int(pid))
 
 
+#: The most bytes of one line from a host held while waiting for its newline; the rest of a longer
+#: line is dropped (said so), so a host cannot make this process hold its whole log.
+MAX_LINE_BYTES = 64 * 1024
+
+
 class _LineEmitter:
-    """Splits streamed bytes into lines, each logged with the host's name in front."""
+    """Splits streamed bytes into lines, each logged with the host's name in front; a line longer
+    than :data:`MAX_LINE_BYTES` is cut (the operator's terminal and memory are bounded)."""
 
     def __init__(self, name: str, log: Log) -> None:
         self.prefix = f"[{name}] "
         self.log = log
         self.pending = b""
         self.last_error = ""
+        self.dropped = 0  # bytes of the current over-long line not kept
 
     def feed(self, data: bytes) -> None:
         self.pending += data
         *lines, self.pending = self.pending.split(b"\n")
         for raw in lines:
             self._emit(raw)
+        if len(self.pending) > MAX_LINE_BYTES:
+            if not self.dropped:
+                self._emit(self.pending[:MAX_LINE_BYTES], cut=True)
+            self.dropped += len(self.pending) - (0 if self.dropped else MAX_LINE_BYTES)
+            self.pending = b""
 
     def flush(self) -> None:
-        if self.pending:
+        if self.pending or self.dropped:
             self._emit(self.pending)
             self.pending = b""
 
-    def _emit(self, raw: bytes) -> None:
+    def _emit(self, raw: bytes, *, cut: bool = False) -> None:
+        if self.dropped and not cut:  # the end of an over-long line: said once, not printed
+            self.log(f"{self.prefix}(a line of more than {MAX_LINE_BYTES} bytes was cut: {self.dropped} bytes dropped)")
+            self.dropped = 0
+            return
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if line.startswith("error:"):
             self.last_error = line[6:].strip()

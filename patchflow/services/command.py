@@ -326,7 +326,7 @@ class CommandManager(NoImages):
         if not files:
             raise ServiceError(f"No logs yet for {', '.join(names)}.", f"Logs are written to {self.paths.logs}.")
         args = ["tail", "-n", str(tail if tail is not None else 100), *(["-F"] if follow else []), *files]
-        self.runner.attach(args)
+        self.runner.attach(args, escape=True)
 
     def logs_hint(self) -> str:
         return f"service logs in {self.paths.logs}/ (inv logs)"

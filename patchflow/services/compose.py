@@ -400,7 +400,7 @@ class ComposeManager:
         names = self._select(services) if services else []
         args = compose.logs(self.prefix(), names, follow=follow, tail=tail)
         compose.assert_no_volume_removal(args)
-        code = self.runner.attach(args, cwd=self.paths.root)
+        code = self.runner.attach(args, cwd=self.paths.root, escape=True)
         if code not in (0, 130):
             raise ServiceError(f"docker compose logs failed with exit code {code}.", "See the output above.")
 

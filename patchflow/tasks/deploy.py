@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from invoke.context import Context
 
 from patchflow.console import console
+from patchflow.redact import shown
 from patchflow.tasks.edge import ROOT_HELP, YES_HELP, command, optional_version, required_version, settings_for
 from patchflow.tasks.fleet_view import exit_with, show_fleet_status, show_setup
 
@@ -33,8 +34,8 @@ _print_lock = threading.Lock()
 
 def _log(line: str) -> None:
     """Print one line of remote progress (lines of parallel hosts never interleave)."""
-    with _print_lock:
-        console.print(line, markup=False, highlight=False)
+    with _print_lock:  # the lines carry what hosts said: no control character reaches the terminal
+        console.print(shown(line), markup=False, highlight=False)
 
 
 def _targets(

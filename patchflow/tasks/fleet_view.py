@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from patchflow.console import console, error_console
+from patchflow.console import cell, console, error_console
+from patchflow.redact import shown
 from patchflow.tasks.status_view import render_status
 
 if TYPE_CHECKING:
@@ -55,18 +56,19 @@ def exit_with(report: FleetReport) -> None:
     for row in report.results:
         colour = "green" if row.ok and row.result != "skipped" else ("yellow" if row.result == "skipped" else "red")
         table.add_row(
-            row.name,
-            row.role,
-            row.before or "?",
-            row.after or ("?" if row.result not in ("skipped",) else row.before or "?"),
-            f"[{colour}]{row.result}[/]",
-            row.detail,
+            cell(row.name),
+            cell(row.role),
+            cell(row.before or "?"),
+            cell(row.after or ("?" if row.result not in ("skipped",) else row.before or "?")),
+            f"[{colour}]{cell(row.result)}[/]",
+            cell(row.detail),
         )
     console.print(table)
     failed = next((r for r in report.results if not r.ok), None) if report.exit_code else None
     if failed is not None:
         error_console.print(
-            f"[bold red]error:[/] {failed.name}: {failed.result}" + (f": {failed.detail}" if failed.detail else "")
+            f"[bold red]error:[/] {cell(failed.name)}: {cell(failed.result)}"
+            + (f": {cell(failed.detail)}" if failed.detail else "")
         )
     # what a run that died left on a host, and the one command (run from here) that recovers it
     for row in report.results:
@@ -168,7 +170,7 @@ def _hosts_table(rows: Sequence[HostStatus]) -> Table:
                 "",
                 "",
                 "",
-                row.error.message if row.error else "",
+                cell(row.error.message) if row.error else "",
             )
             continue
         status = row.facts.report
@@ -176,20 +178,22 @@ def _hosts_table(rows: Sequence[HostStatus]) -> Table:
         interrupted, running = status.get("interrupted"), status.get("running")
         probe = row.facts.probe
         table.add_row(
-            row.target.name,
-            row.target.role,
-            str(status.get("installed_version") or "?"),
-            f"{last.get('from_version')} -> {last.get('to_version')} {str(last.get('started_at', ''))[:19]}"
+            cell(row.target.name),
+            cell(row.target.role),
+            cell(status.get("installed_version") or "?"),
+            cell(f"{last.get('from_version')} -> {last.get('to_version')} {str(last.get('started_at', ''))[:19]}")
             if last
             else "",
             "[green]healthy[/]"
             if probe and probe.get("healthy")
-            else f"[red]{probe.get('detail', 'no answer') if probe else 'no answer'}[/]",
-            databases.get(row.target.name, ""),
-            f"{lock.get('state')}: {lock.get('action')} {lock.get('version')} pid {lock.get('pid')}" if lock else "",
-            f"{interrupted.get('action')} {interrupted.get('version')} at {interrupted.get('step')}"
+            else f"[red]{cell(probe.get('detail', 'no answer') if probe else 'no answer')}[/]",
+            cell(databases.get(row.target.name, "")),
+            cell(f"{lock.get('state')}: {lock.get('action')} {lock.get('version')} pid {lock.get('pid')}")
+            if lock
+            else "",
+            cell(f"{interrupted.get('action')} {interrupted.get('version')} at {interrupted.get('step')}")
             if interrupted
-            else f"running: {running.get('action')} {running.get('version')} at {running.get('step') or 'start'}"
+            else cell(f"running: {running.get('action')} {running.get('version')} at {running.get('step') or 'start'}")
             if running
             else "",
         )
@@ -206,10 +210,10 @@ def show_setup(target: Target, report: SetupReport) -> None:
     for column in ("check", "ok", "detail"):
         table.add_column(column, overflow="fold")
     for what, ok, detail in report.checks:
-        table.add_row(what, "[green]yes[/]" if ok else "[red]NO[/]", detail)
+        table.add_row(cell(what), "[green]yes[/]" if ok else "[red]NO[/]", cell(detail))
     console.print(table)
     for action in report.actions:
-        console.print(f"  done: {action}", markup=False)
+        console.print(f"  done: {shown(action)}", markup=False)
     if not report.ready:
         missing = ", ".join(what for what, ok, _ in report.checks if not ok)
         error_console.print(f"[bold red]error:[/] {target.name} is not ready for deploy: {missing}")
