@@ -285,6 +285,11 @@ class Settings:
         to_str,
         "verify/apply: Ed25519 verify key (64 hex characters or a file); when set, unsigned patches are refused",
     )
+    allow_unsigned: bool = _setting(
+        False,
+        to_bool,
+        "apply: without verify_key, apply patches nobody's signature vouches for (each plan says so); else refused",
+    )
     health_url: tuple[str, ...] = _setting(
         ("http://localhost:3001/health",), to_list, "health check URL(s), comma separated"
     )
@@ -400,6 +405,7 @@ HOST_SCOPED = frozenset(
         "snapshot_keep_hours",
         "signing_key",
         "verify_key",
+        "allow_unsigned",
         "health_url",
         "health_timeout",
         "env_example_check",

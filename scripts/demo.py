@@ -111,8 +111,25 @@ def main() -> int:
         health_url = f"http://127.0.0.1:{port}/health"
         print(f"checkout {checkout} (DATABASE_URL={url}?schema=public, API on port {port})")
 
+        banner("Sign releases: a key pair on the developer's side, its verify key pinned on the server")
+        signing_key = demo / "release-signing.key"
+        print(f"$ (cd {demo.name} && patchflow create-signing-key --out {signing_key.name})", flush=True)
+        made = subprocess.run(
+            [PATCHFLOW, "create-signing-key", "--out", str(signing_key)],
+            cwd=demo,
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
+        print(made.stdout, end="", flush=True)
+        if made.returncode != 0:
+            raise SystemExit(f"demo: create-signing-key failed:\n{made.stderr}")
+        public = next(line.split(": ", 1)[1] for line in made.stdout.splitlines() if line.startswith("verify key: "))
+        ENV["PATCHFLOW_SIGNING_KEY"] = str(signing_key)  # create-patch signs SHA256SUMS with it
+
         banner("Embed patchflow in the checkout: patchflow init (its Makefile keeps its own targets)")
         host_settings = {
+            "verify_key": public,  # an unsigned or differently signed patch is refused here
             "service_manager": "command",  # this demo machine runs the services without docker
             "commands": "api=node apps/api/server.js;worker=node apps/worker/index.js",
             "health_url": health_url,

@@ -49,6 +49,7 @@ class PrepareSteps(ApplyState):
         self.ctx.log(f"-> verify {folder}")
         self.patch_stamp = folder_stamp(folder)  # before reading: a change while it is read shows later
         self.report = verify_patch(folder, self.version, verify_key=self.ctx.settings.verify_key)
+        self._check_signed()
         interrupted = Journal.load(paths.journal)
         if interrupted is None:
             check_delta_base(self.ctx, self.report)
@@ -62,6 +63,31 @@ class PrepareSteps(ApplyState):
                     f"Recover it first (`inv patch-status` names the command), then apply {self.version}. "
                     "Nothing was changed.",
                 ) from None
+
+    def _check_signed(self) -> None:
+        """Without a verify key an apply runs what nobody vouches for: refused unless the host
+        accepts it on purpose (``allow_unsigned``), and then said in the plan.
+
+        Raises:
+            VerifyError: no ``verify_key`` and no ``allow_unsigned`` (nothing changed).
+        """
+        settings = self.ctx.settings
+        if settings.verify_key.strip():
+            return
+        tag = self.version.tag
+        if not settings.allow_unsigned:
+            raise VerifyError(
+                f"Patch {tag} is checked against nobody's signature: this host has no verify_key, so nothing "
+                "proves who built it, and an apply runs what it carries (its install and build commands, its "
+                "migrations, its tasks.py). Nothing was changed.",
+                "Pin the release signer's verify key here (verify_key in .patchflow/host.toml; `inv "
+                "create-signing-key --out KEY` makes a pair on the developer's machine, and create-patch signs with "
+                "signing_key), or accept unsigned patches on this host on purpose: allow_unsigned = true in "
+                ".patchflow/host.toml (PATCHFLOW_ALLOW_UNSIGNED=true, or --allow-unsigned for one apply).",
+            )
+        self.ctx.log(
+            f"   !! UNSIGNED: {tag} matches its own checksums, but no signature says who built it (allow_unsigned)"
+        )
 
     def _check_versions(self) -> None:
         parsed, why = installed_version_or_error(self.ctx.paths)

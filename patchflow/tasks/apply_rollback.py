@@ -39,6 +39,8 @@ if TYPE_CHECKING:
         "running): the plan shows their time as the migrate step, and a migration that fails there refuses the apply",
         "others_stopped": "every other app server and client of the database is stopped (deploy's group window "
         "passes it): migrate even if sessions from elsewhere remain (they are ended)",
+        "allow_unsigned": "this once, apply a patch no signature vouches for on a host without verify_key (the "
+        "plan says so); the setting allow_unsigned does it for every apply",
         "database_backup_on": "TEXT: deploy's group window: the database was backed up once, by the apply named "
         "here; this apply takes none and refuses if a migration is pending",
     }
@@ -59,6 +61,7 @@ def apply_patch(
     rehearse: bool = False,
     others_stopped: bool = False,
     database_backup_on: str = "",
+    allow_unsigned: bool = False,
 ) -> None:
     """Apply a patch: verify, back up, switch, migrate, restart, health-check; roll back on failure."""
     from patchflow.console import confirm
@@ -69,7 +72,14 @@ def apply_patch(
 
     parsed = required_version(version, "apply-patch")
     timeout = None if health_timeout == UNSET else health_timeout
-    ctx = context_for(c, root, record=not dry_run, health_url=health_url, health_timeout=timeout)
+    ctx = context_for(
+        c,
+        root,
+        record=not dry_run,
+        health_url=health_url,
+        health_timeout=timeout,
+        allow_unsigned=True if allow_unsigned else None,
+    )
     options = ApplyOptions(
         force=force,
         allow_downgrade=allow_downgrade,

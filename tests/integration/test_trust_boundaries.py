@@ -194,3 +194,29 @@ def test_no_password_reaches_a_screen_a_log_or_a_file_and_no_patchflow_setting_r
     own = sorted(v.split(b"=")[0].decode() for v in environ if v.startswith(b"PATCHFLOW_"))
     assert own == [], f"the app's environment holds patchflow's settings: {own}"
     assert any(v.startswith(b"DATABASE_URL=") for v in environ), "the app keeps its own .env"
+
+
+# -- unsigned patches -----------------------------------------------------------------------------------------------
+
+
+def test_an_unsigned_patch_on_a_host_without_a_verify_key_is_refused_unless_accepted_on_purpose(
+    install: Install, tmp_path: Path
+) -> None:
+    """Issue 25, fault 4: with no verify key (the default) an unsigned patch used to apply without
+    a word. Now it is refused (nothing changed) unless the host accepts unsigned patches
+    (``allow_unsigned``) or the operator says so for one apply (``--allow-unsigned``); the plan of
+    an accepted one says it loudly."""
+    install.release(tmp_path, "2.3.0")
+    strict = {"PATCHFLOW_ALLOW_UNSIGNED": "false"}  # the environment wins over the install's .env
+    tree = install.state()
+    done = install.inv("apply-patch", "--version", "2.3.0", "--yes", env=strict)
+    assert done.returncode == 1, done.stdout + done.stderr
+    flat = " ".join(done.stderr.split())
+    assert "Patch v2.3.0 is checked against nobody's signature: this host has no verify_key" in flat, flat
+    assert "allow_unsigned = true" in flat and "create-signing-key" in flat and "Nothing was changed" in flat
+    assert install.state() == tree and health(install) == (200, "2.2.0")
+
+    done = install.inv("apply-patch", "--version", "2.3.0", "--yes", "--allow-unsigned", env=strict)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "!! UNSIGNED: v2.3.0 matches its own checksums, but no signature says who built it" in done.stdout
+    assert health(install) == (200, "2.3.0")

@@ -275,6 +275,7 @@ class InstallTemplate:
                 "PORT": str(port),
                 "DATABASE_URL": url,
                 "PATCHFLOW_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+                "PATCHFLOW_ALLOW_UNSIGNED": "true",  # a host reached over SSH does not get the tests' environment
                 **(extra_env or {}),
             },
         )
