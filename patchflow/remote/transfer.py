@@ -17,7 +17,7 @@ from pathlib import Path
 from patchflow.commands.remote import receive_patch_args
 from patchflow.config import Settings
 from patchflow.errors import RemoteError, VerifyError
-from patchflow.paths import SHA256SUMS, ProjectPaths
+from patchflow.paths import SHA256SUMS, SIGNATURE, ProjectPaths
 from patchflow.remote.session import ConnectionLost, HostSession
 from patchflow.remote.wire import NOT_VERIFIED, HostFacts, received, upload_dir_name
 from patchflow.version import PatchVersion
@@ -70,6 +70,10 @@ def local_patch(settings: Settings, version: PatchVersion) -> LocalPatch:
             files[name] = ((folder / name).stat().st_size, digest.lower())
     sums_sha256 = hashlib.sha256(sums_bytes).hexdigest()
     files[SHA256SUMS] = (len(sums_bytes), sums_sha256)
+    signature = folder / SIGNATURE
+    if signature.is_file():  # a host with a verify key refuses the patch without it
+        data = signature.read_bytes()
+        files[SIGNATURE] = (len(data), hashlib.sha256(data).hexdigest())
     delta = report.delta or {}
     base = str(delta["base_version"]) if delta else None
     from patchflow.migrations import from_manifest
