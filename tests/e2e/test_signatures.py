@@ -60,3 +60,21 @@ def test_unsigned_patch_is_refused_where_a_verify_key_is_set(tmp_path: Path) -> 
     assert refused.returncode == 1 and "SHA256SUMS.sig is missing" in refused.stderr
     bad_key = run_inv("verify-patch", "--root", str(root), "--version", "2.2.0", env={"PATCHFLOW_VERIFY_KEY": "xyz"})
     assert bad_key.returncode == 1 and "verify key" in bad_key.stderr
+
+
+def test_a_deploy_uploads_the_signature_with_the_patch(tmp_path: Path) -> None:
+    """A host with a verify key refuses a patch without ``SHA256SUMS.sig``: the deploy's upload list
+    (the files it sends and checks there) carries it (it did not, and every signed deploy to a
+    pinned host was refused as corrupt)."""
+    from patchflow.config import load_settings
+    from patchflow.remote.transfer import local_patch
+    from patchflow.version import parse_version
+
+    key = tmp_path / "signing.key"
+    public = run_inv("create-signing-key", "--out", str(key)).stdout.split("verify key:")[1].split()[0]
+    root = _tree(tmp_path / "primeflow")
+    assert run_inv("create-patch", "--root", str(root), env={"PATCHFLOW_SIGNING_KEY": str(key)}).returncode == 0
+    settings = load_settings(root, environ={"PATCHFLOW_VERIFY_KEY": public})
+    patch = local_patch(settings, parse_version("2.2.0"))
+    signature = root / "patches" / "v2.2.0" / "SHA256SUMS.sig"
+    assert patch.files["SHA256SUMS.sig"][0] == signature.stat().st_size
