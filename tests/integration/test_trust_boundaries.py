@@ -117,7 +117,7 @@ def test_under_umask_000_nothing_of_patchflow_is_open_to_other_users(install: In
         assert peek.returncode != 0 and "Permission denied" in peek.stderr, (target, peek.stdout, peek.stderr)
 
 
-@pytest.mark.parametrize("planted", ["logs/patchflow.log", "history.jsonl"])
+@pytest.mark.parametrize("planted", ["logs/patchflow.log", "history.jsonl", "apply.lock"])
 def test_a_state_file_planted_as_a_link_is_refused_not_followed(install: Install, tmp_path: Path, planted: str) -> None:
     _root_only()
     victim = tmp_path / "root-only.txt"
