@@ -280,6 +280,10 @@ class Settings:
         "folders (globs, relative) made by install/build in staging that replace the tree's copies at switch",
     )
     signing_key: str = _setting("", to_str, "create-patch: Ed25519 signing key file (hex seed) that signs SHA256SUMS")
+    retiring_signing_key: str = _setting(
+        "", to_str, "create-patch: the signing key being replaced; it announces signing_key's in each patch (rotation)"
+    )
+    signature_days: float = _setting(365.0, to_float, "create-patch: days a patch's signature stays valid (expiry)")
     verify_key: str = _setting(
         "",
         to_str,
@@ -406,6 +410,8 @@ HOST_SCOPED = frozenset(
         "signing_key",
         "verify_key",
         "allow_unsigned",
+        "retiring_signing_key",
+        "signature_days",
         "health_url",
         "health_timeout",
         "env_example_check",
@@ -586,12 +592,3 @@ def load_settings(
     except ValueError as exc:
         raise ConfigError(str(exc), "Unset it: it is a test hook, not a setting.") from None
     return Settings(root=root_path, sources=sources, dotenv=dotenv, environ=env, faults=faults, **values)
-
-
-def settings_table_markdown() -> str:
-    """The README table of every documented setting: name, scope, environment variable, default, meaning."""
-    lines = ["| setting | scope | environment variable | default | meaning |", "|---|---|---|---|---|"]
-    for f in FIELDS:
-        default = _format(f.default) if f.default != () else "(empty)"
-        lines.append(f"| `{f.name}` | {f.scope} | `{f.env}` | `{default}` | {f.doc} |")
-    return "\n".join(lines)

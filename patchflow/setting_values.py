@@ -129,3 +129,14 @@ def to_epoch(value: Any) -> str:
     except (OverflowError, OSError, ValueError):
         raise ValueError("expected a time before the year 10000") from None
     return str(int(text))
+
+
+def settings_table_markdown() -> str:
+    """The README table of every documented setting: name, scope, environment variable, default, meaning."""
+    from patchflow.config import FIELDS, _format  # the settings are declared there (it imports this module)
+
+    lines = ["| setting | scope | environment variable | default | meaning |", "|---|---|---|---|---|"]
+    for f in FIELDS:
+        default = _format(f.default) if f.default != () else "(empty)"
+        lines.append(f"| `{f.name}` | {f.scope} | `{f.env}` | `{default}` | {f.doc} |")
+    return "\n".join(lines)

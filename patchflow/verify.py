@@ -48,6 +48,7 @@ class VerifyReport:
     manifest: dict[str, Any] = field(default_factory=dict)
     deep: bool = False
     tree: dict[str, Entry] | None = None  # a delta's whole tree, once expanded
+    signed_by: str = ""  # the verify key (hex) whose signature was checked ("": none was)
     # (manifest, its files as entries): parsed once per manifest, read by every step of an apply
     _parsed: tuple[dict[str, Any], dict[str, Entry]] | None = field(default=None, repr=False, compare=False)
 
@@ -319,7 +320,7 @@ def verify_patch_folder(
         from patchflow.signing import check_signature
 
         try:
-            check_signature(folder / SHA256SUMS, verify_key)
+            report.signed_by = check_signature(folder / SHA256SUMS, verify_key)
         except VerifyError as exc:
             report.problems.append(exc.message)
 

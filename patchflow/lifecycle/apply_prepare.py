@@ -26,6 +26,7 @@ from patchflow.lifecycle.journal import Journal, take_reserve, utc_now
 from patchflow.lifecycle.planning import check_delta_base, make_plan
 from patchflow.lifecycle.steps import StopPipeline
 from patchflow.lock import InstallLock, LockHolder
+from patchflow.signing import verify_key_hex
 from patchflow.verify import verify_patch
 from patchflow.version import parse_version
 
@@ -73,6 +74,13 @@ class PrepareSteps(ApplyState):
         """
         settings = self.ctx.settings
         if settings.verify_key.strip():
+            assert self.report is not None
+            signer = self.report.signed_by
+            if signer and signer != verify_key_hex(settings.verify_key):
+                self.ctx.log(
+                    f"   !! {self.version.tag} is signed by a new key {signer}, announced by the pinned one: pin it "
+                    "here (verify_key in .patchflow/host.toml, or the inventory's verify_key and setup-host)"
+                )
             return
         tag = self.version.tag
         if not settings.allow_unsigned:

@@ -255,7 +255,12 @@ class CreateRun:
         if self.settings.signing_key:
             from patchflow.signing import sign_file
 
-            sign_file(work / SHA256SUMS, self.settings.signing_key)
+            sign_file(
+                work / SHA256SUMS,
+                self.settings.signing_key,
+                valid_days=self.settings.signature_days,
+                retiring_key=self.settings.retiring_signing_key,
+            )
 
     def publish(self) -> None:
         """Rename the complete folder into place (replacing the old one with ``force``).

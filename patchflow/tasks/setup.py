@@ -113,3 +113,25 @@ def init(
     )
     console.print("  make create-patch                    # build patches/v$(cat VERSION)/", markup=False)
     console.print("  make apply-patch VERSION=x.y.z YES=1 # on a server holding that patch", markup=False)
+    _offer_signing(checkout)
+
+
+def _offer_signing(checkout: Path) -> None:
+    """The next step when this checkout neither signs nor checks signatures: a host refuses an
+    unsigned patch unless it accepts them on purpose (``allow_unsigned``)."""
+    from patchflow.config import load_settings
+    from patchflow.errors import PatchflowError
+
+    try:
+        settings = load_settings(checkout)
+    except PatchflowError:
+        return
+    if settings.signing_key or settings.verify_key or settings.allow_unsigned:
+        return
+    for line in (
+        "  sign your releases (a server refuses unsigned patches unless allow_unsigned = true there):",
+        "    patchflow create-signing-key --out ~/.config/patchflow/release.key   # on this machine; keep it secret",
+        "    patchflow init --set signing_key=~/.config/patchflow/release.key     # create-patch signs with it",
+        "    verify_key = <the printed key> in each server's inventory settings   # setup-host pins it there",
+    ):
+        console.print(line, markup=False)

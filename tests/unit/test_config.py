@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from patchflow.config import FIELDS, load_settings, settings_table_markdown
+from patchflow.config import FIELDS, load_settings
 from patchflow.errors import ConfigError
 from patchflow.redact import mask_url
+from patchflow.setting_values import settings_table_markdown
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
