@@ -26,6 +26,7 @@ from patchflow.backup_check import backup_problems
 from patchflow.config import Settings
 from patchflow.errors import PatchflowError
 from patchflow.files import private_folder
+from patchflow.freeze import read_freeze
 from patchflow.installed import installed_version_or_error, read_installed_record
 from patchflow.leftovers import leftovers
 from patchflow.lifecycle.journal import history_problems, read_history
@@ -196,7 +197,8 @@ def collect_status(
         ``installed_record``, ``displaced_databases`` (with age and, when the database answers,
         size) and ``displaced_databases_note``, ``snapshots`` (kept by applies, with their dump
         and expiry) and ``snapshots_note``, ``damaged_state`` (state files and history lines that
-        fail their seal or do not parse, each named: :mod:`patchflow.state_files`).
+        fail their seal or do not parse, each named: :mod:`patchflow.state_files`), ``freeze`` (a
+        deploy freeze ``inv lock`` set: message, user, host, set_at; None when there is none).
     """
     paths = ProjectPaths.from_settings(settings)
     parsed, version_error = installed_version_or_error(paths)
@@ -263,6 +265,11 @@ def collect_status(
     tree_problem = tree_record_problem(paths)
     if tree_problem:
         damaged.insert(0, tree_problem)
+    try:
+        freeze = read_freeze(paths.state)
+    except StateFileError as exc:
+        freeze = None
+        damaged.insert(0, exc.message)
     every = annotate_history(read_history(paths.history))
     history = every[-history_limit:] if history_limit else every
     applies = [h for h in every if h.get("action") == "apply"]
@@ -300,4 +307,5 @@ def collect_status(
         "snapshots": snapshots,
         "snapshots_note": database_note if snapshots else None,
         "damaged_state": damaged,
+        "freeze": freeze,
     }

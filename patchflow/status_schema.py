@@ -196,6 +196,15 @@ class HistoryItem(TypedDict):
     rolled_back: NotRequired[RolledBack | None]
 
 
+class FreezeJson(TypedDict):
+    """A deploy freeze (``.patchflow/freeze.json``, ``freeze`` of ``patch-status --json``)."""
+
+    message: str
+    user: str
+    host: str
+    set_at: str
+
+
 class StatusReport(TypedDict):
     """Everything patch-status shows (``--json``)."""
 
@@ -219,3 +228,4 @@ class StatusReport(TypedDict):
     snapshots: list[SnapshotItem]
     snapshots_note: str | None
     damaged_state: list[str]
+    freeze: FreezeJson | None

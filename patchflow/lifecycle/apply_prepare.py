@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 from patchflow.errors import VerifyError, VersionError
+from patchflow.freeze import refuse_when_frozen
 from patchflow.installed import installed_version, installed_version_or_error
 from patchflow.leftovers import leftovers, remove_leftovers
 from patchflow.lifecycle.apply_state import ApplyState
@@ -37,8 +38,10 @@ class PrepareSteps(ApplyState):
 
     def verify(self) -> None:
         """Check checksums, signature and manifest of the patch folder (read-only). A version
-        already installed stops here (after finishing the clean-up a killed run left)."""
+        already installed stops here (after finishing the clean-up a killed run left). A frozen
+        install (``inv lock``) refuses first."""
         paths = self.ctx.paths
+        refuse_when_frozen(paths.state, "apply")
         if (
             not self.options.force
             and Journal.load(paths.journal) is None

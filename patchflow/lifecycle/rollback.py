@@ -23,6 +23,7 @@ from typing import cast
 from patchflow.backup import Backup, load_backup
 from patchflow.context import Context
 from patchflow.errors import BackupError, PatchflowError, PreconditionError, RollbackError, VersionError
+from patchflow.freeze import refuse_when_frozen
 from patchflow.installed import HealthRecord, installed_version, read_installed_record
 from patchflow.leftovers import remove_leftovers
 from patchflow.lifecycle.decisions import (
@@ -213,7 +214,9 @@ class RollbackRun:
         return RollbackDecision(current, key, backup.name, database), question, backup
 
     def choose(self) -> None:
-        """Choose the backup, check the installed version, prove the dump, ask for confirmation."""
+        """Choose the backup, check the installed version, prove the dump, ask for confirmation (a
+        frozen install refuses first)."""
+        refuse_when_frozen(self.ctx.paths.state, "rollback")
         self.chosen_at = utc_now()
         self.chosen_journal = Journal.load(self.ctx.paths.journal)
         decision, question, backup = self._decide()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from patchflow.config import Settings
-from patchflow.errors import LockError, PatchflowError, RemoteError
+from patchflow.errors import LockError, PatchflowError, PreconditionError, RemoteError
 from patchflow.remote.facts import fetch_facts
 from patchflow.remote.fleet import Fleet, combined_error, each_host
 from patchflow.remote.hosts import PRODUCTION_ROLE, STAGING_ROLE, Log, Target, resolve_targets
@@ -61,6 +61,7 @@ def check_ready(
         RemoteError: tools missing (named, with the environment they were looked up in).
         LockError: another apply or rollback holds a host's lock (its holder named), or a dead one
             left it (stale) and ``break_lock`` is not given.
+        PreconditionError: a host is frozen (``inv lock`` there: its message, who and when).
     """
     problems: list[PatchflowError] = []
     running: dict[str, RunStatus] = {}
@@ -84,6 +85,15 @@ def check_ready(
             and (version is None or r.record.version == version)
         ]
         lock = host.lock
+        freeze = host.report.get("freeze")
+        if freeze:
+            problems.append(
+                PreconditionError(
+                    f'{name}: frozen: "{freeze.get("message")}" (set by {freeze.get("user")}@{freeze.get("host")} at '
+                    f"{freeze.get('set_at')}). Nothing was uploaded or changed there.",
+                    f"Ask whoever set it; `patchflow unlock` on {name} lifts the freeze.",
+                )
+            )
         if mine:
             running[name] = mine[-1]
         elif lock and lock.get("state") in ("held", "held-too-long"):

@@ -1,7 +1,7 @@
-"""The maintenance tasks: prune-backups and baseline-migrations.
+"""The maintenance tasks: prune-backups, baseline-migrations, lock and unlock.
 
 prune-backups applies the retention settings; baseline-migrations records an installed tree's
-migrations as applied."""
+migrations as applied; lock and unlock set and lift a deploy freeze (:mod:`patchflow.freeze`)."""
 
 from __future__ import annotations
 
@@ -139,3 +139,27 @@ def baseline_migrations(c: Context, root: str | None = None, yes: bool = False) 
     with install_lock(ctx.paths.lock, ctx.paths.lock_info, action="baseline", version="-"):
         recorded = baseline(ctx.database, plan)
     console.print(f"[green]recorded[/] {len(recorded)} migrations as applied")
+
+
+@command(help={"root": ROOT_HELP, "message": "what is going on, until when, and who to ask (required)"})
+def lock(c: Context, root: str | None = None, message: str = "") -> None:
+    """Freeze deploys on this install: every apply, rollback and deploy refuses, showing the message."""
+    from patchflow.freeze import describe, set_freeze
+
+    paths = ProjectPaths.from_settings(settings_for(c, root))
+    record = set_freeze(paths.state, message)
+    console.print(f"[yellow]frozen[/]: {describe(record)}", highlight=False)
+    console.print("  every apply, rollback and deploy here refuses until `inv unlock`", markup=False)
+
+
+@command(help={"root": ROOT_HELP})
+def unlock(c: Context, root: str | None = None) -> None:
+    """Lift the deploy freeze `inv lock` set."""
+    from patchflow.freeze import clear_freeze, describe
+
+    paths = ProjectPaths.from_settings(settings_for(c, root))
+    previous = clear_freeze(paths.state)
+    if previous is None:
+        console.print("not frozen: nothing to lift")
+    else:
+        console.print(f"[green]unfrozen[/]: lifted {describe(previous)}", highlight=False)

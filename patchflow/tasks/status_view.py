@@ -120,6 +120,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     if status["leftovers"]:
         console.print(f"[yellow]left by a killed run[/]: {', '.join(status['leftovers'])}")
+    freeze = status.get("freeze")
+    if freeze:
+        console.print(
+            f"[bold yellow]FROZEN[/]: {escape(freeze['message'])} (set by {escape(freeze['user'])}@"
+            f"{escape(freeze['host'])} at {freeze['set_at']}); applies, rollbacks and deploys refuse until `inv unlock`"
+        )
     for problem in status.get("damaged_state", []):
         console.print(f"[bold red]not trusted[/]: {escape(problem)}")
     recovery = status["recovery"]
