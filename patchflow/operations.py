@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from patchflow.context import Context
-from patchflow.errors import ApplyError
+from patchflow.errors import ApplyError, RollbackError
+from patchflow.hooks import post_hook
 from patchflow.lifecycle.apply import ApplyOptions, ApplyResult, ApplyRun
 from patchflow.lifecycle.decisions import Change, refuse_changes
 from patchflow.lifecycle.journal import Journal
@@ -45,14 +46,22 @@ def apply_patch(
         return recover_interrupted(ctx, journal)
 
     run = ApplyRun(ctx, version, options, confirm=confirm, recover=recover, reconfirm=reconfirm)
+    hook = {"action": "apply", "version": str(version)}
     try:
         result = run.execute()
     except ApplyError as exc:
         if exc.rolled_back:  # the old version's services run again: no group window holds them
             clear_group_window(ctx.paths)
+        post_hook(
+            ctx, "on-failure", **hook, previous=run.from_version, result="rolled_back" if exc.rolled_back else "failed"
+        )
+        raise
+    except RollbackError:
+        post_hook(ctx, "on-failure", **hook, previous=run.from_version, result="rollback_failed")
         raise
     if not (result.dry_run or result.noop):
         clear_group_window(ctx.paths)  # its services run: deploy's group window (if any) is over here
+        post_hook(ctx, "post-apply", **hook, previous=run.from_version, result="success")
     return result
 
 
@@ -99,6 +108,12 @@ def rollback_patch(
         recover=recover,
         reconfirm=reconfirm,
     )
-    result = run.execute()
+    hook = {"action": "rollback", "version": str(version)}
+    try:
+        result = run.execute()
+    except RollbackError:
+        post_hook(ctx, "on-failure", **hook, previous=str(run.current or ""), result="rollback_failed")
+        raise
     clear_group_window(ctx.paths)
+    post_hook(ctx, "post-rollback", **hook, previous=str(run.current or ""), result="success")
     return result

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from patchflow.errors import VerifyError, VersionError
 from patchflow.freeze import refuse_when_frozen
+from patchflow.hooks import pre_hook
 from patchflow.installed import installed_version, installed_version_or_error
 from patchflow.leftovers import leftovers, remove_leftovers
 from patchflow.lifecycle.apply_state import ApplyState
@@ -159,6 +160,8 @@ class PrepareSteps(ApplyState):
         """
         assert self.report is not None
         paths = self.ctx.paths
+        if not self.options.dry_run:  # the operator's own check, before anything is locked or stopped
+            pre_hook(self.ctx, "pre-apply", action="apply", version=str(self.version), previous=self.from_version)
         self.lock = InstallLock(paths.lock, paths.lock_info)
         self.lock.acquire(action="apply", version=str(self.version), break_stale=self.options.break_lock)
         self.ctx.start_recording()

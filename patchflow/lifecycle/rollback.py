@@ -24,6 +24,7 @@ from patchflow.backup import Backup, load_backup
 from patchflow.context import Context
 from patchflow.errors import BackupError, PatchflowError, PreconditionError, RollbackError, VersionError
 from patchflow.freeze import refuse_when_frozen
+from patchflow.hooks import pre_hook
 from patchflow.installed import HealthRecord, installed_version, read_installed_record
 from patchflow.leftovers import remove_leftovers
 from patchflow.lifecycle.decisions import (
@@ -293,6 +294,7 @@ class RollbackRun:
             PlanChanged: the choice changed while this run waited and was not confirmed again.
         """
         ctx = self.ctx
+        pre_hook(ctx, "pre-rollback", action="rollback", version=str(self.version), previous=str(self.current or ""))
         self.lock = InstallLock(ctx.paths.lock, ctx.paths.lock_info)
         self.lock.acquire(action="rollback", version=str(self.version), break_stale=self.break_lock)
         self.ctx.start_recording()
