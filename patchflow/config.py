@@ -294,6 +294,12 @@ class Settings:
         to_bool,
         "apply: without verify_key, apply patches nobody's signature vouches for (each plan says so); else refused",
     )
+    smoke_checks: tuple[str, ...] = _setting(
+        (),
+        to_list,
+        "checks after the health check, before the commit (`<url> [status] [field=value]` or "
+        "`cmd:<command>`; a failure rolls back)",
+    )
     health_url: tuple[str, ...] = _setting(
         ("http://localhost:3001/health",), to_list, "health check URL(s), comma separated"
     )

@@ -29,6 +29,7 @@ from patchflow.lifecycle.planning import check_delta_base, make_plan
 from patchflow.lifecycle.steps import StopPipeline
 from patchflow.lock import InstallLock, LockHolder
 from patchflow.signing import verify_key_hex
+from patchflow.smoke import parse_checks
 from patchflow.verify import verify_patch
 from patchflow.version import parse_version
 
@@ -43,6 +44,7 @@ class PrepareSteps(ApplyState):
         install (``inv lock``) refuses first."""
         paths = self.ctx.paths
         refuse_when_frozen(paths.state, "apply")
+        parse_checks(self.ctx.settings.smoke_checks)  # a malformed check is refused before anything
         if (
             not self.options.force
             and Journal.load(paths.journal) is None

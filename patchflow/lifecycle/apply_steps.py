@@ -24,7 +24,15 @@ from patchflow.archive.extract import extract_archive
 from patchflow.backup import save_files, swap_build_outputs
 from patchflow.commands import split_command
 from patchflow.database import Database
-from patchflow.errors import ApplyError, CommandError, DatabaseError, PatchflowError, PreconditionError, VerifyError
+from patchflow.errors import (
+    ApplyError,
+    CommandError,
+    DatabaseError,
+    HealthCheckError,
+    PatchflowError,
+    PreconditionError,
+    VerifyError,
+)
 from patchflow.files import (
     Ownership,
     check_inside,
@@ -46,6 +54,7 @@ from patchflow.restore import restore_code, restore_database_journaled
 from patchflow.restore_in_place import restore_method
 from patchflow.services import start_with_retries
 from patchflow.shared_database import refuse_other_clients, write_counters
+from patchflow.smoke import parse_checks, run_smoke_checks
 from patchflow.snapshot import snapshot_of
 from patchflow.space import check_space
 from patchflow.state_files import seal
@@ -388,13 +397,26 @@ class ChangeSteps(SnapshotSteps):
 
     def health(self) -> None:
         """Prove the new version healthy: 2xx, a healthy status, the reported version or (without
-        one) a process started after the stop answering, services still running."""
+        one) a process started after the stop answering, services still running; then the smoke
+        checks (:mod:`patchflow.smoke`) pass.
+
+        Raises:
+            HealthCheckError: unhealthy, or a smoke check failed (the apply rolls back).
+        """
         proof = self.plan.health_proof if self.plan is not None else ""
         since = self.stopped_wall if proof else None
         self.ctx.log(
             f"   waiting up to {self.ctx.settings.health_timeout:.0f} s for {', '.join(self.ctx.settings.health_url)}"
         )
         self._wait_healthy(str(self.version), since)
+        checks = parse_checks(self.ctx.settings.smoke_checks)
+        if checks:  # PATCH_SYSTEM.md's "test the critical features", before the commit
+            failed = run_smoke_checks(checks, self.ctx.runner, self.ctx.paths.root, self.ctx.log)
+            if failed:
+                raise HealthCheckError(
+                    f"{len(failed)} smoke check(s) failed on {self.version}: {'; '.join(failed[:5])}",
+                    "The smoke_checks setting lists them; the old version is restored.",
+                )
         if self.stopped_at is not None:
             self.stopped_seconds = time.monotonic() - self.stopped_at
         elif self.journal is not None:  # finished by a recovery: the window began in the killed run
