@@ -211,6 +211,9 @@ class Settings:
         to_bool,
         "apply: without verify_key, apply patches nobody's signature vouches for (each plan says so); else refused",
     )
+    notify_urls: tuple[str, ...] = _setting(
+        (), to_list, "Apprise URLs told when each apply/rollback starts and ends; a failed send never fails the run"
+    )
     smoke_checks: tuple[str, ...] = _setting(
         (),
         to_list,
@@ -333,6 +336,7 @@ HOST_SCOPED = frozenset(
         "signing_key",
         "verify_key",
         "allow_unsigned",
+        "notify_urls",
         "retiring_signing_key",
         "signature_days",
         "health_url",

@@ -87,14 +87,39 @@ def run_hook(
     return True, ""
 
 
+def announce(
+    ctx: Context,
+    action: str,
+    result: str,
+    version: str,
+    previous: str,
+    *,
+    stopped_seconds: float | None = None,
+    detail: str = "",
+    recovery: str = "",
+) -> None:
+    """Tell the ``notify_urls`` channels (:mod:`patchflow.notify`) how a run stands; never raises."""
+    from patchflow.notify import message, send
+
+    urls = ctx.settings.notify_urls
+    if urls:
+        title, body = message(
+            action, result, version, previous, stopped_seconds=stopped_seconds, detail=detail, recovery=recovery
+        )
+        send(urls, title, body, failed=result not in ("started", "success"), log=ctx.log)
+
+
 def pre_hook(ctx: Context, name: str, *, action: str, version: str, previous: str) -> None:
-    """Run a ``pre-*`` hook; its failure refuses the run.
+    """Run a ``pre-*`` hook; its failure refuses the run; otherwise the run is announced as started
+    (:func:`announce`).
 
     Raises:
         PreconditionError: the hook failed or may not be run; nothing was changed.
     """
     outcome = run_hook(ctx, name, action=action, version=version, previous=previous)
-    if outcome is not None and not outcome[0]:
+    if outcome is None or outcome[0]:
+        announce(ctx, action, "started", version, previous)  # the run goes on: its channels hear of it
+    else:
         raise PreconditionError(
             f"The {name} hook refused the {action} of {version}: {outcome[1]}. Nothing was changed.",
             f"Read its output above (and in .patchflow/logs/patchflow.log); fix what it checks, or the hook "

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from patchflow.context import Context
 from patchflow.errors import ApplyError, RollbackError
-from patchflow.hooks import post_hook
+from patchflow.hooks import announce, post_hook
 from patchflow.lifecycle.apply import ApplyOptions, ApplyResult, ApplyRun
 from patchflow.lifecycle.decisions import Change, refuse_changes
 from patchflow.lifecycle.journal import Journal
@@ -21,6 +21,8 @@ from patchflow.lifecycle.rollback import RollbackResult, RollbackRun
 from patchflow.lifecycle.steps import Recovery
 from patchflow.shared_database import clear_group_window
 from patchflow.version import PatchVersion
+
+RECOVERY = "inv patch-status on the host (it names the one command that finishes or undoes the run)"
 
 
 def apply_patch(
@@ -52,16 +54,18 @@ def apply_patch(
     except ApplyError as exc:
         if exc.rolled_back:  # the old version's services run again: no group window holds them
             clear_group_window(ctx.paths)
-        post_hook(
-            ctx, "on-failure", **hook, previous=run.from_version, result="rolled_back" if exc.rolled_back else "failed"
-        )
+        ended = "rolled_back" if exc.rolled_back else "failed"
+        post_hook(ctx, "on-failure", **hook, previous=run.from_version, result=ended)
+        announce(ctx, "apply", ended, str(version), run.from_version, detail=exc.message)
         raise
-    except RollbackError:
+    except RollbackError as exc:
         post_hook(ctx, "on-failure", **hook, previous=run.from_version, result="rollback_failed")
+        announce(ctx, "apply", "rollback_failed", str(version), run.from_version, detail=exc.message, recovery=RECOVERY)
         raise
     if not (result.dry_run or result.noop):
         clear_group_window(ctx.paths)  # its services run: deploy's group window (if any) is over here
         post_hook(ctx, "post-apply", **hook, previous=run.from_version, result="success")
+        announce(ctx, "apply", "success", str(version), run.from_version, stopped_seconds=result.stopped_seconds)
     return result
 
 
@@ -111,9 +115,13 @@ def rollback_patch(
     hook = {"action": "rollback", "version": str(version)}
     try:
         result = run.execute()
-    except RollbackError:
-        post_hook(ctx, "on-failure", **hook, previous=str(run.current or ""), result="rollback_failed")
+    except RollbackError as exc:
+        before = str(run.current or "")
+        post_hook(ctx, "on-failure", **hook, previous=before, result="rollback_failed")
+        announce(ctx, "rollback", "rollback_failed", str(version), before, detail=exc.message, recovery=RECOVERY)
         raise
+    before = str(run.current or "")
     clear_group_window(ctx.paths)
-    post_hook(ctx, "post-rollback", **hook, previous=str(run.current or ""), result="success")
+    post_hook(ctx, "post-rollback", **hook, previous=before, result="success")
+    announce(ctx, "rollback", "success", str(version), before, stopped_seconds=result.stopped_seconds)
     return result

@@ -80,6 +80,9 @@ def remember_settings(url: str, admin_url: str, environ: Mapping[str, str], dote
                 continue
             if SECRET_NAME.search(name):
                 values.append(value)
+            elif name.endswith("NOTIFY_URLS"):  # Apprise URLs carry their tokens in the path
+                for url in value.split(","):
+                    values += [url.strip(), *(part for part in url.split("://", 1)[-1].split("/") if len(part) >= 8)]
             elif "://" in value or "password=" in value.lower():
                 values += url_secrets(value)
     remember(values)
