@@ -211,6 +211,10 @@ class Settings:
         to_bool,
         "apply: without verify_key, apply patches nobody's signature vouches for (each plan says so); else refused",
     )
+    maintenance_ports: tuple[str, ...] = _setting(
+        (), to_list, "ports ([host:]port) that answer HTTP 503 and a maintenance page while the services are stopped"
+    )
+    maintenance_page: str = _setting("", to_str, "the maintenance notice's HTML file in the checkout (empty: built in)")
     notify_urls: tuple[str, ...] = _setting(
         (), to_list, "Apprise URLs told when each apply/rollback starts and ends; a failed send never fails the run"
     )
@@ -337,6 +341,7 @@ HOST_SCOPED = frozenset(
         "verify_key",
         "allow_unsigned",
         "notify_urls",
+        "maintenance_ports",
         "retiring_signing_key",
         "signature_days",
         "health_url",

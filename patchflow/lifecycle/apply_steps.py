@@ -47,6 +47,7 @@ from patchflow.installed import HealthRecord, InstalledRecord
 from patchflow.lifecycle.apply_snapshot import SnapshotSteps
 from patchflow.lifecycle.journal import HistoryRecord, append_history, utc_now, write_json_atomic
 from patchflow.lifecycle.planning import Plan
+from patchflow.maintenance_page import page_off, page_on
 from patchflow.migrations import MigrationHistory, find_migrations, run_migrations
 from patchflow.paths import VERSION_FILE, VERSION_TEMP
 from patchflow.proving import old_version_health, start_old_version
@@ -197,6 +198,7 @@ class ChangeSteps(SnapshotSteps):
         self.stopped_at = time.monotonic()
         self.stopped_wall = time.time()
         self.ctx.services.stop()
+        self._notice_on()
         plan, database = self.plan, self.ctx.database
         if plan is not None and plan.pending_migrations and database is not None:
             if self.options.database_backup_on:
@@ -208,6 +210,11 @@ class ChangeSteps(SnapshotSteps):
             if not self.options.others_stopped:  # a shared database: deploy's group window, or --others-stopped
                 refuse_other_clients(database, "migrate")
 
+    def _notice_on(self) -> None:
+        """The maintenance notice on the app's ports while they are stopped (:mod:`patchflow.maintenance_page`)."""
+        settings = self.ctx.settings
+        page_on(settings.maintenance_ports, settings.maintenance_page, self.ctx.paths.root, self.ctx.log)
+
     def start_old(self) -> None:
         """Undo of stop: start the old version again (whatever its health says) and prove it
         healthy with the settings it was proven with (:mod:`patchflow.proving`); a health failure
@@ -216,6 +223,7 @@ class ChangeSteps(SnapshotSteps):
         Raises:
             ServiceError: the old version does not run.
         """
+        page_off(self.ctx.log)  # the ports are the old version's again
         notes = self.journal.notes if self.journal else {}
         health = old_version_health(self.ctx, self.from_version, notes.get("old_health"))
         removed = notes.get("removed_services")  # the services the patch had removed
@@ -376,6 +384,7 @@ class ChangeSteps(SnapshotSteps):
         database in the backup, the rows written per table so far are noted in it (``writes_baseline``:
         a restore names what was written since, :func:`patchflow.shared_database.writes_since`)."""
         ctx = self.ctx
+        page_off(ctx.log)  # before the new version binds its ports
         backup = self._backup()
         if ctx.database is not None and backup is not None and (backup.database or snapshot_of(backup)):
             try:

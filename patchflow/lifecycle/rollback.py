@@ -60,6 +60,7 @@ from patchflow.lifecycle.steps import (
     run_to_the_end,
 )
 from patchflow.lock import InstallLock
+from patchflow.maintenance_page import page_off, page_on
 from patchflow.preconditions import check_rollback_access
 from patchflow.proving import OldHealth, old_version_health, prove_old_version, start_kept_images
 from patchflow.restore import restore_code, restore_database_journaled
@@ -345,6 +346,8 @@ class RollbackRun:
         except PreconditionError:
             self.journal = None  # refused: the services run again, the journal is cleared, nothing changed
             raise
+        settings = self.ctx.settings
+        page_on(settings.maintenance_ports, settings.maintenance_page, self.ctx.paths.root, self.ctx.log)
 
     def restore_code(self) -> None:
         """Put the code back; folders the apply added whole go to a trash folder deleted at the end."""
@@ -386,6 +389,7 @@ class RollbackRun:
         """Start the restored version; services that run but do not serve the health URLs are
         kept running (the health step judges them)."""
         ctx = self.ctx
+        page_off(ctx.log)  # before the restored version binds its ports
         health = self._old_health()
         ctx.log(f"   judging {self._backup().restores_version} by {health.describe()}")
         settings = health.settings(ctx.settings)
