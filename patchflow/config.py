@@ -218,6 +218,21 @@ class Settings:
     notify_urls: tuple[str, ...] = _setting(
         (), to_list, "Apprise URLs told when each apply/rollback starts and ends; a failed send never fails the run"
     )
+    watch_seconds: float = _setting(
+        0.0,
+        to_float,
+        "after the commit, watch the new version this long (health, restarts, watch_errors); fail: roll back",
+    )
+    watch_errors: tuple[str, ...] = _setting(
+        (
+            r"UnhandledPromiseRejection",
+            r"PrismaClientInitializationError",
+            r"FATAL ERROR: .*JavaScript heap out of memory",
+            r"Error: P1001: Can't reach database server",
+        ),
+        to_list,
+        "regular expressions that, in the app's logs during the watch window, roll the version back",
+    )
     smoke_checks: tuple[str, ...] = _setting(
         (),
         to_list,

@@ -21,6 +21,7 @@ from patchflow.lifecycle.rollback import RollbackResult, RollbackRun
 from patchflow.lifecycle.steps import Recovery
 from patchflow.shared_database import clear_group_window
 from patchflow.version import PatchVersion
+from patchflow.watch import watch
 
 RECOVERY = "inv patch-status on the host (it names the one command that finishes or undoes the run)"
 
@@ -66,7 +67,27 @@ def apply_patch(
         clear_group_window(ctx.paths)  # its services run: deploy's group window (if any) is over here
         post_hook(ctx, "post-apply", **hook, previous=run.from_version, result="success")
         announce(ctx, "apply", "success", str(version), run.from_version, stopped_seconds=result.stopped_seconds)
+        if ctx.settings.watch_seconds > 0:
+            _watch(ctx, version, run.from_version)
     return result
+
+
+def _watch(ctx: Context, version: PatchVersion, previous: str) -> None:
+    """The watch window after a committed apply (:mod:`patchflow.watch`); a failure rolls back.
+
+    Raises:
+        ApplyError: the version failed its window and was rolled back (``rolled_back``).
+        RollbackError, PreconditionError: that rollback did not complete, or was refused.
+    """
+    why = watch(ctx, str(version), ctx.settings.watch_seconds, ctx.log)
+    if not why:
+        return
+    ctx.log(f"!! watch: {version} {why}: rolling it back")
+    rolled = rollback_patch(ctx, version)
+    kept = f"; rows written meanwhile are kept in {rolled.displaced_database}" if rolled.displaced_database else ""
+    message = f"{version} failed its watch window ({why}) and was rolled back to {rolled.to_version}{kept}."
+    announce(ctx, "apply", "rolled_back", str(version), previous, detail=message)
+    raise ApplyError(message, "Read the service logs (inv logs) from the window; fix the release.", rolled_back=True)
 
 
 def rollback_patch(

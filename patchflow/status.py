@@ -41,6 +41,7 @@ from patchflow.status_schema import (
     StatusReport,
 )
 from patchflow.version import PatchVersion, parse_version
+from patchflow.watch import watch_record
 
 CACHE_FORMAT = 2  # bumped whenever what verify checks changes (2: delta manifests list only changes)
 
@@ -308,4 +309,5 @@ def collect_status(
         "snapshots_note": database_note if snapshots else None,
         "damaged_state": damaged,
         "freeze": freeze,
+        "watch": watch_record(paths.state),
     }

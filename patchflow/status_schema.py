@@ -229,3 +229,4 @@ class StatusReport(TypedDict):
     snapshots_note: str | None
     damaged_state: list[str]
     freeze: FreezeJson | None
+    watch: dict[str, object] | None

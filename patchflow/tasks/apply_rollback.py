@@ -39,6 +39,8 @@ if TYPE_CHECKING:
         "running): the plan shows their time as the migrate step, and a migration that fails there refuses the apply",
         "others_stopped": "every other app server and client of the database is stopped (deploy's group window "
         "passes it): migrate even if sessions from elsewhere remain (they are ended)",
+        "watch": "FLOAT: after the commit, watch the new version this many seconds (health, restarts, error "
+        "patterns in its logs) and roll it back if it fails (default: the watch_seconds setting)",
         "allow_unsigned": "this once, apply a patch no signature vouches for on a host without verify_key (the "
         "plan says so); the setting allow_unsigned does it for every apply",
         "database_backup_on": "TEXT: deploy's group window: the database was backed up once, by the apply named "
@@ -62,6 +64,7 @@ def apply_patch(
     others_stopped: bool = False,
     database_backup_on: str = "",
     allow_unsigned: bool = False,
+    watch: float = float(UNSET),
 ) -> None:
     """Apply a patch: verify, back up, switch, migrate, restart, health-check; roll back on failure."""
     from patchflow.console import confirm
@@ -79,6 +82,7 @@ def apply_patch(
         health_url=health_url,
         health_timeout=timeout,
         allow_unsigned=True if allow_unsigned else None,
+        watch_seconds=None if watch == UNSET else watch,
     )
     options = ApplyOptions(
         force=force,

@@ -163,3 +163,17 @@ def unlock(c: Context, root: str | None = None) -> None:
         console.print("not frozen: nothing to lift")
     else:
         console.print(f"[green]unfrozen[/]: lifted {describe(previous)}", highlight=False)
+
+
+@command(help={"root": ROOT_HELP})
+def accept(c: Context, root: str | None = None) -> None:
+    """End a running watch window early: the new version stays."""
+    from patchflow.watch import accept as end_window
+
+    record = end_window(context_for(c, root))
+    if record is None:
+        console.print("no watch window is running here")
+    else:
+        console.print(
+            f"[green]accepted[/]: {record.get('version')} (the window was to run until {record.get('until')})"
+        )

@@ -120,6 +120,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     if status["leftovers"]:
         console.print(f"[yellow]left by a killed run[/]: {', '.join(status['leftovers'])}")
+    watching = status.get("watch")
+    if watching:
+        console.print(
+            f"[bold]watching[/] {escape(str(watching.get('version')))} until {watching.get('until')} "
+            f"(pid {watching.get('pid')}; `inv accept` ends it early)"
+        )
     freeze = status.get("freeze")
     if freeze:
         console.print(
