@@ -233,6 +233,11 @@ class Settings:
         to_list,
         "regular expressions that, in the app's logs during the watch window, roll the version back",
     )
+    release_checks: str = _setting(
+        "warn",
+        choice("warn", "refuse", "off"),
+        "create-patch's checklist (changelog, version step, committed, preflight)",
+    )
     smoke_checks: tuple[str, ...] = _setting(
         (),
         to_list,

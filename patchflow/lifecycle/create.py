@@ -51,6 +51,7 @@ from patchflow.lifecycle.steps import Step, StepSpec, bind, checked_specs, run_f
 from patchflow.manifest import Entry, ExcludeRules, Tree, TreeDiff, diff_trees, load_rules, scan_tree
 from patchflow.migrations import Migration, find_migrations, migration_problems
 from patchflow.paths import MANIFEST, MD5SUMS, SHA256SUMS, ProjectPaths
+from patchflow.release_gate import enforce, release_checklist
 from patchflow.secret_scan import find_secrets
 from patchflow.txn_statements import create_warnings
 from patchflow.version import PatchVersion, read_version_file
@@ -107,6 +108,7 @@ class CreateRun:
     final: Path | None = None
     delta_base: DeltaBase | None = None
     source: GitRun | None = None
+    checklist_warnings: list[str] = field(default_factory=list)
     rules: ExcludeRules | None = None
     tree: Tree | None = None
     version_member: VersionMember | None = None
@@ -212,6 +214,12 @@ class CreateRun:
             paths, version, tree, self.rules.patterns, self.migrations, result, delta_base, summary, created
         )
         manifest["source"] = self.source.result() if self.source is not None else None
+        changelog, changelog_note = changelog_text(paths.changelog, version)
+        if self.settings.release_checks != "off":  # PATCH_SYSTEM.md's "before creating a patch"
+            source = dict(manifest["source"]) if manifest["source"] else None
+            checklist = release_checklist(paths.patches, paths.state, version, source, changelog_note)
+            self.checklist_warnings = enforce(checklist, self.settings.release_checks)
+            manifest["checklist"] = checklist
         digests: dict[str, tuple[str, str]] = {archive.name: (result.md5, result.sha256)}
 
         def write(name: str, text: str | Iterable[str]) -> None:
@@ -225,7 +233,6 @@ class CreateRun:
             digests[name] = (md5.hexdigest(), sha256.hexdigest())
 
         write(MANIFEST, buffered(manifest_chunks(manifest)))
-        changelog, changelog_note = changelog_text(paths.changelog, version)
         write("CHANGELOG.md", changelog)
         schema_note = ""
         if delta_base is None or any(e.path.startswith("prisma/") for e in self.packed):
@@ -308,7 +315,9 @@ class CreateRun:
         assert self.archive is not None and self.result is not None and self.version_member is not None
         assert self.paths is not None
         # statements PostgreSQL refuses inside a transaction block, mixed with others in one migration
-        warnings = list(self.tree.warnings) + create_warnings(self.paths.root, self.migrations)
+        warnings = (
+            list(self.tree.warnings) + create_warnings(self.paths.root, self.migrations) + self.checklist_warnings
+        )
         if self.tree.excluded_secrets:
             warnings.append(
                 "secrets left out of the patch (never packed): " + ", ".join(self.tree.excluded_secrets[:20])

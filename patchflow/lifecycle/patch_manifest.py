@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from patchflow import __version__
 from patchflow.archive.writer import ArchiveResult
@@ -72,6 +72,7 @@ class PatchManifest(TypedDict):
     deleted: list[str]
     migrations: list[MigrationJson]
     delta: NotRequired[DeltaInfo]
+    checklist: NotRequired[dict[str, dict[str, Any]]]  # create-patch's release checklist (release_gate)
 
 
 def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> GitSource | None:

@@ -44,6 +44,12 @@ def preflight(c: Context, root: str | None = None, skip_tool: bool = False) -> N
         if findings and settings.migration_lint == "refuse":
             failures.append(f"migration lint ({len(findings)} findings; migration_lint = refuse)")
     run_checks(checks, runner, _show_check, failures)
+    from patchflow.lifecycle.patch_manifest import git_commit
+    from patchflow.release_gate import record_preflight_pass
+
+    paths = ProjectPaths.from_settings(settings)
+    source = git_commit(settings.root, paths.excluded_roots())
+    record_preflight_pass(paths.state, dict(source) if source else None)  # create-patch's checklist reads it
 
 
 #: How preflight's check lines are drawn: outcome -> (label printed before the text, its style).

@@ -560,3 +560,27 @@ def test_secret_files_are_never_packed_and_secrets_inside_packed_files_are_named
     ):
         assert finding in text, text
     assert "src/index.js" not in text and "pnpm-lock.yaml" not in text
+
+
+def test_the_release_checklist_is_recorded_in_the_manifest_and_refuses_by_setting(tmp_path: Path) -> None:
+    """Issue 23: PATCH_SYSTEM.md's "before creating a patch" (changelog section, one SemVer step from
+    the newest patch, committed tree, preflight passed on it), each item recorded with its evidence;
+    ``release_checks = refuse`` stops create-patch before it writes anything."""
+    root = make_tree(tmp_path / "project")
+    older = root / "patches" / "v1.3.0"
+    older.mkdir(parents=True)
+    (older / "manifest.json").write_text("{}")
+    created = create(root)
+    checklist = json.loads((created.folder / "manifest.json").read_text())["checklist"]
+    assert checklist["changelog"]["ok"] is True and checklist["version"] == {"ok": True, "detail": "1.3.0 -> 1.4.0"}
+    assert checklist["committed"]["ok"] is None and "not a git checkout" in checklist["committed"]["detail"]
+    assert checklist["preflight"]["ok"] is False
+    assert "release checklist: preflight: inv preflight has not passed on this checkout" in created.warnings
+
+    (root / "VERSION").write_text("1.6.0\n")
+    settings = load_settings(root, environ={"PATCHFLOW_RELEASE_CHECKS": "refuse"})
+    with pytest.raises(CreatePatchError) as refused:
+        create_patch(settings, now=NOW)
+    text = refused.value.message
+    assert "version: 1.4.0 -> 1.6.0 skips a version" in text and "changelog:" in text and "Nothing was written" in text
+    assert not (root / "patches" / "v1.6.0").exists()
