@@ -23,7 +23,7 @@ from patchflow.progress import QUIET, Reporter
 from patchflow.redact import redact
 from patchflow.runner import LocalRunner, Runner
 from patchflow.services import ServiceManager, make_manager
-from patchflow.trust import secure_state
+from patchflow.trust import close_folders, secure_state
 
 
 def _quiet(line: str) -> None:
@@ -57,6 +57,7 @@ class Context:
     def start_recording(self) -> None:
         """From now on (the run holds the lock and will change the install) progress lines and
         commands go to the operation log too, starting with those buffered so far."""
+        close_folders(self.paths)
         if self.recorder is not None:
             self.recorder.start()
 

@@ -22,7 +22,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 MASK = "***"
 #: The shortest value remembered as a secret (shorter ones would mask ordinary words).
@@ -71,8 +71,21 @@ def remember(values: Iterable[str]) -> None:
             _pattern = re.compile(alternatives)
 
 
+def _shown_words(url: str) -> set[str]:
+    """The parts of ``url`` printed anyway (user, host, database, path): a password equal to one of
+    them (``primeflow:primeflow@db/primeflow``) hides nothing, and masking it would mask every
+    path and name holding that word."""
+    try:
+        parts = urlsplit(url)
+        words = {parts.username or "", parts.hostname or "", *parts.path.split("/")}
+    except ValueError:
+        return set()
+    return {w for w in words if w}
+
+
 def remember_settings(url: str, admin_url: str, environ: Mapping[str, str], dotenv: Mapping[str, str]) -> None:
-    """Remember the secrets of a checkout's settings (see the module docstring)."""
+    """Remember the secrets of a checkout's settings (see the module docstring); a password that is
+    also its URL's user, host or database name is not one (:func:`_shown_words`)."""
     values = url_secrets(url) + url_secrets(admin_url)
     for mapping in (dotenv, environ):
         for name, value in mapping.items():
@@ -85,7 +98,9 @@ def remember_settings(url: str, admin_url: str, environ: Mapping[str, str], dote
                     values += [url.strip(), *(part for part in url.split("://", 1)[-1].split("/") if len(part) >= 8)]
             elif "://" in value or "password=" in value.lower():
                 values += url_secrets(value)
-    remember(values)
+    urls = [url, admin_url, *(v for m in (dotenv, environ) for v in m.values() if v and "://" in v)]
+    shown = set().union(*(_shown_words(u) for u in urls))
+    remember(v for v in values if v not in shown)
 
 
 def redact(text: str) -> str:

@@ -146,10 +146,16 @@ def state_file_problems(paths: ProjectPaths, uid: int | None = None) -> list[str
     return found
 
 
+def close_folders(paths: ProjectPaths) -> None:
+    """Close patchflow's folders to other users: the state folder, backups/ and the logs to 0700
+    when they allow more (a checkout made under a loose umask). Run once a run holds the lock (it
+    changes the install then anyway: a refused command changes nothing)."""
+    for folder in (paths.state, paths.backups, paths.logs):
+        tighten_folder(folder)
+
+
 def secure_state(paths: ProjectPaths) -> None:
-    """Close patchflow's folders to other users (the state folder and backups/ to 0700 when they
-    allow more: a checkout made under a loose umask) and refuse state files another user could
-    have planted (:func:`state_file_problems`).
+    """Refuse state files another user could have planted (:func:`state_file_problems`).
 
     Raises:
         ConfigError: such a file is there (named, with what to do); nothing was changed.
@@ -163,5 +169,3 @@ def secure_state(paths: ProjectPaths) -> None:
             "Check them (who made them, and why), then remove or fix them: chown them to the user who runs "
             "patchflow and chmod go-w (or delete a link). patchflow keeps its folders 0700 from now on.",
         )
-    for folder in (paths.state, paths.backups, paths.logs):
-        tighten_folder(folder)

@@ -151,7 +151,8 @@ def day_one(
         + 'app_services = ["api", "worker"]\n'
         + 'database_mode = "url"\n'
         + f'health_url = "{server_health}"\n'
-        + "health_timeout = 30\n",
+        + "health_timeout = 30\n"
+        + "allow_unsigned = true\n",  # the test's releases are unsigned: this server accepts them on purpose
         encoding="utf-8",
     )
 

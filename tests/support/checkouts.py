@@ -120,6 +120,7 @@ class CheckoutTemplate:
                 "PORT": str(port),
                 "DATABASE_URL": with_prisma_schema(self.cluster.url(dbname)),
                 "PATCHFLOW_HEALTH_URL": health_url,
+                "PATCHFLOW_ALLOW_UNSIGNED": "true",  # a checkout reached over SSH does not get the tests' environment
             },
         )
         try:
