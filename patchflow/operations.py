@@ -7,6 +7,7 @@ import each other and recovery is written once (:mod:`patchflow.lifecycle.recove
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from patchflow.context import Context
@@ -14,7 +15,7 @@ from patchflow.errors import ApplyError, RollbackError
 from patchflow.hooks import announce, post_hook
 from patchflow.lifecycle.apply import ApplyOptions, ApplyResult, ApplyRun
 from patchflow.lifecycle.decisions import Change, refuse_changes
-from patchflow.lifecycle.journal import Journal
+from patchflow.lifecycle.journal import HistoryRecord, Journal, append_history, utc_now
 from patchflow.lifecycle.planning import Plan
 from patchflow.lifecycle.recovery import recover_interrupted
 from patchflow.lifecycle.rollback import RollbackResult, RollbackRun
@@ -79,7 +80,20 @@ def _watch(ctx: Context, version: PatchVersion, previous: str) -> None:
         ApplyError: the version failed its window and was rolled back (``rolled_back``).
         RollbackError, PreconditionError: that rollback did not complete, or was refused.
     """
-    why = watch(ctx, str(version), ctx.settings.watch_seconds, ctx.log)
+    began, started_at = time.monotonic(), utc_now()
+    outcome, why = watch(ctx, str(version), ctx.settings.watch_seconds, ctx.log)
+    record: HistoryRecord = {
+        "action": "watch",
+        "to_version": str(version),
+        "from_version": previous or None,
+        "started_at": started_at,
+        "result": outcome,
+        "backup": None,
+        "watch_seconds": round(time.monotonic() - began, 1),
+    }
+    if why:
+        record["error"] = why
+    append_history(ctx.paths.history, record)
     if not why:
         return
     ctx.log(f"!! watch: {version} {why}: rolling it back")

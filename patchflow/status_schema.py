@@ -168,8 +168,9 @@ class RolledBack(TypedDict):
 
 
 class HistoryItem(TypedDict):
-    """One record of ``.patchflow/history.jsonl`` (an apply or a rollback), as patch-status shows it:
-    apply records get ``rolled_back`` (:func:`patchflow.status_runs.annotate_history`). The
+    """One record of ``.patchflow/history.jsonl`` (an apply, a rollback or a watch window's
+    outcome), as patch-status shows it: apply records get ``rolled_back``
+    (:func:`patchflow.status_runs.annotate_history`). The
     optional keys are those only some records have (older records, failed runs, rollbacks)."""
 
     action: str
@@ -194,6 +195,8 @@ class HistoryItem(TypedDict):
     steps: NotRequired[dict[str, float]]
     work: NotRequired[Work]
     rolled_back: NotRequired[RolledBack | None]
+    checklist: NotRequired[dict[str, object]]
+    watch_seconds: NotRequired[float]
 
 
 class FreezeJson(TypedDict):

@@ -110,9 +110,10 @@ class _Logs:
         return ""
 
 
-def watch(ctx: Context, version: str, seconds: float, log: Callable[[str], None]) -> str:
-    """Watch the new ``version`` for ``seconds`` (see the module docstring). Returns why it failed
-    (the caller rolls back), or "" when the window passed or was accepted early."""
+def watch(ctx: Context, version: str, seconds: float, log: Callable[[str], None]) -> tuple[str, str]:
+    """Watch the new ``version`` for ``seconds`` (see the module docstring). Returns ``(outcome,
+    why)``: ``("passed", "")``, ``("accepted", "")`` (ended early by ``inv accept``) or
+    ``("rolled_back", why it failed)`` (the caller rolls back)."""
     settings = ctx.settings
     patterns = [re.compile(p) for p in settings.watch_errors]
     until = datetime.now(UTC) + timedelta(seconds=seconds)
@@ -129,16 +130,16 @@ def watch(ctx: Context, version: str, seconds: float, log: Callable[[str], None]
         while time.monotonic() < deadline:
             if not path.exists():
                 log("   watch ended early (accepted): the version stays")
-                return ""
+                return "accepted", ""
             for state in ctx.services.status():
                 if state.name in pids and state.state not in ("running", "healthy"):
-                    return f"service {state.name} is {state.state} {state.detail}".strip()
+                    return "rolled_back", f"service {state.name} is {state.state} {state.detail}".strip()
                 if ctx.services.kind == "command" and state.name in pids and state.detail != pids[state.name]:
-                    return f"service {state.name} restarted ({pids[state.name]} -> {state.detail})"
+                    return "rolled_back", f"service {state.name} restarted ({pids[state.name]} -> {state.detail})"
             text = logs.new_text()
             found = next((m.group(0) for p in patterns if (m := p.search(text))), None)
             if found:
-                return f"its log shows {found!r} (watch_errors)"
+                return "rolled_back", f"its log shows {found!r} (watch_errors)"
             why = None
             for url in settings.health_url:
                 answer = probe(
@@ -155,9 +156,9 @@ def watch(ctx: Context, version: str, seconds: float, log: Callable[[str], None]
                 )
             unhealthy = unhealthy + 1 if why else 0
             if unhealthy >= HEALTH_FAILURES:
-                return f"unhealthy {HEALTH_FAILURES} times in a row: {why}"
+                return "rolled_back", f"unhealthy {HEALTH_FAILURES} times in a row: {why}"
             time.sleep(ROUND_SECONDS)
         log(f"   watch passed: {version} stayed healthy for {seconds:.0f} s")
-        return ""
+        return "passed", ""
     finally:
         path.unlink(missing_ok=True)

@@ -60,7 +60,7 @@ from patchflow.snapshot import snapshot_of
 from patchflow.space import check_space
 from patchflow.state_files import seal
 from patchflow.stopped_window import step_record
-from patchflow.verify import verify_patch
+from patchflow.verify import VerifyReport, verify_patch
 from patchflow.version import PatchVersion, read_version_file
 
 
@@ -209,6 +209,18 @@ class ChangeSteps(SnapshotSteps):
                 )
             if not self.options.others_stopped:  # a shared database: deploy's group window, or --others-stopped
                 refuse_other_clients(database, "migrate")
+
+    def _checklist(self, report: VerifyReport) -> dict[str, object]:
+        """The deploy record's evidence (README: Deploy checklist): the release checklist create-patch
+        recorded, who signed the patch, what proved it healthy, how many smoke checks passed."""
+        settings = self.ctx.settings
+        release = report.manifest.get("checklist")
+        return {
+            "release": {k: v.get("ok") for k, v in release.items()} if isinstance(release, dict) else None,
+            "signed_by": report.signed_by or None,
+            "health": list(settings.health_url),
+            "smoke_checks": len(parse_checks(settings.smoke_checks)),
+        }
 
     def _notice_on(self) -> None:
         """The maintenance notice on the app's ports while they are stopped (:mod:`patchflow.maintenance_page`)."""
@@ -468,6 +480,7 @@ class ChangeSteps(SnapshotSteps):
             "result": "success",
             "backup": backup.name if backup else None,
             "migrations": self.applied,
+            "checklist": self._checklist(report),
         }
         if self.resumed:
             record["recovered"] = True

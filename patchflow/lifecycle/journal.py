@@ -304,6 +304,8 @@ class HistoryRecord(TypedDict, total=False):
     old_version_unhealthy: str
     database_restored: bool
     displaced_database: str | None
+    checklist: dict[str, object]
+    watch_seconds: float
 
 
 def _patchflow_version() -> str:

@@ -239,11 +239,11 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
 
     if status["history"]:
         table = Table(title="History (latest last)")
-        for column in ("action", "from", "to", "started (UTC)", "duration", "stopped", "result"):
+        for column in ("action", "from", "to", "started (UTC)", "duration", "stopped", "result", "checklist"):
             table.add_column(column, overflow="fold")
         for item in status["history"]:
             result = str(item.get("result"))
-            colour = "green" if result == "success" else "red"
+            colour = "green" if result in ("success", "passed", "accepted") else "red"
             undone = item.get("rolled_back")
             if isinstance(undone, Mapping):
                 result = "success, rolled back later" if result == "success" else f"{result} ({undone.get('by')})"
@@ -254,7 +254,25 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
                 str(item.get("to_version") or ""),
                 _utc(item.get("started_at")),
                 _seconds(item.get("duration_seconds")),
-                _seconds(item.get("stopped_seconds")),
-                f"[{colour}]{result}[/]",
+                _seconds(item.get("stopped_seconds"))
+                if item.get("action") != "watch"
+                else _seconds(item.get("watch_seconds")),
+                f"[{colour}]{escape(result)}[/]",
+                _checklist(item.get("checklist")),
             )
         console.print(table)
+
+
+def _checklist(record: object) -> str:
+    """A deploy record's evidence in a few words: ``release 3/4, signed, smoke 2``."""
+    if not isinstance(record, Mapping):
+        return ""
+    parts = []
+    release = record.get("release")
+    if isinstance(release, Mapping) and release:
+        passed = sum(1 for ok in release.values() if ok is True)
+        parts.append(f"release {passed}/{len(release)}")
+    parts.append("signed" if record.get("signed_by") else "unsigned")
+    if record.get("smoke_checks"):
+        parts.append(f"smoke {record.get('smoke_checks')}")
+    return escape(", ".join(parts))

@@ -36,7 +36,12 @@ def test_a_version_that_fails_in_its_watch_window_is_rolled_back_exactly(
     why = "its log shows 'UnhandledPromiseRejection'" if how == "error-pattern" else "service api is stopped"
     assert "2.3.0 failed its watch window" in flat and why in flat and "rolled back to 2.2.0" in flat, flat
     assert_exactly_old(install, tree, db)
-    assert status_json(install)["watch"] is None
+    status = status_json(install)
+    assert status["watch"] is None
+    watched = [h for h in status["history"] if h["action"] == "watch"]
+    assert watched[-1]["result"] == "rolled_back" and why in watched[-1]["error"]
+    applied = [h for h in status["history"] if h["action"] == "apply" and h.get("to_version") == "2.3.0"][-1]
+    assert applied["checklist"]["health"] == [install.health_url] and applied["checklist"]["signed_by"] is None
 
 
 def test_accept_ends_the_window_early_and_keeps_the_version(install: Install, tmp_path: Path) -> None:
@@ -50,6 +55,8 @@ def test_accept_ends_the_window_early_and_keeps_the_version(install: Install, tm
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "watch ended early (accepted)" in out
+    watched = [h for h in json.loads(install.inv("patch-status", "--json").stdout)["history"] if h["action"] == "watch"]
+    assert watched[-1]["result"] == "accepted"
     assert (
         health(install) == (200, "2.3.0") and json.loads(install.inv("patch-status", "--json").stdout)["watch"] is None
     )
