@@ -58,6 +58,14 @@ def read_host_settings(root: Path) -> dict[str, object]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except PermissionError:
+        from patchflow.files import current_user, describe_owner
+
+        raise ConfigError(
+            f"User {current_user()} cannot read the host settings {path}: its folder {path.parent} is "
+            f"{describe_owner(path.parent)} (patchflow's state is its owner's alone). Nothing was changed.",
+            "Run patchflow as the user who owns the install, or make that user its owner (chown -R).",
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Cannot read the host settings {path}: {exc}.", "Make it readable UTF-8 TOML.") from None
     try:

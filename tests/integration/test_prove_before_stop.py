@@ -24,6 +24,8 @@ from support.checkouts import checkout_release, installed_checkout
 from support.installs import Install, backup_names, get, health, history, run_inv, set_dotenv, status_json
 from support.services import refusing_port
 
+from patchflow.state_files import seal
+
 pytestmark = pytest.mark.integration
 
 REFUSE_HINT = "fix health_url (host setting, .patchflow/host.toml) or pass --force"
@@ -235,7 +237,7 @@ def test_the_old_version_is_started_even_when_its_health_check_fails(install: In
     tree = install.state()
     with refusing_port() as gone, refusing_port() as typo:
         record["health"] = {"urls": [f"http://127.0.0.1:{gone}/health"], "timeout": 3, "source": "an older setting"}
-        record_path.write_text(json.dumps(record))
+        record_path.write_text(json.dumps(seal(record)))  # as patchflow recorded it then
         done = install.inv(
             "apply-patch",
             "--version",
