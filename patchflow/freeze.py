@@ -96,6 +96,15 @@ def refuse_when_frozen(state: Path, action: str) -> None:
         PreconditionError: a freeze is set (its message, who and when named); nothing changed.
         StateFileError: the freeze file is damaged.
     """
+    from patchflow.maintenance_page import planned
+
+    notice = planned(state)
+    if notice is not None:
+        raise PreconditionError(
+            f"A planned maintenance notice answers on {notice.get('ports')} since "
+            f"{notice.get('since')} (pid {notice.get('pid')}): the {action} is refused; nothing was changed.",
+            "End it with `inv maintenance --off` (and start the app again with `inv up`) first.",
+        )
     freeze = read_freeze(state)
     if freeze is None:
         return

@@ -8,11 +8,21 @@ default: a short built-in page), and the ports are closed again before the servi
 new (or restored) version binds them. A port that cannot be taken (still held) is skipped with a
 line; the notice never fails a run. The server runs inside the patchflow process, so it ends with
 it, whatever happens to the run.
+
+For planned work (the app stopped by hand), ``inv maintenance --on`` starts the same notice in a
+detached process of its own (``.patchflow/maintenance.json`` names it) and ``--off`` ends it; while
+it runs an apply or rollback refuses (the notice holds the ports the app would bind).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,3 +106,115 @@ def page_off(log: Callable[[str], None] = lambda line: None) -> None:
             server.server_close()
         _servers.clear()
         log("   maintenance notice off: the ports are free for the services")
+
+
+# -- planned maintenance: `inv maintenance --on/--off` ------------------------------------------------
+
+PLANNED_FILE = "maintenance.json"
+
+
+def planned(state: Path) -> dict[str, object] | None:
+    """The planned maintenance notice of the install whose state folder is ``state`` (``pid``,
+    ``ports``, ``since``), None when none runs (a record whose process is gone is none)."""
+
+    try:
+        record = json.loads((state / PLANNED_FILE).read_text(encoding="utf-8"))
+        pid = int(record["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dict(record)
+
+
+def start_planned(
+    state: Path, root: Path, ports: Sequence[str], page_file: str, deadline: float = 15.0
+) -> dict[str, object]:
+    """Start a detached process (its own session) that answers 503 on ``ports`` until
+    :func:`stop_planned`; returns its record once it serves them.
+
+    Raises:
+        ServiceError: no ports configured, one is held (the app still runs: `inv down` first), or
+            the process did not come up within ``deadline`` seconds.
+    """
+
+    from patchflow.errors import ServiceError
+
+    if not ports:
+        raise ServiceError("No maintenance_ports are set: there is no port to answer on.", "Set maintenance_ports.")
+    record_path = state / PLANNED_FILE
+    record_path.unlink(missing_ok=True)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "utf8", "-m", "patchflow.maintenance_page", str(state), str(root), page_file, *ports],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env=env,
+        start_new_session=True,
+    )
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            said = (proc.stderr.read().decode(errors="replace") if proc.stderr else "").strip()
+            raise ServiceError(
+                f"The maintenance notice could not take its ports: {said or f'exit {proc.returncode}'}.",
+                "Stop the app first (`inv down`): its services hold the ports the notice answers on.",
+            )
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            if record.get("pid") == proc.pid:
+                return dict(record)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    os.kill(proc.pid, 15)
+    raise ServiceError("The maintenance notice did not come up in time.", "Run `inv maintenance --on` again.")
+
+
+def stop_planned(state: Path, deadline: float = 15.0) -> dict[str, object] | None:
+    """End the planned maintenance notice; returns its record (None when none ran)."""
+
+    record = planned(state)
+    if record is not None:
+        pid = int(str(record["pid"]))
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    (state / PLANNED_FILE).unlink(missing_ok=True)
+    return record
+
+
+def _serve_planned(state: Path, root: Path, page_file: str, ports: list[str]) -> int:
+    """The detached notice's own process: serve until SIGTERM; exit 1 when a port is held."""
+
+    from patchflow.lifecycle.journal import utc_now
+
+    def note(line: str) -> None:
+        if "not shown" in line:
+            sys.stderr.write(line.strip() + "\n")
+
+    page_on(ports, page_file, root, note)
+    with _lock:
+        taken = len(_servers)
+    if taken != len(ports):
+        page_off()
+        return 1
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    tmp = state / f".{PLANNED_FILE}.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "ports": list(ports), "since": utc_now()}), encoding="utf-8")
+    os.replace(tmp, state / PLANNED_FILE)
+    done.wait()
+    page_off()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_planned(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]))

@@ -30,6 +30,7 @@ from patchflow.freeze import read_freeze
 from patchflow.installed import installed_version_or_error, read_installed_record
 from patchflow.leftovers import leftovers
 from patchflow.lifecycle.journal import history_problems, read_history
+from patchflow.maintenance_page import planned
 from patchflow.paths import ProjectPaths
 from patchflow.state_files import StateFileError, seal, seal_problem, tree_record_problem, unsealed
 from patchflow.status_runs import annotate_history, database_report, installing_apply, run_state
@@ -310,4 +311,5 @@ def collect_status(
         "damaged_state": damaged,
         "freeze": freeze,
         "watch": watch_record(paths.state),
+        "maintenance": planned(paths.state),
     }

@@ -233,3 +233,4 @@ class StatusReport(TypedDict):
     damaged_state: list[str]
     freeze: FreezeJson | None
     watch: dict[str, object] | None
+    maintenance: dict[str, object] | None

@@ -53,9 +53,12 @@ def apply_patch_args(
     break_lock: bool = False,
     others_stopped: bool = False,
     database_backup_on: str = "",
+    watch: float = 0.0,
 ) -> list[str]:
     """``apply-patch --yes`` of ``version`` in the checkout ``root`` (deploy's detached run); in a
-    group window ``--others-stopped`` and, on the hosts after the first, ``--database-backup-on``."""
+    group window ``--others-stopped`` and, on the hosts after the first, ``--database-backup-on``;
+    ``--watch`` seconds when ``watch`` (the host's watch window, part of its apply: the rollout
+    goes on to the next host only once it passed)."""
     flags = (
         ("--force", force),
         ("--allow-downgrade", allow_downgrade),
@@ -63,6 +66,8 @@ def apply_patch_args(
         ("--others-stopped", others_stopped),
     )
     args = ["apply-patch", "--root", root, "--version", version, "--yes", *(flag for flag, on in flags if on)]
+    if watch > 0:
+        args += ["--watch", f"{watch:g}"]
     return [*args, "--database-backup-on", database_backup_on] if database_backup_on else args
 
 

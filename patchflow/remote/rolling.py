@@ -75,6 +75,7 @@ class DeployOptions:
     allow_downgrade: bool = False
     break_lock: bool = False
     others_stopped: bool = False  # apply-patch --others-stopped on every host
+    watch: float = 0.0  # apply-patch --watch on every host (0: the host's watch_seconds)
 
 
 def _order(targets: Sequence[Target], canary: str | None) -> list[Target]:
@@ -266,6 +267,7 @@ class DeployRun:
                     break_lock=options.break_lock,
                     others_stopped=options.others_stopped,
                     database_backup_on=database_backup_on,
+                    watch=options.watch,
                 )
                 record = start_run(session, self.facts[target.name], "apply", version, args)
                 log(f"[{target.name}] apply started there (pid {record.launch_pid}, log {record.log})")

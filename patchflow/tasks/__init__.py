@@ -20,7 +20,7 @@ from invoke.collection import Collection
 
 from patchflow.tasks.apply_rollback import apply_patch, rollback_patch
 from patchflow.tasks.deploy import deploy, setup_host
-from patchflow.tasks.maintenance import accept, baseline_migrations, lock, prune_backups, unlock
+from patchflow.tasks.maintenance import accept, baseline_migrations, lock, maintenance, prune_backups, unlock
 from patchflow.tasks.migrations import rehearse, resolve_migration
 from patchflow.tasks.on_server import host_facts, receive_patch, start_services, stop_services
 from patchflow.tasks.patches import create_patch, create_signing_key, patch_status, verify_patch
@@ -41,6 +41,7 @@ ns = Collection(
     lock,
     unlock,
     accept,
+    maintenance,
     resolve_migration,
     rehearse,
     up,

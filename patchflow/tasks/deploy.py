@@ -65,6 +65,8 @@ def _targets(
         "force": "apply even where this version is installed",
         "allow_downgrade": "allow applying a version older than the installed one",
         "break_lock": "take over a stale lock left by a dead apply on a host (it is recovered first)",
+        "watch": "FLOAT: each host watches the new version this many seconds after its commit (its apply's watch "
+        "window: rolled back there on a failure); the rollout waits for each window before the next host",
         "others_stopped": "the database's other clients (a pooler, a report job) are known and may be ended: each "
         "apply migrates even if sessions from elsewhere remain after its stop (apply-patch --others-stopped)",
     }
@@ -88,6 +90,7 @@ def deploy(
     allow_downgrade: bool = False,
     break_lock: bool = False,
     others_stopped: bool = False,
+    watch: float = 0.0,
 ) -> None:
     """Upload a patch over SSH and apply it on hosts with the same apply-patch task, rolling."""
     from patchflow.console import confirm
@@ -120,6 +123,7 @@ def deploy(
         allow_downgrade=allow_downgrade,
         break_lock=break_lock,
         others_stopped=others_stopped,
+        watch=watch,
     )
     report = run_deploy(settings, targets, options, log=_log, confirm=lambda text: confirm(text, yes=yes))
     exit_with(report)

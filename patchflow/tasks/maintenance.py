@@ -177,3 +177,27 @@ def accept(c: Context, root: str | None = None) -> None:
         console.print(
             f"[green]accepted[/]: {record.get('version')} (the window was to run until {record.get('until')})"
         )
+
+
+@command(
+    help={
+        "root": ROOT_HELP,
+        "on": "answer HTTP 503 and the maintenance page on maintenance_ports until --off (stop the app first)",
+        "off": "end the planned maintenance notice",
+    }
+)
+def maintenance(c: Context, root: str | None = None, on: bool = False, off: bool = False) -> None:
+    """Planned maintenance: the 503 notice on the app's ports while you work (applies refuse meanwhile)."""
+    from patchflow.errors import ConfigError
+    from patchflow.maintenance_page import start_planned, stop_planned
+
+    if on == off:
+        raise ConfigError("Say --on or --off.", "inv maintenance --on (after inv down), later --off (then inv up).")
+    settings = settings_for(c, root)
+    paths = ProjectPaths.from_settings(settings)
+    if on:
+        record = start_planned(paths.state, paths.root, settings.maintenance_ports, settings.maintenance_page)
+        console.print(f"[yellow]maintenance notice on[/] {', '.join(settings.maintenance_ports)} (pid {record['pid']})")
+    else:
+        ended = stop_planned(paths.state)
+        console.print("maintenance notice off" if ended else "no maintenance notice was running")

@@ -120,6 +120,12 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
         )
     if status["leftovers"]:
         console.print(f"[yellow]left by a killed run[/]: {', '.join(status['leftovers'])}")
+    notice = status.get("maintenance")
+    if notice:
+        console.print(
+            f"[bold yellow]MAINTENANCE[/]: the 503 notice answers on {escape(str(notice.get('ports')))} since "
+            f"{notice.get('since')} (pid {notice.get('pid')}); `inv maintenance --off` ends it"
+        )
     watching = status.get("watch")
     if watching:
         console.print(

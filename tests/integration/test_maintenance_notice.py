@@ -48,3 +48,27 @@ def test_the_apps_port_answers_503_with_the_page_while_stopped_and_the_new_versi
     assert (code, retry) == (503, "30") and "PrimeFlow is being updated" in page, seen[-3:]
     assert "maintenance notice off: the ports are free for the services" in out
     assert health(install) == (200, "2.3.0")
+
+
+def test_planned_maintenance_answers_503_until_off_and_applies_refuse_meanwhile(
+    install: Install, tmp_path: Path
+) -> None:
+    install.release(tmp_path, "2.3.0")
+    env = {"PATCHFLOW_MAINTENANCE_PORTS": f"127.0.0.1:{install.port}"}
+    held = install.inv("maintenance", "--on", env=env)
+    assert held.returncode != 0 and "Stop the app first" in " ".join(held.stderr.split()), held.stdout + held.stderr
+
+    assert install.inv("down").returncode == 0
+    on = install.inv("maintenance", "--on", env=env)
+    assert on.returncode == 0, on.stdout + on.stderr
+    code, retry, page = _answer(f"http://127.0.0.1:{install.port}/")
+    assert (code, retry) == (503, "30") and "We are updating the application" in page
+    refused = install.inv("apply-patch", "--version", "2.3.0", "--yes", env=env)
+    assert refused.returncode == 1 and "inv maintenance --off" in refused.stderr
+    assert "MAINTENANCE" in install.inv("patch-status").stdout
+
+    off = install.inv("maintenance", "--off", env=env)
+    assert off.returncode == 0 and "maintenance notice off" in off.stdout
+    assert _answer(f"http://127.0.0.1:{install.port}/")[0] == 0, "the port is free again"
+    assert install.inv("up").returncode == 0
+    wait_until(lambda: health(install) == (200, "2.2.0"), 60, "the app back on its port")

@@ -311,6 +311,7 @@ def test_the_task_invocations_carry_their_flags_in_order() -> None:
     assert apply_patch_args(root, "2.3.0", force=True, allow_downgrade=True, break_lock=True)[-3:] == [
         "--force", "--allow-downgrade", "--break-lock",
     ]  # fmt: skip
+    assert apply_patch_args(root, "2.3.0", watch=1800)[-2:] == ["--watch", "1800"]  # deploy --watch: each host's window
     assert rollback_patch_args(root, None) == ["rollback-patch", "--root", root, "--yes"]
     assert rollback_patch_args(
         root, "2.3.0", backup="pre-patch-v2.3.0_x", force=True, break_lock=True, restore_database=True
