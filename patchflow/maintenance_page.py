@@ -117,12 +117,15 @@ def planned(state: Path) -> dict[str, object] | None:
     """The planned maintenance notice of the install whose state folder is ``state`` (``pid``,
     ``ports``, ``since``), None when none runs (a record whose process is gone is none)."""
 
+    from patchflow.runner import process_start_ticks
+
     try:
         record = json.loads((state / PLANNED_FILE).read_text(encoding="utf-8"))
         pid = int(record["pid"])
-        os.kill(pid, 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if process_start_ticks(pid) is None or process_start_ticks(pid) != record.get("ticks"):
+        return None  # gone, or the pid now names another process (a reboot since)
     return dict(record)
 
 
@@ -141,6 +144,12 @@ def start_planned(
 
     if not ports:
         raise ServiceError("No maintenance_ports are set: there is no port to answer on.", "Set maintenance_ports.")
+    running = planned(state)
+    if running is not None:
+        raise ServiceError(
+            f"A maintenance notice already answers on {running.get('ports')} (pid {running.get('pid')}).",
+            "It stays on until `inv maintenance --off`.",
+        )
     record_path = state / PLANNED_FILE
     record_path.unlink(missing_ok=True)
     package_parent = str(Path(__file__).resolve().parent.parent)
@@ -209,7 +218,10 @@ def _serve_planned(state: Path, root: Path, page_file: str, ports: list[str]) ->
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     tmp = state / f".{PLANNED_FILE}.tmp"
-    tmp.write_text(json.dumps({"pid": os.getpid(), "ports": list(ports), "since": utc_now()}), encoding="utf-8")
+    from patchflow.runner import process_start_ticks
+
+    record = {"pid": os.getpid(), "ticks": process_start_ticks(os.getpid()), "ports": list(ports), "since": utc_now()}
+    tmp.write_text(json.dumps(record), encoding="utf-8")
     os.replace(tmp, state / PLANNED_FILE)
     done.wait()
     page_off()

@@ -62,6 +62,9 @@ def send(urls: Sequence[str], title: str, body: str, failed: bool, log: Callable
     sent is one line on ``log``."""
     if not urls:
         return True
+    from patchflow.redact import redact
+
+    title, body = redact(title), redact(body)
     try:
         import apprise
 

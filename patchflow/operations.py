@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from patchflow.context import Context
-from patchflow.errors import ApplyError, RollbackError
+from patchflow.errors import ApplyError, PatchflowError, RollbackError
 from patchflow.hooks import announce, post_hook
 from patchflow.lifecycle.apply import ApplyOptions, ApplyResult, ApplyRun
 from patchflow.lifecycle.decisions import Change, refuse_changes
@@ -91,13 +91,22 @@ def _watch(ctx: Context, version: PatchVersion, previous: str) -> None:
         "backup": None,
         "watch_seconds": round(time.monotonic() - began, 1),
     }
-    if why:
-        record["error"] = why
-    append_history(ctx.paths.history, record)
     if not why:
+        append_history(ctx.paths.history, record)
         return
+    record["error"] = why
     ctx.log(f"!! watch: {version} {why}: rolling it back")
-    rolled = rollback_patch(ctx, version)
+    try:
+        rolled = rollback_patch(ctx, version)
+    except PatchflowError as exc:  # refused (a freeze, a hook, another client) or incomplete: said as it is
+        record["result"] = "rollback_failed"
+        record["rollback_error"] = exc.message
+        append_history(ctx.paths.history, record)
+        announce(
+            ctx, "apply", "rollback_failed", str(version), previous, detail=f"{why}; {exc.message}", recovery=RECOVERY
+        )
+        raise
+    append_history(ctx.paths.history, record)
     kept = f"; rows written meanwhile are kept in {rolled.displaced_database}" if rolled.displaced_database else ""
     message = f"{version} failed its watch window ({why}) and was rolled back to {rolled.to_version}{kept}."
     announce(ctx, "apply", "rolled_back", str(version), previous, detail=message)

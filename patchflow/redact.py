@@ -29,7 +29,10 @@ MASK = "***"
 MIN_SECRET = 4
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|_KEY$|^KEY$|CREDENTIAL|PRIVATE", re.IGNORECASE)
 # the password runs to the last "@" of the URL (a hostile one may hold "@", ":" or "/" unescaped)
-URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)(?P<secret>[^\s'\"]+)(?=@)")
+# bounded repetitions: a long line without a URL must not cost quadratic time
+URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s:/@'\"]{0,256}:)(?P<secret>[^\s'\"]{1,512})(?=@)"
+)
 PARAM_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&#'\"]+)", re.IGNORECASE)
 
 _known: set[str] = set()
@@ -91,16 +94,37 @@ def remember_settings(url: str, admin_url: str, environ: Mapping[str, str], dote
         for name, value in mapping.items():
             if not value:
                 continue
-            if SECRET_NAME.search(name):
+            if SECRET_NAME.search(name) and not _plain(value):
                 values.append(value)
             elif name.endswith("NOTIFY_URLS"):  # Apprise URLs carry their tokens in the path
                 for url in value.split(","):
                     values += [url.strip(), *(part for part in url.split("://", 1)[-1].split("/") if len(part) >= 8)]
             elif "://" in value or "password=" in value.lower():
                 values += url_secrets(value)
-    urls = [url, admin_url, *(v for m in (dotenv, environ) for v in m.values() if v and "://" in v)]
+    urls = [
+        url,
+        admin_url,
+        *(v for m in (dotenv, environ) for k, v in m.items() if v and "://" in v and not k.endswith("NOTIFY_URLS")),
+    ]
     shown = set().union(*(_shown_words(u) for u in urls))
     remember(v for v in values if v not in shown)
+
+
+def _plain(value: str) -> bool:
+    """A value no secret is made of (a number, a boolean): ``ACCESS_TOKEN_TTL=3600``."""
+    return value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "") or value.strip().isdigit()
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` (a JSON-like structure: dicts, lists, strings) with :func:`redact` applied to every
+    string in it, keys and structure unchanged (a history record before it is written)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_value(item) for item in value]
+    return value
 
 
 def redact(text: str) -> str:

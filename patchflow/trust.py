@@ -118,9 +118,17 @@ def check_checkout_trusted(root: Path, environ: Mapping[str, str] | None = None,
 def state_file_problems(paths: ProjectPaths, uid: int | None = None) -> list[str]:
     """patchflow's own files another user could have planted or may write: each of the journal,
     history, lock, lock record, installed records, sequence and operation log that is a link, or
-    belongs to a user other than the running one or root, or may be written by group or others.
-    (With the state folder 0700 nobody else can put one there; these are left from before.)"""
+    belongs to a user other than the running one, root or (for a checkout listed as safe) the
+    checkout's owner, or may be written by group or others (one of the running user's own is
+    closed instead: an older patchflow made them under the umask). (With the state folder 0700
+    nobody else can put one there; these are left from before.)"""
     uid = os.geteuid() if uid is None else uid
+    trusted = {uid, 0}
+    if _listed(paths.root, safe_directories(os.environ)):  # the operator trusts the checkout's owner
+        try:
+            trusted.add(os.stat(paths.root).st_uid)
+        except OSError:
+            pass
     names = [
         paths.journal,
         paths.history,
@@ -139,9 +147,15 @@ def state_file_problems(paths: ProjectPaths, uid: int | None = None) -> list[str
             continue
         if stat.S_ISLNK(st.st_mode):
             found.append(f"{path} is a link (to {os.readlink(path)})")
-        elif st.st_uid not in (uid, 0):
+        elif st.st_uid not in trusted:
             found.append(f"{path} belongs to {_owner_name(st.st_uid)}")
         elif st.st_mode & 0o022:
+            if st.st_uid == uid:  # an older patchflow made it under the umask (0664): closed, not refused
+                try:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+                    continue
+                except OSError:
+                    pass
             found.append(f"{path} may be written by other users (mode {stat.S_IMODE(st.st_mode):04o})")
     return found
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from patchflow.errors import ConfigError
 from patchflow.health import judge, probe
 from patchflow.lifecycle.journal import write_json_atomic
 from patchflow.state_files import StateFileError, read_sealed, seal, unsealed
@@ -110,53 +111,99 @@ class _Logs:
         return ""
 
 
+def compile_errors(patterns: Sequence[str]) -> list[re.Pattern[str]]:
+    """The ``watch_errors`` patterns, compiled.
+
+    Raises:
+        ConfigError: one is not a regular expression (named); checked before an apply starts.
+    """
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(
+                f"The watch_errors pattern {pattern!r} is not a regular expression: {exc}.",
+                "Fix the watch_errors setting (Python regular expressions, comma separated). Nothing was changed.",
+            ) from None
+    return compiled
+
+
+def _failed_round(ctx: Context, tracked: dict[str, str], logs: _Logs, patterns: list[re.Pattern[str]]) -> str:
+    """Why this round of the window fails ("" when it passes); its health part counts separately."""
+    for state in ctx.services.status():
+        if state.name not in tracked:
+            continue
+        if state.state not in ("running", "healthy"):
+            return f"service {state.name} is {state.state} {state.detail}".strip()
+        if ctx.services.kind == "command" and state.detail != tracked[state.name]:
+            return f"service {state.name} restarted ({tracked[state.name]} -> {state.detail})"
+    text = logs.new_text()
+    found = next((m.group(0) for p in patterns if (m := p.search(text))), None)
+    return f"its log shows {found!r} (watch_errors)" if found else ""
+
+
+def _health(ctx: Context, version: str) -> str | None:
+    settings = ctx.settings
+    why = None
+    for url in settings.health_url:
+        answer = probe(
+            url,
+            settings.health_version_field,
+            status_field=settings.health_status_field,
+            follow_redirects=settings.health_follow_redirects,
+        )
+        why = why or judge(
+            answer,
+            expect_version=version,
+            version_field=settings.health_version_field,
+            healthy_statuses=settings.health_status_ok,
+        )
+    return why
+
+
 def watch(ctx: Context, version: str, seconds: float, log: Callable[[str], None]) -> tuple[str, str]:
     """Watch the new ``version`` for ``seconds`` (see the module docstring). Returns ``(outcome,
-    why)``: ``("passed", "")``, ``("accepted", "")`` (ended early by ``inv accept``) or
-    ``("rolled_back", why it failed)`` (the caller rolls back)."""
-    settings = ctx.settings
-    patterns = [re.compile(p) for p in settings.watch_errors]
+    why)``: ``("passed", "")``, ``("accepted", "")`` (ended early by ``inv accept``, also when it
+    came while a round was failing) or ``("rolled_back", why it failed)`` (the caller rolls back).
+    Never raises: a round that cannot look (the service manager or the logs failing) counts as a
+    failed health round."""
+    patterns = compile_errors(ctx.settings.watch_errors)
     until = datetime.now(UTC) + timedelta(seconds=seconds)
     path = ctx.paths.state / WATCH_FILE
     write_json_atomic(
         path, seal({"version": version, "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"), "pid": os.getpid()})
     )
     log(f"-> watch {version} until {until.strftime('%H:%M:%S')} UTC ({seconds:.0f} s; `inv accept` ends it early)")
-    logs = _Logs(ctx)
-    pids = {s.name: s.detail for s in ctx.services.status()}
     unhealthy = 0
     deadline = time.monotonic() + seconds
     try:
+        try:
+            logs = _Logs(ctx)
+            apps = set(ctx.services.app_services())
+            # the app's services that run now: a one-off or exited container of the project is not one
+            running = ("running", "healthy")
+            tracked = {s.name: s.detail for s in ctx.services.status() if s.name in apps and s.state in running}
+        except Exception as exc:
+            return "rolled_back", f"the services could not be read ({getattr(exc, 'message', exc)})"
         while time.monotonic() < deadline:
             if not path.exists():
                 log("   watch ended early (accepted): the version stays")
                 return "accepted", ""
-            for state in ctx.services.status():
-                if state.name in pids and state.state not in ("running", "healthy"):
-                    return "rolled_back", f"service {state.name} is {state.state} {state.detail}".strip()
-                if ctx.services.kind == "command" and state.name in pids and state.detail != pids[state.name]:
-                    return "rolled_back", f"service {state.name} restarted ({pids[state.name]} -> {state.detail})"
-            text = logs.new_text()
-            found = next((m.group(0) for p in patterns if (m := p.search(text))), None)
-            if found:
-                return "rolled_back", f"its log shows {found!r} (watch_errors)"
-            why = None
-            for url in settings.health_url:
-                answer = probe(
-                    url,
-                    settings.health_version_field,
-                    status_field=settings.health_status_field,
-                    follow_redirects=settings.health_follow_redirects,
-                )
-                why = why or judge(
-                    answer,
-                    expect_version=version,
-                    version_field=settings.health_version_field,
-                    healthy_statuses=settings.health_status_ok,
-                )
-            unhealthy = unhealthy + 1 if why else 0
-            if unhealthy >= HEALTH_FAILURES:
-                return "rolled_back", f"unhealthy {HEALTH_FAILURES} times in a row: {why}"
+            try:
+                why = _failed_round(ctx, tracked, logs, patterns)
+                health = _health(ctx, version)
+            except Exception as exc:
+                why, health = "", f"the round could not look ({getattr(exc, 'message', exc)})"
+            if not why:
+                unhealthy = unhealthy + 1 if health else 0
+                if unhealthy >= HEALTH_FAILURES:
+                    why = f"unhealthy {HEALTH_FAILURES} times in a row: {health}"
+            if why:
+                if not path.exists():  # accepted while this round looked: the operator's word stands
+                    log("   watch ended early (accepted): the version stays")
+                    return "accepted", ""
+                return "rolled_back", why
             time.sleep(ROUND_SECONDS)
         log(f"   watch passed: {version} stayed healthy for {seconds:.0f} s")
         return "passed", ""

@@ -32,6 +32,7 @@ from patchflow.signing import verify_key_hex
 from patchflow.smoke import parse_checks
 from patchflow.verify import verify_patch
 from patchflow.version import parse_version
+from patchflow.watch import compile_errors
 
 
 class PrepareSteps(ApplyState):
@@ -45,6 +46,7 @@ class PrepareSteps(ApplyState):
         paths = self.ctx.paths
         refuse_when_frozen(paths.state, "apply")
         parse_checks(self.ctx.settings.smoke_checks)  # a malformed check is refused before anything
+        compile_errors(self.ctx.settings.watch_errors)  # so is a watch_errors pattern that is no regex
         if (
             not self.options.force
             and Journal.load(paths.journal) is None

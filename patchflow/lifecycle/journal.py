@@ -33,7 +33,7 @@ from typing import Any, Literal, Required, TypedDict, Unpack
 from patchflow.errors import BackupError, PatchflowError
 from patchflow.files import fsync_directory, private_folder
 from patchflow.lock import _user
-from patchflow.redact import redact
+from patchflow.redact import redact_value
 from patchflow.state_files import CHECKSUM_KEY, record_checksum, seal, seal_problem, unsealed
 from patchflow.status_schema import HealthRecordJson, Work
 
@@ -518,7 +518,7 @@ def append_history(path: Path, record: HistoryRecord) -> bool:
         OSError: the write failed for another reason than space.
     """
     record = {"user": _user(), "host": socket.gethostname(), "pid": os.getpid(), "finished_at": utc_now(), **record}
-    record = json.loads(redact(json.dumps(record)))  # an error's text may carry a password (libpq's)
+    record = redact_value(record)  # an error's text may carry a password (libpq's)
     key = (record.get("run_id"), record.get("action"), record.get("result"))
     if key[0] and any((h.get("run_id"), h.get("action"), h.get("result")) == key for h in read_history(path, 50)):
         return True

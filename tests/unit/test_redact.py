@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,17 @@ def test_the_stream_masks_what_passes_and_keeps_the_targets_nature() -> None:
     stream = RedactingStream(lambda: target)
     assert stream.write("pw letmein-42\n") == len("pw letmein-42\n")
     assert target.getvalue() == "pw ***\n" and stream.isatty() is False
+
+
+def test_a_history_record_is_redacted_value_by_value_never_as_json_text(tmp_path: Path) -> None:
+    """Redacting the JSON text broke records (a remembered "3600" inside a pid, an escaped quote
+    eaten) and missed non-ASCII secrets escaped as \\u00e4: each string value is redacted instead."""
+    from patchflow.lifecycle.journal import append_history, read_history
+
+    remember(["pässwörd-1", "136001x"])
+    remember_settings("", "", {"ACCESS_TOKEN_TTL": "3600", "FEATURE_SECRET_ON": "true"}, {})
+    history = tmp_path / "history.jsonl"
+    error = 'libpq: password authentication failed for "pässwörd-1" password=x" 3600 true'
+    append_history(history, {"action": "apply", "result": "failed", "pid": 136001, "error": error})
+    (record,) = read_history(history)
+    assert record["pid"] == 136001 and "pässwörd" not in record["error"] and "3600 true" in record["error"]
