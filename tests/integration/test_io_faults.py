@@ -10,10 +10,11 @@ new version: tree, VERSION, full database dump, migration history, services answ
 journal, leftovers or half-restored database (:func:`support.trials.check_exact`). No run may end
 in a traceback.
 
-``make test`` runs a sampled set for the apply (``make test-slow`` the same for the rollback): for
-each kind, the first call in each part of the install it touches (journal, logs, other state,
-backups, patches, tree) plus evenly spaced ones. ``nox -s stress`` runs the sweep: every N of every
-kind, for both, and prints the counts per kind and errno (``IO_SWEEP_LIMIT`` caps the calls per kind, 0: all).
+``make test`` runs a sampled set for the apply (``make test-slow`` the same for the rollback): in
+each part of the install the run touches (journal, logs, other state, backups, patches, staging,
+tree), one call of the kind sampled least so far (``IO_FAULTS_PER_PART`` calls per part).
+``nox -s stress`` runs the sweep: every N of every kind, for both, and prints the counts per kind
+and errno (``IO_SWEEP_LIMIT`` caps the calls per kind, 0: all).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 from support.installs import Install, build_release
-from support.iofaults import KINDS, build_shim, errno_for, run, spread, tally
+from support.iofaults import KINDS, build_shim, errno_for, run, spread_parts, tally
 from support.trials import FIXED_AUDIT_MIGRATION, NEW, check_exact, other_databases, recover, snapshot
 
 from patchflow.database import DISPLACED_MARK
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 APPLY = ("apply-patch", "--version", NEW, "--yes")
 ROLLBACK = ("rollback-patch", "--version", NEW, "--yes")
 ACTIONS = {"apply": (APPLY, "old"), "rollback": (ROLLBACK, "new")}
-SAMPLED_PER_KIND = int(os.environ.get("IO_FAULTS_PER_KIND", "2"))
+SAMPLED_PER_PART = int(os.environ.get("IO_FAULTS_PER_PART", "1"))
 SWEEP_LIMIT = int(os.environ.get("IO_SWEEP_LIMIT", "0"))
 
 
@@ -111,11 +112,12 @@ def test_sampled_syscall_faults_end_exactly_old_or_new(
 ) -> None:
     versions, calls, counts = _prepare(install, shim, tmp_path)
     outcomes = []
-    for index, call in enumerate(spread(calls[action], SAMPLED_PER_KIND)):
+    sample = spread_parts(calls[action], SAMPLED_PER_PART)
+    for index, call in enumerate(sample):
         code = errno_for(index)
         landed = _trial(install, shim, tmp_path, versions, action, (call.kind, call.number, code))
         outcomes.append((action, call.kind, code, landed))
-    chosen = ", ".join(f"{c.kind}#{c.number} ({c.part})" for c in spread(calls[action], SAMPLED_PER_KIND))
+    chosen = ", ".join(f"{c.kind}#{c.number} ({c.part})" for c in sample)
     record_property(
         "summary",
         f"io faults, sampled {action}: calls per run {counts[action]}; {tally(outcomes)}; all exact; {chosen}",

@@ -14,7 +14,7 @@ import pytest
 from support.installs import Install, health, inv_popen, wait_until
 
 pytestmark = pytest.mark.integration
-SLOW = 'SELECT pg_sleep(4);\nCREATE TABLE "Notice" ("id" INTEGER PRIMARY KEY);\n'
+SLOW = 'SELECT pg_sleep(2);\nCREATE TABLE "Notice" ("id" INTEGER PRIMARY KEY);\n'
 
 
 def _answer(url: str) -> tuple[int, str, str]:

@@ -3,7 +3,7 @@
 ``unlink`` or ``mkdir`` on a path of the install fails with ``ENOSPC``, ``EIO`` or ``EDQUOT``.
 
 A counting run (no fault, every call logged) gives, per kind, how many calls an apply or a rollback
-makes on the install's paths and which path each one touched; :func:`spread` picks calls from it so
+makes on the install's paths and which path each one touched; :func:`spread_parts` picks calls from it so
 every kind meets every part of the run (the journal, the logs, the backup, the staging and patch
 folders, the tree). The shim is built once per test session with the C compiler
 (``scripts/ensure-system.sh --for test`` installs gcc).
@@ -118,21 +118,22 @@ def run(
     return proc.returncode, out + err, read_counts(counts), calls
 
 
-def spread(calls: list[Call], per_kind: int) -> list[Call]:
-    """Up to ``per_kind`` calls of each kind: first one in each part of the install the kind
-    touches (in the order the run reached them), then evenly spaced ones, without repeats."""
+def spread_parts(calls: list[Call], per_part: int = 1) -> list[Call]:
+    """``per_part`` calls in each part of the install the run touches (journal, logs, state,
+    backups, patches, staging, tree), in the order the run reached the parts; in each part the
+    first call of the kind chosen least so far: a small sample that meets every part of the run
+    and as many kinds as it can."""
     chosen: list[Call] = []
-    for kind in KINDS:
-        own = [c for c in calls if c.kind == kind]
-        picked: list[Call] = []
-        seen: set[str] = set()
-        for call in own:
-            if call.part not in seen:
-                seen.add(call.part)
-                picked.append(call)
-        step = max(1, len(own) // max(1, per_kind))
-        picked += [c for c in own[step // 2 :: step] if c not in picked]
-        chosen += picked[:per_kind]
+    used = dict.fromkeys(KINDS, 0)
+    for part in dict.fromkeys(c.part for c in calls):  # in the run's order
+        here = [c for c in calls if c.part == part]
+        for _ in range(per_part):
+            left = [c for c in here if c not in chosen]
+            if not left:
+                break
+            call = min(left, key=lambda c: (used[c.kind], here.index(c)))
+            used[call.kind] += 1
+            chosen.append(call)
     return chosen
 
 
@@ -150,4 +151,4 @@ def tally(outcomes: list[tuple[str, str, int, str]]) -> str:
     return f"{len(outcomes)} faults ({faults}); landed {dict(sorted(landed.items()))}"
 
 
-__all__ = ["ERRNOS", "KINDS", "Call", "build_shim", "errno_for", "read_counts", "run", "spread", "tally"]
+__all__ = ["ERRNOS", "KINDS", "Call", "build_shim", "errno_for", "read_counts", "run", "spread_parts", "tally"]
