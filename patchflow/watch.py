@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from patchflow.errors import ConfigError
 from patchflow.health import judge, probe
 from patchflow.lifecycle.journal import write_json_atomic
+from patchflow.lock import pid_alive
 from patchflow.state_files import StateFileError, read_sealed, seal, unsealed
 
 if TYPE_CHECKING:
@@ -51,19 +52,9 @@ def watch_record(state: Path) -> dict[str, object] | None:
         return None
     record = unsealed(data)
     pid = record.get("pid")
-    if not isinstance(pid, int) or not _alive(pid):
+    if not isinstance(pid, int) or not pid_alive(pid):
         return None
     return record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def accept(ctx: Context) -> dict[str, object] | None:

@@ -301,48 +301,34 @@ int syncfs(int fd) {
     return real_syncfs(fd);
 }
 
+/* Nonzero when a rename from ``old`` (under ``olddir``) to ``new`` (under ``newdir``) touches the
+ * prefix and is the call that must fail (counted once, under the kind "rename"). */
+static int rename_fails(int olddir, const char *old, int newdir, const char *new) {
+    if (inside || !armed) return 0;
+    char a[PATH_MAX], b[PATH_MAX];
+    const char *from = resolve(olddir, old, a), *to = resolve(newdir, new, b);
+    if (!under_prefix(from) && !under_prefix(to)) return 0;
+    inside = 1;
+    int fail = hit(K_RENAME, to);
+    inside = 0;
+    return fail;
+}
+
 int rename(const char *old, const char *new) {
     REAL(rename);
-    if (!inside && armed) {
-        char a[PATH_MAX], b[PATH_MAX];
-        const char *from = resolve(AT_FDCWD, old, a), *to = resolve(AT_FDCWD, new, b);
-        if (under_prefix(from) || under_prefix(to)) {
-            inside = 1;
-            int fail = hit(K_RENAME, to);
-            inside = 0;
-            if (fail) { errno = fail_errno; return -1; }
-        }
-    }
+    if (rename_fails(AT_FDCWD, old, AT_FDCWD, new)) { errno = fail_errno; return -1; }
     return real_rename(old, new);
 }
 
 int renameat(int olddir, const char *old, int newdir, const char *new) {
     REAL(renameat);
-    if (!inside && armed) {
-        char a[PATH_MAX], b[PATH_MAX];
-        const char *from = resolve(olddir, old, a), *to = resolve(newdir, new, b);
-        if (under_prefix(from) || under_prefix(to)) {
-            inside = 1;
-            int fail = hit(K_RENAME, to);
-            inside = 0;
-            if (fail) { errno = fail_errno; return -1; }
-        }
-    }
+    if (rename_fails(olddir, old, newdir, new)) { errno = fail_errno; return -1; }
     return real_renameat(olddir, old, newdir, new);
 }
 
 int renameat2(int olddir, const char *old, int newdir, const char *new, unsigned int flags) {
     REAL(renameat2);
-    if (!inside && armed) {
-        char a[PATH_MAX], b[PATH_MAX];
-        const char *from = resolve(olddir, old, a), *to = resolve(newdir, new, b);
-        if (under_prefix(from) || under_prefix(to)) {
-            inside = 1;
-            int fail = hit(K_RENAME, to);
-            inside = 0;
-            if (fail) { errno = fail_errno; return -1; }
-        }
-    }
+    if (rename_fails(olddir, old, newdir, new)) { errno = fail_errno; return -1; }
     return real_renameat2(olddir, old, newdir, new, flags);
 }
 
