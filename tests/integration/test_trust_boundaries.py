@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.installs import INV, Install, health
+from support.installs import INV, Install, health, wait_trash_deleted
 from support.missing import missing_service
 
 pytestmark = pytest.mark.integration
@@ -101,6 +101,7 @@ def test_under_umask_000_nothing_of_patchflow_is_open_to_other_users(install: In
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    wait_trash_deleted(install.root)  # the detached deleter of the staging copy is done before the walk
     for folder in (state, install.root / "backups", state / "logs"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     loose = [
